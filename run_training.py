@@ -1,7 +1,65 @@
-"""Train a dynamic Gaussian-splat scene from one monocular video (the trainer lands with issue 6)."""
+"""Fit a dynamic Gaussian-splat scene to one monocular video.
 
+    python run_training.py --work-dir outputs/demo --preset cpu_demo data:synthetic
+    python run_training.py --work-dir ./outputs/pulling_60_ordinal data:custom \
+        --data.seq-name pulling --data.root-dir /data/pulling --data.is-train True
+
+``--preset NAME`` (a file in configs/, or a path to a YAML file) sets defaults first; every other flag
+overrides them field by field. Re-running the same command resumes from WORK_DIR/checkpoints/last.ckpt.
+"""
+
+from __future__ import annotations
+
+import os
 import sys
 
+# torch's OpenMP threads otherwise spin against OpenCV's thread pool: measured here 0.4 s/step with
+# this setting and 5 s/step without it on 2 cores. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import tyro  # noqa: E402
+
+from flow3d.config import TrainConfig, apply_overrides, available_presets, load_preset  # noqa: E402
+from flow3d.log import setup_logging  # noqa: E402
+
+
+def split_preset(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take ``--preset NAME`` / ``--preset=NAME`` out of the arguments (it must come before tyro sees them)."""
+    rest, preset, i = [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--preset":
+            if i + 1 >= len(argv):
+                raise SystemExit(f"--preset needs a name; available: {available_presets()}")
+            preset, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--preset="):
+            preset = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return preset, rest
+
+
+def parse_args(argv: list[str]) -> TrainConfig:
+    preset, rest = split_preset(argv)
+    default = TrainConfig()
+    if preset is not None:
+        try:
+            default = apply_overrides(default, load_preset(preset), where=f"preset {preset}")
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+    description = (__doc__ or "") + f"\nPresets (--preset NAME): {', '.join(available_presets())}"
+    return tyro.cli(TrainConfig, default=default, args=rest, description=description)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    from flow3d.train.trainer import train
+
+    train(cfg)
+
+
 if __name__ == "__main__":
-    sys.stderr.write("run_training.py: the trainer is not built yet; see README.md\n")
-    sys.exit(2)
+    main()

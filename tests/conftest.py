@@ -8,10 +8,14 @@ reason when it is absent. ``FLOW3D_REAL_DATA`` overrides the location.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
-import torch
+# Before torch is imported: its OpenMP threads otherwise spin against OpenCV's pool (25x slower here).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -51,3 +51,30 @@ def psnr(img0: Tensor, img1: Tensor, mask: Tensor | None = None, data_range: flo
         m = mask.to(se.dtype).expand_as(se)
         mse = (se * m).flatten(1).sum(1) / m.flatten(1).sum(1)
     return 10.0 * torch.log10(data_range**2 / mse)
+
+
+def rgb_loss(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``0.8 * L1 + 0.2 * (1 - SSIM)`` between rendered and target images (3DGS / Shape of Motion mix).
+
+    pred, gt: (B, H, W, C) channel-last in [0, 1], as the renderer returns them. mask: None, or
+    (B, H, W) / (B, H, W, 1) bool or float weights; both terms are then weighted means over the mask
+    (SSIM is computed on the full images, its per-pixel map averaged under the mask). Scalar; an empty
+    mask gives a differentiable 0.
+    """
+    if pred.dim() != 4 or gt.shape != pred.shape:
+        raise ValueError(f"rgb_loss: pred and gt must both be (B, H, W, C), got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    gt = gt.to(pred.dtype)
+    l1 = (pred - gt).abs()
+    s_map = ssim_map(pred.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    if mask is None:
+        return 0.8 * l1.mean() + 0.2 * (1.0 - s_map.mean())
+    if mask.shape not in (pred.shape[:-1], pred.shape[:-1] + (1,)):
+        raise ValueError(
+            f"rgb_loss: mask has shape {tuple(mask.shape)} but pred has shape {tuple(pred.shape)}; expected "
+            f"{tuple(pred.shape[:-1])} or {tuple(pred.shape[:-1]) + (1,)}"
+        )
+    w = mask.reshape(pred.shape[:-1] + (1,)).to(pred.dtype).clamp_min(0.0).expand_as(pred)
+    n = w.sum()
+    n_safe = torch.where(n > 0, n, torch.ones_like(n))
+    loss = 0.8 * (l1 * w).sum() / n_safe + 0.2 * ((1.0 - s_map) * w).sum() / n_safe
+    return torch.where(n > 0, loss, pred.sum() * 0.0)

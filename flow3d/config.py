@@ -1,0 +1,256 @@
+"""Every dataclass the training CLI exposes (a docstring under each field becomes its ``--help``), named
+presets from ``configs/<name>.yaml``, and the round trip to ``cfg.yaml`` in the work dir.
+
+A preset is a YAML file of nested overrides of :class:`TrainConfig`'s defaults, e.g.::
+
+    max_steps: 600
+    losses: {w_track: 1.0}
+
+``run_training.py --preset NAME ...`` applies it first; every other flag then overrides field by field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from flow3d.data import DataConfig, SyntheticDataConfig
+from flow3d.scene.init import InitConfig
+from flow3d.scene.strategy import DensifyConfig
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class LossConfig:
+    """Weights (``w_*``; 0 switches a term off: it is then not computed) and options of the loss terms."""
+
+    w_rgb: float = 1.0
+    """RGB loss 0.8 L1 + 0.2 (1 - SSIM) against the input frame."""
+    w_mask: float = 1.0
+    """MSE between the rendered foreground weight and the foreground mask."""
+    w_track: float = 2.0
+    """2D track reprojection: Gaussians' positions at target times, rendered at the query pixels and
+    projected into the target cameras, against the 2D tracks (L1 in pixels / max(H, W))."""
+    w_depth_reg: float = 0.5
+    """Trimmed L1 between rendered disparity (1 / expected depth) and the prior disparity."""
+    w_depth_grad: float = 1.0
+    """L1 between image gradients of rendered and prior disparity."""
+    w_mapped_depth: float = 0.1
+    """Disparity of the tracked points at their target times against the target frame's prior disparity."""
+    w_smooth_bases: float = 0.1
+    """Acceleration of the motion bases' translations and 6D rotations over time."""
+    w_smooth_tracks: float = 2.0
+    """Acceleration of foreground Gaussians' centres over three consecutive frames."""
+    w_z_accel: float = 1.0
+    """Acceleration of foreground Gaussians' depth along the camera rays (three consecutive frames)."""
+    w_scale_var: float = 0.01
+    """Variance of each foreground Gaussian's three scales (discourages needles)."""
+    depth_trim_quantile: float = 0.98
+    """Residuals above this quantile are ignored by the disparity L1 (1.0: plain masked L1)."""
+    track_trim_quantile: float = 0.98
+    """Residuals above this quantile are ignored by the track loss."""
+    track_gap_tau: float = 0.0
+    """Track residuals are weighted by exp(-|t_target - t_query| / tau); 0 disables the gap weight. The
+    weighted sum is divided by the visible count, not by the weights, so the gap weight does not cancel."""
+    num_track_samples: int = 1000
+    """Track points sampled per query frame for the track loss."""
+    num_smooth_samples: int = 2000
+    """Foreground Gaussians sampled for the track-smoothness and z-acceleration terms."""
+
+
+@dataclass
+class OptimConfig:
+    """Adam learning rates (one optimiser per parameter) and their schedule."""
+
+    lr_means: float = 1.6e-4
+    """Gaussian centres (decays to ``lr_final_factor`` times this over the run)."""
+    lr_quats: float = 1e-3
+    lr_scales: float = 5e-3
+    lr_opacities: float = 1e-2
+    lr_colors: float = 1e-2
+    lr_motion_coefs: float = 1e-2
+    lr_bases_rots: float = 1.6e-4
+    """6D rotations of the motion bases (decays like the means)."""
+    lr_bases_transls: float = 1.6e-4
+    """Translations of the motion bases (decays like the means)."""
+    lr_final_factor: float = 0.01
+    """Means and bases learning rates decay exponentially to this factor at ``max_steps``."""
+
+
+@dataclass
+class TrainConfig:
+    """Fit a dynamic Gaussian-splat scene to one monocular video."""
+
+    work_dir: str = "outputs/run"
+    """Folder for cfg.yaml, checkpoints/, tb/ (TensorBoard) and stats; re-running resumes from it."""
+    data: DataConfig = field(default_factory=SyntheticDataConfig)
+    """The sequence to fit (a data subcommand)."""
+    max_steps: int = 20000
+    """Optimisation steps; learning-rate schedules follow it."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """'auto' takes CUDA when it is available."""
+    render_backend: Literal["auto", "gsplat", "torch"] = "auto"
+    """'auto': gsplat on CUDA, the PyTorch tile rasterizer on the CPU."""
+    batch_size: int = 8
+    """Frames rendered per step."""
+    num_targets: int = 4
+    """Target frames per step for the track losses."""
+    seed: int = 0
+    """Seeds torch's generators (initialisation, sampling)."""
+    bg_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Colour behind the Gaussians."""
+    save_every: int = 1000
+    """Write checkpoints/model_<step>.ckpt every N steps (last.ckpt is written then too)."""
+    log_every: int = 10
+    """TensorBoard scalars every N steps."""
+    image_every: int = 500
+    """TensorBoard image summaries (RGB | depth | prior) every N steps."""
+    max_nonfinite_steps: int = 5
+    """Stop with an error after this many consecutive steps with a non-finite loss."""
+    init: InitConfig = field(default_factory=InitConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    losses: LossConfig = field(default_factory=LossConfig)
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def load_preset(name_or_path: str) -> dict:
+    """The override dict of a preset: a name in ``configs/`` or a path to a YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIGS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ValueError(f"preset {name_or_path!r} not found (looked for {path}); available: {available_presets()}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"preset {path} must hold a mapping of overrides, got {type(data).__name__}")
+    return data
+
+
+def data_kinds() -> dict[str, type]:
+    """Subcommand name -> data config class, read off the ``DataConfig`` union."""
+    kinds = {}
+    for arg in typing.get_args(DataConfig):
+        cls, *meta = typing.get_args(arg) or (arg,)
+        name = next((m.name for m in meta if getattr(m, "name", None)), cls.__name__)
+        kinds[name] = cls
+    return kinds
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value, tp):
+    """Turn YAML values back into the field's type where YAML loses it (tuples, paths)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _coerce(value, typing.get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return value if value is None or len(args) != 1 else _coerce(value, args[0])
+    if isinstance(value, list) and origin is tuple:
+        return tuple(value)
+    if isinstance(value, str) and tp is Path:
+        return Path(value)
+    return value
+
+
+def apply_overrides(obj, overrides: dict, where: str = "config"):
+    """A copy of dataclass ``obj`` with nested ``overrides``; unknown keys raise (no silent typos)."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    names = {f.name for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if key not in names:
+            raise ValueError(f"{where}: unknown field {key!r}; fields are {sorted(names)}")
+        current = getattr(obj, key)
+        if key == "data" and isinstance(value, dict):
+            kind = value.get("kind")
+            kinds = data_kinds()
+            cls = kinds.get(kind) if kind else type(current)
+            if cls is None:
+                raise ValueError(f"{where}.data.kind must be one of {sorted(kinds)}, got {kind!r}")
+            fields = {k: v for k, v in value.items() if k != "kind"}
+            if isinstance(current, cls):
+                changes[key] = apply_overrides(current, fields, f"{where}.data")
+            else:
+                changes[key] = _build(cls, fields, f"{where}.data")
+        elif dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[key] = apply_overrides(current, value, f"{where}.{key}")
+        else:
+            changes[key] = _coerce(value, hints.get(key))
+    return dataclasses.replace(obj, **changes)
+
+
+def _build(cls, fields: dict, where: str):
+    """Construct dataclass ``cls`` from a dict (for classes with required fields)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in fields.items():
+        key = key.replace("-", "_")
+        if key not in names:
+            raise ValueError(f"{where}: unknown field {key!r}; fields are {sorted(names)}")
+        kwargs[key] = _coerce(value, hints.get(key))
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def config_to_dict(obj) -> Any:
+    """Plain YAML-able data; the data config records its subcommand as ``kind``."""
+    if dataclasses.is_dataclass(obj):
+        out = {f.name: config_to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        for name, cls in data_kinds().items():
+            if type(obj) is cls:
+                out = {"kind": name, **out}
+        return out
+    if isinstance(obj, (tuple, list)):
+        return [config_to_dict(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+    tmp.replace(path)
+
+
+def load_config(path: Path) -> TrainConfig:
+    """Read a ``cfg.yaml`` written by :func:`save_config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return apply_overrides(TrainConfig(), data, where=str(path))
+
+
+__all__ = [
+    "TrainConfig", "LossConfig", "OptimConfig", "InitConfig", "DensifyConfig", "DataConfig",
+    "load_preset", "apply_overrides", "save_config", "load_config", "config_to_dict", "available_presets",
+]

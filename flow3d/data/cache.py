@@ -1,0 +1,115 @@
+"""On-disk cache of loaded sequences: one ``.npz`` per (config, input files) key, written atomically.
+
+Images are stored as uint8 (they come from 8-bit files) and expanded to float on load, so an epoch
+never re-decodes JPEGs. The key is a hash of the loader's configuration (fields that change the
+result) and of the names, sizes and modification times of the input files. Also an in-process memo so
+that a second ``load()`` of the same config in one process costs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+
+from flow3d.data.sequence import HeldOutViews, VideoSequence
+from flow3d.log import get_logger
+
+logger = get_logger(__name__)
+
+_MEMO: dict[str, VideoSequence] = {}
+_FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$FLOW3D_CACHE_DIR``, else ``$XDG_CACHE_HOME/flow3d/data``, else ``~/.cache/flow3d/data``."""
+    env = os.environ.get("FLOW3D_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "flow3d" / "data"
+
+
+def files_signature(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
+    """(name, size, mtime_ns) of each file, for cache keys."""
+    out = []
+    for p in paths:
+        st = p.stat()
+        out.append((str(p), st.st_size, st.st_mtime_ns))
+    return out
+
+
+def cache_key(cfg: Any, exclude: Iterable[str] = (), extra: Any = None) -> str:
+    """Hex key from a dataclass config (minus ``exclude`` fields) and any JSON-able ``extra``."""
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in set(exclude)}
+    blob = json.dumps([type(cfg).__name__, _FORMAT_VERSION, d, extra], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+
+
+def memo_get(key: str) -> Optional[VideoSequence]:
+    return _MEMO.get(key)
+
+
+def memo_put(key: str, seq: VideoSequence) -> None:
+    _MEMO.clear()  # keep one sequence: they are large
+    _MEMO[key] = seq
+
+
+def save_sequence(path: Path, seq: VideoSequence) -> None:
+    """Write ``seq`` to ``path`` (.npz) atomically (temporary file in the same folder, then rename)."""
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {"name": seq.name, "scene_scale": seq.scene_scale, "frame_names": seq.frame_names}
+    for f in dataclasses.fields(seq):
+        v = getattr(seq, f.name)
+        if isinstance(v, torch.Tensor):
+            if f.name == "images":
+                arrays[f.name] = _to_uint8(v)
+            else:
+                arrays[f.name] = v.numpy()
+    if seq.val_views is not None:
+        meta["val_names"] = seq.val_views.names
+        for k, v in vars(seq.val_views).items():
+            if isinstance(v, torch.Tensor):
+                arrays["val_views." + k] = _to_uint8(v) if k == "images" else v.numpy()
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_sequence(path: Path) -> VideoSequence:
+    """Read a sequence written by :func:`save_sequence`."""
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    meta = json.loads(data.pop("__meta__").tobytes().decode())
+    kw: dict[str, Any] = {"name": meta["name"], "scene_scale": meta["scene_scale"], "frame_names": meta["frame_names"]}
+    val: dict[str, Any] = {}
+    for k, v in data.items():
+        t = torch.from_numpy(v)
+        if k.startswith("val_views."):
+            k = k.split(".", 1)[1]
+            val[k] = t.float() / 255.0 if k == "images" else t
+        else:
+            kw[k] = t.float() / 255.0 if k == "images" else t
+    if val:
+        kw["val_views"] = HeldOutViews(names=meta.get("val_names", []), **val)
+    return VideoSequence(**kw)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images in [0, 1] -> uint8. Exact for images that came from 8-bit files."""
+    return (images.clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()

@@ -1,0 +1,364 @@
+"""Casual videos in Shape of Motion's layout: ``data:custom`` and ``data:davis``.
+
+Layout under ``root_dir`` (``RES`` is ``res``, empty for custom; DAVIS also accepts ``JPEGImages/SEQ`` and
+the flat ``JPEGImages/*.jpg`` directly under the root)::
+
+    <image_type>/RES/SEQ/NAME.jpg|png      frames, sorted by name
+    <mask_type>/RES/SEQ/NAME.png           foreground where any channel > 0
+    <depth_type>/RES/SEQ/NAME.npy|png      depth prior (see ``depth_format``)
+    <camera_type>/SEQ.npy                  droid_recon dict: traj_c2w, img_shape, intrinsics, tstamps
+    <track_type>/RES/SEQ/<q>_<t>.npy       (P, 4) TAPIR rows of query frame q located in frame t
+
+Beyond Shape of Motion: a train/validation split; 2D tracks from optical flow when the track folder is
+missing; a static camera when the camera file is missing; depth as disparity/depth ``.npy`` or 16-bit
+PNG; integer downscaling; one clear error per bad input; an ``.npz`` cache keyed on the config and the
+input files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import tyro
+from tqdm import tqdm
+
+from flow3d.data import io
+from flow3d.data.cache import cache_key, default_cache_dir, files_signature, load_sequence, memo_get, memo_put, save_sequence
+from flow3d.data.common import CommonDataConfig
+from flow3d.data.normalize import apply_scene_norm, compute_scene_norm
+from flow3d.data.sequence import VideoSequence, safe_inverse
+from flow3d.data.split import split_frames
+from flow3d.data.tracks import dense_tracks_from_pairs
+from flow3d.geometry import unproject_pixels
+from flow3d.log import get_logger
+
+logger = get_logger(__name__)
+
+
+@dataclass(kw_only=True)
+class CustomDataConfig(CommonDataConfig):
+    """A casual video in Shape of Motion's custom layout (``images/SEQ``, ``masks/SEQ``, ...)."""
+
+    seq_name: str
+    """Sequence name: the sub-folder under each data folder (``images/SEQ``, ...)."""
+    root_dir: str
+    """Root folder of the dataset."""
+    start: int = 0
+    """First frame of the clip (index into the sorted frames)."""
+    end: int = -1
+    """One past the last frame of the clip; -1 = to the end."""
+    res: str = ""
+    """Resolution sub-folder between the data folder and SEQ (e.g. 480p); empty = none."""
+    image_type: str = "images"
+    """Folder name of the frames."""
+    mask_type: str = "masks"
+    """Folder name of the foreground masks (foreground where any channel > 0)."""
+    depth_type: str = "aligned_depth_anything"
+    """Folder name of the depth prior."""
+    depth_format: io.DepthFormat = "disp_npy"
+    """Depth prior files: disp_npy (disparity .npy), depth_npy (z-depth .npy), depth_png (16-bit depth
+    PNG, value / depth_png_scale), or constant (no files: a flat prior at constant_depth, a placeholder
+    for videos without a depth estimate)."""
+    depth_png_scale: float = 1000.0
+    """depth_png only: PNG value / this = depth (1000 for millimetres to metres)."""
+    constant_depth: float = 1.0
+    """constant only: the depth of the flat prior."""
+    camera_type: str = "droid_recon"
+    """Camera file ROOT/<camera_type>/SEQ.npy; when missing, a static camera (identity poses) is assumed."""
+    focal_length: Optional[float] = None
+    """Static camera only: focal length in pixels of the loaded images; None = from default_fov_deg."""
+    default_fov_deg: float = 60.0
+    """Static camera only: horizontal field of view used when focal_length is None."""
+    track_type: str = "bootstapir"
+    """Folder name of the 2D tracks."""
+    missing_tracks: Literal["flow", "none", "error"] = "flow"
+    """When the track folder is missing: flow (chain optical flow, flow3d.flow), none (no tracks) or error."""
+    flow_backend: str = "dis"
+    """missing_tracks=flow: optical-flow backend passed to flow3d.flow.tracks_from_flow."""
+    flow_grid_step: int = 8
+    """missing_tracks=flow: pixel spacing of the query grid."""
+    flow_query_stride: int = 1
+    """missing_tracks=flow: every k-th train frame is a query frame."""
+    max_tracks_per_query: int = 1024
+    """Keep at most this many tracks per query frame (seeded random subset); 0 = all."""
+    downscale: int = 1
+    """Integer factor to shrink images, masks, depth, intrinsics and tracks by (area/nearest)."""
+    normalize_scene: tyro.conf.FlagConversionOff[bool] = True
+    """Shape of Motion's scene normalisation (centre and scale from foreground 3D tracks, up axis to +z)."""
+    seed: int = 0
+    """Seed of the track subsets and of the points used for the normalisation."""
+    cache_dir: Optional[str] = None
+    """Cache folder; None = $FLOW3D_CACHE_DIR or ~/.cache/flow3d/data."""
+    use_cache: tyro.conf.FlagConversionOff[bool] = True
+    """Read/write the on-disk cache."""
+
+    def load(self) -> VideoSequence:
+        """Load the whole clip (cached); see the module docstring for the layout."""
+        return load_casual(self)
+
+
+@dataclass(kw_only=True)
+class DavisDataConfig(CustomDataConfig):
+    """A DAVIS sequence: JPEGImages/480p/SEQ, Annotations/480p/SEQ (or the flat JPEGImages/, Annotations/)."""
+
+    res: str = "480p"
+    """Resolution sub-folder (DAVIS: 480p or Full-Resolution); a flat layout without it is accepted."""
+    image_type: str = "JPEGImages"
+    """Folder name of the frames."""
+    mask_type: str = "Annotations"
+    """Folder name of the object masks (foreground where any channel > 0)."""
+
+
+# ------------------------------------------------------------------------------------------------
+def _resolve(root: Path, kind: str, res: str, seq: str, exts: tuple[str, ...]) -> Optional[Path]:
+    """First existing candidate: root/kind/res/seq, root/kind/seq, root/kind (flat, if it holds files)."""
+    cands = [root / kind / res / seq] if res else []
+    cands += [root / kind / seq]
+    for c in cands:
+        if c.is_dir():
+            return c
+    flat = root / kind
+    if flat.is_dir() and any(p.suffix.lower() in exts for p in flat.iterdir() if p.is_file()):
+        return flat
+    return None
+
+
+def _tried(root: Path, kind: str, res: str, seq: str) -> str:
+    c = ([str(root / kind / res / seq)] if res else []) + [str(root / kind / seq), str(root / kind)]
+    return ", ".join(c)
+
+
+def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in files:
+        if p.stem in out:
+            raise ValueError(f"{what}: two files for frame {p.stem!r}: {out[p.stem].name} and {p.name}")
+        out[p.stem] = p
+    return out
+
+
+def load_casual(cfg: CustomDataConfig) -> VideoSequence:
+    root = Path(cfg.root_dir)
+    if not root.is_dir():
+        raise ValueError(f"root_dir not found: {root}")
+    if cfg.downscale < 1:
+        raise ValueError(f"downscale must be >= 1, got {cfg.downscale}")
+    img_dir = _resolve(root, cfg.image_type, cfg.res, cfg.seq_name, io.IMAGE_EXTS)
+    if img_dir is None:
+        raise ValueError(f"images folder not found; tried {_tried(root, cfg.image_type, cfg.res, cfg.seq_name)}")
+    img_files = io.list_files(img_dir, io.IMAGE_EXTS, "images")
+    images_by = _by_stem(img_files, f"images folder {img_dir}")
+    all_names = list(images_by)
+    n_all = len(all_names)
+    end = n_all if cfg.end == -1 else cfg.end
+    if not (0 <= cfg.start < end <= n_all):
+        raise ValueError(f"frame range start={cfg.start}, end={cfg.end} is invalid for {n_all} frames in {img_dir}")
+    names = all_names[cfg.start:end]
+    T = len(names)
+
+    mask_dir = _resolve(root, cfg.mask_type, cfg.res, cfg.seq_name, (".png", ".jpg", ".jpeg"))
+    if mask_dir is None:
+        raise ValueError(f"masks folder not found; tried {_tried(root, cfg.mask_type, cfg.res, cfg.seq_name)}")
+    depth_dir = None
+    if cfg.depth_format != "constant":
+        depth_dir = _resolve(root, cfg.depth_type, cfg.res, cfg.seq_name, (".npy", ".png"))
+        if depth_dir is None:
+            raise ValueError(
+                f"depth folder not found; tried {_tried(root, cfg.depth_type, cfg.res, cfg.seq_name)}. Write a monocular "
+                "depth estimate there (--data.depth-type names the folder, --data.depth-format its kind) or use "
+                "--data.depth-format constant for a flat placeholder prior"
+            )
+    cam_path = root / cfg.camera_type / f"{cfg.seq_name}.npy"
+    track_dir = _resolve(root, cfg.track_type, cfg.res, cfg.seq_name, (".npy",))
+
+    sig_dirs = [d for d in (img_dir, mask_dir, depth_dir, track_dir) if d is not None]
+    sig = [files_signature(sorted(p for p in d.iterdir() if p.is_file())) for d in sig_dirs]
+    if cam_path.exists():
+        sig.append(files_signature([cam_path]))
+    key = cache_key(cfg, exclude=("is_train", "cache_dir", "use_cache"), extra=sig)
+    seq = memo_get(key)
+    if seq is not None:
+        return seq
+    cache_path = Path(cfg.cache_dir or default_cache_dir()) / f"{cfg.seq_name}_{key}.npz"
+    if cfg.use_cache and cache_path.exists():
+        logger.info("loading cached sequence %s", cache_path)
+        seq = load_sequence(cache_path)
+        memo_put(key, seq)
+        return seq
+
+    # ---- images -----------------------------------------------------------------------------------
+    imgs = []
+    shape0 = None
+    for n in tqdm(names, desc="images", leave=False):
+        im = io.read_image(images_by[n])
+        if shape0 is None:
+            shape0 = im.shape[:2]
+        elif im.shape[:2] != shape0:
+            raise ValueError(f"image {images_by[n]}: size (H, W) = {im.shape[:2]} differs from the first frame's {shape0}")
+        imgs.append(io.resize_image(im, cfg.downscale))
+    H0, W0 = shape0
+    images = np.stack(imgs)  # (T, H, W, 3) uint8
+    H, W = images.shape[1:3]
+
+    # ---- masks ------------------------------------------------------------------------------------
+    mask_files = _by_stem(io.list_files(mask_dir, (".png", ".jpg", ".jpeg"), "masks"), f"masks folder {mask_dir}")
+    if len(mask_files) != n_all:
+        raise ValueError(f"frame-count mismatch: masks folder {mask_dir} has {len(mask_files)} masks, images folder {img_dir} has {n_all} frames")
+    masks = np.zeros((T, H, W), dtype=bool)
+    for t, n in enumerate(names):
+        if n not in mask_files:
+            raise ValueError(f"mask for frame {n!r} not found in {mask_dir} (expected {n}.png)")
+        masks[t] = io.resize_nearest(io.read_mask(mask_files[n], (H0, W0)), cfg.downscale)
+    if not masks.any():
+        raise ValueError(f"masks folder {mask_dir}: the foreground is empty in every frame (expected foreground pixels > 0)")
+
+    # ---- depth prior ------------------------------------------------------------------------------
+    if depth_dir is None:
+        logger.warning("no depth files: assuming a flat depth prior at depth %g (--data.depth-format constant)", cfg.constant_depth)
+        if not cfg.constant_depth > 0:
+            raise ValueError(f"constant_depth must be > 0, got {cfg.constant_depth}")
+        disp = np.full((T, H, W), 1.0 / cfg.constant_depth, dtype=np.float32)
+        disp_valid = np.ones((T, H, W), dtype=bool)
+    else:
+        ext = ".png" if cfg.depth_format == "depth_png" else ".npy"
+        depth_files = _by_stem(io.list_files(depth_dir, (ext,), f"depth ({cfg.depth_format})"), f"depth folder {depth_dir}")
+        if len(depth_files) != n_all:
+            raise ValueError(f"frame-count mismatch: depth folder {depth_dir} has {len(depth_files)} {ext} files, images folder {img_dir} has {n_all} frames")
+        disp = np.zeros((T, H, W), dtype=np.float32)
+        disp_valid = np.zeros((T, H, W), dtype=bool)
+        bad_frames = []
+        for t, n in enumerate(tqdm(names, desc="depth", leave=False)):
+            if n not in depth_files:
+                raise ValueError(f"depth for frame {n!r} not found in {depth_dir} (expected {n}{ext})")
+            d, v = io.read_depth_as_disp(depth_files[n], cfg.depth_format, (H0, W0), cfg.depth_png_scale)
+            if not v.all():
+                bad_frames.append((n, int((~v).sum())))
+            disp[t], disp_valid[t] = io.resize_nearest(d, cfg.downscale), io.resize_nearest(v, cfg.downscale)
+        if not disp_valid.any():
+            raise ValueError(f"depth folder {depth_dir}: no finite positive value in any frame")
+        if bad_frames:
+            total = sum(c for _, c in bad_frames)
+            logger.warning(
+                "depth prior: %d pixels in %d of %d frames are NaN/Inf or <= 0 and are masked out (prior_valid=False); first: %s",
+                total, len(bad_frames), T, ", ".join(f"{n} ({c})" for n, c in bad_frames[:5]),
+            )
+
+    # ---- cameras ----------------------------------------------------------------------------------
+    if cam_path.exists():
+        w2cs_all, Ks_all = io.read_droid_recon(cam_path, n_all, H0, W0)
+        w2cs, Ks = w2cs_all[cfg.start:end], Ks_all[cfg.start:end]
+        Ks = _scale_Ks(Ks, W / W0, H / H0)
+    else:
+        if cfg.focal_length is not None:
+            f = float(cfg.focal_length)
+        else:
+            f = (W / 2.0) / np.tan(np.radians(cfg.default_fov_deg) / 2.0)
+        K = np.array([[f, 0, (W - 1) / 2.0], [0, f, (H - 1) / 2.0], [0, 0, 1.0]])
+        Ks = np.repeat(K[None], T, 0)
+        w2cs = np.repeat(np.eye(4)[None], T, 0)
+        logger.warning(
+            "no camera file at %s: assuming a static camera (identity poses), focal length %.1f px (%s), principal point at the image centre",
+            cam_path, f, "--data.focal-length" if cfg.focal_length is not None else f"{cfg.default_fov_deg:g} deg horizontal field of view",
+        )
+
+    # ---- tracks -----------------------------------------------------------------------------------
+    train_ids, val_ids = split_frames(T, cfg.val_every)
+    if track_dir is not None:
+        pairs = _read_track_dir(track_dir, names)
+        queries = sorted(q for (q, t) in pairs if q == t)
+        if not queries:
+            raise ValueError(f"track folder {track_dir}: no <q>_<q>.npy file for any frame of the clip (query points)")
+        xy, vis, conf, qt = dense_tracks_from_pairs(pairs, T, queries, cfg.max_tracks_per_query, cfg.seed, source=f"track folder {track_dir}")
+        if cfg.downscale > 1:
+            xy = (xy + 0.5) * torch.tensor([W / W0, H / H0]) - 0.5
+    elif cfg.missing_tracks == "error":
+        raise ValueError(f"track folder not found; tried {_tried(root, cfg.track_type, cfg.res, cfg.seq_name)}")
+    elif cfg.missing_tracks == "none":
+        logger.warning("no track folder under %s/%s: continuing without 2D tracks", root, cfg.track_type)
+        xy, vis, conf, qt = dense_tracks_from_pairs({}, T, [])
+    else:
+        queries = train_ids[:: max(cfg.flow_query_stride, 1)].tolist()
+        logger.warning("no track folder under %s/%s: building 2D tracks from optical flow (%s) for %d query frames", root, cfg.track_type, cfg.flow_backend, len(queries))
+        pairs = _tracks_from_flow(cfg, images, masks, queries, cache_path.parent / f"{cfg.seq_name}_{key}_flow")
+        xy, vis, conf, qt = dense_tracks_from_pairs(pairs, T, queries, cfg.max_tracks_per_query, cfg.seed, source="flow tracks")
+
+    seq = VideoSequence(
+        name=cfg.seq_name,
+        images=torch.from_numpy(images).float() / 255.0,
+        fg_masks=torch.from_numpy(masks).float(),
+        valid_masks=torch.ones(T, H, W, dtype=torch.bool),
+        prior_disp=torch.from_numpy(disp), prior_valid=torch.from_numpy(disp_valid),
+        w2cs=torch.from_numpy(w2cs).float(), Ks=torch.from_numpy(Ks).float(),
+        time_ids=torch.arange(cfg.start, end), train_ids=train_ids, val_ids=val_ids,
+        tracks_xy=xy, tracks_visible=vis, tracks_conf=conf, tracks_query_t=qt,
+        frame_names=names,
+    )
+    if cfg.normalize_scene:
+        seq = normalize_from_tracks(seq, cfg.seed)
+    if cfg.use_cache:
+        save_sequence(cache_path, seq)
+    memo_put(key, seq)
+    return seq
+
+
+def _scale_Ks(Ks: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """Rescale intrinsics (..., 3, 3) in the OpenCV pixel-centre convention."""
+    out = Ks.copy()
+    out[..., 0, 0] *= sx
+    out[..., 1, 1] *= sy
+    out[..., 0, 2] = (Ks[..., 0, 2] + 0.5) * sx - 0.5
+    out[..., 1, 2] = (Ks[..., 1, 2] + 0.5) * sy - 0.5
+    return out
+
+
+def _read_track_dir(track_dir: Path, names: list[str]) -> dict[tuple[int, int], np.ndarray]:
+    """Read ``<q>_<t>.npy`` files whose q and t are frames of the clip -> {(q_index, t_index): (P, 4)}."""
+    index = {n: i for i, n in enumerate(names)}
+    pairs = {}
+    for p in sorted(track_dir.glob("*.npy")):
+        stem = p.stem
+        for k in range(len(stem)):
+            if stem[k] == "_" and stem[:k] in index and stem[k + 1:] in index:
+                pairs[(index[stem[:k]], index[stem[k + 1:]])] = io.read_track_file(p)
+                break
+    return pairs
+
+
+def _tracks_from_flow(cfg: CustomDataConfig, images: np.ndarray, masks: np.ndarray, queries: list[int], cache_dir: Path):
+    try:
+        from flow3d.flow import tracks_from_flow  # noqa: PLC0415 - optional dependency on the flow module
+    except ImportError:
+        try:
+            from flow3d.flow.tracks import tracks_from_flow  # noqa: PLC0415
+        except ImportError as e:
+            raise ValueError(
+                f"no 2D tracks for {cfg.seq_name!r} and flow-based tracks are unavailable ({e}); write tracks under "
+                f"{cfg.root_dir}/{cfg.track_type} or pass --data.missing-tracks none"
+            ) from None
+    return tracks_from_flow(images, masks, queries, grid_step=cfg.flow_grid_step, backend=cfg.flow_backend, cache_dir=cache_dir)
+
+
+def normalize_from_tracks(seq: VideoSequence, seed: int = 0, num_points: int = 5000) -> VideoSequence:
+    """Shape of Motion's normalisation computed from the foreground tracks lifted with the depth prior
+    (their visible entries); falls back to the back-projected depth prior of all pixels when fewer than
+    10 foreground track points exist (logged)."""
+    g = torch.Generator().manual_seed(seed)
+    tr = seq.get_tracks_3d(num_points, generator=g)
+    pts = tr.points[tr.visible]
+    if pts.shape[0] < 10:
+        valid = (seq.prior_valid & seq.valid_masks).reshape(-1)
+        T, H, W = seq.prior_valid.shape
+        flat = torch.randint(0, T * H * W, (num_points * 4,), generator=g)
+        flat = flat[valid[flat]][:num_points]
+        t, y, x = flat // (H * W), (flat % (H * W)) // W, flat % W
+        depth, _ = safe_inverse(seq.prior_disp[t, y, x])
+        xy = torch.stack([x, y], -1).to(depth.dtype)[:, None]  # (P, 1, 2)
+        pts = unproject_pixels(xy, depth[:, None], seq.Ks[t], seq.c2ws[t])[:, 0]
+        logger.warning("scene normalisation: %d foreground track points; using %d depth-prior points of all pixels instead", int(tr.visible.sum()), pts.shape[0])
+    scale, transform = compute_scene_norm(pts, seq.w2cs)
+    logger.info("scene normalisation: scale %.4g (from %d points)", scale, pts.shape[0])
+    return apply_scene_norm(seq, scale, transform)

@@ -1,0 +1,289 @@
+"""The one in-memory form every loader returns: :class:`VideoSequence`, plus the helpers the trainer
+needs to initialise a scene from it (lifting 2D tracks to 3D, back-projecting background depth).
+
+Conventions follow the glossary in :mod:`flow3d`. Everything lives on the CPU in float32 (bool/long where
+said); the trainer moves what it needs with :meth:`VideoSequence.to`.
+
+Split: ``train_ids`` / ``val_ids`` index frames ``0..T-1`` (see :func:`flow3d.data.split.split_frames`).
+The trainer must use only train frames: images, masks and depth priors of train frames, and track
+entries whose query frame *and* target frame are both train frames (:meth:`VideoSequence.track_train_mask`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flow3d.geometry import bilinear_sample, pixel_grid, project_points, transform_points, unproject_pixels
+
+
+def safe_inverse(x: Tensor) -> tuple[Tensor, Tensor]:
+    """1 / x where x is finite and > 0, else 0. Returns ``(inv, valid)`` with ``valid`` bool, same shape.
+
+    The division only sees valid values (safe for gradients too).
+    """
+    valid = torch.isfinite(x) & (x > 0)
+    inv = torch.where(valid, 1.0 / torch.where(valid, x, torch.ones_like(x)), torch.zeros_like(x))
+    return inv, valid
+
+
+@dataclass
+class HeldOutViews:
+    """Validation images from *other* cameras at the video's timestamps (DyCheck iPhone protocol).
+
+    ``t`` indexes the video's frames (0..T-1): the view shows the scene at the time of frame ``t[v]``.
+    """
+
+    images: Tensor  # (V, H, W, 3) in [0, 1]
+    valid_masks: Tensor  # (V, H, W) bool
+    w2cs: Tensor  # (V, 4, 4)
+    Ks: Tensor  # (V, 3, 3) OpenCV pixel-centre convention
+    t: Tensor  # (V,) long, index into the video's frames
+    names: list[str] = field(default_factory=list)
+    covisible_masks: Optional[Tensor] = None  # (V, H, W) bool, pixels seen by the training camera
+    fg_masks: Optional[Tensor] = None  # (V, H, W) float
+
+
+class Tracks3D(NamedTuple):
+    """2D tracks lifted to world points with the depth prior (Shape of Motion's initialisation input)."""
+
+    points: Tensor  # (N, T, 3) world points, normalised scene units
+    visible: Tensor  # (N, T) bool: confidently visible, in the foreground, depth valid, train frame
+    invisible: Tensor  # (N, T) bool: confidently occluded (Shape of Motion's ``invisibles``)
+    confidence: Tensor  # (N, T) float in [0, 1]
+    colors: Tensor  # (N, 3) colour at the query pixel
+    query_t: Tensor  # (N,) long
+
+
+class BgPoints(NamedTuple):
+    """Back-projected background pixels of the depth prior."""
+
+    points: Tensor  # (N, 3) world points
+    normals: Tensor  # (N, 3) unit normals from the depth map, facing the camera
+    colors: Tensor  # (N, 3)
+
+
+@dataclass
+class VideoSequence:
+    """A monocular video with everything the trainer reads. See the module docstring for the split."""
+
+    name: str
+    images: Tensor  # (T, H, W, 3) float in [0, 1]
+    fg_masks: Tensor  # (T, H, W) float in [0, 1], foreground
+    valid_masks: Tensor  # (T, H, W) bool, pixels usable at all
+    prior_disp: Tensor  # (T, H, W) disparity prior (1/z up to scale and shift), 0 where invalid
+    prior_valid: Tensor  # (T, H, W) bool
+    w2cs: Tensor  # (T, 4, 4) world -> camera, OpenCV axes
+    Ks: Tensor  # (T, 3, 3) pixels, OpenCV pixel-centre convention
+    time_ids: Tensor  # (T,) long, original frame numbers
+    train_ids: Tensor  # (T_train,) long, indices into 0..T-1
+    val_ids: Tensor  # (T_val,) long, indices into 0..T-1
+    tracks_xy: Tensor  # (M, T, 2) OpenCV pixels; one row per track, all frames as targets
+    tracks_visible: Tensor  # (M, T) bool
+    tracks_conf: Tensor  # (M, T) float in [0, 1]; > 0 and not visible = confidently occluded
+    tracks_query_t: Tensor  # (M,) long, the query frame of each track (0..T-1)
+    scene_scale: float = 1.0
+    """x_norm = (scene_transform @ x_orig)[:3] / scene_scale; depth_orig = depth_norm * scene_scale."""
+    scene_transform: Tensor = field(default_factory=lambda: torch.eye(4))  # (4, 4)
+    gt_depth: Optional[Tensor] = None  # (T, H, W) z-depth, normalised units; 0 where unknown
+    gt_tracks_3d: Optional[Tensor] = None  # (M, T, 3) world points of the tracks above
+    gt_points: Optional[Tensor] = None  # (T, H, W, 3) world point seen by each pixel at its frame's time
+    gt_object_ids: Optional[Tensor] = None  # (T, H, W) long, -1 = static background, k = object k
+    gt_object_poses: Optional[Tensor] = None  # (O, T, 4, 4) object -> world (normalised world)
+    gt_prior_affine: Optional[Tensor] = None  # (T, 2): prior_disp = a_t / gt_depth + b_t before noise/blur
+    val_views: Optional[HeldOutViews] = None
+    frame_names: list[str] = field(default_factory=list)
+
+    # ---- basic properties -------------------------------------------------------------------------
+    @property
+    def num_frames(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def img_wh(self) -> tuple[int, int]:
+        """(W, H), width first."""
+        return int(self.images.shape[2]), int(self.images.shape[1])
+
+    @property
+    def c2ws(self) -> Tensor:
+        return torch.linalg.inv(self.w2cs)
+
+    def prior_depth(self) -> Tensor:
+        """(T, H, W) z-depth from the disparity prior (safe inversion; 0 where invalid)."""
+        depth, valid = safe_inverse(self.prior_disp)
+        return torch.where(valid & self.prior_valid, depth, torch.zeros_like(depth))
+
+    def is_train_frame(self) -> Tensor:
+        """(T,) bool, True for train frames."""
+        out = torch.zeros(self.num_frames, dtype=torch.bool)
+        out[self.train_ids] = True
+        return out
+
+    def track_train_mask(self) -> Tensor:
+        """(M, T) bool: entries the trainer may use (query frame and target frame both in the train split)."""
+        train = self.is_train_frame()
+        return train[self.tracks_query_t][:, None] & train[None, :]
+
+    def to(self, device) -> "VideoSequence":
+        """A copy with every tensor moved to ``device``."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                v = v.to(device)
+            elif isinstance(v, HeldOutViews):
+                v = HeldOutViews(**{k: (x.to(device) if isinstance(x, Tensor) else x) for k, x in vars(v).items()})
+            out[f.name] = v
+        return VideoSequence(**out)
+
+    # ---- ground truth helpers (synthetic) ---------------------------------------------------------
+    def gt_flow(self, i: int, j: int) -> Tensor:
+        """True optical flow from frame i to frame j, (H, W, 2) pixels (dx, dy): pixel p of frame i moves
+        to p + flow in frame j, occluded or not (see :meth:`gt_flow_visible`). Needs the synthetic GT."""
+        if self.gt_points is None or self.gt_object_ids is None or self.gt_object_poses is None:
+            raise ValueError(f"sequence {self.name!r} has no ground-truth geometry (gt_points/gt_object_poses)")
+        X = self.gt_points[i]  # (H, W, 3)
+        ids = self.gt_object_ids[i]
+        Xj = X.clone()
+        for k in range(self.gt_object_poses.shape[0]):
+            sel = ids == k
+            if sel.any():
+                M = self.gt_object_poses[k, j] @ torch.linalg.inv(self.gt_object_poses[k, i])
+                Xj[sel] = transform_points(M, X[sel])
+        xy, _ = project_points(Xj.reshape(-1, 3), self.Ks[j], self.w2cs[j])
+        H, W = ids.shape
+        return xy.reshape(H, W, 2) - pixel_grid(H, W, dtype=xy.dtype)
+
+    def gt_flow_visible(self, i: int, j: int, rel_tol: float = 0.01) -> Tensor:
+        """(H, W) bool: the point of frame i's pixel lands inside frame j and is not occluded there
+        (its depth matches frame j's GT depth at the nearest pixel within ``rel_tol``)."""
+        if self.gt_depth is None:
+            raise ValueError(f"sequence {self.name!r} has no gt_depth")
+        H, W = self.gt_depth.shape[1:]
+        flow = self.gt_flow(i, j)
+        xy = pixel_grid(H, W, dtype=flow.dtype) + flow
+        X = self.gt_points[i].reshape(-1, 3)
+        ids = self.gt_object_ids[i].reshape(-1)
+        Xj = X.clone()
+        for k in range(self.gt_object_poses.shape[0]):
+            sel = ids == k
+            if sel.any():
+                M = self.gt_object_poses[k, j] @ torch.linalg.inv(self.gt_object_poses[k, i])
+                Xj[sel] = transform_points(M, X[sel])
+        _, z = project_points(Xj, self.Ks[j], self.w2cs[j])
+        xi = xy[..., 0].round().long().reshape(-1)
+        yi = xy[..., 1].round().long().reshape(-1)
+        inside = (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H) & (z > 0)
+        zb = self.gt_depth[j][yi.clamp(0, H - 1), xi.clamp(0, W - 1)]
+        return (inside & ((zb - z).abs() <= rel_tol * z.abs())).reshape(H, W)
+
+    # ---- initialisation helpers -------------------------------------------------------------------
+    def get_tracks_3d(
+        self, num: int, generator: Optional[torch.Generator] = None, erosion_px: int = 3, min_visible_frac: float = 0.05
+    ) -> Tracks3D:
+        """Lift foreground tracks to world points with the depth prior and the cameras.
+
+        Keeps tracks whose query frame is a train frame and whose query pixel lies in the (eroded)
+        foreground with a valid prior; a target entry is ``visible`` when the track says so, it falls in
+        the eroded foreground with a valid prior, and the target is a train frame. Tracks visible in
+        fewer than ``min(min_visible_frac * T, 10th percentile)`` frames are dropped (as Shape of Motion
+        does). Returns at most ``num`` tracks, sampled uniformly with ``generator``.
+        """
+        T = self.num_frames
+        empty = Tracks3D(
+            torch.zeros(0, T, 3), torch.zeros(0, T, dtype=torch.bool), torch.zeros(0, T, dtype=torch.bool),
+            torch.zeros(0, T), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long),
+        )
+        if self.tracks_xy.shape[0] == 0 or num <= 0:
+            return empty
+        fg = erode(self.fg_masks > 0.5, erosion_px) & self.valid_masks
+        usable = (fg & self.prior_valid).float()  # (T, H, W)
+        xy = self.tracks_xy.transpose(0, 1)  # (T, M, 2)
+        in_fg = bilinear_sample(usable[:, None], xy)[..., 0] > 0.999  # (T, M)
+        in_img = (xy[..., 0] >= 0) & (xy[..., 0] <= self.img_wh[0] - 1) & (xy[..., 1] >= 0) & (xy[..., 1] <= self.img_wh[1] - 1)
+        in_fg = in_fg & in_img
+        train_q = self.is_train_frame()[self.tracks_query_t]  # (M,)
+        M = xy.shape[1]
+        keep = train_q & in_fg[self.tracks_query_t, torch.arange(M)]
+        train_t = self.is_train_frame()[:, None]  # (T, 1)
+        conf = self.tracks_conf.transpose(0, 1)
+        visible = self.tracks_visible.transpose(0, 1) & in_fg & train_t
+        invisible = (~self.tracks_visible.transpose(0, 1)) & (conf > 0) & in_fg & train_t
+        counts = visible.sum(0)
+        if keep.any():
+            thresh = min(int(min_visible_frac * T), float(counts[keep].float().quantile(0.1)))
+            keep = keep & (counts >= thresh) & (counts > 0)
+        idx = torch.nonzero(keep).squeeze(1)
+        if idx.numel() == 0:
+            return empty
+        if idx.numel() > num:
+            idx = idx[torch.randperm(idx.numel(), generator=generator)[:num]]
+        sub_xy = xy[:, idx]  # (T, N, 2)
+        depth = bilinear_sample(self.prior_depth()[:, None], sub_xy)[..., 0]  # (T, N)
+        pts = unproject_pixels(sub_xy, depth, self.Ks, self.c2ws)  # (T, N, 3)
+        q = self.tracks_query_t[idx]
+        colors = torch.zeros(idx.numel(), 3, dtype=self.images.dtype)
+        qxy = self.tracks_xy[idx, q]  # (N, 2)
+        for qq in torch.unique(q).tolist():
+            sel = q == qq
+            img = self.images[qq].permute(2, 0, 1)[None]  # (1, 3, H, W)
+            colors[sel] = bilinear_sample(img, qxy[sel][None])[0]
+        return Tracks3D(
+            pts.transpose(0, 1).contiguous(), visible[:, idx].T.contiguous(), invisible[:, idx].T.contiguous(),
+            (conf[:, idx] * (visible[:, idx] | invisible[:, idx])).T.contiguous(), colors, q,
+        )
+
+    def get_bg_points(self, num: int, generator: Optional[torch.Generator] = None, erosion_px: int = 3) -> BgPoints:
+        """Back-project the background of the depth prior in train frames to world points.
+
+        Pixels: eroded background, valid image pixels, valid prior. Sampled uniformly over the pooled
+        pixels of all train frames, at most ``num``. Normals come from the depth map's neighbours.
+        """
+        bg = erode(self.fg_masks <= 0.5, erosion_px) & self.valid_masks & self.prior_valid  # (T, H, W)
+        depth = self.prior_depth()
+        ids = self.train_ids
+        sel = bg[ids]
+        cand = torch.nonzero(sel)  # (P, 3): (frame in ids, y, x)
+        if cand.shape[0] == 0:
+            return BgPoints(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, 3))
+        if cand.shape[0] > num:
+            cand = cand[torch.randperm(cand.shape[0], generator=generator)[:num]]
+        f = ids[cand[:, 0]]
+        y, x = cand[:, 1], cand[:, 2]
+        pts_map = self._world_points(depth)  # (T, H, W, 3)
+        normals = normals_from_points(pts_map, self.c2ws[:, :3, 3])  # (T, H, W, 3)
+        return BgPoints(pts_map[f, y, x], normals[f, y, x], self.images[f, y, x])
+
+    def _world_points(self, depth: Tensor) -> Tensor:
+        T, H, W = depth.shape
+        grid = pixel_grid(H, W, dtype=depth.dtype).reshape(1, -1, 2).expand(T, -1, -1)
+        return unproject_pixels(grid, depth.reshape(T, -1), self.Ks, self.c2ws).reshape(T, H, W, 3)
+
+
+def erode(mask: Tensor, radius: int) -> Tensor:
+    """Binary erosion of ``mask`` (..., H, W) bool with a square of side ``2 * radius + 1`` (border kept)."""
+    if radius <= 0:
+        return mask
+    shape = mask.shape
+    m = mask.reshape(-1, 1, *shape[-2:]).float()
+    k = 2 * radius + 1
+    out = -F.max_pool2d(-F.pad(m, (radius,) * 4, mode="replicate"), k, stride=1)
+    return (out > 0.5).reshape(shape)
+
+
+def normals_from_points(points: Tensor, cam_centers: Tensor) -> Tensor:
+    """Unit normals of a point map (T, H, W, 3) from central differences, oriented towards the camera
+    centres (T, 3). Border pixels use one-sided differences (replicate padding)."""
+    p = points.permute(0, 3, 1, 2)
+    p = F.pad(p, (1, 1, 1, 1), mode="replicate").permute(0, 2, 3, 1)
+    dx = p[:, 1:-1, 2:] - p[:, 1:-1, :-2]
+    dy = p[:, 2:, 1:-1] - p[:, :-2, 1:-1]
+    n = F.normalize(torch.cross(dx, dy, dim=-1), dim=-1)
+    to_cam = cam_centers[:, None, None, :] - points
+    flip = (n * to_cam).sum(-1, keepdim=True) < 0
+    return torch.where(flip, -n, n)

@@ -1,0 +1,439 @@
+"""The embedded synthetic scene: a procedural dynamic video with ground truth, no download.
+
+A room of five textured planes (back wall, floor, ceiling, side walls) holds ``num_objects`` textured
+spheres and boxes on a "carousel": they orbit a common centre by half a turn over the video, so the
+object in front at the start is behind at the end (occlusions and depth-order changes), bob up and
+down, and spin about their own axes. A camera moves sideways and forward while looking at the centre.
+Lambertian shading under a fixed directional light plus ambient. Rendering is an analytic ray caster
+in numpy (float64): one ray through each pixel centre, so ground truth is exact per pixel.
+
+Ground truth: z-depth, the world point and object id of every pixel, object poses (hence flow between
+any two frames), 3D tracks with visibility from the ray caster, and the per-frame affine (a_t, b_t) of
+the depth prior. The depth *prior* handed to the trainer is the true disparity, optionally blurred
+(``prior_blur_px``, smears depth edges like a monocular estimator), mapped through a per-frame affine
+that drifts over time, ``disp_t = a_t / z + b_t`` with ``a_t = 1 + prior_scale_drift * u(s)`` and
+``b_t = prior_shift_drift * median(1 / z) * u(s)`` (s = t / (T - 1); u(s) = s - 1/2 for ``linear``,
+sin(2 pi s) / 2 for ``sine``, 0 for ``none`` and ``perfect``), then multiplied by (1 + ``prior_noise`` * N(0, 1)).
+``perfect`` also turns blur and noise off: the prior is then exactly 1 / z.
+
+``python -m flow3d.data.synthetic --out-dir DIR`` writes the scene in the custom layout (see
+:func:`write_custom_layout`) so users can see a complete example of the format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import cv2
+import numpy as np
+import torch
+import tyro
+
+from flow3d.data.cache import cache_key, load_sequence, memo_get, memo_put, save_sequence
+from flow3d.data.common import CommonDataConfig
+from flow3d.data.normalize import apply_scene_norm, compute_scene_norm
+from flow3d.data.sequence import VideoSequence
+from flow3d.data.split import split_frames
+from flow3d.data.tracks import visibility_to_tapir
+from flow3d.log import get_logger
+
+logger = get_logger(__name__)
+
+
+@dataclass(kw_only=True)
+class SyntheticDataConfig(CommonDataConfig):
+    """The embedded procedural scene with ground truth (deterministic from ``seed``)."""
+
+    seed: int = 0
+    """Random seed of the scene (object shapes, textures, paths) and of the prior's noise."""
+    num_frames: int = 24
+    """Number of frames T."""
+    width: int = 128
+    """Image width W in pixels."""
+    height: int = 96
+    """Image height H in pixels."""
+    num_objects: int = 3
+    """Number of moving objects (alternately spheres and boxes), 1 to 6."""
+    fov_deg: float = 65.0
+    """Horizontal field of view of the camera in degrees."""
+    camera_motion: float = 1.0
+    """Amplitude of the camera path (0 = static camera)."""
+    track_grid_step: int = 8
+    """Spacing in pixels of the query points of the 2D tracks (a regular grid in each query frame)."""
+    track_query_stride: int = 1
+    """Every k-th frame is a query frame of 2D tracks."""
+    track_noise_px: float = 0.0
+    """Standard deviation (pixels) of Gaussian noise added to the 2D tracks outside their query frame."""
+    prior_drift: Literal["linear", "sine", "none", "perfect"] = "linear"
+    """How the depth prior's per-frame scale and shift drift over time; ``perfect`` gives exactly 1/z."""
+    prior_scale_drift: float = 0.3
+    """Relative change of the prior's scale over the video (first to last frame for ``linear``)."""
+    prior_shift_drift: float = 0.2
+    """Change of the prior's shift over the video, as a fraction of the median true disparity."""
+    prior_blur_px: float = 1.0
+    """Standard deviation (pixels) of a Gaussian blur of the prior (blurs depth edges); 0 = none."""
+    prior_noise: float = 0.01
+    """Relative standard deviation of multiplicative per-pixel noise on the prior; 0 = none."""
+    normalize_scene: tyro.conf.FlagConversionOff[bool] = False
+    """Apply Shape of Motion's scene normalisation (off: the scene is already at unit scale)."""
+    cache_dir: Optional[str] = None
+    """Folder for an on-disk cache of the generated scene (None: keep it in memory only)."""
+
+    def load(self) -> VideoSequence:
+        """Generate (or fetch from the cache) the whole video; see :func:`make_synthetic_sequence`."""
+        key = cache_key(self, exclude=("is_train", "cache_dir"))
+        seq = memo_get(key)
+        if seq is not None:
+            return seq
+        path = Path(self.cache_dir) / f"synthetic_{key}.npz" if self.cache_dir else None
+        if path is not None and path.exists():
+            seq = load_sequence(path)
+        else:
+            seq = make_synthetic_sequence(self)
+            if path is not None:
+                save_sequence(path, seq)
+        memo_put(key, seq)
+        return seq
+
+
+# ------------------------------------------------------------------------------------------------
+# Scene description
+# ------------------------------------------------------------------------------------------------
+# Planes (normal n facing into the room, offset h with n . x = h), world axes as OpenCV: y down.
+_PLANES = [
+    (np.array([0.0, 0.0, -1.0]), -6.0),  # back wall z = 6
+    (np.array([0.0, -1.0, 0.0]), -1.2),  # floor y = 1.2
+    (np.array([0.0, 1.0, 0.0]), -2.2),  # ceiling y = -2.2
+    (np.array([1.0, 0.0, 0.0]), -3.5),  # left wall x = -3.5
+    (np.array([-1.0, 0.0, 0.0]), -3.5),  # right wall x = 3.5
+]
+_CENTER = np.array([0.0, 0.2, 3.4])
+_LIGHT = np.array([0.3, -1.0, -0.6]) / np.linalg.norm([0.3, -1.0, -0.6])  # towards the light
+
+
+def _rodrigues(axis: np.ndarray, angle: float) -> np.ndarray:
+    axis = axis / np.linalg.norm(axis)
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(angle) * K + (1 - math.cos(angle)) * K @ K
+
+
+@dataclass
+class _Scene:
+    kinds: list  # "sphere" | "box"
+    sizes: list  # radius or half extents (3,)
+    poses: np.ndarray  # (O, T, 4, 4) object -> world
+    w2cs: np.ndarray  # (T, 4, 4)
+    K: np.ndarray  # (3, 3)
+    materials: list  # (color_a, color_b, freq, wave1, wave2) per plane then per object
+
+
+def _build_scene(cfg: SyntheticDataConfig, rng: np.random.Generator) -> _Scene:
+    T, W, H = cfg.num_frames, cfg.width, cfg.height
+    O = cfg.num_objects
+    if not 1 <= O <= 6:
+        raise ValueError(f"num_objects must be in 1..6, got {O}")
+    if T < 2 or W < 8 or H < 8:
+        raise ValueError(f"need num_frames >= 2 and an image of at least 8x8, got T={T}, {W}x{H}")
+    s = np.linspace(0.0, 1.0, T)
+    kinds, sizes, poses = [], [], np.zeros((O, T, 4, 4))
+    direction = rng.choice([-1.0, 1.0])
+    for k in range(O):
+        kind = "sphere" if k % 2 == 0 else "box"
+        kinds.append(kind)
+        sizes.append(rng.uniform(0.38, 0.5) if kind == "sphere" else rng.uniform(0.26, 0.4, size=3))
+        radius = rng.uniform(0.8, 1.05)
+        phase = 2 * math.pi * k / O + rng.uniform(-0.2, 0.2)
+        height = rng.uniform(-0.3, 0.1)
+        bob_phase = rng.uniform(0, 2 * math.pi)
+        axis = rng.normal(size=3)
+        spin = rng.uniform(1.5, 3.0) * rng.choice([-1.0, 1.0])
+        spin0 = rng.uniform(0, 2 * math.pi)
+        for t in range(T):
+            theta = phase + direction * math.pi * s[t]
+            p = _CENTER + np.array([radius * math.sin(theta), height + 0.12 * math.sin(2 * math.pi * s[t] + bob_phase), -radius * math.cos(theta)])
+            poses[k, t] = np.eye(4)
+            poses[k, t, :3, :3] = _rodrigues(axis, spin0 + spin * s[t])
+            poses[k, t, :3, 3] = p
+    a = cfg.camera_motion
+    w2cs = np.zeros((T, 4, 4))
+    target = _CENTER
+    for t in range(T):
+        c = np.array([a * (-0.8 + 1.6 * s[t]), -0.2 - 0.15 * a * math.sin(math.pi * s[t]), -0.4 + 0.5 * a * s[t]])
+        z = target - c
+        z /= np.linalg.norm(z)
+        x = np.cross(np.array([0.0, 1.0, 0.0]), z)
+        x /= np.linalg.norm(x)
+        y = np.cross(z, x)
+        c2w = np.eye(4)
+        c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, c
+        w2cs[t] = np.linalg.inv(c2w)
+    f = (W / 2.0) / math.tan(math.radians(cfg.fov_deg) / 2.0)
+    K = np.array([[f, 0.0, (W - 1) / 2.0], [0.0, f, (H - 1) / 2.0], [0.0, 0.0, 1.0]])
+    materials = []
+    for m in range(len(_PLANES) + O):
+        ca = rng.uniform(0.25, 0.95, size=3)
+        cb = ca * rng.uniform(0.35, 0.7) + rng.uniform(0.0, 0.2, size=3)
+        freq = rng.uniform(1.2, 2.2) if m < len(_PLANES) else rng.uniform(4.0, 7.0)
+        materials.append((ca, cb, freq, rng.normal(size=3) * 6.0, rng.normal(size=3) * 9.0))
+    return _Scene(kinds, sizes, poses, w2cs, K, materials)
+
+
+def _cast(scene: _Scene, t: int, origin: np.ndarray, dirs: np.ndarray):
+    """Ray-cast rays ``origin + tau * dirs`` (dirs (P, 3) with unit camera-z component, so tau is
+    z-depth). Returns depth (P,), object id (P,) (-1 background), material (P,), normal (P, 3) world,
+    texture coordinates (P, 3) (object-local for objects, world for planes)."""
+    P = dirs.shape[0]
+    best = np.full(P, np.inf)
+    obj = np.full(P, -1, dtype=np.int64)
+    mat = np.full(P, -1, dtype=np.int64)
+    normal = np.zeros((P, 3))
+    texc = np.zeros((P, 3))
+    eps = 1e-6
+    for i, (n, h) in enumerate(_PLANES):
+        den = dirs @ n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tau = (h - origin @ n) / den
+        ok = (np.abs(den) > 1e-12) & (tau > eps) & (tau < best)
+        best[ok], mat[ok], obj[ok] = tau[ok], i, -1
+        normal[ok] = n
+        texc[ok] = origin + tau[ok, None] * dirs[ok]
+    for k, kind in enumerate(scene.kinds):
+        pose = scene.poses[k, t]
+        R, p = pose[:3, :3], pose[:3, 3]
+        o_l = R.T @ (origin - p)  # (3,)
+        d_l = dirs @ R  # (P, 3) = R^T d
+        if kind == "sphere":
+            r = scene.sizes[k]
+            a = (d_l * d_l).sum(-1)
+            b = d_l @ o_l
+            c = o_l @ o_l - r * r
+            disc = b * b - a * c
+            tau = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
+            ok = (disc >= 0) & (tau > eps) & (tau < best)
+            n_l = (o_l + tau[:, None] * d_l) / r
+        else:
+            hx = np.asarray(scene.sizes[k])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inv = 1.0 / np.where(np.abs(d_l) < 1e-15, 1e-15, d_l)
+            t1 = (-hx - o_l) * inv
+            t2 = (hx - o_l) * inv
+            tmin_ax = np.minimum(t1, t2)
+            tau = tmin_ax.max(-1)
+            tfar = np.maximum(t1, t2).min(-1)
+            ok = (tau <= tfar) & (tau > eps) & (tau < best)
+            ax = tmin_ax.argmax(-1)
+            n_l = np.zeros((P, 3))
+            n_l[np.arange(P), ax] = -np.sign(d_l[np.arange(P), ax])
+        best[ok], obj[ok], mat[ok] = tau[ok], k, len(_PLANES) + k
+        normal[ok] = n_l[ok] @ R.T
+        texc[ok] = o_l + tau[ok, None] * d_l[ok]
+    return best, obj, mat, normal, texc
+
+
+def _shade(scene: _Scene, mat: np.ndarray, normal: np.ndarray, texc: np.ndarray) -> np.ndarray:
+    out = np.zeros((mat.shape[0], 3))
+    for m, (ca, cb, freq, w1, w2) in enumerate(scene.materials):
+        sel = mat == m
+        if not sel.any():
+            continue
+        p = texc[sel]
+        checker = (np.floor(p * freq).sum(-1) % 2)[:, None]
+        wave = 0.82 + 0.18 * np.sin(p @ w1)[:, None] * np.cos(p @ w2)[:, None]
+        out[sel] = np.where(checker > 0, ca, cb) * wave
+    lambert = np.clip(normal @ _LIGHT, 0.0, None)[:, None]
+    return np.clip(out * (0.4 + 0.6 * lambert), 0.0, 1.0)
+
+
+def _rays(scene: _Scene, t: int, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Origin (3,) and directions (P, 3) with unit camera-z through OpenCV pixel positions xy (P, 2)."""
+    c2w = np.linalg.inv(scene.w2cs[t])
+    pix = np.concatenate([xy, np.ones((xy.shape[0], 1))], axis=-1)
+    d_cam = pix @ np.linalg.inv(scene.K).T  # z = 1
+    return c2w[:3, 3], d_cam @ c2w[:3, :3].T
+
+
+def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
+    """Render the scene of ``cfg`` into a :class:`VideoSequence` with ground truth (see the module doc)."""
+    rng = np.random.default_rng(cfg.seed)
+    scene = _build_scene(cfg, rng)
+    T, W, H = cfg.num_frames, cfg.width, cfg.height
+    ys, xs = np.meshgrid(np.arange(H, dtype=np.float64), np.arange(W, dtype=np.float64), indexing="ij")
+    grid = np.stack([xs, ys], -1).reshape(-1, 2)
+    images = np.zeros((T, H, W, 3))
+    depth = np.zeros((T, H, W))
+    ids = np.zeros((T, H, W), dtype=np.int64)
+    points = np.zeros((T, H, W, 3))
+    for t in range(T):
+        o, d = _rays(scene, t, grid)
+        tau, obj, mat, normal, texc = _cast(scene, t, o, d)
+        if not np.isfinite(tau).all():
+            raise RuntimeError("synthetic scene: a ray hit nothing (camera left the room)")
+        images[t] = _shade(scene, mat, normal, texc).reshape(H, W, 3)
+        depth[t] = tau.reshape(H, W)
+        ids[t] = obj.reshape(H, W)
+        points[t] = (o + tau[:, None] * d).reshape(H, W, 3)
+    images = np.round(images * 255.0) / 255.0  # 8-bit levels, as from a real camera (and exact through PNG)
+
+    # ---- depth prior ------------------------------------------------------------------------------
+    s = np.linspace(0.0, 1.0, T)
+    u = {"linear": s - 0.5, "sine": 0.5 * np.sin(2 * np.pi * s), "none": 0 * s, "perfect": 0 * s}[cfg.prior_drift]
+    true_disp = 1.0 / depth
+    a_t = 1.0 + cfg.prior_scale_drift * u
+    b_t = cfg.prior_shift_drift * float(np.median(true_disp)) * u
+    blur = 0.0 if cfg.prior_drift == "perfect" else cfg.prior_blur_px
+    noise = 0.0 if cfg.prior_drift == "perfect" else cfg.prior_noise
+    prior = np.zeros_like(true_disp)
+    for t in range(T):
+        d_t = cv2.GaussianBlur(true_disp[t], (0, 0), blur, borderType=cv2.BORDER_REFLECT) if blur > 0 else true_disp[t]
+        prior[t] = a_t[t] * d_t + b_t[t]
+    if noise > 0:
+        prior = prior * (1.0 + noise * rng.normal(size=prior.shape))
+    prior_valid = np.isfinite(prior) & (prior > 0)
+    prior = np.where(prior_valid, prior, 0.0)
+
+    # ---- tracks -----------------------------------------------------------------------------------
+    g = cfg.track_grid_step
+    gy, gx = np.meshgrid(np.arange(g // 2, H, g), np.arange(g // 2, W, g), indexing="ij")
+    queries = list(range(0, T, max(cfg.track_query_stride, 1)))
+    tr_xyz, tr_q, tr_fg = [], [], []
+    for q in queries:
+        X = points[q, gy.ravel(), gx.ravel()]  # (P, 3)
+        k = ids[q, gy.ravel(), gx.ravel()]
+        tr_fg.append(k >= 0)
+        traj = np.repeat(X[:, None], T, axis=1)  # (P, T, 3)
+        for kk in range(cfg.num_objects):
+            sel = k == kk
+            if sel.any():
+                local = (np.linalg.inv(scene.poses[kk, q]) @ np.concatenate([X[sel], np.ones((sel.sum(), 1))], -1).T).T
+                traj[sel] = np.einsum("tij,pj->pti", scene.poses[kk], local)[..., :3]
+        tr_xyz.append(traj)
+        tr_q.append(np.full(X.shape[0], q))
+    gt3d = np.concatenate(tr_xyz)  # (M, T, 3)
+    query_t = np.concatenate(tr_q)
+    fg_track = torch.from_numpy(np.concatenate(tr_fg))
+    M = gt3d.shape[0]
+    xy = np.zeros((M, T, 2))
+    vis = np.zeros((M, T), dtype=bool)
+    for t in range(T):
+        cam = gt3d[:, t] @ scene.w2cs[t, :3, :3].T + scene.w2cs[t, :3, 3]
+        z = cam[:, 2]
+        uv = cam @ scene.K.T
+        xy[:, t] = uv[:, :2] / np.where(z > 1e-9, z, 1e-9)[:, None]
+        inside = (z > 1e-6) & (xy[:, t, 0] >= -0.5) & (xy[:, t, 0] <= W - 0.5) & (xy[:, t, 1] >= -0.5) & (xy[:, t, 1] <= H - 0.5)
+        idx = np.nonzero(inside)[0]
+        o, d = _rays(scene, t, xy[idx, t])
+        tau = _cast(scene, t, o, d)[0]
+        vis[idx, t] = np.abs(tau - z[idx]) <= 1e-6 * z[idx] + 1e-9
+    vis[np.arange(M), query_t] = True
+    xy_obs = xy.copy()
+    if cfg.track_noise_px > 0:
+        xy_obs = xy_obs + cfg.track_noise_px * rng.normal(size=xy.shape)
+        xy_obs[np.arange(M), query_t] = xy[np.arange(M), query_t]
+
+    train_ids, val_ids = split_frames(T, cfg.val_every)
+    f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
+    seq = VideoSequence(
+        name=f"synthetic_s{cfg.seed}",
+        images=f32(images), fg_masks=f32(ids >= 0), valid_masks=torch.ones(T, H, W, dtype=torch.bool),
+        prior_disp=f32(prior), prior_valid=torch.from_numpy(prior_valid),
+        w2cs=f32(scene.w2cs), Ks=f32(np.repeat(scene.K[None], T, 0)), time_ids=torch.arange(T),
+        train_ids=train_ids, val_ids=val_ids,
+        tracks_xy=f32(xy_obs), tracks_visible=torch.from_numpy(vis), tracks_conf=torch.ones(M, T),
+        tracks_query_t=torch.from_numpy(query_t).long(),
+        gt_depth=f32(depth), gt_tracks_3d=f32(gt3d), gt_points=f32(points), gt_object_ids=torch.from_numpy(ids),
+        gt_object_poses=f32(scene.poses), gt_prior_affine=f32(np.stack([a_t, b_t], -1)),
+        frame_names=[f"{t:05d}" for t in range(T)],
+    )
+    if cfg.normalize_scene:
+        # Shape of Motion normalises with the foreground tracks; here their true 3D points.
+        pts = seq.gt_tracks_3d[fg_track] if fg_track.any() else seq.gt_tracks_3d
+        scale, transform = compute_scene_norm(pts.reshape(-1, 3), seq.w2cs)
+        seq = apply_scene_norm(seq, scale, transform)
+    logger.info("synthetic scene: %d frames %dx%d, %d objects, %d tracks", T, W, H, cfg.num_objects, M)
+    return seq
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing any (un-normalised) sequence in the custom layout
+# ------------------------------------------------------------------------------------------------
+def write_custom_layout(
+    seq: VideoSequence, root: Path | str, seq_name: str, depth_type: str = "aligned_depth_anything", track_type: str = "bootstapir"
+) -> Path:
+    """Write ``seq`` as Shape of Motion's custom layout under ``root``:
+
+    ``images/SEQ/NNNNN.png``, ``masks/SEQ/NNNNN.png`` (255 = foreground), ``<depth_type>/SEQ/NNNNN.npy``
+    (float32 disparity, 0 = invalid), ``droid_recon/SEQ.npy`` (pickled dict ``traj_c2w`` (T, 4, 4),
+    ``img_shape`` (H, W), ``intrinsics`` (fx, fy, cx, cy) in OpenCV pixel-centre convention, ``tstamps``),
+    ``<track_type>/SEQ/<q>_<t>.npy`` ((P, 4) TAPIR rows), and, when known, ``gt_depth/SEQ/NNNNN.npy``
+    (true z-depth; not read by the loader). Returns ``root``.
+    """
+    root = Path(root)
+    if seq.scene_scale != 1.0 or not torch.equal(seq.scene_transform, torch.eye(4)):
+        raise ValueError("write_custom_layout needs an un-normalised sequence (scene_scale 1, identity transform)")
+    K0 = seq.Ks[0]
+    if not torch.allclose(seq.Ks, K0.expand_as(seq.Ks)):
+        raise ValueError("write_custom_layout: droid_recon stores one intrinsic matrix; the sequence's Ks differ per frame")
+    names = seq.frame_names or [f"{t:05d}" for t in range(seq.num_frames)]
+    dirs = {k: root / k / seq_name for k in ("images", "masks", depth_type, track_type)}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    imgs = (seq.images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    for t, n in enumerate(names):
+        cv2.imwrite(str(dirs["images"] / f"{n}.png"), cv2.cvtColor(imgs[t], cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(dirs["masks"] / f"{n}.png"), ((seq.fg_masks[t] > 0.5).numpy() * 255).astype(np.uint8))
+        np.save(dirs[depth_type] / f"{n}.npy", torch.where(seq.prior_valid[t], seq.prior_disp[t], 0.0).numpy().astype(np.float32))
+    if seq.gt_depth is not None:
+        (root / "gt_depth" / seq_name).mkdir(parents=True, exist_ok=True)
+        for t, n in enumerate(names):
+            np.save(root / "gt_depth" / seq_name / f"{n}.npy", seq.gt_depth[t].numpy())
+    (root / "droid_recon").mkdir(parents=True, exist_ok=True)
+    recon = {
+        "traj_c2w": np.linalg.inv(seq.w2cs.double().numpy()),
+        "img_shape": (seq.img_wh[1], seq.img_wh[0]),
+        "intrinsics": np.array([K0[0, 0], K0[1, 1], K0[0, 2], K0[1, 2]], dtype=np.float64),
+        "tstamps": np.arange(seq.num_frames),
+    }
+    np.save(root / "droid_recon" / f"{seq_name}.npy", recon, allow_pickle=True)
+    for q in torch.unique(seq.tracks_query_t).tolist():
+        rows = seq.tracks_query_t == q
+        tap = visibility_to_tapir(seq.tracks_xy[rows], seq.tracks_visible[rows], seq.tracks_conf[rows])  # (P, T, 4)
+        for t, n in enumerate(names):
+            np.save(dirs[track_type] / f"{names[q]}_{n}.npy", tap[:, t].numpy())
+    return root
+
+
+@dataclass
+class _WriteArgs:
+    """Write the synthetic scene in the custom layout."""
+
+    out_dir: str
+    """Root folder to write (created if missing)."""
+    seq_name: str = "synthetic"
+    """Sequence name (sub-folder name)."""
+    depth_type: str = "aligned_depth_anything"
+    """Folder name of the disparity prior."""
+    track_type: str = "bootstapir"
+    """Folder name of the 2D tracks."""
+    scene: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
+    """Options of the scene."""
+
+
+def main() -> None:
+    from flow3d.log import setup_logging
+
+    setup_logging()
+    args = tyro.cli(_WriteArgs)
+    if args.scene.normalize_scene:
+        raise SystemExit("--scene.normalize-scene True cannot be written: the custom layout stores original units")
+    seq = make_synthetic_sequence(args.scene)
+    root = write_custom_layout(seq, args.out_dir, args.seq_name, args.depth_type, args.track_type)
+    print(f"wrote {seq.num_frames} frames of {seq.img_wh[0]}x{seq.img_wh[1]} to {root}")
+    print(f"load it with: data:custom --data.root-dir {root} --data.seq-name {args.seq_name} --data.depth-type {args.depth_type} --data.track-type {args.track_type}")
+
+
+if __name__ == "__main__":
+    main()

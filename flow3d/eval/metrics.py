@@ -1,0 +1,660 @@
+"""Evaluation metrics: images (PSNR, SSIM, LPIPS), depth, depth order, temporal consistency, tracking.
+
+Pure functions on torch tensors; they follow their inputs' device and dtype and never need a trained
+model. Shapes use the glossary letters of :mod:`flow3d` (T frames, M tracks, P points or pairs).
+
+Conventions shared by every function here
+    * Images are channels-last ``(B, H, W, 3)`` in [0, 1], as the renderer and the datasets give them.
+    * Masks are ``(B, H, W)`` float in [0, 1] or bool; a pixel counts with its mask weight.
+    * A metric that has nothing to score (empty mask, no valid depth, no visible track) is NaN for
+      that frame, never silently 0; aggregates skip NaN frames and say how many they used
+      (see :func:`flow3d.eval.report.aggregate_per_frame`).
+    * Something that cannot be computed at all on this machine (LPIPS without weights) is an
+      :class:`Unavailable` carrying the reason, which the report writes as ``null`` plus the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flow3d.geometry import bilinear_sample, inside_image, pixel_grid
+from flow3d.log import get_logger
+from flow3d.losses.photometric import psnr as _psnr
+from flow3d.losses.photometric import ssim_map
+
+logger = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A metric that could not be computed, with the reason (written as null + reason in reports)."""
+
+    reason: str
+
+
+@dataclass
+class MetricResult:
+    """Per-frame values and their aggregates.
+
+    per_frame: name -> (T,) tensor (NaN where a frame had nothing to score).
+    aggregate: name -> float (NaN when no frame could be scored; ``notes`` then says why).
+    notes: name -> short human-readable remark (how a value was computed or why it is missing).
+    """
+
+    per_frame: dict[str, Tensor] = field(default_factory=dict)
+    aggregate: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def _check_images(pred: Tensor, target: Tensor, mask: Tensor | None, name: str = "pred") -> Tensor | None:
+    if pred.dim() != 4 or pred.shape[-1] != 3 or pred.shape != target.shape:
+        raise ValueError(
+            f"{name} and target must both be (B, H, W, 3) images, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    if mask is None:
+        return None
+    if mask.shape != pred.shape[:3]:
+        raise ValueError(f"mask must be (B, H, W) = {tuple(pred.shape[:3])}, got {tuple(mask.shape)}")
+    return mask.to(pred.dtype)
+
+
+def _masked_mean_or_nan(values: Tensor, weights: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """sum(values * w) / sum(w) over ``dims``; NaN where the weights sum to 0 (nothing to score)."""
+    wsum = weights.sum(dim=dims)
+    safe = torch.where(wsum > 0, wsum, torch.ones_like(wsum))
+    out = (values * weights).sum(dim=dims) / safe
+    return torch.where(wsum > 0, out, torch.full_like(out, float("nan")))
+
+
+# ----------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------
+
+
+def masked_psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None, data_range: float = 1.0) -> Tensor:
+    """PSNR in dB per image over the (weighted) mask.
+
+    pred, target: (B, H, W, 3) in [0, data_range]; mask: (B, H, W) or None (whole image).
+    MSE = sum(mask * (pred - target)^2) / (3 * sum(mask)), as Shape of Motion's mPSNR for binary masks
+    (SoM squares a soft mask: mask^2 weights; covisibility masks are binary, where both agree).
+    Returns (B,); NaN for an image whose mask is empty. Aggregate as the mean over images (SoM does).
+    """
+    m = _check_images(pred, target, mask)
+    return _psnr(pred, target, None if m is None else m[..., None], data_range=data_range)
+
+
+def masked_ssim(pred: Tensor, target: Tensor, mask: Tensor | None = None, data_range: float = 1.0) -> Tensor:
+    """Mean of the SSIM map over the (weighted) mask, per image.
+
+    pred, target: (B, H, W, 3) in [0, data_range]; mask: (B, H, W) or None (whole image).
+    The map is :func:`flow3d.losses.photometric.ssim_map` (11x11 Gaussian window, sigma 1.5, zero
+    'same' padding), so pixels outside the mask still enter the windows of pixels near its border.
+    Returns (B,); NaN for an empty mask. For numbers comparable with published Shape of Motion /
+    DyCheck mSSIM on covisibility masks use :func:`mssim_som`.
+    """
+    m = _check_images(pred, target, mask)
+    smap = ssim_map(pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=data_range)  # (B, 3, H, W)
+    return _mean_of_map(smap, m)
+
+
+def _mean_of_map(smap: Tensor, m: Tensor | None) -> Tensor:
+    """(B, C, H, W) map -> (B,) mean over pixels and channels, weighted by m (B, H, W) if given."""
+    if m is None:
+        return smap.mean(dim=(1, 2, 3))
+    return _masked_mean_or_nan(smap, m[:, None].expand_as(smap), (1, 2, 3))
+
+
+def _gaussian_1d(size: int, sigma: float, device, dtype) -> Tensor:
+    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2.0
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    return g / g.sum()
+
+
+def mssim_som(
+    pred: Tensor,
+    target: Tensor,
+    mask: Tensor | None = None,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+) -> Tensor:
+    """Masked SSIM exactly as Shape of Motion's ``mSSIM`` (inherited from DyCheck), per image.
+
+    pred, target: (B, H, W, 3) in [0, data_range]; mask: (B, H, W) (covisibility) or None.
+    Definition (read from SoM ``flow3d/metrics.py``): the Gaussian blur is separable and 'valid'
+    (no padding; the map is (H-10, W-10)), applied first along x then along y. Each 1-D pass takes
+    the Gaussian-weighted sum of ``z * m`` and rescales it by ``size / count(m in window)`` (not by
+    the Gaussian weight of the masked pixels); windows with no masked pixel give 0 and pass an empty
+    mask to the next pass. Variances are clipped to >= 0 and the covariance to |cov| <= sqrt(v0 v1).
+    The result is the mean of the SSIM map over *all* its pixels and channels: windows that see no
+    masked pixel have mu = sigma = 0 and count as SSIM 1 (a quirk of the published metric, kept so
+    numbers compare). Returns (B,).
+    """
+    m = _check_images(pred, target, mask)
+    B, H, W, C = pred.shape
+    if H < window_size or W < window_size:
+        raise ValueError(f"mssim_som needs images of at least {window_size}x{window_size} pixels, got {H}x{W}")
+    if m is None:
+        m = pred.new_ones(B, H, W)
+    g = _gaussian_1d(window_size, sigma, pred.device, pred.dtype)
+
+    def blur_1d(z: Tensor, mk: Tensor, kernel_shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        # z: (B, C, h, w), mk: (B, 1, h, w) -> blurred z and the new mask (window saw a masked pixel).
+        f = g.reshape(1, 1, *kernel_shape).expand(z.shape[1], 1, *kernel_shape)
+        ones = torch.ones_like(g).reshape(1, 1, *kernel_shape)
+        z_ = F.conv2d(z * mk, f, groups=z.shape[1])
+        m_ = F.conv2d(mk, ones)
+        out = torch.where(m_ > 0, z_ * window_size / torch.where(m_ > 0, m_, torch.ones_like(m_)), torch.zeros_like(z_))
+        return out, (m_ > 0).to(z.dtype)
+
+    def blur(z: Tensor) -> Tensor:
+        zx, mx = blur_1d(z, m[:, None], (1, window_size))
+        return blur_1d(zx, mx, (window_size, 1))[0]
+
+    x0 = pred.permute(0, 3, 1, 2)
+    x1 = target.permute(0, 3, 1, 2)
+    mu0, mu1 = blur(x0), blur(x1)
+    s00 = (blur(x0 * x0) - mu0 * mu0).clamp(min=0.0)
+    s11 = (blur(x1 * x1) - mu1 * mu1).clamp(min=0.0)
+    s01 = blur(x0 * x1) - mu0 * mu1
+    s01 = torch.sign(s01) * torch.minimum(torch.sqrt(s00 * s11), s01.abs())
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    smap = ((2 * mu0 * mu1 + c1) * (2 * s01 + c2)) / ((mu0 * mu0 + mu1 * mu1 + c1) * (s00 + s11 + c2))
+    return smap.mean(dim=(1, 2, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# LPIPS (AlexNet), only from local weight files
+# ----------------------------------------------------------------------------------------------
+
+# torchvision's AlexNet ``features`` convolutions: (index in features, in, out, kernel, stride, pad).
+_ALEX_CONVS = [(0, 3, 64, 11, 4, 2), (3, 64, 192, 5, 1, 2), (6, 192, 384, 3, 1, 1), (8, 384, 256, 3, 1, 1), (10, 256, 256, 3, 1, 1)]
+_ALEX_POOL_AFTER = {0, 3}  # max-pool (3, stride 2) after the ReLU of these convs, before the next tap
+_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+_LPIPS_SCALE = (0.458, 0.448, 0.450)
+
+
+class LpipsScorer:
+    """LPIPS (v0.1, AlexNet backbone, as Shape of Motion's mLPIPS) from local weight files only.
+
+    ``LpipsScorer(lin_path, backbone_path)``:
+      * ``lin_path``: the LPIPS linear heads, ``lpips/weights/v0.1/alex.pth`` from the ``lpips``
+        package (keys ``lin{0..4}.model.1.weight``, shapes (1, C, 1, 1));
+      * ``backbone_path``: torchvision's ImageNet AlexNet state dict
+        (``alexnet-owt-7be5be79.pth``, in ``~/.cache/torch/hub/checkpoints/`` on a machine that has
+        used it; keys ``features.{0,3,6,8,10}.{weight,bias}``).
+    Nothing is downloaded. ``available`` tells whether both loaded; ``reason`` says why not.
+    Calling the scorer returns a (B,) tensor, or :class:`Unavailable` when the weights are missing, so
+    a caller cannot skip LPIPS silently.
+    """
+
+    def __init__(self, lin_path: str | Path | None = None, backbone_path: str | Path | None = None):
+        self.lin_path = None if lin_path is None else Path(lin_path)
+        self.backbone_path = None if backbone_path is None else Path(backbone_path)
+        self.available = False
+        self.reason = ""
+        self._convs: list[tuple[Tensor, Tensor, int, int]] = []
+        self._lins: list[Tensor] = []
+        try:
+            self._load()
+            self.available = True
+        except _LpipsUnavailable as e:
+            self.reason = str(e)
+            logger.info("LPIPS unavailable: %s", self.reason)
+
+    def _load(self) -> None:
+        if self.lin_path is None or self.backbone_path is None:
+            raise _LpipsUnavailable(
+                "LPIPS needs local weights (no download here): pass lin_path (lpips/weights/v0.1/alex.pth) "
+                "and backbone_path (torchvision alexnet-owt-7be5be79.pth)"
+            )
+        lin = _load_state_dict(self.lin_path, "lin_path")
+        backbone = _load_state_dict(self.backbone_path, "backbone_path")
+        for idx, cin, cout, k, stride, pad in _ALEX_CONVS:
+            w, b = backbone.get(f"features.{idx}.weight"), backbone.get(f"features.{idx}.bias")
+            if w is None or b is None or tuple(w.shape) != (cout, cin, k, k) or tuple(b.shape) != (cout,):
+                raise _LpipsUnavailable(
+                    f"backbone_path {self.backbone_path}: expected torchvision AlexNet key features.{idx}.weight "
+                    f"of shape {(cout, cin, k, k)} (and its bias), got {None if w is None else tuple(w.shape)}"
+                )
+            self._convs.append((w.float(), b.float(), stride, pad))
+        for i, (_, _, cout, _, _, _) in enumerate(_ALEX_CONVS):
+            w = lin.get(f"lin{i}.model.1.weight")
+            if w is None or tuple(w.shape) != (1, cout, 1, 1):
+                raise _LpipsUnavailable(
+                    f"lin_path {self.lin_path}: expected key lin{i}.model.1.weight of shape (1, {cout}, 1, 1), "
+                    f"got {None if w is None else tuple(w.shape)}"
+                )
+            self._lins.append(w.float())
+
+    def _features(self, x: Tensor) -> list[Tensor]:
+        shift = x.new_tensor(_LPIPS_SHIFT).reshape(1, 3, 1, 1)
+        scale = x.new_tensor(_LPIPS_SCALE).reshape(1, 3, 1, 1)
+        h = (x - shift) / scale
+        taps = []
+        for i, (w, b, stride, pad) in enumerate(self._convs):
+            if i > 0 and _ALEX_CONVS[i - 1][0] in _ALEX_POOL_AFTER:
+                h = F.max_pool2d(h, kernel_size=3, stride=2)
+            h = F.relu(F.conv2d(h, w.to(x), b.to(x), stride=stride, padding=pad))
+            taps.append(h)
+        return taps
+
+    @torch.no_grad()
+    def __call__(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor | Unavailable:
+        """LPIPS per image (lower is better).
+
+        pred, target: (B, H, W, 3) in [0, 1]; mask: (B, H, W) or None.
+        Without a mask: the standard LPIPS (per-layer spatial mean, summed). With a mask, as SoM's
+        mLPIPS: both images are multiplied by the mask, the per-layer maps are upsampled (bilinear) to
+        (H, W) and summed, and the result is averaged over the mask. Returns (B,) (NaN for an empty
+        mask) or :class:`Unavailable`.
+        """
+        m = _check_images(pred, target, mask)
+        if not self.available:
+            return Unavailable(self.reason)
+        x0, x1 = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
+        if m is not None:
+            x0, x1 = x0 * m[:, None], x1 * m[:, None]
+        f0s, f1s = self._features(2 * x0 - 1), self._features(2 * x1 - 1)
+        H, W = pred.shape[1:3]
+        total = None
+        for f0, f1, lin in zip(f0s, f1s, self._lins):
+            n0 = f0 / (torch.sqrt((f0 * f0).sum(dim=1, keepdim=True)) + 1e-10)
+            n1 = f1 / (torch.sqrt((f1 * f1).sum(dim=1, keepdim=True)) + 1e-10)
+            d = F.conv2d((n0 - n1) ** 2, lin.to(n0))  # (B, 1, h, w)
+            if m is None:
+                layer = d.mean(dim=(1, 2, 3))
+            else:
+                layer = F.interpolate(d, size=(H, W), mode="bilinear", align_corners=False)[:, 0]  # (B, H, W)
+            total = layer if total is None else total + layer
+        if m is None:
+            return total
+        return _masked_mean_or_nan(total, m, (1, 2))
+
+
+class _LpipsUnavailable(Exception):
+    pass
+
+
+def _load_state_dict(path: Path, arg: str) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise _LpipsUnavailable(f"{arg} {path} does not exist")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or not a torch file
+        raise _LpipsUnavailable(f"{arg} {path} could not be loaded as a torch state dict ({type(e).__name__}: {e})")
+    if not isinstance(sd, dict):
+        raise _LpipsUnavailable(f"{arg} {path} holds a {type(sd).__name__}, expected a state dict")
+    return sd
+
+
+def image_metrics(
+    pred: Tensor,
+    target: Tensor,
+    fg_mask: Tensor | None = None,
+    covisible_mask: Tensor | None = None,
+    valid_mask: Tensor | None = None,
+    lpips: LpipsScorer | None = None,
+) -> dict[str, Tensor | Unavailable]:
+    """All image metrics for a batch of frames, following Shape of Motion's validator.
+
+    pred, target: (B, H, W, 3) in [0, 1]; masks: (B, H, W) or None. ``valid_mask`` (pixels with image
+    content) multiplies every mask; ``covisible_mask`` (seen in training views; iPhone) too, as SoM.
+    Keys, each (B,) or :class:`Unavailable`:
+        psnr, ssim                     whole image (times valid/covisible masks when given)
+        mpsnr, mssim                   SoM mPSNR / mSSIM (:func:`mssim_som`) -- only with a covisible mask
+        fg_psnr, fg_ssim, bg_psnr, bg_ssim   masked to foreground / background (only with fg_mask)
+        lpips (and fg_lpips, bg_lpips)  from ``lpips``; :class:`Unavailable` when no scorer/weights
+    ``ssim`` and the fg/bg SSIMs are :func:`masked_ssim` (mean of the SSIM map over the mask).
+    """
+    _check_images(pred, target, None)
+    base = None
+    for name, mk in (("valid_mask", valid_mask), ("covisible_mask", covisible_mask)):
+        if mk is not None:
+            mk = _check_images(pred, target, mk)
+            base = mk if base is None else base * mk
+    smap = ssim_map(pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2))  # (B, 3, H, W), computed once
+    out: dict[str, Tensor | Unavailable] = {
+        "psnr": masked_psnr(pred, target, base),
+        "ssim": _mean_of_map(smap, base),
+    }
+    if covisible_mask is not None:
+        out["mpsnr"] = out["psnr"]
+        out["mssim"] = mssim_som(pred, target, base)
+    regions: dict[str, Tensor | None] = {"": base}
+    if fg_mask is not None:
+        fg = _check_images(pred, target, fg_mask)
+        ones = torch.ones_like(fg) if base is None else base
+        regions["fg_"] = fg * ones
+        regions["bg_"] = (1 - fg) * ones
+        for p in ("fg_", "bg_"):
+            out[p + "psnr"] = masked_psnr(pred, target, regions[p])
+            out[p + "ssim"] = _mean_of_map(smap, regions[p])
+    for p, region in regions.items():
+        if lpips is None:
+            out[p + "lpips"] = Unavailable("no LpipsScorer given")
+        else:
+            out[p + "lpips"] = lpips(pred, target, region)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Depth
+# ----------------------------------------------------------------------------------------------
+
+
+def depth_valid_mask(gt_depth: Tensor, pred_depth: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
+    """Bool mask of pixels where depth can be scored: gt finite and > 0 (and pred finite, and ``valid``)."""
+    ok = torch.isfinite(gt_depth) & (gt_depth > 0)
+    if pred_depth is not None:
+        ok = ok & torch.isfinite(pred_depth)
+    if valid is not None:
+        ok = ok & valid.bool()
+    return ok
+
+
+def disparity_to_depth(disp: Tensor, valid: Tensor | None = None, min_disp: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """depth = 1 / disp where disp is finite and > ``min_disp``; 0 (and invalid) elsewhere.
+
+    disp: (...,) disparity (1/z up to a scale; any shift of a monocular prior is NOT removed -- the
+    result is depth up to scale only if the shift is 0). Returns ``(depth, valid)`` of disp's shape.
+    """
+    ok = torch.isfinite(disp) & (disp > min_disp)
+    if valid is not None:
+        ok = ok & valid.bool()
+    safe = torch.where(ok, disp, torch.ones_like(disp))
+    return torch.where(ok, 1.0 / safe, torch.zeros_like(disp)), ok
+
+
+def depth_metrics(
+    pred_depth: Tensor,
+    gt_depth: Tensor,
+    valid: Tensor | None = None,
+    alignment: Literal["sequence", "frame", "none"] = "sequence",
+) -> MetricResult:
+    """AbsRel, RMSE and delta<1.25 of a depth sequence against ground truth after a least-squares scale.
+
+    pred_depth, gt_depth: (T, H, W) z-depth; valid: (T, H, W) bool or None. Pixels count where gt is
+    finite and > 0, pred is finite, and ``valid``.
+    alignment: "sequence" -- ONE scale s = argmin_s sum (s * pred - gt)^2 over the valid pixels of all
+    frames, s = sum(pred * gt) / sum(pred^2); "frame" -- that scale per frame; "none" -- s = 1.
+    Per frame (T,): abs_rel = mean |s pred - gt| / gt; rmse = sqrt(mean (s pred - gt)^2) (gt units);
+    delta1 = fraction with max(s pred / gt, gt / (s pred)) < 1.25 (s pred <= 0 counts as a miss);
+    scale (the s used); num_valid. Frames without valid pixels are NaN.
+    Aggregates: the mean over frames with valid pixels (each frame weighs the same, as per-image
+    PSNR does).
+    """
+    if pred_depth.dim() != 3 or pred_depth.shape != gt_depth.shape:
+        raise ValueError(
+            f"pred_depth and gt_depth must both be (T, H, W), got {tuple(pred_depth.shape)} and {tuple(gt_depth.shape)}"
+        )
+    if valid is not None and valid.shape != gt_depth.shape:
+        raise ValueError(f"valid must be (T, H, W) = {tuple(gt_depth.shape)}, got {tuple(valid.shape)}")
+    if alignment not in ("sequence", "frame", "none"):
+        raise ValueError(f"alignment must be one of 'sequence', 'frame', 'none', got {alignment!r}")
+    ok = depth_valid_mask(gt_depth, pred_depth, valid)
+    w = ok.to(pred_depth.dtype)
+    pred = torch.where(ok, pred_depth, torch.zeros_like(pred_depth))
+    gt = torch.where(ok, gt_depth, torch.ones_like(gt_depth))
+    dims = (1, 2)
+    num = (pred * gt * w).sum(dim=dims)  # (T,)
+    den = (pred * pred * w).sum(dim=dims)
+    if alignment == "sequence":
+        tot_den = den.sum()
+        s = num.sum() / tot_den if tot_den > 0 else den.new_tensor(float("nan"))
+        scale = s.expand(pred.shape[0]).clone()
+    elif alignment == "frame":
+        scale = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(den, float("nan")))
+    else:
+        scale = torch.ones_like(den)
+    aligned = pred * scale[:, None, None]
+    err = aligned - gt
+    count = w.sum(dim=dims)
+    abs_rel = _masked_mean_or_nan(err.abs() / gt, w, dims)
+    rmse = torch.sqrt(_masked_mean_or_nan(err * err, w, dims))
+    pos = aligned > 0
+    ratio = torch.where(pos, torch.maximum(aligned / gt, gt / torch.where(pos, aligned, torch.ones_like(aligned))), torch.full_like(aligned, float("inf")))
+    delta1 = _masked_mean_or_nan((ratio < 1.25).to(w.dtype), w, dims)
+    scale = torch.where(count > 0, scale, torch.full_like(scale, float("nan")))
+    res = MetricResult(per_frame={"abs_rel": abs_rel, "rmse": rmse, "delta1": delta1, "scale": scale, "num_valid": count})
+    for k in ("abs_rel", "rmse", "delta1"):
+        res.aggregate[k] = _nanmean(res.per_frame[k])
+    if alignment == "sequence":
+        res.aggregate["scale"] = float(scale[count > 0][0]) if bool((count > 0).any()) else float("nan")
+    if not bool((count > 0).any()):
+        res.notes["abs_rel"] = "no valid ground-truth depth pixel"
+    return res
+
+
+def prior_depth_metrics(
+    prior_disp: Tensor,
+    gt_depth: Tensor,
+    valid: Tensor | None = None,
+    alignment: Literal["sequence", "frame", "none"] = "sequence",
+    min_disp: float = 1e-6,
+) -> MetricResult:
+    """:func:`depth_metrics` of a monocular prior given as disparity (T, H, W).
+
+    The prior is turned into depth with :func:`disparity_to_depth` (pixels with disparity <= min_disp
+    or non-finite are invalid) and then aligned with the same single scale as the model's depth, so
+    the "raw prior" row of an ablation table is comparable. No disparity shift is estimated.
+    """
+    if prior_disp.shape != gt_depth.shape:
+        raise ValueError(f"prior_disp must have gt_depth's shape {tuple(gt_depth.shape)}, got {tuple(prior_disp.shape)}")
+    depth, ok = disparity_to_depth(prior_disp, valid, min_disp=min_disp)
+    return depth_metrics(depth, gt_depth, ok, alignment=alignment)
+
+
+def _nanmean(x: Tensor) -> float:
+    finite = torch.isfinite(x)
+    return float(x[finite].mean()) if bool(finite.any()) else float("nan")
+
+
+def ordinal_accuracy(
+    pred_depth: Tensor,
+    reference: Tensor,
+    kind: Literal["depth", "disparity"],
+    num_pairs: int = 5000,
+    valid: Tensor | None = None,
+    tie_threshold: float = 0.05,
+    seed: int = 0,
+) -> MetricResult:
+    """Fraction of sampled pixel pairs whose depth order in ``pred_depth`` matches ``reference``.
+
+    pred_depth: (T, H, W) rendered z-depth; reference: (T, H, W) either GT depth (``kind="depth"``) or
+    prior disparity (``kind="disparity"``: larger disparity = nearer, so its order is reversed);
+    valid: (T, H, W) bool or None. Usable pixels: pred and reference finite, reference > 0, ``valid``.
+    Per frame, ``num_pairs`` pairs (a, b) of distinct usable pixels are drawn uniformly with a
+    generator seeded by ``seed`` (same pairs for the same inputs and seed). Pairs whose reference
+    values are near-ties, |r_a - r_b| / max(r_a, r_b) < tie_threshold, are skipped. A pair is correct
+    when sign(pred_a - pred_b) equals the reference's depth order (an exact tie in pred is wrong).
+    per_frame: accuracy (T,) (NaN when no pair survives) and num_pairs (T,) used; aggregate: the
+    accuracy over all used pairs pooled, and their count.
+    """
+    if kind not in ("depth", "disparity"):
+        raise ValueError(f"kind must be 'depth' or 'disparity', got {kind!r}")
+    if pred_depth.dim() != 3 or pred_depth.shape != reference.shape:
+        raise ValueError(
+            f"pred_depth and reference must both be (T, H, W), got {tuple(pred_depth.shape)} and {tuple(reference.shape)}"
+        )
+    if valid is not None and valid.shape != reference.shape:
+        raise ValueError(f"valid must be (T, H, W) = {tuple(reference.shape)}, got {tuple(valid.shape)}")
+    if num_pairs < 1:
+        raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
+    T = pred_depth.shape[0]
+    ok = torch.isfinite(pred_depth) & torch.isfinite(reference) & (reference > 0)
+    if valid is not None:
+        ok = ok & valid.bool()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    acc = pred_depth.new_full((T,), float("nan"))
+    used = pred_depth.new_zeros((T,))
+    correct_total, used_total = 0, 0
+    for t in range(T):
+        idx = ok[t].flatten().nonzero().squeeze(1)
+        n = idx.numel()
+        if n < 2:
+            continue
+        ia = torch.randint(0, n, (num_pairs,), generator=gen)
+        ib = (ia + torch.randint(1, n, (num_pairs,), generator=gen)) % n  # distinct from ia
+        ia, ib = idx[ia.to(idx.device)], idx[ib.to(idx.device)]
+        r, p = reference[t].flatten(), pred_depth[t].flatten()
+        ra, rb = r[ia], r[ib]
+        keep = (ra - rb).abs() / torch.maximum(ra, rb) >= tie_threshold
+        ref_order = torch.sign(ra - rb)
+        if kind == "disparity":
+            ref_order = -ref_order
+        pred_order = torch.sign(p[ia] - p[ib])
+        correct = ((pred_order == ref_order) & keep).sum()
+        k = int(keep.sum())
+        used[t] = k
+        if k > 0:
+            acc[t] = correct.to(acc.dtype) / k
+            correct_total += int(correct)
+            used_total += k
+    res = MetricResult(per_frame={"accuracy": acc, "num_pairs": used})
+    res.aggregate["accuracy"] = correct_total / used_total if used_total > 0 else float("nan")
+    res.aggregate["num_pairs"] = float(used_total)
+    if used_total == 0:
+        res.notes["accuracy"] = "no pixel pair outside the near-tie threshold"
+    return res
+
+
+def temporal_consistency(
+    depth: Tensor,
+    depth_next: Tensor,
+    flow: Tensor,
+    valid: Tensor | None = None,
+) -> MetricResult:
+    """Relative change of depth along the forward flow: mean |d_t(x) - d_{t+1}(x + f(x))| / d_t(x).
+
+    depth: (B, H, W) z-depth at frames t; depth_next: (B, H, W) at frames t+1; flow: (B, H, W, 2)
+    forward flow t -> t+1 in pixels (dx, dy), OpenCV pixel centres; valid: (B, H, W) bool, typically
+    the forward-backward consistent pixels. Pixels also need finite d_t > 0, a target inside the
+    image and a finite d_{t+1} there; d_{t+1} is read with :func:`flow3d.geometry.bilinear_sample`.
+    This also counts true depth change (objects or the camera moving along the optical axis), so it
+    is not 0 for a perfect reconstruction of a moving scene: compute the same on ground-truth depth
+    (with the same flow and mask) and compare the two. per_frame: value (B,) (NaN without valid
+    pixels) and num_valid (B,); aggregate: mean over pairs with valid pixels.
+    """
+    if depth.dim() != 3 or depth.shape != depth_next.shape:
+        raise ValueError(f"depth and depth_next must both be (B, H, W), got {tuple(depth.shape)} and {tuple(depth_next.shape)}")
+    B, H, W = depth.shape
+    if flow.shape != (B, H, W, 2):
+        raise ValueError(f"flow must be (B, H, W, 2) = {(B, H, W, 2)} (dx, dy) pixels, got {tuple(flow.shape)}")
+    if valid is not None and valid.shape != depth.shape:
+        raise ValueError(f"valid must be (B, H, W) = {tuple(depth.shape)}, got {tuple(valid.shape)}")
+    target = pixel_grid(H, W, device=depth.device, dtype=depth.dtype)[None] + flow.to(depth.dtype)  # (B, H, W, 2)
+    finite_next = torch.isfinite(depth_next)
+    dn = torch.where(finite_next, depth_next, torch.zeros_like(depth_next))
+    sampled = bilinear_sample(torch.stack([dn, finite_next.to(depth.dtype)], dim=1), target.reshape(B, H * W, 2))
+    warped = sampled[..., 0].reshape(B, H, W)
+    next_ok = sampled[..., 1].reshape(B, H, W) > 1 - 1e-6  # all four neighbours finite
+    inside = inside_image(target, W, H)
+    ok = torch.isfinite(depth) & (depth > 0) & inside & next_ok & torch.isfinite(flow).all(dim=-1)
+    if valid is not None:
+        ok = ok & valid.bool()
+    w = ok.to(depth.dtype)
+    d = torch.where(ok, depth, torch.ones_like(depth))
+    rel = torch.where(ok, (d - warped).abs() / d, torch.zeros_like(d))
+    value = _masked_mean_or_nan(rel, w, (1, 2))
+    count = w.sum(dim=(1, 2))
+    res = MetricResult(per_frame={"value": value, "num_valid": count})
+    res.aggregate["value"] = _nanmean(value)
+    if not bool((count > 0).any()):
+        res.notes["value"] = "no flow-consistent pixel"
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# Tracking
+# ----------------------------------------------------------------------------------------------
+
+
+def tracking_metrics(
+    pred_xy: Tensor,
+    gt_xy: Tensor,
+    gt_visible: Tensor,
+    thresholds: tuple[float, ...] = (1, 2, 4, 8, 16),
+    query_t: Tensor | None = None,
+) -> MetricResult:
+    """2D end-point error and TAP-Vid style position accuracy of tracks on visible points.
+
+    pred_xy, gt_xy: (M, T, 2) pixels (OpenCV pixel centres); gt_visible: (M, T) bool; query_t: (M,)
+    long or None -- when given, each track's query frame is excluded (TAP-Vid does: it is given).
+    Counted points: gt visible (and not the query frame). A point is within threshold d when
+    ||pred - gt|| < d (strict, as TAP-Vid). per_frame (T,): epe, and within_<d> per threshold.
+    aggregate: epe (mean over all counted points), within_<d> (pooled fractions) and delta_avg (their
+    mean over thresholds, TAP-Vid's < delta^x_avg >).
+    """
+    if pred_xy.dim() != 3 or pred_xy.shape[-1] != 2 or pred_xy.shape != gt_xy.shape:
+        raise ValueError(f"pred_xy and gt_xy must both be (M, T, 2), got {tuple(pred_xy.shape)} and {tuple(gt_xy.shape)}")
+    if gt_visible.shape != pred_xy.shape[:2]:
+        raise ValueError(f"gt_visible must be (M, T) = {tuple(pred_xy.shape[:2])}, got {tuple(gt_visible.shape)}")
+    M, T = gt_visible.shape
+    vis = gt_visible.bool() & torch.isfinite(gt_xy).all(dim=-1)
+    if query_t is not None:
+        if query_t.shape != (M,):
+            raise ValueError(f"query_t must be (M,) = ({M},), got {tuple(query_t.shape)}")
+        is_query = torch.arange(T, device=query_t.device)[None, :] == query_t[:, None].long()
+        vis = vis & ~is_query.to(vis.device)
+    diff = torch.where(vis[..., None], pred_xy - gt_xy, torch.zeros_like(pred_xy))
+    dist = torch.linalg.norm(diff, dim=-1)  # (M, T)
+    dist = torch.where(torch.isfinite(dist), dist, torch.full_like(dist, float("inf")))  # non-finite pred = miss
+    w = vis.to(pred_xy.dtype)
+    res = MetricResult()
+    finite_w = w * torch.isfinite(dist).to(w.dtype)
+    res.per_frame["epe"] = _masked_mean_or_nan(torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist)), finite_w, (0,))
+    n = w.sum()
+    res.aggregate["epe"] = float((dist * finite_w).nan_to_num(0.0).sum() / finite_w.sum()) if finite_w.sum() > 0 else float("nan")
+    fracs = []
+    for d in thresholds:
+        within = (dist < d).to(w.dtype)
+        key = f"within_{d:g}"
+        res.per_frame[key] = _masked_mean_or_nan(within, w, (0,))
+        frac = float((within * w).sum() / n) if n > 0 else float("nan")
+        res.aggregate[key] = frac
+        fracs.append(frac)
+    res.aggregate["delta_avg"] = sum(fracs) / len(fracs) if n > 0 else float("nan")
+    res.aggregate["num_points"] = float(n)
+    if n == 0:
+        res.notes["epe"] = "no visible ground-truth track point"
+    return res
+
+
+def keypoint_pck(
+    pred_kps: Tensor,
+    gt_kps: Tensor,
+    visible: Tensor,
+    img_wh: tuple[int, int],
+    ratio: float = 0.05,
+) -> MetricResult:
+    """Shape of Motion's iPhone keypoint PCK (from DyCheck): correct when ||pred - gt|| < ratio * max(W, H).
+
+    pred_kps, gt_kps: (B, P, 2) pixels, one row per (source, target) frame pair: the source frame's
+    keypoints carried to the target frame, and the target's annotation; visible: (B, P) bool, the
+    keypoint annotated in both frames of the pair; img_wh: (W, H) of the image the pixels refer to.
+    per_frame: pck (B,) per pair (NaN for a pair without visible keypoints); aggregate: pck = mean of
+    the per-pair values over pairs with keypoints (SoM averages per pair; it counts an empty pair as
+    0, we skip it), threshold_px.
+    """
+    if pred_kps.dim() != 3 or pred_kps.shape[-1] != 2 or pred_kps.shape != gt_kps.shape:
+        raise ValueError(f"pred_kps and gt_kps must both be (B, P, 2), got {tuple(pred_kps.shape)} and {tuple(gt_kps.shape)}")
+    if visible.shape != pred_kps.shape[:2]:
+        raise ValueError(f"visible must be (B, P) = {tuple(pred_kps.shape[:2])}, got {tuple(visible.shape)}")
+    if len(img_wh) != 2 or min(img_wh) <= 0:
+        raise ValueError(f"img_wh must be (W, H) with positive sizes, got {img_wh}")
+    thr = ratio * max(img_wh)
+    dist = torch.linalg.norm(pred_kps - gt_kps, dim=-1)  # (B, P); NaN pred -> not correct
+    correct = (dist < thr).to(pred_kps.dtype)
+    pck = _masked_mean_or_nan(correct, visible.to(pred_kps.dtype), (1,))
+    res = MetricResult(per_frame={"pck": pck}, aggregate={"pck": _nanmean(pck), "threshold_px": float(thr)})
+    if not bool(visible.any()):
+        res.notes["pck"] = "no keypoint visible in both frames of any pair"
+    return res

@@ -1,0 +1,242 @@
+"""Initialisation as Shape of Motion does it, from 2D tracks lifted to 3D with the depth prior.
+
+1. lift the visible 2D track points of the training frames with the prior depth and the cameras;
+2. pick the canonical frame with the most visible tracks;
+3. cluster the tracks' motion relative to the canonical frame into K groups (k-means);
+4. fit each basis per frame by weighted Procrustes (``roma.rigid_points_registration``);
+5. refine bases, basis weights and canonical means on the 3D tracks for a few hundred steps;
+6. place background Gaussians on back-projected background prior depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import roma
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flow3d.geometry import bilinear_sample, unproject_pixels
+from flow3d.log import get_logger
+from flow3d.scene.gaussians import GaussianParams
+from flow3d.scene.model import SceneModel
+from flow3d.scene.motion import MotionBases, matrix_to_rot6d
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class InitConfig:
+    num_fg: int = 4000
+    """Foreground Gaussians created from lifted tracks (at most the number of usable tracks)."""
+    num_bg: int = 8000
+    """Background Gaussians created from back-projected background prior depth."""
+    num_motion_bases: int = 10
+    """K, the number of shared SE(3) motion bases."""
+    init_fit_steps: int = 300
+    """Adam steps fitting bases, weights and canonical means to the lifted 3D tracks."""
+    init_fit_lr: float = 1e-2
+    """Learning rate of that fit."""
+    init_opacity: float = 0.8
+    """Initial opacity of every Gaussian."""
+    max_prior_depth_quantile: float = 0.98
+    """Background points beyond this quantile of prior depth (per frame) are dropped (sky, far noise)."""
+
+
+def prior_depth_from_disp(prior_disp: Tensor, prior_valid: Tensor, min_disp: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """z-depth (..., H, W) = 1 / disparity where valid and disparity > ``min_disp``; 0 elsewhere."""
+    valid = prior_valid & (prior_disp > min_disp) & torch.isfinite(prior_disp)
+    safe = torch.where(valid, prior_disp, torch.ones_like(prior_disp))
+    return torch.where(valid, 1.0 / safe, torch.zeros_like(prior_disp)), valid
+
+
+def lift_tracks(seq, frame_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """World points (M, T, 3), validity (M, T) and confidence (M, T) of the tracks, using the prior depth.
+
+    Only frames in ``frame_ids`` count (the training split); elsewhere validity is False.
+    """
+    M, T = seq.tracks_visible.shape
+    depth, depth_valid = prior_depth_from_disp(seq.prior_disp, seq.prior_valid)
+    # (T, 1, H, W) sampled at each frame's track positions (T, M, 2)
+    xy = seq.tracks_xy.transpose(0, 1)
+    z = bilinear_sample(depth[:, None], xy)[..., 0]  # (T, M)
+    zvalid = bilinear_sample(depth_valid[:, None].float(), xy)[..., 0] > 0.999
+    c2ws = torch.linalg.inv(seq.w2cs)
+    pts = unproject_pixels(xy, z, seq.Ks, c2ws)  # (T, M, 3)
+    in_split = torch.zeros(T, dtype=torch.bool)
+    in_split[frame_ids] = True
+    valid = seq.tracks_visible.transpose(0, 1) & zvalid & (z > 0) & in_split[:, None] & in_split[seq.tracks_query_t][None, :]
+    return pts.transpose(0, 1), valid.transpose(0, 1), seq.tracks_conf * valid.transpose(0, 1)
+
+
+def _fill_missing(x: Tensor, valid: Tensor) -> Tensor:
+    """Fill invalid entries of trajectories (M, T, D) with the nearest valid frame (forward, then backward)."""
+    x = x.clone()
+    M, T, _ = x.shape
+    idx = torch.where(valid, torch.arange(T).expand(M, T), torch.full((M, T), -1))
+    last = torch.cummax(idx, dim=1).values  # last valid index so far (-1 if none)
+    rev = torch.where(valid, torch.arange(T).expand(M, T), torch.full((M, T), T)).flip(1)
+    nxt = torch.cummin(rev, dim=1).values.flip(1)  # next valid index (T if none)
+    src = torch.where(last >= 0, last, nxt).clamp(0, T - 1)
+    return torch.gather(x, 1, src[..., None].expand_as(x))
+
+
+def kmeans(features: Tensor, k: int, iters: int = 30, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Lloyd's k-means with k-means++ seeding. features (P, F) -> labels (P,), centroids (k, F)."""
+    P = features.shape[0]
+    k = min(k, P)
+    first = torch.randint(P, (1,), generator=generator)
+    centroids = features[first]
+    for _ in range(1, k):
+        d2 = torch.cdist(features, centroids).min(dim=1).values ** 2
+        probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / P)
+        centroids = torch.cat([centroids, features[torch.multinomial(probs, 1, generator=generator)]])
+    for _ in range(iters):
+        labels = torch.cdist(features, centroids).argmin(dim=1)
+        new = torch.stack([features[labels == j].mean(0) if (labels == j).any() else centroids[j] for j in range(k)])
+        if torch.allclose(new, centroids):
+            break
+        centroids = new
+    return torch.cdist(features, centroids).argmin(dim=1), centroids
+
+
+def knn_scale(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
+    """Mean distance to the k nearest other points (P,) — the initial Gaussian size."""
+    out = []
+    for s in range(0, points.shape[0], chunk):
+        d = torch.cdist(points[s : s + chunk], points)
+        d = d.topk(min(k + 1, points.shape[0]), largest=False).values[:, 1:]
+        out.append(d.mean(1) if d.numel() else torch.full((d.shape[0],), 0.01))
+    return torch.cat(out).clamp_min(1e-4)
+
+
+def fit_bases_procrustes(pts: Tensor, valid: Tensor, weights: Tensor, labels: Tensor, can_t: int, k: int) -> MotionBases:
+    """Per cluster and frame, the rigid transform taking canonical points to frame-t points."""
+    M, T, _ = pts.shape
+    rots = torch.eye(3).expand(k, T, 3, 3).clone()
+    transls = torch.zeros(k, T, 3)
+    for j in range(k):
+        sel = labels == j
+        x_can = pts[sel, can_t]
+        for t in range(T):
+            ok = valid[sel, t] & valid[sel, can_t]
+            if ok.sum() >= 3:
+                R, tr = roma.rigid_points_registration(x_can[ok], pts[sel, t][ok], weights=weights[sel, t][ok].clamp_min(1e-6))
+                rots[j, t], transls[j, t] = R, tr
+            elif t > 0:
+                rots[j, t], transls[j, t] = rots[j, t - 1], transls[j, t - 1]
+    return MotionBases(matrix_to_rot6d(rots), transls)
+
+
+def initialize_scene(seq, cfg: InitConfig, generator: torch.Generator | None = None) -> tuple[SceneModel, int]:
+    """Build the initial :class:`SceneModel` from a loaded sequence; returns it and the canonical frame."""
+    train_ids = seq.train_ids
+    pts, valid, conf = lift_tracks(seq, train_ids)
+    # Foreground tracks: the track point lies in the foreground mask of its query frame.
+    q = seq.tracks_query_t
+    xy_q = seq.tracks_xy[torch.arange(len(q)), q]  # (M, 2)
+    fg_at_query = bilinear_sample(seq.fg_masks[q][:, None], xy_q[:, None])[:, 0, 0] > 0.5
+    counts = valid[fg_at_query].sum(0)
+    if counts.max() < 3:
+        raise ValueError(
+            f"only {int(counts.max())} foreground track points could be lifted in any training frame: "
+            "check the foreground masks, the tracks and the depth prior of the sequence"
+        )
+    can_t = int(counts.argmax())
+    keep = fg_at_query & valid[:, can_t]
+    idx = torch.nonzero(keep)[:, 0]
+    if len(idx) > cfg.num_fg:
+        idx = idx[torch.randperm(len(idx), generator=generator)[: cfg.num_fg]]
+    pts, valid, conf = pts[idx], valid[idx], conf[idx]
+    filled = _fill_missing(pts, valid)
+    k = min(cfg.num_motion_bases, len(idx))
+    features = (filled - filled[:, can_t : can_t + 1]).reshape(len(idx), -1)
+    labels, centroids = kmeans(features, k, generator=generator)
+    bases = fit_bases_procrustes(filled, valid, conf, labels, can_t, k)
+    dists = torch.cdist(features, centroids)
+    coef_logits = -dists / dists.mean().clamp_min(1e-8) * 4.0
+    logger.info(
+        "init: %d foreground tracks, canonical frame %d, K=%d bases (cluster sizes %s)",
+        len(idx), can_t, k, torch.bincount(labels, minlength=k).tolist(),
+    )
+
+    means_can = pts[:, can_t]
+    colors = bilinear_sample(seq.images[can_t].permute(2, 0, 1)[None], seq.tracks_xy[idx, can_t][None])[0]
+    N = len(idx)
+    fg = GaussianParams(
+        means_can,
+        torch.tensor([1.0, 0, 0, 0]).expand(N, 4),
+        knn_scale(means_can)[:, None].expand(N, 3),
+        torch.full((N,), cfg.init_opacity),
+        colors.clamp(0.01, 0.99),
+        coef_logits,
+    )
+    _fit_motion_to_tracks(fg, bases, pts, valid, conf, cfg)
+    bg = _init_background(seq, cfg, generator)
+    return SceneModel(fg, bases, bg), can_t
+
+
+def _fit_motion_to_tracks(fg: GaussianParams, bases: MotionBases, pts: Tensor, valid: Tensor, conf: Tensor, cfg: InitConfig) -> None:
+    """Refine bases, weights and canonical means so the blended motion follows the lifted tracks."""
+    if cfg.init_fit_steps <= 0:
+        return
+    params = [bases.params["rots"], bases.params["transls"], fg.params["motion_coefs"], fg.params["means"]]
+    opt = torch.optim.Adam(params, lr=cfg.init_fit_lr)
+    T = bases.num_frames
+    ts = torch.arange(T)
+    w = conf * valid
+    scale = (pts[valid] - pts[valid].mean(0)).norm(dim=-1).median().clamp_min(1e-6)
+    for step in range(cfg.init_fit_steps):
+        R, t = bases.compute_transforms(ts, fg.get_coefs())
+        pred = torch.einsum("ntij,nj->nti", R, fg.get_means()) + t  # (N, T, 3)
+        err = (pred - pts).norm(dim=-1) / scale
+        loss = (err * w).sum() / w.sum().clamp_min(1e-8)
+        if T >= 3:
+            tr = bases.params["transls"]
+            loss = loss + 0.1 * (tr[:, 2:] - 2 * tr[:, 1:-1] + tr[:, :-2]).norm(dim=-1).mean() / scale
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    logger.info("init: motion fit to 3D tracks, final relative error %.4f", float(loss))
+
+
+def _init_background(seq, cfg: InitConfig, generator: torch.Generator | None) -> GaussianParams | None:
+    if cfg.num_bg <= 0:
+        return None
+    depth, dvalid = prior_depth_from_disp(seq.prior_disp, seq.prior_valid)
+    bg_mask = dvalid & (seq.fg_masks < 0.5) & seq.valid_masks
+    T, H, W = depth.shape
+    frames = seq.train_ids
+    per_frame = max(1, cfg.num_bg // len(frames))
+    c2ws = torch.linalg.inv(seq.w2cs)
+    pts_all, rgb_all, size_all = [], [], []
+    for t in frames.tolist():
+        m = bg_mask[t]
+        if m.any():
+            far = torch.quantile(depth[t][m], cfg.max_prior_depth_quantile)
+            m = m & (depth[t] <= far)
+        ij = torch.nonzero(m)
+        if len(ij) == 0:
+            continue
+        ij = ij[torch.randperm(len(ij), generator=generator)[:per_frame]]
+        xy = ij.flip(-1).float()
+        z = depth[t][ij[:, 0], ij[:, 1]]
+        pts_all.append(unproject_pixels(xy, z, seq.Ks[t], c2ws[t]))
+        rgb_all.append(seq.images[t][ij[:, 0], ij[:, 1]])
+        # footprint of one sample: the area per sample in pixels, back-projected at its depth
+        spacing_px = (m.sum() / len(ij)).sqrt()
+        size_all.append(z * spacing_px / seq.Ks[t, 0, 0] * 0.5)
+    if not pts_all:
+        logger.warning("init: no background pixels with a valid prior depth; the scene has no background Gaussians")
+        return None
+    pts, rgb, size = torch.cat(pts_all), torch.cat(rgb_all), torch.cat(size_all)
+    N = pts.shape[0]
+    logger.info("init: %d background Gaussians from %d frames", N, len(frames))
+    return GaussianParams(
+        pts,
+        torch.tensor([1.0, 0, 0, 0]).expand(N, 4),
+        size[:, None].expand(N, 3).clamp_min(1e-4),
+        torch.full((N,), cfg.init_opacity),
+        rgb.clamp(0.01, 0.99),
+    )

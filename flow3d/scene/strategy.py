@@ -1,0 +1,198 @@
+"""Adaptive density control (3DGS-style) for the foreground and background Gaussians.
+
+A dataclass of thresholds plus a ``state`` dict that the caller owns (and checkpoints), as in gsplat's
+``strategy`` module — nothing is stashed on the model. gsplat's own strategy handles one flat dict of
+parameters; ours runs the same rules per group ("fg", "bg") because only the foreground carries motion
+coefficients and the two groups are concatenated in every render.
+
+Per step, :meth:`DensifyStrategy.step_post_backward` accumulates the screen-space gradient norm of each
+Gaussian's projected centre (``means2d.grad``, scaled to NDC-like units as gsplat does) over the renders in
+which it was visible. Every ``refine_every`` steps: Gaussians with a mean gradient above ``grow_grad2d`` are
+duplicated if small and split in two if large; those with opacity below ``prune_opa`` or larger than
+``prune_scale3d`` (times the scene extent) are removed. Every ``reset_every`` steps opacities are clamped
+down to ``2 * prune_opa``. Optimiser moments follow every change (new rows start at zero).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import roma
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from flow3d.geometry import quat_wxyz_to_xyzw
+from flow3d.log import get_logger
+from flow3d.scene.gaussians import GaussianParams
+
+logger = get_logger(__name__)
+
+GROUPS = ("fg", "bg")
+
+
+@dataclass
+class DensifyConfig:
+    refine_start: int = 500
+    """First step at which Gaussians are grown or pruned."""
+    refine_stop: int = 15000
+    """No growing or pruning after this step."""
+    refine_every: int = 100
+    """Steps between two refinements."""
+    reset_every: int = 3000
+    """Steps between two opacity resets (0: never)."""
+    grow_grad2d: float = 2e-4
+    """Mean screen-space gradient above which a Gaussian is duplicated or split."""
+    grow_scale3d: float = 0.01
+    """Gaussians larger than this (times the scene extent) are split, smaller ones duplicated."""
+    prune_opa: float = 0.005
+    """Gaussians below this opacity are removed."""
+    prune_scale3d: float = 0.1
+    """Gaussians larger than this (times the scene extent) are removed (after the first reset)."""
+    max_gaussians: int = 200_000
+    """No growing beyond this total."""
+
+
+def update_param_with_optimizer(
+    group: GaussianParams,
+    prefix: str,
+    optimizers: dict[str, torch.optim.Optimizer],
+    param_fn: Callable[[str, Tensor], Tensor],
+    state_fn: Callable[[str, Tensor], Tensor],
+) -> None:
+    """Replace every parameter of ``group`` by ``param_fn(name, p)`` and its Adam moments by
+    ``state_fn(name, moment)`` (the optimiser ``optimizers[f"{prefix}.{name}"]`` holds that one param)."""
+    for name in list(group.params.keys()):
+        old = group.params[name]
+        new = nn.Parameter(param_fn(name, old.detach()), requires_grad=old.requires_grad)
+        group.params[name] = new
+        opt = optimizers.get(f"{prefix}.{name}")
+        if opt is None:
+            continue
+        st = opt.state.pop(old, None)
+        opt.param_groups[0]["params"] = [new]
+        if st:
+            opt.state[new] = {k: (state_fn(name, v) if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in st.items()}
+
+
+class DensifyStrategy:
+    def __init__(self, cfg: DensifyConfig, scene_extent: float):
+        self.cfg = cfg
+        self.scene_extent = float(scene_extent)
+
+    def initialize_state(self) -> dict:
+        return {"grad2d": {}, "count": {}}
+
+    def step_post_backward(self, model, optimizers, state: dict, step: int, means2d: list[Tensor], radii: list[Tensor], img_wh: tuple[int, int]) -> None:
+        cfg = self.cfg
+        if step > cfg.refine_stop:
+            return
+        sizes = {"fg": model.num_fg, "bg": model.num_bg}
+        W, H = img_wh
+        for m2d, r in zip(means2d, radii):
+            if m2d.grad is None:
+                continue
+            g = m2d.grad.detach()[0].clone()  # (N, 2)
+            g[:, 0] *= W / 2.0
+            g[:, 1] *= H / 2.0
+            norms = g.norm(dim=-1)
+            vis = (r[0] > 0).reshape(r.shape[1], -1).all(dim=-1)
+            start = 0
+            for name in GROUPS:
+                n = sizes[name]
+                if n == 0:
+                    continue
+                acc = state["grad2d"].setdefault(name, norms.new_zeros(n))
+                cnt = state["count"].setdefault(name, norms.new_zeros(n))
+                if acc.shape[0] != n:  # the group changed size outside the strategy (e.g. resume)
+                    acc = state["grad2d"][name] = norms.new_zeros(n)
+                    cnt = state["count"][name] = norms.new_zeros(n)
+                sl = slice(start, start + n)
+                acc += norms[sl] * vis[sl]
+                cnt += vis[sl].to(cnt.dtype)
+                start += n
+        if step >= cfg.refine_start and step % cfg.refine_every == 0:
+            self._refine(model, optimizers, state, step)
+        if cfg.reset_every > 0 and step > 0 and step % cfg.reset_every == 0:
+            self._reset_opacity(model, optimizers)
+
+    @torch.no_grad()
+    def _refine(self, model, optimizers, state: dict, step: int) -> None:
+        cfg = self.cfg
+        total = model.num_fg + model.num_bg
+        for name in GROUPS:
+            group: GaussianParams | None = getattr(model, name)
+            if group is None or name not in state["grad2d"]:
+                continue
+            grads = state["grad2d"][name] / state["count"][name].clamp_min(1)
+            scales_max = group.get_scales().max(dim=-1).values
+            high = grads > cfg.grow_grad2d
+            small = scales_max <= cfg.grow_scale3d * self.scene_extent
+            room = max(0, cfg.max_gaussians - total)
+            dup = high & small
+            split = high & ~small
+            if int(dup.sum() + split.sum()) > room:
+                dup[:] = False
+                split[:] = False
+            n_dup, n_split = int(dup.sum()), int(split.sum())
+            if n_dup:
+                self._duplicate(group, name, optimizers, dup)
+            if n_split:
+                split = torch.cat([split, split.new_zeros(n_dup)])
+                self._split(group, name, optimizers, split)
+            opac = group.get_opacities()
+            prune = opac < cfg.prune_opa
+            if step > cfg.reset_every > 0:
+                prune |= group.get_scales().max(dim=-1).values > cfg.prune_scale3d * self.scene_extent
+            if name == "fg" and int((~prune).sum()) < 1:
+                prune[:] = False
+            n_prune = int(prune.sum())
+            if n_prune:
+                keep = ~prune
+                update_param_with_optimizer(group, name, optimizers, lambda _, p: p[keep], lambda _, v: v[keep])
+            logger.debug("refine %s at step %d: +%d dup, +%d split, -%d pruned", name, step, n_dup, n_split, n_prune)
+            total += n_dup + n_split - n_prune
+            state["grad2d"].pop(name)
+            state["count"].pop(name)
+
+    def _duplicate(self, group: GaussianParams, name: str, optimizers, sel: Tensor) -> None:
+        update_param_with_optimizer(
+            group, name, optimizers,
+            lambda _, p: torch.cat([p, p[sel]]),
+            lambda _, v: torch.cat([v, v.new_zeros((int(sel.sum()), *v.shape[1:]))]),
+        )
+
+    def _split(self, group: GaussianParams, name: str, optimizers, sel: Tensor) -> None:
+        """Each selected Gaussian becomes two, sampled from it, with scales / 1.6."""
+        scales = group.get_scales()[sel]
+        R = roma.unitquat_to_rotmat(quat_wxyz_to_xyzw(group.get_quats()[sel]))
+        offsets = torch.einsum("nij,snj->sni", R, scales * torch.randn(2, *scales.shape, dtype=scales.dtype))
+        rest = ~sel
+        n = int(sel.sum())
+
+        def param_fn(pname: str, p: Tensor) -> Tensor:
+            if pname == "means":
+                new = (p[sel][None] + offsets).reshape(-1, 3)
+            elif pname == "scales":
+                new = torch.log(scales / 1.6).repeat(2, 1)
+            else:
+                new = p[sel].repeat(2, *([1] * (p.dim() - 1)))
+            return torch.cat([p[rest], new])
+
+        update_param_with_optimizer(
+            group, name, optimizers, param_fn,
+            lambda _, v: torch.cat([v[rest], v.new_zeros((2 * n, *v.shape[1:]))]),
+        )
+
+    def _reset_opacity(self, model, optimizers) -> None:
+        ceiling = torch.logit(torch.tensor(2 * self.cfg.prune_opa)).item()
+        for name in GROUPS:
+            group = getattr(model, name)
+            if group is None:
+                continue
+            update_param_with_optimizer(
+                group, name, optimizers,
+                lambda pn, p: p.clamp_max(ceiling) if pn == "opacities" else p,
+                lambda pn, v: torch.zeros_like(v) if pn == "opacities" else v,
+            )

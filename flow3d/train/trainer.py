@@ -1,0 +1,292 @@
+"""The training loop: data -> initial scene -> steps (render, loss terms, optimiser, densification) ->
+checkpoints. ``run_training.py`` builds a :class:`flow3d.config.TrainConfig` and calls :func:`train`."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from flow3d.config import TrainConfig, save_config
+from flow3d.log import get_logger
+from flow3d.losses.photometric import psnr
+from flow3d.scene.init import initialize_scene
+from flow3d.scene.model import SceneModel
+from flow3d.scene.strategy import DensifyStrategy
+from flow3d.train.batch import batch_to, sample_batch
+from flow3d.train.checkpoint import load_checkpoint, save_checkpoint
+from flow3d.train.terms import StepContext, compute_terms, weighted_total, weights_of
+
+logger = get_logger(__name__)
+
+LR_FIELDS = {  # parameter name -> OptimConfig field
+    "means": "lr_means", "quats": "lr_quats", "scales": "lr_scales", "opacities": "lr_opacities",
+    "colors": "lr_colors", "motion_coefs": "lr_motion_coefs", "rots": "lr_bases_rots", "transls": "lr_bases_transls",
+}
+DECAYING = {"means", "rots", "transls"}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def named_params(model: SceneModel) -> dict[str, torch.nn.Parameter]:
+    """'fg.means', 'bg.colors', 'bases.rots', ... -> parameter (the optimiser dict keys)."""
+    out = {}
+    for group in ("fg", "bg", "bases"):
+        mod = getattr(model, group)
+        if mod is not None:
+            for name, p in mod.params.items():
+                out[f"{group}.{name}"] = p
+    return out
+
+
+def make_optimizers(model: SceneModel, cfg: TrainConfig):
+    optimizers, schedulers = {}, {}
+    for key, p in named_params(model).items():
+        pname = key.split(".", 1)[1]
+        opt = torch.optim.Adam([p], lr=getattr(cfg.optim, LR_FIELDS[pname]), eps=1e-15)
+        optimizers[key] = opt
+        if pname in DECAYING:
+            gamma = cfg.optim.lr_final_factor ** (1.0 / max(cfg.max_steps, 1))
+            schedulers[key] = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+    return optimizers, schedulers
+
+
+def scene_extent(model: SceneModel) -> float:
+    pts = model.fg.get_means() if model.bg is None else torch.cat([model.fg.get_means(), model.bg.get_means()])
+    centre = pts.median(dim=0).values
+    return float((pts - centre).norm(dim=-1).quantile(0.9).clamp_min(1e-3))
+
+
+def sanitize_sequence(seq) -> None:
+    """Mask non-finite or non-positive prior disparities (in place) and log how many there were."""
+    bad = ~torch.isfinite(seq.prior_disp) | (seq.prior_disp <= 0)
+    n_bad = int((bad & seq.prior_valid).sum())
+    if n_bad:
+        logger.warning("depth prior: %d pixels are NaN/Inf or non-positive; they are masked out", n_bad)
+    seq.prior_valid = seq.prior_valid & ~bad
+    seq.prior_disp = torch.where(bad, torch.zeros_like(seq.prior_disp), seq.prior_disp)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, seq=None):
+        self.cfg = cfg
+        self.work_dir = Path(cfg.work_dir)
+        self.device = pick_device(cfg.device)
+        self.seq = seq if seq is not None else cfg.data.load()
+        sanitize_sequence(self.seq)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.weights = weights_of(cfg.losses)
+        self.step = 0
+        self.nonfinite_in_row = 0
+        self.timing = {"render": 0.0, "losses": 0.0, "backward_optim": 0.0, "steps": 0}
+        last = self.work_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            self._resume(last)
+        else:
+            torch.manual_seed(cfg.seed)
+            model, can_t = initialize_scene(self.seq, cfg.init, self.generator)
+            self.model = model.to(self.device)
+            self.canonical_t = can_t
+            self.optimizers, self.schedulers = make_optimizers(self.model, cfg)
+            self.strategy = DensifyStrategy(cfg.densify, scene_extent(self.model))
+            self.strategy_state = self.strategy.initialize_state()
+        self.all_w2cs = self.seq.w2cs.to(self.device)
+        self.writer = None
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def _payload(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "strategy_state": self.strategy_state,
+            "scene_extent": self.strategy.scene_extent,
+            "canonical_t": self.canonical_t,
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+        }
+
+    def save(self, numbered: bool) -> None:
+        payload = self._payload()
+        ckpt_dir = self.work_dir / "checkpoints"
+        if numbered:
+            save_checkpoint(ckpt_dir / f"model_{self.step}.ckpt", payload)
+        save_checkpoint(ckpt_dir / "last.ckpt", payload)
+
+    def _resume(self, path: Path) -> None:
+        payload = load_checkpoint(path, map_location="cpu")
+        self.model = SceneModel.from_state_dict(payload["model"]).to(self.device)
+        self.optimizers, self.schedulers = make_optimizers(self.model, self.cfg)
+        for k, o in self.optimizers.items():
+            o.load_state_dict(payload["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(payload["schedulers"][k])
+        self.strategy = DensifyStrategy(self.cfg.densify, payload["scene_extent"])
+        self.strategy_state = payload["strategy_state"]
+        self.canonical_t = payload["canonical_t"]
+        self.step = int(payload["step"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        self.generator.set_state(payload["rng"]["generator"])
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------------------------------ steps
+    def train_step(self) -> dict[str, Tensor] | None:
+        """One optimisation step; returns the unweighted terms and 'total', or None when skipped."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        batch = batch_to(
+            sample_batch(self.seq, cfg.batch_size, cfg.num_targets, cfg.losses.num_track_samples, self.generator),
+            self.device,
+        )
+        need_tracks = self.weights.get("track", 0) != 0 or self.weights.get("mapped_depth", 0) != 0
+        out = self.model.render(
+            batch.ts, batch.w2cs, batch.Ks, batch.img_wh,
+            target_ts=batch.target_ts if need_tracks else None,
+            target_w2cs=batch.target_w2cs if need_tracks else None,
+            bg_color=torch.tensor(cfg.bg_color, device=self.device),
+            backend=cfg.render_backend,
+        )
+        for m2d in out.means2d:
+            if m2d.requires_grad:
+                m2d.retain_grad()
+        t1 = time.perf_counter()
+        ctx = StepContext(batch, out, self.model, cfg.losses, self.generator, extras={"all_w2cs": self.all_w2cs})
+        terms = compute_terms(ctx, self.weights)
+        total = weighted_total(terms, self.weights)
+        t2 = time.perf_counter()
+        if not torch.isfinite(total):
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+            self.nonfinite_in_row += 1
+            logger.warning("step %d: non-finite loss in %s; step skipped (%d in a row)", self.step, bad, self.nonfinite_in_row)
+            if self.nonfinite_in_row >= cfg.max_nonfinite_steps:
+                raise RuntimeError(
+                    f"{self.nonfinite_in_row} consecutive steps had a non-finite loss (last: terms {bad}); "
+                    "check the depth prior and the learning rates"
+                )
+            for o in self.optimizers.values():
+                o.zero_grad(set_to_none=True)
+            self.step += 1
+            return None
+        self.nonfinite_in_row = 0
+        total.backward()
+        for o in self.optimizers.values():
+            o.step()
+        self.strategy.step_post_backward(
+            self.model, self.optimizers, self.strategy_state, self.step, out.means2d, out.radii, batch.img_wh
+        )
+        for o in self.optimizers.values():
+            o.zero_grad(set_to_none=True)
+        for s in self.schedulers.values():
+            s.step()
+        t3 = time.perf_counter()
+        self.timing["render"] += t1 - t0
+        self.timing["losses"] += t2 - t1
+        self.timing["backward_optim"] += t3 - t2
+        self.timing["steps"] += 1
+        self.step += 1
+        terms = dict(terms)
+        terms["total"] = total.detach()
+        terms["psnr"] = psnr(out.img.detach(), batch.imgs).mean()
+        self._last_out, self._last_batch = out, batch
+        return terms
+
+    # ----------------------------------------------------------------------------------------- logging
+    def _log(self, terms: dict[str, Tensor]) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.work_dir / "tb"))
+        for k, v in terms.items():
+            self.writer.add_scalar(f"train/{k}", float(v), self.step)
+        self.writer.add_scalar("train/num_fg", self.model.num_fg, self.step)
+        self.writer.add_scalar("train/num_bg", self.model.num_bg, self.step)
+
+    def _log_images(self) -> None:
+        if self.writer is None:
+            return
+        out, b = self._last_out, self._last_batch
+        depth = out.depth[0, ..., 0].detach()
+        prior = b.prior_disp[0]
+        prior_depth = torch.where(prior > 1e-6, 1.0 / prior.clamp_min(1e-6), torch.zeros_like(prior))
+        norm = lambda d: (d - d.min()) / (d.max() - d.min()).clamp_min(1e-8)  # noqa: E731
+        panel = torch.cat(
+            [out.img[0].detach().clamp(0, 1), norm(depth)[..., None].expand(-1, -1, 3), norm(prior_depth)[..., None].expand(-1, -1, 3)],
+            dim=1,
+        )
+        self.writer.add_image("train/rgb|depth|prior_depth", panel.cpu(), self.step, dataformats="HWC")
+
+    @torch.no_grad()
+    def eval_psnr(self, ids: Tensor) -> float:
+        """Mean PSNR of the frames ``ids`` rendered from their cameras (held-out frames for validation)."""
+        if len(ids) == 0:
+            return float("nan")
+        vals = []
+        for t in ids.tolist():
+            ts = torch.tensor([t], device=self.device)
+            out = self.model.render(
+                ts, self.seq.w2cs[t : t + 1].to(self.device), self.seq.Ks[t : t + 1].to(self.device),
+                (self.seq.images.shape[2], self.seq.images.shape[1]),
+                bg_color=torch.tensor(self.cfg.bg_color, device=self.device), backend=self.cfg.render_backend,
+            )
+            vals.append(float(psnr(out.img, self.seq.images[t : t + 1].to(self.device))))
+        return sum(vals) / len(vals)
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.work_dir / "cfg.yaml")
+        start = self.step
+        t_start = time.perf_counter()
+        bar = tqdm(total=cfg.max_steps, initial=start, desc="train", dynamic_ncols=True)
+        while self.step < cfg.max_steps:
+            terms = self.train_step()
+            bar.update(1)
+            if terms is None:
+                continue
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                bar.set_postfix(loss=f"{float(terms['total']):.4f}", psnr=f"{float(terms['psnr']):.2f}",
+                                n=self.model.num_fg + self.model.num_bg)
+                self._log(terms)
+            if cfg.image_every > 0 and self.step % cfg.image_every == 0:
+                self._log_images()
+            if cfg.save_every > 0 and self.step % cfg.save_every == 0:
+                self.save(numbered=True)
+        bar.close()
+        self.save(numbered=True)
+        wall = time.perf_counter() - t_start
+        n = max(self.timing["steps"], 1)
+        stats = {
+            "steps": self.step,
+            "steps_this_run": self.step - start,
+            "wall_seconds": wall,
+            "seconds_per_step": {k: self.timing[k] / n for k in ("render", "losses", "backward_optim")},
+            "num_fg": self.model.num_fg,
+            "num_bg": self.model.num_bg,
+            "val_psnr": self.eval_psnr(self.seq.val_ids),
+            "train_psnr": self.eval_psnr(self.seq.train_ids[: min(4, len(self.seq.train_ids))]),
+        }
+        tmp = self.work_dir / "train_stats.json.tmp"
+        tmp.write_text(json.dumps(stats, indent=2, default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else x))
+        tmp.replace(self.work_dir / "train_stats.json")
+        if self.writer is not None:
+            self.writer.close()
+        logger.info(
+            "done: %d steps in %.1f s; held-out PSNR %.2f dB; per step: render %.3f s, losses %.3f s, backward+optim %.3f s",
+            self.step, wall, stats["val_psnr"], *stats["seconds_per_step"].values(),
+        )
+        return stats
+
+
+def train(cfg: TrainConfig) -> dict:
+    return Trainer(cfg).fit()

@@ -1,0 +1,200 @@
+"""Shape-of-Motion base terms: masked / trimmed L1 and MSE, disparity gradients, accelerations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flow3d.losses import (
+    disparity_gradient_loss,
+    masked_l1_loss,
+    masked_mse_loss,
+    motion_acceleration_loss,
+    rgb_loss,
+    se3_smoothness_loss,
+    ssim_map,
+    z_acceleration_loss,
+)
+
+
+class TestMaskedL1MSE:
+    def test_hand_values(self):
+        pred = torch.tensor([[1.0], [2.0], [3.0], [100.0]])
+        gt = torch.zeros(4, 1)
+        assert float(masked_l1_loss(pred, gt)) == pytest.approx(26.5)
+        # 0.75-quantile of [1, 2, 3, 100] (linear) = 3 + 0.25 * 97 = 27.25 -> keep 1, 2, 3 -> mean 2
+        assert float(masked_l1_loss(pred, gt, quantile=0.75)) == pytest.approx(2.0)
+        assert float(masked_mse_loss(pred, gt, quantile=0.75)) == pytest.approx(14.0 / 3)
+        w = torch.tensor([1.0, 0.0, 1.0, 0.0])
+        assert float(masked_l1_loss(pred, gt, w)) == pytest.approx(2.0)
+        # a per-row mask: rows are trimmed on their mean residual (row means 2, 0, 10; median 2 -> keep 2
+        # rows: (1 + 3 + 0 + 0) / 4)
+        p2 = torch.tensor([[1.0, 3.0], [0.0, 0.0], [10.0, 10.0]])
+        assert float(masked_l1_loss(p2, torch.zeros(3, 2), torch.ones(3), quantile=0.5)) == pytest.approx(1.0)
+        # no mask (or a full-shape one): each entry is trimmed (median of [1,3,0,0,10,10] = 2 -> keep 1,0,0)
+        assert float(masked_l1_loss(p2, torch.zeros(3, 2), quantile=0.5)) == pytest.approx(1.0 / 3)
+        assert float(masked_l1_loss(p2, torch.zeros(3, 2), torch.ones(3, 2), quantile=0.5)) == pytest.approx(1.0 / 3)
+
+    def test_disparity_map_trimmed_per_pixel(self):
+        # A (B, H, W) map with a (B, H, W) mask: the outlier pixel is dropped, not its whole image row.
+        pred = torch.zeros(1, 4, 5)
+        pred[0, 1, 2] = 100.0
+        pred[0, 1, 3] = 1.0
+        got = masked_l1_loss(pred, torch.zeros(1, 4, 5), torch.ones(1, 4, 5), quantile=0.96)  # threshold 24.76
+        assert float(got) == pytest.approx(1.0 / 19)
+
+    def test_trimmed_equal_residuals_not_nan(self):
+        # Shape of Motion's `loss < quantile` keeps nothing when every residual is equal -> NaN.
+        pred = torch.full((10, 3), 2.0, requires_grad=True)
+        loss = masked_l1_loss(pred, torch.ones(10, 3), quantile=0.9)
+        loss.backward()
+        assert loss.item() == pytest.approx(1.0)
+        assert torch.isfinite(pred.grad).all()
+        loss = masked_l1_loss(pred, pred.detach().clone(), quantile=0.98)
+        assert loss.item() == 0.0
+
+    def test_quantile_over_valid_rows_only(self):
+        pred = torch.tensor([[1.0], [2.0], [3.0], [4.0], [500.0]])
+        mask = torch.tensor([True, True, True, True, False])
+        # the invalid 500 must not shift the threshold: 0.5-quantile of [1,2,3,4] = 2.5 -> mean(1, 2)
+        assert float(masked_l1_loss(pred, torch.zeros(5, 1), mask, quantile=0.5)) == pytest.approx(1.5)
+
+    def test_mask_shapes_no_silent_broadcast(self):
+        pred = torch.rand(2, 4, 5, 3)
+        gt = torch.rand(2, 4, 5, 3)
+        m = (torch.rand(2, 4, 5) > 0.5).float()
+        a = masked_l1_loss(pred, gt, m)
+        torch.testing.assert_close(masked_l1_loss(pred, gt, m[..., None]), a)
+        torch.testing.assert_close(masked_l1_loss(pred, gt, m[..., None].expand(2, 4, 5, 3)), a)
+        want = ((pred - gt).abs() * m[..., None]).sum() / (3 * m.sum())
+        torch.testing.assert_close(a, want)
+        with pytest.raises(ValueError, match=r"mask has shape \(4, 5\) but pred has shape \(2, 4, 5, 3\)"):
+            masked_l1_loss(pred, gt, m[0])
+        with pytest.raises(ValueError, match=r"gt has shape \(2, 4, 5, 1\)"):
+            masked_l1_loss(pred, gt[..., :1])
+        with pytest.raises(ValueError, match="quantile"):
+            masked_l1_loss(pred, gt, quantile=0.0)
+
+    def test_empty_mask_and_nan_gt(self):
+        pred = torch.rand(6, 2, requires_grad=True)
+        gt = torch.rand(6, 2)
+        loss = masked_mse_loss(pred, gt, torch.zeros(6), quantile=0.9)
+        loss.backward()
+        assert loss.item() == 0.0 and torch.isfinite(pred.grad).all()
+        bad = gt.clone()
+        bad[0, 0] = float("nan")
+        ok = torch.ones(6, 2)
+        ok[0, 0] = 0
+        torch.testing.assert_close(masked_l1_loss(pred, bad), masked_l1_loss(pred, gt, ok))
+
+    def test_gradcheck(self):
+        pred = torch.rand(5, 2, dtype=torch.float64, requires_grad=True)
+        gt = torch.rand(5, 2, dtype=torch.float64)
+        w = torch.rand(5, dtype=torch.float64)
+        assert torch.autograd.gradcheck(lambda x: masked_l1_loss(x, gt, w, quantile=0.8), (pred,))
+        assert torch.autograd.gradcheck(lambda x: masked_mse_loss(x, gt, w), (pred,))
+
+
+class TestDisparityGradientLoss:
+    def test_hand_value(self):
+        pred = torch.tensor([[[0.0, 1.0, 3.0]]])
+        prior = torch.tensor([[[0.0, 2.0, 3.0]]])
+        # x differences [1, 2] vs [2, 1] -> mean |.| = 1; no y differences (H = 1) -> 0
+        assert float(disparity_gradient_loss(pred, prior, quantile=1.0)) == pytest.approx(1.0)
+
+    def test_loop_reference_with_mask(self):
+        g = torch.Generator().manual_seed(0)
+        pred = torch.rand(2, 5, 6, generator=g, dtype=torch.float64)
+        prior = torch.rand(2, 5, 6, generator=g, dtype=torch.float64)
+        mask = torch.rand(2, 5, 6, generator=g) > 0.3
+        ex, ey = [], []
+        for b in range(2):
+            for i in range(5):
+                for j in range(6):
+                    if j + 1 < 6 and mask[b, i, j] and mask[b, i, j + 1]:
+                        ex.append(abs(float(pred[b, i, j + 1] - pred[b, i, j] - prior[b, i, j + 1] + prior[b, i, j])))
+                    if i + 1 < 5 and mask[b, i, j] and mask[b, i + 1, j]:
+                        ey.append(abs(float(pred[b, i + 1, j] - pred[b, i, j] - prior[b, i + 1, j] + prior[b, i, j])))
+        want = sum(ex) / len(ex) + sum(ey) / len(ey)
+        assert float(disparity_gradient_loss(pred, prior, mask, quantile=1.0)) == pytest.approx(want, rel=1e-10)
+
+    def test_identical_shift_invariant_and_empty(self):
+        pred = torch.rand(2, 6, 7, requires_grad=True)
+        assert disparity_gradient_loss(pred, pred.detach() + 3.0).item() == pytest.approx(0.0, abs=1e-6)
+        loss = disparity_gradient_loss(pred, torch.rand(2, 6, 7), torch.zeros(2, 6, 7))
+        loss.backward()
+        assert loss.item() == 0.0 and torch.isfinite(pred.grad).all()
+        with pytest.raises(ValueError, match="prior_disp has shape"):
+            disparity_gradient_loss(pred, torch.rand(2, 6, 6))
+
+    def test_gradcheck(self):
+        pred = torch.rand(1, 4, 4, dtype=torch.float64, requires_grad=True)
+        prior = torch.rand(1, 4, 4, dtype=torch.float64)
+        assert torch.autograd.gradcheck(lambda x: disparity_gradient_loss(x, prior, quantile=0.9), (pred,))
+
+
+class TestAccelerations:
+    def test_motion_acceleration_hand(self):
+        t = torch.arange(6, dtype=torch.float64)
+        quad = torch.stack([t**2, torch.zeros_like(t)], -1)[None]  # (1, T, 2): second difference 2
+        assert float(motion_acceleration_loss(quad)) == pytest.approx(2.0)
+        lin = torch.stack([3 * t, -t, t + 1], -1)[None].requires_grad_(True)
+        loss = motion_acceleration_loss(lin)
+        loss.backward()
+        assert loss.item() == 0.0 and torch.isfinite(lin.grad).all()  # finite at zero acceleration
+        assert float(motion_acceleration_loss(torch.rand(3, 2, 4))) == 0.0
+
+    def test_se3(self):
+        t = torch.arange(5, dtype=torch.float64)
+        transl = torch.stack([t**2, t, t], -1)[None].expand(2, 5, 3)
+        rots = torch.zeros(2, 5, 6, dtype=torch.float64)
+        assert float(se3_smoothness_loss(rots, transl)) == pytest.approx(4.0)
+        with pytest.raises(ValueError, match="disagree"):
+            se3_smoothness_loss(rots[:, :4], transl)
+
+    def test_z_acceleration(self):
+        t = torch.arange(5, dtype=torch.float64)
+        along = torch.stack([torch.zeros_like(t), torch.zeros_like(t), 5 + t**2], -1)  # on the optical axis
+        assert float(z_acceleration_loss(along)) == pytest.approx(2.0)
+        across = torch.stack([t**2, torch.zeros_like(t), torch.full_like(t, 5.0)], -1)[None]
+        # acceleration (2, 0, 0) at x_t = (t^2, 0, 5): component along the ray = 2 t^2 / sqrt(t^4 + 25)
+        want = sum(2 * k**2 / (k**4 + 25) ** 0.5 for k in (1, 2, 3)) / 3
+        assert float(z_acceleration_loss(across)) == pytest.approx(want)
+        # uniform motion has no acceleration, and the camera centre is safe
+        pts = torch.zeros(2, 4, 3, requires_grad=True)
+        loss = z_acceleration_loss(pts)
+        loss.backward()
+        assert loss.item() == 0.0 and torch.isfinite(pts.grad).all()
+        m = torch.tensor([1.0, 0.0, 0.0])
+        assert float(z_acceleration_loss(across, m[None])) == pytest.approx(2 / 26**0.5)
+        with pytest.raises(ValueError, match="mask has shape"):
+            z_acceleration_loss(across, torch.ones(4))
+
+    def test_gradcheck(self):
+        x = torch.rand(2, 5, 3, dtype=torch.float64, requires_grad=True) + 1.0
+        assert torch.autograd.gradcheck(motion_acceleration_loss, (x,))
+        assert torch.autograd.gradcheck(z_acceleration_loss, (x,))
+
+
+class TestRgbLoss:
+    def test_values(self):
+        g = torch.Generator().manual_seed(0)
+        a = torch.rand(2, 16, 16, 3, generator=g, dtype=torch.float64)
+        b = torch.rand(2, 16, 16, 3, generator=g, dtype=torch.float64)
+        assert float(rgb_loss(a, a.clone())) == pytest.approx(0.0, abs=1e-12)
+        s = ssim_map(a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)).mean()
+        want = 0.8 * (a - b).abs().mean() + 0.2 * (1 - s)
+        torch.testing.assert_close(rgb_loss(a, b), want)
+        m = torch.zeros(2, 16, 16, dtype=torch.bool)
+        m[:, :8] = True
+        c = b.clone()
+        c[:, 8:] = a[:, 8:]  # differ only in the masked-in half
+        loss_full = rgb_loss(a, c)
+        loss_m = rgb_loss(a, c, m)
+        assert float(loss_m) > float(loss_full)
+        x = a.clone().requires_grad_(True)
+        loss = rgb_loss(x, b, torch.zeros(2, 16, 16))
+        loss.backward()
+        assert loss.item() == 0.0 and torch.isfinite(x.grad).all()
+        with pytest.raises(ValueError, match="mask has shape"):
+            rgb_loss(a, b, m[0])
