@@ -130,7 +130,7 @@ def _release_freed_memory() -> None:
 
 
 def time_fast(scene: dict, repeats: int, **kw) -> dict:
-    """Median forward and forward+backward seconds, peak memory, pairs of the torch backend."""
+    """Best-of-``repeats`` forward and forward+backward seconds of the torch backend, and pairs."""
     fwd, fb, fb_cpu = [], [], []
     with torch.no_grad():
         rasterization(**scene, backend="torch", **kw)  # warm-up
@@ -139,25 +139,25 @@ def time_fast(scene: dict, repeats: int, **kw) -> dict:
         with torch.no_grad():
             _, _, meta = rasterization(**scene, backend="torch", **kw)
         fwd.append(time.perf_counter() - t0)
-    with PeakRSS() as mem_f:
-        with torch.no_grad():
-            rasterization(**scene, backend="torch", **kw)
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         rc, ra, _ = rasterization(**scene, backend="torch", **kw)
         (rc.sum() + ra.sum()).backward()
         fb.append(time.perf_counter() - t0)
         fb_cpu.append(time.process_time() - c0)
+    pairs = meta["n_isects"] * meta["tile_size"] ** 2
+    return {"fwd_s": min(fwd), "fb_s": min(fb), "fb_cpu_s": min(fb_cpu), "pairs": pairs}
+
+
+def peak_memory(scene: dict, **kw) -> tuple[float, float, str]:
+    """Peak resident-memory increase (MB) of a forward and of a forward+backward."""
+    with PeakRSS() as mem_f:
+        with torch.no_grad():
+            rasterization(**scene, backend="torch", **kw)
     with PeakRSS() as mem_fb:
         rc, ra, _ = rasterization(**scene, backend="torch", **kw)
         (rc.sum() + ra.sum()).backward()
-    del rc, ra
-    pairs = meta["n_isects"] * meta["tile_size"] ** 2
-    fwd_s, fb_s = min(fwd), min(fb)
-    return {
-        "fwd_s": fwd_s, "fb_s": fb_s, "fb_cpu_s": min(fb_cpu), "pairs": pairs, "mem_f": mem_f.peak_mb, "mem_fb": mem_fb.peak_mb,
-        "mem_note": "" if mem_fb.reset_ok else " (maxrss delta)",
-    }
+    return mem_f.peak_mb, mem_fb.peak_mb, "" if mem_fb.reset_ok else " (maxrss delta)"
 
 
 def main() -> None:
@@ -168,39 +168,40 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top ops for 480x270, D=3")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    _release_freed_memory()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; pairs = tile-list entries x 256 pixels")
     print("times: best-of-N wall seconds; Mpair/cpu-s divides by process CPU time (all threads), robust to a shared machine")
 
     cases = [(256, 192, 10_000, 3), (256, 192, 10_000, 16)]
     if not args.quick:
         cases += [(480, 270, 50_000, 3), (480, 270, 50_000, 16)]
-    hdr = (
-        f"{'scene':>22} {'pairs(M)':>9} {'fwd s':>7} {'fwd+bwd s':>9} {'fwd Mpair/s':>11} {'f+b Mpair/s':>11} "
-        f"{'f+b Mpair/cpu-s':>15} {'peak MB fwd':>11} {'peak MB f+b':>11}"
-    )
-    print(hdr)
-    for W, H, n, D in cases:
-        scene = make_benchmark_scene(n, W, H, D)
-        r = time_fast(scene, args.repeats)
-        print(
-            f"{f'{W}x{H} N={n} D={D}':>22} {r['pairs'] / 1e6:9.1f} {r['fwd_s']:7.3f} {r['fb_s']:9.3f} "
-            f"{r['pairs'] / r['fwd_s'] / 1e6:11.1f} {r['pairs'] / r['fb_s'] / 1e6:11.1f} {r['pairs'] / r['fb_cpu_s'] / 1e6:15.1f} "
-            f"{r['mem_f']:11.0f} {r['mem_fb']:11.0f}{r['mem_note']}"
-        )
-
+    timings = [time_fast(make_benchmark_scene(n, W, H, D), args.repeats) for W, H, n, D in cases]
     # naive dense reference on a size it can handle, same scene for both
-    W, H, n = 128, 96, 1500
-    scene = make_benchmark_scene(n, W, H, 3)
+    nW, nH, nn = 128, 96, 1500
+    scene = make_benchmark_scene(nn, nW, nH, 3)
     t0 = time.perf_counter()
     rc, ra = naive_render(scene)
     (rc.sum() + ra.sum()).backward()
     t_naive = time.perf_counter() - t0
     r = time_fast(scene, args.repeats)
-    print(
-        f"\nnaive dense reference, {W}x{H} N={n} D=3: fwd+bwd {t_naive:.3f} s; tile rasterizer {r['fb_s']:.4f} s "
+    naive_line = (
+        f"\nnaive dense reference, {nW}x{nH} N={nn} D=3: fwd+bwd {t_naive:.3f} s; tile rasterizer {r['fb_s']:.4f} s "
         f"-> speed-up x{t_naive / r['fb_s']:.1f}"
     )
+    _release_freed_memory()  # after timing: it makes every large allocation an mmap (slow), but RSS exact
+    hdr = (
+        f"{'scene':>22} {'pairs(M)':>9} {'fwd s':>7} {'fwd+bwd s':>9} {'fwd Mpair/s':>11} {'f+b Mpair/s':>11} "
+        f"{'f+b Mpair/cpu-s':>15} {'peak MB fwd':>11} {'peak MB f+b':>11}"
+    )
+    print(hdr)
+    for (W, H, n, D), r in zip(cases, timings):
+        mem_f, mem_fb, note = peak_memory(make_benchmark_scene(n, W, H, D))
+        print(
+            f"{f'{W}x{H} N={n} D={D}':>22} {r['pairs'] / 1e6:9.1f} {r['fwd_s']:7.3f} {r['fb_s']:9.3f} "
+            f"{r['pairs'] / r['fwd_s'] / 1e6:11.1f} {r['pairs'] / r['fb_s'] / 1e6:11.1f} {r['pairs'] / r['fb_cpu_s'] / 1e6:15.1f} "
+            f"{mem_f:11.0f} {mem_fb:11.0f}{note}"
+        )
+
+    print(naive_line + "\n")
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

@@ -46,7 +46,7 @@ def _check_shape(name: str, x: Tensor, expected: tuple) -> None:
         raise ValueError(f"{name} must have shape {exp}, got {tuple(x.shape)}")
 
 
-def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds, render_mode, backend):
+def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds, render_mode, backend, tile_size):
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
     if backend not in BACKENDS:
@@ -69,6 +69,14 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
         _check_shape("backgrounds", backgrounds, (C, colors.shape[-1]))
     if int(width) != width or int(height) != height or width <= 0 or height <= 0:
         raise ValueError(f"width and height must be positive integers, got width={width}, height={height}")
+    if int(tile_size) != tile_size or tile_size <= 0:
+        raise ValueError(f"tile_size must be a positive integer, got {tile_size}")
+    named = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors, "viewmats": viewmats, "Ks": Ks}
+    if backgrounds is not None:
+        named["backgrounds"] = backgrounds
+    dtypes = {k: v.dtype for k, v in named.items()}
+    if len(set(dtypes.values())) != 1:
+        raise ValueError(f"all tensors must share one floating dtype, got {dtypes}")
 
 
 def rasterization(
@@ -116,7 +124,7 @@ def rasterization(
     gsplat, ``torch_chunk`` (Gaussians per tile per step, default 32) and ``torch_block_elems``
     ((Gaussian, pixel) pairs per block, default 2**20, the memory bound).
     """
-    _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds, render_mode, backend)
+    _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds, render_mode, backend, tile_size)
     width, height = int(width), int(height)
     if backend == "auto":
         backend = "gsplat" if gsplat_backend.gsplat_available_for(means) else "torch"
@@ -127,6 +135,8 @@ def rasterization(
             near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, backgrounds=backgrounds,
             render_mode=render_mode, absgrad=absgrad, packed=packed, tile_size=tile_size, **gsplat_kwargs,
         )
+    if packed:
+        logger.debug("backend='torch' has no packed mode: returning gsplat's dense (C, N) layout")
     return _rasterization_torch(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
         near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, backgrounds=backgrounds,

@@ -225,7 +225,7 @@ class _RasterizeTiles(torch.autograd.Function):
 
         T = torch.ones(n_tiles, P, dtype=dtype, device=device)
         live = torch.ones(n_tiles, P, dtype=dtype, device=device)
-        out = torch.zeros(n_tiles, P, D, dtype=dtype, device=device)
+        out = torch.zeros(n_tiles, D, P, dtype=dtype, device=device)  # channel-major: bmm is fast for small D
         n_rounds = int(math.ceil(int(plan.counts[0]) / chunk)) if n_tiles > 0 and plan.n_isects > 0 else 0
         actives = [int((plan.counts > r * chunk).sum()) for r in range(n_rounds)]
         step = max(1, block_elems // (chunk * P))
@@ -238,14 +238,14 @@ class _RasterizeTiles(torch.autograd.Function):
                 ids = _round_ids(plan, r, chunk, t0, t1, table.shape[0] - 1)
                 alpha = _block_alpha(table[ids], px[t0:t1], py[t0:t1], floor)[3]
                 _, _, w, T_next, live_next = _block_composite(alpha, T[t0:t1], live[t0:t1])
-                out[t0:t1] += torch.bmm(w.transpose(1, 2), ctab[ids])
+                out[t0:t1] += torch.bmm(ctab[ids].transpose(1, 2), w)
                 T[t0:t1] = T_next
                 live[t0:t1] = live_next
 
         if backgrounds is not None:
             bg_t = backgrounds.repeat_interleave(plan.tile_width * plan.tile_height, dim=0)[plan.order]  # (n_tiles, D)
-            out = out + T[:, :, None] * bg_t[:, None, :]
-        render_colors = _tiles_to_images(out, plan)
+            out = out + bg_t[:, :, None] * T[:, None, :]
+        render_colors = _tiles_to_images(out.transpose(1, 2), plan)
         render_alphas = _tiles_to_images((1.0 - T)[:, :, None], plan)
 
         ctx.plan, ctx.chunk, ctx.step, ctx.actives, ctx.absgrad = plan, chunk, step, actives, absgrad
@@ -265,14 +265,14 @@ class _RasterizeTiles(torch.autograd.Function):
         floor = _alpha_floor(dtype)
         tri = torch.ones(chunk, chunk, dtype=dtype, device=device).triu_(1)  # R = tri @ U: sum over later k
 
-        G = _images_to_tiles(g_colors.contiguous(), plan)  # (n_tiles, P, D)
+        G = _images_to_tiles(g_colors, plan).transpose(1, 2).contiguous()  # (n_tiles, D, P)
         gT = -_images_to_tiles(g_alphas.contiguous(), plan)[..., 0]  # (n_tiles, P) dL/dT_final
         g_bg = None
         if ctx.has_bg:
             bg_t = backgrounds.repeat_interleave(plan.tile_width * plan.tile_height, dim=0)[plan.order]
-            gT = gT + (G * bg_t[:, None, :]).sum(-1)
+            gT = gT + (G * bg_t[:, :, None]).sum(1)
             if ctx.needs_input_grad[4]:
-                per_tile = (G * T_final[:, :, None]).sum(1)  # (n_tiles, D)
+                per_tile = (G * T_final[:, None, :]).sum(2)  # (n_tiles, D)
                 g_bg = backgrounds.new_zeros(I * plan.tile_width * plan.tile_height, D)
                 g_bg[plan.order] = per_tile
                 g_bg = g_bg.reshape(I, -1, D).sum(1)
@@ -291,10 +291,10 @@ class _RasterizeTiles(torch.autograd.Function):
                 T_in = T_in_all[t0:t1]
                 dx, dy, raw, alpha = _block_alpha(prm, px[t0:t1], py[t0:t1], floor)
                 q, Tth, w, T_out, _ = _block_composite(alpha, T_in, live_all[t0:t1])
-                Gb = G[t0:t1]  # (A, P, D)
+                Gb = G[t0:t1]  # (A, D, P)
                 gTo = gT[t0:t1]  # (A, P)
-                g_ctab.index_add_(0, ids.reshape(-1), torch.bmm(w, Gb).reshape(-1, D))
-                Gc = torch.bmm(ctab[ids], Gb.transpose(1, 2))  # (A, K, P) dL/dcolour . c_k
+                g_ctab.index_add_(0, ids.reshape(-1), torch.bmm(Gb, w.transpose(1, 2)).transpose(1, 2).reshape(-1, D))
+                Gc = torch.bmm(ctab[ids], Gb)  # (A, K, P) dL/dcolour . c_k
                 U = w * Gc  # each drawn Gaussian's share of dL/dT_in * T_in
                 R = torch.matmul(tri, U)  # sum_{j>k} U_j
                 R += (gTo * T_out)[:, None, :]

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from flow3d.geometry import bilinear_sample, unproject_pixels
 from flow3d.log import get_logger
+from flow3d.losses import se3_smoothness_loss
 from flow3d.scene.gaussians import GaussianParams
 from flow3d.scene.model import SceneModel
 from flow3d.scene.motion import MotionBases, matrix_to_rot6d
@@ -29,7 +30,8 @@ logger = get_logger(__name__)
 @dataclass
 class InitConfig:
     num_fg: int = 4000
-    """Foreground Gaussians created from lifted tracks (at most the number of usable tracks)."""
+    """Foreground Gaussians: one per usable lifted track, then back-projected foreground pixels of the
+    canonical frame up to this number (their motion weights blended from the nearest tracks)."""
     num_bg: int = 8000
     """Background Gaussians created from back-projected background prior depth."""
     num_motion_bases: int = 10
@@ -70,16 +72,23 @@ def lift_tracks(seq, frame_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return pts.transpose(0, 1), valid.transpose(0, 1), seq.tracks_conf * valid.transpose(0, 1)
 
 
-def _fill_missing(x: Tensor, valid: Tensor) -> Tensor:
-    """Fill invalid entries of trajectories (M, T, D) with the nearest valid frame (forward, then backward)."""
-    x = x.clone()
+def interpolate_missing(x: Tensor, valid: Tensor) -> Tensor:
+    """Fill invalid entries of trajectories (M, T, D) by linear interpolation between the nearest valid
+    frames before and after; before the first / after the last valid frame the nearest value is held.
+    Rows with no valid frame are returned unchanged."""
     M, T, _ = x.shape
-    idx = torch.where(valid, torch.arange(T).expand(M, T), torch.full((M, T), -1))
-    last = torch.cummax(idx, dim=1).values  # last valid index so far (-1 if none)
-    rev = torch.where(valid, torch.arange(T).expand(M, T), torch.full((M, T), T)).flip(1)
-    nxt = torch.cummin(rev, dim=1).values.flip(1)  # next valid index (T if none)
-    src = torch.where(last >= 0, last, nxt).clamp(0, T - 1)
-    return torch.gather(x, 1, src[..., None].expand_as(x))
+    ar = torch.arange(T).expand(M, T)
+    prev = torch.cummax(torch.where(valid, ar, torch.full_like(ar, -1)), dim=1).values
+    nxt = torch.cummin(torch.where(valid, ar, torch.full_like(ar, T)).flip(1), dim=1).values.flip(1)
+    has_prev, has_next = prev >= 0, nxt < T
+    lo = torch.where(has_prev, prev, nxt).clamp(0, T - 1)
+    hi = torch.where(has_next, nxt, prev).clamp(0, T - 1)
+    span = (hi - lo).clamp_min(1).to(x.dtype)
+    w = ((ar - lo).to(x.dtype) / span).clamp(0, 1)[..., None]
+    x_lo = torch.gather(x, 1, lo[..., None].expand_as(x))
+    x_hi = torch.gather(x, 1, hi[..., None].expand_as(x))
+    out = x_lo * (1 - w) + x_hi * w
+    return torch.where(valid.any(dim=1)[:, None, None], out, x)
 
 
 def kmeans(features: Tensor, k: int, iters: int = 30, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -116,6 +125,7 @@ def fit_bases_procrustes(pts: Tensor, valid: Tensor, weights: Tensor, labels: Te
     M, T, _ = pts.shape
     rots = torch.eye(3).expand(k, T, 3, 3).clone()
     transls = torch.zeros(k, T, 3)
+    fitted = torch.zeros(k, T, dtype=torch.bool)
     for j in range(k):
         sel = labels == j
         x_can = pts[sel, can_t]
@@ -124,9 +134,11 @@ def fit_bases_procrustes(pts: Tensor, valid: Tensor, weights: Tensor, labels: Te
             if ok.sum() >= 3:
                 R, tr = roma.rigid_points_registration(x_can[ok], pts[sel, t][ok], weights=weights[sel, t][ok].clamp_min(1e-6))
                 rots[j, t], transls[j, t] = R, tr
-            elif t > 0:
-                rots[j, t], transls[j, t] = rots[j, t - 1], transls[j, t - 1]
-    return MotionBases(matrix_to_rot6d(rots), transls)
+                fitted[j, t] = True
+    # frames without enough points (held-out frames, occlusions): interpolate between fitted neighbours
+    rot6d = interpolate_missing(matrix_to_rot6d(rots), fitted)
+    transls = interpolate_missing(transls, fitted)
+    return MotionBases(rot6d, transls)
 
 
 def initialize_scene(seq, cfg: InitConfig, generator: torch.Generator | None = None) -> tuple[SceneModel, int]:
@@ -149,7 +161,7 @@ def initialize_scene(seq, cfg: InitConfig, generator: torch.Generator | None = N
     if len(idx) > cfg.num_fg:
         idx = idx[torch.randperm(len(idx), generator=generator)[: cfg.num_fg]]
     pts, valid, conf = pts[idx], valid[idx], conf[idx]
-    filled = _fill_missing(pts, valid)
+    filled = interpolate_missing(pts, valid)
     k = min(cfg.num_motion_bases, len(idx))
     features = (filled - filled[:, can_t : can_t + 1]).reshape(len(idx), -1)
     labels, centroids = kmeans(features, k, generator=generator)
@@ -173,8 +185,49 @@ def initialize_scene(seq, cfg: InitConfig, generator: torch.Generator | None = N
         coef_logits,
     )
     _fit_motion_to_tracks(fg, bases, pts, valid, conf, cfg)
+    fg = _densify_foreground(seq, can_t, fg, cfg, generator)
     bg = _init_background(seq, cfg, generator)
     return SceneModel(fg, bases, bg), can_t
+
+
+def _densify_foreground(seq, can_t: int, tracks_fg: GaussianParams, cfg: InitConfig, generator) -> GaussianParams:
+    """Tracks are sparse (a grid of queries); fill the canonical frame's foreground up to ``num_fg``
+    Gaussians with back-projected prior depth. Each new Gaussian takes the basis weights of its 3 nearest
+    fitted track Gaussians (inverse-distance blend of their logits). Every Gaussian's size is its pixel
+    footprint at its depth: half the spacing between samples."""
+    depth, dvalid = prior_depth_from_disp(seq.prior_disp[can_t], seq.prior_valid[can_t])
+    m = dvalid & (seq.fg_masks[can_t] > 0.5) & seq.valid_masks[can_t]
+    n_tracks = tracks_fg.num_gaussians
+    n_new = max(0, cfg.num_fg - n_tracks)
+    ij = torch.nonzero(m)
+    if n_new == 0 or len(ij) == 0:
+        return tracks_fg
+    ij = ij[torch.randperm(len(ij), generator=generator)[:n_new]]
+    xy = ij.flip(-1).to(depth.dtype)
+    z = depth[ij[:, 0], ij[:, 1]]
+    fx = seq.Ks[can_t, 0, 0]
+    new_means = unproject_pixels(xy, z, seq.Ks[can_t], torch.linalg.inv(seq.w2cs[can_t]))
+    with torch.no_grad():
+        t_means = tracks_fg.get_means()
+        d, nn_idx = torch.cdist(new_means, t_means).topk(min(3, n_tracks), largest=False)
+        w = 1.0 / d.clamp_min(1e-6)
+        w = w / w.sum(-1, keepdim=True)
+        new_logits = (tracks_fg.params["motion_coefs"][nn_idx] * w[..., None]).sum(1)
+        spacing_px = (m.sum() / (len(ij) + n_tracks)).sqrt()
+        new_size = z * spacing_px / fx * 0.5
+        # the track Gaussians get the footprint size too (their depth is their camera z at can_t)
+        t_z = (t_means @ seq.w2cs[can_t, :3, :3].T + seq.w2cs[can_t, :3, 3])[:, 2].clamp_min(1e-3)
+        t_size = t_z * spacing_px / fx * 0.5
+        rgb = seq.images[can_t][ij[:, 0], ij[:, 1]]
+        N = n_tracks + len(ij)
+        return GaussianParams(
+            torch.cat([t_means, new_means]),
+            torch.tensor([1.0, 0, 0, 0]).expand(N, 4),
+            torch.cat([t_size, new_size]).clamp_min(1e-4)[:, None].expand(N, 3),
+            torch.full((N,), cfg.init_opacity),
+            torch.cat([tracks_fg.get_colors(), rgb.clamp(0.01, 0.99)]),
+            torch.cat([tracks_fg.params["motion_coefs"], new_logits]),
+        )
 
 
 def _fit_motion_to_tracks(fg: GaussianParams, bases: MotionBases, pts: Tensor, valid: Tensor, conf: Tensor, cfg: InitConfig) -> None:
@@ -193,12 +246,11 @@ def _fit_motion_to_tracks(fg: GaussianParams, bases: MotionBases, pts: Tensor, v
         err = (pred - pts).norm(dim=-1) / scale
         loss = (err * w).sum() / w.sum().clamp_min(1e-8)
         if T >= 3:
-            tr = bases.params["transls"]
-            loss = loss + 0.1 * (tr[:, 2:] - 2 * tr[:, 1:-1] + tr[:, :-2]).norm(dim=-1).mean() / scale
+            loss = loss + 0.1 * se3_smoothness_loss(bases.params["rots"], bases.params["transls"] / scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    logger.info("init: motion fit to 3D tracks, final relative error %.4f", float(loss))
+    logger.info("init: motion fit to 3D tracks, final relative error %.4f", float(loss.detach()))
 
 
 def _init_background(seq, cfg: InitConfig, generator: torch.Generator | None) -> GaussianParams | None:
@@ -210,7 +262,7 @@ def _init_background(seq, cfg: InitConfig, generator: torch.Generator | None) ->
     frames = seq.train_ids
     per_frame = max(1, cfg.num_bg // len(frames))
     c2ws = torch.linalg.inv(seq.w2cs)
-    pts_all, rgb_all, size_all = [], [], []
+    pts_all, rgb_all = [], []
     for t in frames.tolist():
         m = bg_mask[t]
         if m.any():
@@ -224,13 +276,12 @@ def _init_background(seq, cfg: InitConfig, generator: torch.Generator | None) ->
         z = depth[t][ij[:, 0], ij[:, 1]]
         pts_all.append(unproject_pixels(xy, z, seq.Ks[t], c2ws[t]))
         rgb_all.append(seq.images[t][ij[:, 0], ij[:, 1]])
-        # footprint of one sample: the area per sample in pixels, back-projected at its depth
-        spacing_px = (m.sum() / len(ij)).sqrt()
-        size_all.append(z * spacing_px / seq.Ks[t, 0, 0] * 0.5)
     if not pts_all:
         logger.warning("init: no background pixels with a valid prior depth; the scene has no background Gaussians")
         return None
-    pts, rgb, size = torch.cat(pts_all), torch.cat(rgb_all), torch.cat(size_all)
+    pts, rgb = torch.cat(pts_all), torch.cat(rgb_all)
+    # samples of overlapping frames interleave: size each by its neighbours, not by its frame's spacing
+    size = 0.5 * knn_scale(pts)
     N = pts.shape[0]
     logger.info("init: %d background Gaussians from %d frames", N, len(frames))
     return GaussianParams(

@@ -65,7 +65,7 @@ def make_optimizers(model: SceneModel, cfg: TrainConfig):
 def scene_extent(model: SceneModel) -> float:
     pts = model.fg.get_means() if model.bg is None else torch.cat([model.fg.get_means(), model.bg.get_means()])
     centre = pts.median(dim=0).values
-    return float((pts - centre).norm(dim=-1).quantile(0.9).clamp_min(1e-3))
+    return float((pts - centre).norm(dim=-1).quantile(0.9).clamp_min(1e-3).detach())
 
 
 def sanitize_sequence(seq) -> None:

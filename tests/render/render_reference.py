@@ -16,6 +16,7 @@ from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_cova
 def naive_rasterization(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height,
     near_plane=0.01, far_plane=1e10, eps2d=0.3, backgrounds=None, render_mode="RGB", info=None,
+    rasterize_mode="classic",
 ):
     """Same inputs/outputs as ``flow3d.render.rasterization`` (colours (C,H,W,X), alphas (C,H,W,1)).
 
@@ -23,9 +24,12 @@ def naive_rasterization(
     """
     C, N = viewmats.shape[0], means.shape[0]
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
-    _, means2d, depths, conics, _ = _fully_fused_projection(
-        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane
+    aa = rasterize_mode == "antialiased"
+    _, means2d, depths, conics, comp = _fully_fused_projection(
+        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
+        calc_compensations=aa,
     )
+    opac = opacities[None] * comp if aa else opacities[None].expand(C, N)  # (C, N)
     feats = colors if colors.dim() == 3 else colors[None].expand(C, N, colors.shape[-1])
     ys, xs = torch.meshgrid(
         torch.arange(height, dtype=means.dtype), torch.arange(width, dtype=means.dtype), indexing="ij"
@@ -48,7 +52,7 @@ def naive_rasterization(
             dy = means2d[c, g, 1] - py
             A, B, Cc = conics[c, g]
             sigma = 0.5 * (A * dx * dx + Cc * dy * dy) + B * dx * dy
-            alpha = torch.clamp(opacities[g] * torch.exp(-sigma), max=0.999)
+            alpha = torch.clamp(opac[c, g] * torch.exp(-sigma), max=0.999)
             skip = (sigma < 0) | (alpha < 1.0 / 255.0) | done
             next_T = T * (1 - alpha)
             stop = ~skip & (next_T <= 1e-4)  # exclusive: the Gaussian that would cross is not drawn

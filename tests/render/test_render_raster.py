@@ -38,7 +38,8 @@ def _compare(scene, dtype, render_mode="RGB+ED", with_bg=True, **kw):
     bg = torch.rand(C, D, dtype=dtype) if with_bg else None
     rc, ra, meta = rasterization(**scene, backgrounds=bg, render_mode=render_mode, backend="torch", **kw)
     info = {}
-    rc_ref, ra_ref = naive_rasterization(**scene, backgrounds=bg, render_mode=render_mode, info=info)
+    ref_kw = {"rasterize_mode": kw["rasterize_mode"]} if "rasterize_mode" in kw else {}
+    rc_ref, ra_ref = naive_rasterization(**scene, backgrounds=bg, render_mode=render_mode, info=info, **ref_kw)
     _assert_close("colors", rc, rc_ref, dtype)
     _assert_close("alphas", ra, ra_ref, dtype)
     wc, wa = torch.randn_like(rc_ref), torch.randn_like(ra_ref)
@@ -83,6 +84,19 @@ def test_render_modes_match_reference(render_mode):
     rc, _, _, _ = _compare(scene, torch.float64, render_mode=render_mode)
     expected = {"RGB": 3, "D": 1, "ED": 1, "RGB+D": 4}[render_mode]
     assert rc.shape == (2, 20, 24, expected)
+
+
+def test_antialiased_mode_matches_reference():
+    scene = make_scene(n=40, n_cams=2, log_scale=(-4.5, -2.0), dtype=torch.float64, seed=12)  # small: compensation matters
+    _compare(scene, torch.float64, rasterize_mode="antialiased", **SMALL_CHUNKS)
+
+
+def test_packed_request_returns_dense_layout_on_torch_backend():
+    scene = make_scene(n=10, n_cams=2, dtype=torch.float32, seed=13)
+    rc_p, _, meta = rasterization(**scene, packed=True, backend="torch")
+    rc_d, _, _ = rasterization(**scene, packed=False, backend="torch")
+    assert meta["packed"] is False and meta["gaussian_ids"] is None and meta["means2d"].shape == (2, 10, 2)
+    torch.testing.assert_close(rc_p, rc_d)
 
 
 def test_expected_depth_is_accumulated_depth_over_alpha():
@@ -200,6 +214,10 @@ def test_bad_inputs_raise_value_error():
         rasterization(**scene, backgrounds=torch.zeros(1, 4), backend="torch")
     with pytest.raises(ValueError, match="sh_degree"):
         rasterization(**scene, backend="torch", sh_degree=3)
+    with pytest.raises(ValueError, match="dtype"):
+        rasterization(**{**scene, "colors": scene["colors"].double()}, backend="torch")
+    with pytest.raises(ValueError, match="tile_size"):
+        rasterization(**scene, backend="torch", tile_size=0)
     with pytest.raises(ValueError, match="not_a_keyword"):
         rasterization(**scene, backend="torch", not_a_keyword=1)
 

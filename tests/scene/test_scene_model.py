@@ -2,7 +2,7 @@ import roma
 import torch
 
 from flow3d.scene.gaussians import GaussianParams
-from flow3d.scene.init import _fill_missing, fit_bases_procrustes, kmeans, knn_scale
+from flow3d.scene.init import fit_bases_procrustes, interpolate_missing, kmeans, knn_scale
 from flow3d.scene.motion import MotionBases, matrix_to_rot6d, rot6d_to_matrix
 from flow3d.scene.strategy import DensifyConfig, DensifyStrategy, update_param_with_optimizer
 
@@ -65,11 +65,13 @@ def test_procrustes_bases_recover_known_rigid_motions():
     torch.testing.assert_close(pred, pts, atol=1e-4, rtol=1e-4)
 
 
-def test_fill_missing_uses_nearest_valid_frame():
-    x = torch.arange(5.0)[None, :, None].expand(1, 5, 1).clone()
-    valid = torch.tensor([[False, True, False, False, True]])
-    out = _fill_missing(x, valid)[0, :, 0]
-    assert out.tolist() == [1.0, 1.0, 1.0, 1.0, 4.0]
+def test_interpolate_missing_is_linear_inside_and_holds_at_the_ends():
+    x = torch.tensor([[0.0, 1.0, 9.0, 9.0, 4.0, 7.0]])[..., None]
+    valid = torch.tensor([[False, True, False, False, True, False]])
+    out = interpolate_missing(x, valid)[0, :, 0]
+    assert out.tolist() == [1.0, 1.0, 2.0, 3.0, 4.0, 4.0]
+    none = torch.zeros(1, 6, dtype=torch.bool)
+    assert torch.equal(interpolate_missing(x, none), x)
 
 
 def test_kmeans_separates_two_blobs_and_knn_scale():
