@@ -23,6 +23,7 @@ import yaml
 from flow3d.data import DataConfig, SyntheticDataConfig
 from flow3d.scene.init import InitConfig
 from flow3d.scene.strategy import DensifyConfig
+from flow3d.train.depth_order import DepthOrderConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -63,6 +64,24 @@ class LossConfig:
     """Track points sampled per query frame for the track loss."""
     num_smooth_samples: int = 2000
     """Foreground Gaussians sampled for the track-smoothness and z-acceleration terms."""
+
+    # depth-order supervision (flow3d.train.depth_order); defaults set by `python -m flow3d.benchmarks.ablation`
+    w_hinge_ordinal: float = 0.0
+    """Hinge on the order of flow-carried pixel pairs in the neighbour frame's rendered depth (seed 004)."""
+    w_modgs_ordinal: float = 0.0
+    """MoDGS tanh ordinal loss on same-frame pairs, order from the prior."""
+    w_pearson: float = 0.0
+    """1 - Pearson correlation between rendered and prior disparity per frame."""
+    w_depth_consistency: float = 0.0
+    """Seed 001 depth consistency (inside / outside / edge of the foreground mask, fb confidence as weight)."""
+    w_g2_monodepth: float = 0.0
+    """Seed 002 G2-MonoDepth loss on rendered vs prior disparity."""
+    w_scale_adaptive: float = 0.0
+    """Seed 003 scale-adaptive loss on rendered vs prior disparity (inverse depth)."""
+    w_depth_aware_scale: float = 0.0
+    """Seed 000 depth-aware scale loss on the rendered foreground mask (k_obj calibrated at start)."""
+    order: DepthOrderConfig = field(default_factory=DepthOrderConfig)
+    """Pairs, neighbours, flow and options of the depth-order terms."""
 
 
 @dataclass

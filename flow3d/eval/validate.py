@@ -91,7 +91,7 @@ class ValConfig:
     held-out camera views always use the scored views)."""
     fps: float = 10.0
     """Frames per second of the video."""
-    video_min_height: int = 100
+    video_min_height: int = 192
     """Panels smaller than this are enlarged by an integer factor (nearest neighbour) in the video."""
     contact_sheet_frames: int = 6
     """Frames on the contact sheet (evenly spaced, first and last included)."""
@@ -232,7 +232,7 @@ def _render_view(model, view: _View, device, bg: Tensor, backend: str) -> dict[s
         bg_color=bg, backend=backend,
     )
     return {
-        "rgb": out.img[0].clamp(0, 0.9).float().cpu().numpy(),  # (H, W, 3)
+        "rgb": out.img[0].clamp(0, 1).float().cpu().numpy(),  # (H, W, 3)
         "depth": out.depth[0, ..., 0].float().cpu().numpy(),  # (H, W)
         "alpha": out.alpha[0, ..., 0].float().cpu().numpy(),  # (H, W)
     }
@@ -451,7 +451,7 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
     seq_scale = None
     if gt is not None:
         seq_res = depth_metrics(rd, gt, valid, alignment="sequence")
-        frm_res = depth_metrics(rd, gt, valid, alignment="none")
+        frm_res = depth_metrics(rd, gt, valid, alignment="frame")
         cols.update(_as_rows(seq_res.per_frame, "depth_", depth_keys))
         cols.update({f"depth_{k}_frame": [float(x) for x in frm_res.per_frame[k]] for k in depth_keys})
         agg.update({"depth_" + k: seq_res.aggregate[k] for k in depth_keys})

@@ -198,3 +198,11 @@ def z_accel_term(ctx: StepContext) -> Tensor:
 @register_term("scale_var")
 def scale_var_term(ctx: StepContext) -> Tensor:
     return ctx.model.fg.get_scales().var(dim=-1).mean()
+
+
+# ------------------------------------------------------------------------- depth-order supervision
+
+from flow3d.train import depth_order as _depth_order  # noqa: E402
+
+for _name, _fn in _depth_order.TERMS.items():
+    register_term(_name)(_fn)

@@ -18,6 +18,7 @@ from flow3d.losses.photometric import psnr
 from flow3d.scene.init import initialize_scene
 from flow3d.scene.model import SceneModel
 from flow3d.scene.strategy import DensifyStrategy
+from flow3d.train import depth_order
 from flow3d.train.batch import batch_to, sample_batch
 from flow3d.train.checkpoint import load_checkpoint, save_checkpoint
 from flow3d.train.terms import StepContext, compute_terms, weighted_total, weights_of
@@ -103,6 +104,15 @@ class Trainer:
             self.strategy_state = self.strategy.initialize_state()
         self.all_w2cs = self.seq.w2cs.to(self.device)
         self.writer = None
+        self.extras = {"all_w2cs": self.all_w2cs}
+        active = {k for k, w in self.weights.items() if w != 0}
+        self.render_neighbors = bool(active & depth_order.NEEDS_NEIGHBOR_RENDER)
+        if active & depth_order.NEEDS_FLOW:
+            self.extras["neighbor_flows"] = depth_order.prepare_neighbor_flows(
+                self.seq, cfg.losses.order, self.work_dir, self.device
+            )
+        if "depth_aware_scale" in active:
+            self.extras["k_obj"] = depth_order.calibrate_k_obj(self.seq)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def _payload(self) -> dict:
@@ -157,11 +167,23 @@ class Trainer:
             bg_color=torch.tensor(cfg.bg_color, device=self.device),
             backend=cfg.render_backend,
         )
-        for m2d in out.means2d:
+        means2d, radii = list(out.means2d), list(out.radii)
+        extras = dict(self.extras, step=self.step)
+        if self.render_neighbors:
+            flows = self.extras["neighbor_flows"]
+            next_ts = torch.tensor([flows[t].next_t if t in flows else t for t in batch.ts.tolist()], device=self.device)
+            nxt = self.model.render(
+                next_ts, self.all_w2cs[next_ts], self.seq.Ks[next_ts.cpu()].to(self.device), batch.img_wh,
+                bg_color=torch.tensor(cfg.bg_color, device=self.device), backend=cfg.render_backend,
+            )
+            extras["next_out"] = nxt
+            means2d += nxt.means2d
+            radii += nxt.radii
+        for m2d in means2d:
             if m2d.requires_grad:
                 m2d.retain_grad()
         t1 = time.perf_counter()
-        ctx = StepContext(batch, out, self.model, cfg.losses, self.generator, extras={"all_w2cs": self.all_w2cs})
+        ctx = StepContext(batch, out, self.model, cfg.losses, self.generator, extras=extras)
         terms = compute_terms(ctx, self.weights)
         total = weighted_total(terms, self.weights)
         t2 = time.perf_counter()
@@ -183,7 +205,7 @@ class Trainer:
         for o in self.optimizers.values():
             o.step()
         self.strategy.step_post_backward(
-            self.model, self.optimizers, self.strategy_state, self.step, out.means2d, out.radii, batch.img_wh
+            self.model, self.optimizers, self.strategy_state, self.step, means2d, radii, batch.img_wh
         )
         for o in self.optimizers.values():
             o.zero_grad(set_to_none=True)

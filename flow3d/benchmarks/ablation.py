@@ -1,0 +1,155 @@
+"""The ablation that sets the depth-order defaults.
+
+    python -m flow3d.benchmarks.ablation [--steps 400] [--drift none linear] [--rows ...] [--out DIR]
+
+Trains presets on the synthetic scene (same seed, same steps, the cpu_demo preset) at each prior-drift
+level and prints one table per level: held-out PSNR; depth AbsRel and delta<1.25 against the ground-truth
+depth of all frames after ONE least-squares scale per sequence; temporal consistency (relative change of
+rendered depth along the ground-truth flow t -> t+1 over visible pixels; the ground-truth depth's own value,
+which is not 0 because things move, is printed as the `gt` row); ordinal accuracy against the ground
+truth on 20,000 sampled pairs; seconds per step. The `prior` row scores the raw depth prior the same way.
+Results are also written as JSON (one file per level) so the README table can be regenerated.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from flow3d.config import TrainConfig, apply_overrides, load_preset  # noqa: E402
+from flow3d.data import SyntheticDataConfig  # noqa: E402
+from flow3d.eval import depth_metrics, ordinal_accuracy, prior_depth_metrics, temporal_consistency  # noqa: E402
+from flow3d.log import setup_logging  # noqa: E402
+
+ORDINAL_TERMS = ("hinge_ordinal", "modgs_ordinal", "pearson")
+OPTIONAL_TERMS = ("depth_consistency", "g2_monodepth", "scale_adaptive", "depth_aware_scale")
+
+
+def row_overrides() -> dict[str, dict]:
+    """Row name -> loss overrides on top of cpu_demo (every row starts from Shape of Motion's terms)."""
+    ordinal = load_preset("ordinal")["losses"]
+    rows = {"som_baseline": {}, "ordinal": ordinal}
+    for term in ORDINAL_TERMS:
+        rows[f"+{term}"] = {f"w_{term}": ordinal[f"w_{term}"]}
+    for term in OPTIONAL_TERMS:
+        rows[f"+{term}"] = load_preset(term)["losses"]
+    return rows
+
+
+def _render_all(trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    seq, model = trainer.seq, trainer.model
+    depths, imgs = [], []
+    with torch.no_grad():
+        for t in range(seq.num_frames):
+            out = model.render(torch.tensor([t]), seq.w2cs[t : t + 1], seq.Ks[t : t + 1], seq.img_wh,
+                               bg_color=torch.tensor(trainer.cfg.bg_color), backend=trainer.cfg.render_backend)
+            depths.append(out.depth[0, ..., 0])
+            imgs.append(out.img[0])
+    return torch.stack(depths), torch.stack(imgs)
+
+
+def score(depth: torch.Tensor, seq, imgs: torch.Tensor | None = None) -> dict:
+    """Metrics of a (T, H, W) z-depth sequence against the synthetic ground truth."""
+    gt = seq.gt_depth
+    dm = depth_metrics(depth, gt, alignment="sequence").aggregate
+    oa = ordinal_accuracy(depth, gt, "depth", num_pairs=20000, seed=0).aggregate
+    T = seq.num_frames
+    flows = torch.stack([seq.gt_flow(t, t + 1) for t in range(T - 1)])
+    vis = torch.stack([seq.gt_flow_visible(t, t + 1) for t in range(T - 1)])
+    tc = temporal_consistency(depth[:-1], depth[1:], flows, vis).aggregate
+    out = {"abs_rel": dm["abs_rel"], "delta1": dm["delta1"], "ordinal_acc": oa.get("accuracy", oa.get("ordinal_accuracy")),
+           "temporal": tc.get("value", tc.get("temporal_consistency"))}
+    if imgs is not None:
+        from flow3d.losses.photometric import psnr
+
+        ids = seq.val_ids
+        out["val_psnr"] = float(psnr(imgs[ids], seq.images[ids]).mean())
+    return out
+
+
+def prior_row(seq) -> dict:
+    disp = torch.where(seq.prior_valid, seq.prior_disp, torch.zeros_like(seq.prior_disp))
+    depth = seq.prior_depth()
+    row = score(depth, seq)
+    pm = prior_depth_metrics(disp, seq.gt_depth, alignment="sequence").aggregate
+    row.update(abs_rel=pm["abs_rel"], delta1=pm["delta1"])
+    return row
+
+
+def run_row(name: str, overrides: dict, drift: str, steps: int, seed: int, work_root: Path) -> dict:
+    from flow3d.train.trainer import Trainer
+
+    cfg = apply_overrides(TrainConfig(), load_preset("cpu_demo"))
+    cfg = apply_overrides(cfg, {
+        "work_dir": str(work_root / f"{drift}_{name.strip('+')}"), "max_steps": steps, "seed": seed,
+        "save_every": 0, "image_every": 0, "log_every": 10 ** 9, "losses": overrides,
+        "data": {"kind": "synthetic", "prior_drift": drift, "seed": seed},
+    })
+    trainer = Trainer(cfg)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    wall = time.perf_counter() - t0
+    depth, imgs = _render_all(trainer)
+    row = score(depth, trainer.seq, imgs)
+    row["s_per_step"] = wall / steps
+    return row
+
+
+def format_rows(rows: dict[str, dict], drift: str, steps: int) -> str:
+    cols = [("val_psnr", "PSNR↑", "{:.2f}"), ("abs_rel", "AbsRel↓", "{:.4f}"), ("delta1", "δ<1.25↑", "{:.4f}"),
+            ("temporal", "temporal↓", "{:.4f}"), ("ordinal_acc", "ordinal acc↑", "{:.4f}"), ("s_per_step", "s/step", "{:.2f}")]
+    lines = [f"prior drift: {drift}  ({steps} steps, cpu_demo preset, synthetic scene)", "",
+             "| row | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in rows.items():
+        cells = []
+        for key, _, fmt in cols:
+            v = r.get(key)
+            cells.append(fmt.format(v) if isinstance(v, (int, float)) and v == v else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--drift", nargs="+", default=["none", "linear"], help="prior_drift levels of the synthetic scene")
+    p.add_argument("--rows", nargs="*", default=None, help="subset of rows (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=str, default="outputs/ablation", help="folder for the JSON results")
+    args = p.parse_args(argv)
+    setup_logging("WARNING")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    all_rows = row_overrides()
+    names = args.rows or list(all_rows)
+    for drift in args.drift:
+        seq = SyntheticDataConfig(prior_drift=drift, seed=args.seed).load()
+        rows = {"prior": prior_row(seq)}
+        gt_tc = score(seq.gt_depth, seq)["temporal"]
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in names:
+                rows[name] = run_row(name, all_rows[name], drift, args.steps, args.seed, Path(tmp))
+                print(f"[{drift}] {name}: " + ", ".join(f"{k}={v:.4f}" for k, v in rows[name].items()), flush=True)
+        rows["gt (reference)"] = {"temporal": gt_tc, "abs_rel": 0.0, "delta1": 1.0, "ordinal_acc": 1.0}
+        path = out_dir / f"ablation_{drift}.json"
+        tmp_path = path.with_suffix(".json.tmp")
+        tmp_path.write_text(json.dumps({"drift": drift, "steps": args.steps, "rows": rows}, indent=2))
+        tmp_path.replace(path)
+        print()
+        print(format_rows(rows, drift, args.steps))
+        print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
