@@ -188,15 +188,20 @@ def _coerce(value, tp):
     return value
 
 
+def _field_name(key: str, names: set[str], where: str) -> str:
+    key = key.replace("-", "_")
+    if key not in names:
+        raise ValueError(f"{where}: unknown field {key!r}; fields are {sorted(names)}")
+    return key
+
+
 def apply_overrides(obj, overrides: dict, where: str = "config"):
     """A copy of dataclass ``obj`` with nested ``overrides``; unknown keys raise (no silent typos)."""
     hints = typing.get_type_hints(type(obj), include_extras=True)
     names = {f.name for f in dataclasses.fields(obj)}
     changes = {}
     for key, value in overrides.items():
-        key = key.replace("-", "_")
-        if key not in names:
-            raise ValueError(f"{where}: unknown field {key!r}; fields are {sorted(names)}")
+        key = _field_name(key, names, where)
         current = getattr(obj, key)
         if key == "data" and isinstance(value, dict):
             kind = value.get("kind")
@@ -222,9 +227,7 @@ def _build(cls, fields: dict, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in fields.items():
-        key = key.replace("-", "_")
-        if key not in names:
-            raise ValueError(f"{where}: unknown field {key!r}; fields are {sorted(names)}")
+        key = _field_name(key, names, where)
         kwargs[key] = _coerce(value, hints.get(key))
     try:
         return cls(**kwargs)

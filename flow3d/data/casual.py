@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from flow3d.data import io
 from flow3d.data.cache import cache_key, default_cache_dir, files_signature, load_sequence, memo_get, memo_put, save_sequence
-from flow3d.data.common import CommonDataConfig
+from flow3d.data.common import FileDataConfig
 from flow3d.data.normalize import apply_scene_norm, compute_scene_norm
 from flow3d.data.sequence import VideoSequence, safe_inverse
 from flow3d.data.split import split_frames
@@ -40,7 +40,7 @@ logger = get_logger(__name__)
 
 
 @dataclass(kw_only=True)
-class CustomDataConfig(CommonDataConfig):
+class CustomDataConfig(FileDataConfig):
     """A casual video in Shape of Motion's custom layout (``images/SEQ``, ``masks/SEQ``, ...)."""
 
     seq_name: str
@@ -83,18 +83,8 @@ class CustomDataConfig(CommonDataConfig):
     """missing_tracks=flow: pixel spacing of the query grid."""
     flow_query_stride: int = 1
     """missing_tracks=flow: every k-th train frame is a query frame."""
-    max_tracks_per_query: int = 1024
-    """Keep at most this many tracks per query frame (seeded random subset); 0 = all."""
     downscale: int = 1
     """Integer factor to shrink images, masks, depth, intrinsics and tracks by (area/nearest)."""
-    normalize_scene: tyro.conf.FlagConversionOff[bool] = True
-    """Shape of Motion's scene normalisation (centre and scale from foreground 3D tracks, up axis to +z)."""
-    seed: int = 0
-    """Seed of the track subsets and of the points used for the normalisation."""
-    cache_dir: Optional[str] = None
-    """Cache folder; None = $FLOW3D_CACHE_DIR or ~/.cache/flow3d/data."""
-    use_cache: tyro.conf.FlagConversionOff[bool] = True
-    """Read/write the on-disk cache."""
 
     def load(self) -> VideoSequence:
         """Load the whole clip (cached); see the module docstring for the layout."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import tyro
 
@@ -21,3 +22,19 @@ class CommonDataConfig:
     val_every: int = 8
     """Hold out every n-th frame for validation, EndoNeRF protocol: frames 1, 1+n, 1+2n, ... of the
     loaded clip (frame 0 always trains). 0 holds out nothing."""
+
+
+@dataclass(kw_only=True)
+class FileDataConfig(CommonDataConfig):
+    """Fields shared by the loaders that read sequences from disk (custom, davis, iphone)."""
+
+    max_tracks_per_query: int = 1024
+    """Keep at most this many tracks per query frame (seeded random subset); 0 = all."""
+    normalize_scene: tyro.conf.FlagConversionOff[bool] = True
+    """Shape of Motion's scene normalisation (centre and scale from foreground 3D tracks, up axis to +z)."""
+    seed: int = 0
+    """Seed of the track subsets and of the points used for the normalisation."""
+    cache_dir: Optional[str] = None
+    """Cache folder; None = $FLOW3D_CACHE_DIR or ~/.cache/flow3d/data."""
+    use_cache: tyro.conf.FlagConversionOff[bool] = True
+    """Read/write the on-disk cache."""

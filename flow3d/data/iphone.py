@@ -35,7 +35,7 @@ from tqdm import tqdm
 from flow3d.data import io
 from flow3d.data.cache import cache_key, default_cache_dir, files_signature, load_sequence, memo_get, memo_put, save_sequence
 from flow3d.data.casual import _read_track_dir, normalize_from_tracks
-from flow3d.data.common import CommonDataConfig
+from flow3d.data.common import FileDataConfig
 from flow3d.data.sequence import HeldOutViews, VideoSequence
 from flow3d.data.split import split_frames
 from flow3d.data.tracks import dense_tracks_from_pairs
@@ -45,7 +45,7 @@ logger = get_logger(__name__)
 
 
 @dataclass(kw_only=True)
-class IPhoneDataConfig(CommonDataConfig):
+class IPhoneDataConfig(FileDataConfig):
     """A DyCheck iPhone sequence in Shape of Motion's processed layout."""
 
     data_dir: str
@@ -58,16 +58,6 @@ class IPhoneDataConfig(CommonDataConfig):
     """Image downsampling factor of the files to read (rgb/<factor>x/...)."""
     depth_type: Literal["lidar", "depth_anything_colmap", "depth_anything", "midas"] = "depth_anything_colmap"
     """Depth prior: lidar (depth/Fx, z-depth) or an aligned monocular disparity (flow3d_preprocessed/aligned_<type>/Fx)."""
-    max_tracks_per_query: int = 1024
-    """Keep at most this many tracks per query frame (seeded random subset); 0 = all."""
-    normalize_scene: tyro.conf.FlagConversionOff[bool] = True
-    """Shape of Motion's scene normalisation from foreground 3D tracks."""
-    seed: int = 0
-    """Seed of the track subsets and of the normalisation points."""
-    cache_dir: Optional[str] = None
-    """Cache folder; None = $FLOW3D_CACHE_DIR or ~/.cache/flow3d/data."""
-    use_cache: tyro.conf.FlagConversionOff[bool] = True
-    """Read/write the on-disk cache."""
 
     def load(self) -> VideoSequence:
         """Load the train split as the video and the val split as held-out views (cached)."""

@@ -142,21 +142,26 @@ class VideoSequence:
         return VideoSequence(**out)
 
     # ---- ground truth helpers (synthetic) ---------------------------------------------------------
-    def gt_flow(self, i: int, j: int) -> Tensor:
-        """True optical flow from frame i to frame j, (H, W, 2) pixels (dx, dy): pixel p of frame i moves
-        to p + flow in frame j, occluded or not (see :meth:`gt_flow_visible`). Needs the synthetic GT."""
-        if self.gt_points is None or self.gt_object_ids is None or self.gt_object_poses is None:
-            raise ValueError(f"sequence {self.name!r} has no ground-truth geometry (gt_points/gt_object_poses)")
-        X = self.gt_points[i]  # (H, W, 3)
-        ids = self.gt_object_ids[i]
+    def _gt_points_moved(self, i: int, j: int) -> Tensor:
+        """(H*W, 3) world points seen by frame i's pixels, moved with their object to frame j's time."""
+        X = self.gt_points[i].reshape(-1, 3)
+        ids = self.gt_object_ids[i].reshape(-1)
         Xj = X.clone()
         for k in range(self.gt_object_poses.shape[0]):
             sel = ids == k
             if sel.any():
                 M = self.gt_object_poses[k, j] @ torch.linalg.inv(self.gt_object_poses[k, i])
                 Xj[sel] = transform_points(M, X[sel])
-        xy, _ = project_points(Xj.reshape(-1, 3), self.Ks[j], self.w2cs[j])
-        H, W = ids.shape
+        return Xj
+
+    def gt_flow(self, i: int, j: int) -> Tensor:
+        """True optical flow from frame i to frame j, (H, W, 2) pixels (dx, dy): pixel p of frame i moves
+        to p + flow in frame j, occluded or not (see :meth:`gt_flow_visible`). Needs the synthetic GT."""
+        if self.gt_points is None or self.gt_object_ids is None or self.gt_object_poses is None:
+            raise ValueError(f"sequence {self.name!r} has no ground-truth geometry (gt_points/gt_object_poses)")
+        Xj = self._gt_points_moved(i, j)
+        xy, _ = project_points(Xj, self.Ks[j], self.w2cs[j])
+        H, W = self.gt_object_ids.shape[1:]
         return xy.reshape(H, W, 2) - pixel_grid(H, W, dtype=xy.dtype)
 
     def gt_flow_visible(self, i: int, j: int, rel_tol: float = 0.01) -> Tensor:
@@ -167,15 +172,7 @@ class VideoSequence:
         H, W = self.gt_depth.shape[1:]
         flow = self.gt_flow(i, j)
         xy = pixel_grid(H, W, dtype=flow.dtype) + flow
-        X = self.gt_points[i].reshape(-1, 3)
-        ids = self.gt_object_ids[i].reshape(-1)
-        Xj = X.clone()
-        for k in range(self.gt_object_poses.shape[0]):
-            sel = ids == k
-            if sel.any():
-                M = self.gt_object_poses[k, j] @ torch.linalg.inv(self.gt_object_poses[k, i])
-                Xj[sel] = transform_points(M, X[sel])
-        _, z = project_points(Xj, self.Ks[j], self.w2cs[j])
+        _, z = project_points(self._gt_points_moved(i, j), self.Ks[j], self.w2cs[j])
         xi = xy[..., 0].round().long().reshape(-1)
         yi = xy[..., 1].round().long().reshape(-1)
         inside = (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H) & (z > 0)
