@@ -4,8 +4,8 @@
     python run_training.py --work-dir ./outputs/pulling_60_ordinal data:custom \
         --data.seq-name pulling --data.root-dir /data/pulling --data.is-train True
 
-``--preset NAME`` (a file in configs/, or a path to a YAML file) sets defaults first; every other flag
-overrides them field by field. Re-running the same command resumes from WORK_DIR/checkpoints/last.ckpt.
+``--preset NAME`` (a file in configs/, or a path to a YAML file; repeatable, applied left to right) sets
+defaults first; every other flag overrides them field by field. Re-running the same command resumes from WORK_DIR/checkpoints/last.ckpt.
 """
 
 from __future__ import annotations
@@ -23,33 +23,35 @@ from flow3d.config import TrainConfig, apply_overrides, available_presets, load_
 from flow3d.log import setup_logging  # noqa: E402
 
 
-def split_preset(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Take ``--preset NAME`` / ``--preset=NAME`` out of the arguments (it must come before tyro sees them)."""
-    rest, preset, i = [], None, 0
+def split_presets(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Take every ``--preset NAME`` / ``--preset=NAME`` out of the arguments (tyro must not see them)."""
+    rest, presets, i = [], [], 0
     while i < len(argv):
         a = argv[i]
         if a == "--preset":
             if i + 1 >= len(argv):
                 raise SystemExit(f"--preset needs a name; available: {available_presets()}")
-            preset, i = argv[i + 1], i + 2
+            presets.append(argv[i + 1])
+            i += 2
             continue
         if a.startswith("--preset="):
-            preset = a.split("=", 1)[1]
+            presets.append(a.split("=", 1)[1])
         else:
             rest.append(a)
         i += 1
-    return preset, rest
+    return presets, rest
 
 
 def parse_args(argv: list[str]) -> TrainConfig:
-    preset, rest = split_preset(argv)
+    """Presets first (left to right), then every other flag on top of them."""
+    presets, rest = split_presets(argv)
     default = TrainConfig()
-    if preset is not None:
+    for preset in presets:
         try:
             default = apply_overrides(default, load_preset(preset), where=f"preset {preset}")
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
-    description = (__doc__ or "") + f"\nPresets (--preset NAME): {', '.join(available_presets())}"
+    description = (__doc__ or "") + f"\nPresets (--preset NAME, repeatable): {', '.join(available_presets())}"
     return tyro.cli(TrainConfig, default=default, args=rest, description=description)
 
 

@@ -54,3 +54,11 @@ def test_help_lists_the_data_subcommands_and_presets():
     for sub in ("data:synthetic", "data:custom", "data:davis", "data:iphone", "cpu_demo"):
         assert sub in out.stdout
     assert "--max-steps" in out.stdout and "--device" in out.stdout
+
+
+def test_presets_stack_left_to_right():
+    cfg = parse_args(["--preset", "cpu_demo", "--preset=ordinal", "--work-dir", "x", "data:synthetic"])
+    assert cfg.max_steps == load_preset("cpu_demo")["max_steps"]
+    assert cfg.losses.w_hinge_ordinal == load_preset("ordinal")["losses"]["w_hinge_ordinal"]
+    with pytest.raises(SystemExit, match="available"):
+        parse_args(["--preset", "no_such_preset", "data:synthetic"])
