@@ -35,13 +35,15 @@ OPTIONAL_TERMS = ("depth_consistency", "g2_monodepth", "scale_adaptive", "depth_
 
 
 def row_overrides() -> dict[str, dict]:
-    """Row name -> loss overrides on top of cpu_demo (every row starts from Shape of Motion's terms)."""
+    """Row name -> loss overrides on top of cpu_demo. Every row starts from ``som_baseline`` (Shape of
+    Motion's terms only, every depth-order weight 0), whatever the defaults of the config are."""
+    base = load_preset("som_baseline")["losses"]
     ordinal = load_preset("ordinal")["losses"]
-    rows = {"som_baseline": {}, "ordinal": ordinal}
+    rows = {"som_baseline": dict(base), "ordinal": {**base, **ordinal}}
     for term in ORDINAL_TERMS:
-        rows[f"+{term}"] = {f"w_{term}": ordinal[f"w_{term}"]}
+        rows[f"+{term}"] = {**base, f"w_{term}": ordinal[f"w_{term}"]}
     for term in OPTIONAL_TERMS:
-        rows[f"+{term}"] = load_preset(term)["losses"]
+        rows[f"+{term}"] = {**base, **load_preset(term)["losses"]}
     return rows
 
 

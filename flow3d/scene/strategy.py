@@ -167,7 +167,7 @@ class DensifyStrategy:
         """Each selected Gaussian becomes two, sampled from it, with scales / 1.6."""
         scales = group.get_scales()[sel]
         R = roma.unitquat_to_rotmat(quat_wxyz_to_xyzw(group.get_quats()[sel]))
-        offsets = torch.einsum("nij,snj->sni", R, scales * torch.randn(2, *scales.shape, dtype=scales.dtype))
+        offsets = torch.einsum("nij,snj->sni", R, scales * torch.randn(2, *scales.shape, dtype=scales.dtype, device=scales.device))
         rest = ~sel
         n = int(sel.sum())
 

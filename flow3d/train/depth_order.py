@@ -93,13 +93,16 @@ def neighbor_map(train_ids: Tensor, stride: int) -> dict[int, int]:
 
 @dataclass
 class NeighborFlow:
+    """Flow of one training frame to its neighbour, kept on the CPU: pairs are sampled there with the
+    trainer's CPU generator (the same pairs on any device), then moved to the renders' device."""
+
     next_t: int
     flow: Tensor  # (H, W, 2) pixels t -> next_t
     valid: Tensor  # (H, W) bool, fb-consistent
     conf: Tensor  # (H, W) float in [0, 1]
 
 
-def prepare_neighbor_flows(seq, cfg: DepthOrderConfig, work_dir: Path, device) -> dict[int, NeighborFlow]:
+def prepare_neighbor_flows(seq, cfg: DepthOrderConfig, work_dir: Path) -> dict[int, NeighborFlow]:
     cache_dir = Path(cfg.flow_cache_dir) if cfg.flow_cache_dir else Path(work_dir) / "flow_cache"
     cache = FlowCache(cache_dir, backend=cfg.flow_backend, fb_rule=cfg.fb_rule)
     images = (seq.images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
@@ -109,9 +112,9 @@ def prepare_neighbor_flows(seq, cfg: DepthOrderConfig, work_dir: Path, device) -
         res = cache.get(t, n, images[t], images[n])
         out[t] = NeighborFlow(
             n,
-            torch.from_numpy(np.ascontiguousarray(res.flow)).to(device),
-            torch.from_numpy(np.ascontiguousarray(res.valid)).to(device),
-            torch.from_numpy(np.ascontiguousarray(res.conf)).float().to(device),
+            torch.from_numpy(np.ascontiguousarray(res.flow)),
+            torch.from_numpy(np.ascontiguousarray(res.valid)),
+            torch.from_numpy(np.ascontiguousarray(res.conf)).float(),
         )
         kept.append(float(res.valid.mean()))
     if kept:
@@ -127,7 +130,8 @@ def region_mask(fg_mask: Tensor, region: str) -> Tensor | None:
 
 
 def _values_at(img: Tensor, xy: Tensor) -> Tensor:
-    """img (H, W) at integer pixels xy (P, 2) long."""
+    """img (H, W) at integer pixels xy (P, 2) long (moved to the image's device)."""
+    xy = xy.to(img.device)
     return img[xy[:, 1], xy[:, 0]]
 
 
@@ -147,10 +151,10 @@ def hinge_ordinal_term(ctx) -> Tensor:
         nf = flows.get(t)
         if nf is None:
             continue
-        valid = nf.valid & b.prior_valid[i] & b.valid_masks[i]
+        valid = nf.valid & b.prior_valid[i].cpu() & b.valid_masks[i].cpu()
         pairs = sample_pixel_pairs(
             valid, cfg.num_pairs, strategy=cfg.strategy, radius=cfg.local_radius,
-            region=region_mask(b.fg_masks[i], cfg.region), prior=b.prior_disp[i], prior_kind="disparity",
+            region=region_mask(b.fg_masks[i].cpu(), cfg.region), prior=b.prior_disp[i].cpu(), prior_kind="disparity",
             min_rel_diff=cfg.min_rel_diff, flow=nf.flow, generator=ctx.generator,
         )
         if len(pairs) == 0:
@@ -162,9 +166,9 @@ def hinge_ordinal_term(ctx) -> Tensor:
         else:
             o = pairs.order
         d_next = next_out.depth[i, ..., 0][None, None]
-        pa.append(bilinear_sample(d_next, pairs.xy_a_next[None].to(d_next.dtype))[0, :, 0])
-        pb.append(bilinear_sample(d_next, pairs.xy_b_next[None].to(d_next.dtype))[0, :, 0])
-        order.append(o.to(torch.int8))
+        pa.append(bilinear_sample(d_next, pairs.xy_a_next[None].to(d_next))[0, :, 0])
+        pb.append(bilinear_sample(d_next, pairs.xy_b_next[None].to(d_next))[0, :, 0])
+        order.append(o.to(device=d_next.device, dtype=torch.int8))
     if not pa:
         return next_out.depth.sum() * 0.0
     return L.hinge_ordinal_loss(torch.cat(pa), torch.cat(pb), torch.cat(order),
@@ -175,10 +179,10 @@ def modgs_ordinal_term(ctx) -> Tensor:
     b, cfg = ctx.batch, ctx.cfg.order
     vals = []
     for i, t in enumerate(b.ts.tolist()):
-        valid = b.prior_valid[i] & b.valid_masks[i]
+        valid = (b.prior_valid[i] & b.valid_masks[i]).cpu()
         pairs = sample_pixel_pairs(
             valid, cfg.num_pairs, strategy=cfg.strategy, radius=cfg.local_radius,
-            region=region_mask(b.fg_masks[i], cfg.region), generator=ctx.generator,
+            region=region_mask(b.fg_masks[i].cpu(), cfg.region), generator=ctx.generator,
         )
         if len(pairs) == 0:
             _note_empty(ctx, "modgs_ordinal", t)
@@ -205,7 +209,7 @@ def depth_consistency_term(ctx) -> Tensor:
     b = ctx.batch
     flows = ctx.extras.get("neighbor_flows", {})
     conf = torch.stack([
-        flows[t].conf if t in flows else torch.ones_like(b.prior_disp[0]) for t in b.ts.tolist()
+        flows[t].conf.to(b.prior_disp) if t in flows else torch.ones_like(b.prior_disp[0]) for t in b.ts.tolist()
     ])[:, None]
     valid = ctx.depth_mask()[:, None]
     d_tgt = torch.where(valid, b.prior_disp[:, None], torch.full_like(b.prior_disp[:, None], float("nan")))

@@ -108,9 +108,7 @@ class Trainer:
         active = {k for k, w in self.weights.items() if w != 0}
         self.render_neighbors = bool(active & depth_order.NEEDS_NEIGHBOR_RENDER)
         if active & depth_order.NEEDS_FLOW:
-            self.extras["neighbor_flows"] = depth_order.prepare_neighbor_flows(
-                self.seq, cfg.losses.order, self.work_dir, self.device
-            )
+            self.extras["neighbor_flows"] = depth_order.prepare_neighbor_flows(self.seq, cfg.losses.order, self.work_dir)
         if "depth_aware_scale" in active:
             self.extras["k_obj"] = depth_order.calibrate_k_obj(self.seq)
 

@@ -131,7 +131,7 @@ def test_cross_frame_pairs_avoid_occluded_pixels(tmp_path, tiny_seq, monkeypatch
     occlusions are known, that keeps almost every sampled point visible in the neighbour frame."""
     seq = parse_args(["--work-dir", "x", "data:synthetic", "--data.num-frames", "8"]).data.load()
     cfg = parse_args(["--work-dir", str(tmp_path)] + TINY + ["--losses.w-hinge-ordinal", "1.0"] + DATA[:1])
-    flows = depth_order.prepare_neighbor_flows(seq, cfg.losses.order, tmp_path, "cpu")
+    flows = depth_order.prepare_neighbor_flows(seq, cfg.losses.order, tmp_path)
     sampled = []
     real = depth_order.sample_pixel_pairs
 
