@@ -215,7 +215,7 @@ class Trainer:
         self.timing["backward_optim"] += t3 - t2
         self.timing["steps"] += 1
         self.step += 1
-        terms = dict(terms)
+        terms = {k: v.detach() for k, v in terms.items()}  # values for logging only
         terms["total"] = total.detach()
         terms["psnr"] = psnr(out.img.detach(), batch.imgs).mean()
         self._last_out, self._last_batch = out, batch
