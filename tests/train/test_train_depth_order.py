@@ -80,7 +80,7 @@ def test_depth_aware_scale_grows_a_too_small_rendered_mask():
 def test_depth_aware_scale_waits_for_its_warmup():
     ctx, *_ = _scene()
     ctx.extras["step"] = 0
-    assert float(T.TERMS["depth_aware_scale"](ctx)) == 0.0
+    assert float(T.TERMS["depth_aware_scale"](ctx).detach()) == 0.0
 
 
 def test_a_frame_without_valid_pairs_is_skipped_and_logged(caplog):
