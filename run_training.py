@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     from flow3d.train.trainer import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except ValueError as e:  # bad input (a file, a field): one clear line, no traceback
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -34,17 +34,35 @@ ORDINAL_TERMS = ("hinge_ordinal", "modgs_ordinal", "pearson")
 OPTIONAL_TERMS = ("depth_consistency", "g2_monodepth", "scale_adaptive", "depth_aware_scale")
 
 
-def row_overrides() -> dict[str, dict]:
-    """Row name -> loss overrides on top of cpu_demo. Every row starts from ``som_baseline`` (Shape of
-    Motion's terms only, every depth-order weight 0), whatever the defaults of the config are."""
-    base = load_preset("som_baseline")["losses"]
-    ordinal = load_preset("ordinal")["losses"]
-    rows = {"som_baseline": dict(base), "ordinal": {**base, **ordinal}}
-    for term in ORDINAL_TERMS:
-        rows[f"+{term}"] = {**base, f"w_{term}": ordinal[f"w_{term}"]}
-    for term in OPTIONAL_TERMS:
-        rows[f"+{term}"] = {**base, **load_preset(term)["losses"]}
-    return rows
+def term_overrides(term: str) -> dict:
+    """The loss weight(s) one term gets in its row: from the `ordinal` preset for its three terms, from
+    the term's own preset for the optional losses."""
+    if term in ORDINAL_TERMS:
+        return {f"w_{term}": load_preset("ordinal")["losses"][f"w_{term}"]}
+    if term in OPTIONAL_TERMS:
+        return dict(load_preset(term)["losses"])
+    raise ValueError(f"unknown term {term!r}; terms are {ORDINAL_TERMS + OPTIONAL_TERMS}")
+
+
+def overrides_for(row: str) -> dict:
+    """Loss overrides of a row on top of cpu_demo. Every row starts from ``som_baseline`` (Shape of
+    Motion's terms only), whatever the config's defaults are; ``+a+b`` adds terms a and b; ``ordinal``
+    is the ordinal preset; ``defaults`` is the shipped TrainConfig."""
+    if row == "defaults":
+        return {}
+    base = dict(load_preset("som_baseline")["losses"])
+    if row == "som_baseline":
+        return base
+    if row == "ordinal":
+        return {**base, **load_preset("ordinal")["losses"]}
+    if not row.startswith("+"):
+        raise ValueError(f"row {row!r} must be som_baseline, ordinal, defaults or +term[+term...]")
+    for term in row[1:].split("+"):
+        base.update(term_overrides(term))
+    return base
+
+
+DEFAULT_ROWS = ["som_baseline", "ordinal"] + [f"+{t}" for t in ORDINAL_TERMS + OPTIONAL_TERMS] + ["defaults"]
 
 
 def _render_all(trainer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +110,7 @@ def run_row(name: str, overrides: dict, drift: str, steps: int, seed: int, work_
 
     cfg = apply_overrides(TrainConfig(), load_preset("cpu_demo"))
     cfg = apply_overrides(cfg, {
-        "work_dir": str(work_root / f"{drift}_{name.strip('+')}"), "max_steps": steps, "seed": seed,
+        "work_dir": str(work_root / f"{drift}_{name.replace('+', '_')}"), "max_steps": steps, "seed": seed,
         "save_every": 0, "image_every": 0, "log_every": 10 ** 9, "losses": overrides,
         "data": {"kind": "synthetic", "prior_drift": drift, "seed": seed},
     })
@@ -125,7 +143,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--drift", nargs="+", default=["none", "linear"], help="prior_drift levels of the synthetic scene")
-    p.add_argument("--rows", nargs="*", default=None, help="subset of rows (default: all)")
+    p.add_argument("--rows", nargs="*", default=None,
+                   help="rows: som_baseline, ordinal, defaults, or +term[+term...] (default: every single term)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=str, default="outputs/ablation", help="folder for the JSON results")
     args = p.parse_args(argv)
@@ -133,15 +152,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    all_rows = row_overrides()
-    names = args.rows or list(all_rows)
+    names = args.rows or DEFAULT_ROWS
     for drift in args.drift:
         seq = SyntheticDataConfig(prior_drift=drift, seed=args.seed).load()
         rows = {"prior": prior_row(seq)}
         gt_tc = score(seq.gt_depth, seq)["temporal"]
         with tempfile.TemporaryDirectory() as tmp:
             for name in names:
-                rows[name] = run_row(name, all_rows[name], drift, args.steps, args.seed, Path(tmp))
+                rows[name] = run_row(name, overrides_for(name), drift, args.steps, args.seed, Path(tmp))
                 print(f"[{drift}] {name}: " + ", ".join(f"{k}={v:.4f}" for k, v in rows[name].items()), flush=True)
         rows["gt (reference)"] = {"temporal": gt_tc, "abs_rel": 0.0, "delta1": 1.0, "ordinal_acc": 1.0}
         path = out_dir / f"ablation_{drift}.json"

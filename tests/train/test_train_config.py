@@ -62,3 +62,10 @@ def test_presets_stack_left_to_right():
     assert cfg.losses.w_hinge_ordinal == load_preset("ordinal")["losses"]["w_hinge_ordinal"]
     with pytest.raises(SystemExit, match="available"):
         parse_args(["--preset", "no_such_preset", "data:synthetic"])
+
+
+def test_bad_input_is_one_clear_error_not_a_traceback(tmp_path):
+    from run_training import main
+
+    with pytest.raises(SystemExit, match="error: .*not found: .*nowhere"):
+        main(["--work-dir", str(tmp_path), "data:custom", "--data.seq-name", "s", "--data.root-dir", str(tmp_path / "nowhere")])
