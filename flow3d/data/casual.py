@@ -23,7 +23,6 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-import tyro
 from tqdm import tqdm
 
 from flow3d.data import io
@@ -287,6 +286,11 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
         tracks_xy=xy, tracks_visible=vis, tracks_conf=conf, tracks_query_t=qt,
         frame_names=names,
     )
+    return finish_loading(seq, cfg, cache_path, key)
+
+
+def finish_loading(seq: VideoSequence, cfg, cache_path, key) -> VideoSequence:
+    """The last steps of every file loader: scene normalisation, the on-disk cache, the in-process memo."""
     if cfg.normalize_scene:
         seq = normalize_from_tracks(seq, cfg.seed)
     if cfg.use_cache:

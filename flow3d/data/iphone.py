@@ -25,16 +25,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
-import tyro
 from tqdm import tqdm
 
 from flow3d.data import io
-from flow3d.data.cache import cache_key, default_cache_dir, files_signature, load_sequence, memo_get, memo_put, save_sequence
-from flow3d.data.casual import _read_track_dir, normalize_from_tracks
+from flow3d.data.cache import cache_key, default_cache_dir, files_signature, load_sequence, memo_get, memo_put
+from flow3d.data.casual import _read_track_dir, finish_loading
 from flow3d.data.common import FileDataConfig
 from flow3d.data.sequence import HeldOutViews, VideoSequence
 from flow3d.data.split import split_frames
@@ -208,9 +207,4 @@ def load_iphone(cfg: IPhoneDataConfig) -> VideoSequence:
         train_ids=train_ids, val_ids=val_ids, tracks_xy=xy, tracks_visible=vis, tracks_conf=conf, tracks_query_t=qt,
         val_views=val_views, frame_names=list(names),
     )
-    if cfg.normalize_scene:
-        seq = normalize_from_tracks(seq, cfg.seed)
-    if cfg.use_cache:
-        save_sequence(cache_path, seq)
-    memo_put(key, seq)
-    return seq
+    return finish_loading(seq, cfg, cache_path, key)

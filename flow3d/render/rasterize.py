@@ -159,7 +159,7 @@ def _rasterization_torch(
     radius_clip = float(kwargs.get("radius_clip", 0.0))
     antialiased = kwargs.get("rasterize_mode", "classic") == "antialiased"
 
-    C, N = viewmats.shape[0], means.shape[0]
+    C = viewmats.shape[0]
     covars = quat_scale_to_covar(quats, scales)  # (N, 3, 3)
     proj = project_gaussians(
         means, covars, opacities, viewmats, Ks, width, height,

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import roma
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from flow3d.geometry import bilinear_sample, unproject_pixels

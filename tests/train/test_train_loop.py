@@ -5,7 +5,6 @@ import logging
 import pytest
 import torch
 
-from flow3d.data import SyntheticDataConfig
 from flow3d.train import terms as T
 from flow3d.train.trainer import Trainer
 from run_training import parse_args
