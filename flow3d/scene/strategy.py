@@ -51,7 +51,7 @@ class DensifyConfig:
     prune_scale3d: float = 0.1
     """Gaussians larger than this (times the scene extent) are removed (after the first reset)."""
     max_gaussians: int = 200_000
-    """No growing beyond this total."""
+    """No growing beyond this total (fg + bg); near the cap only the largest gradients grow."""
 
 
 def update_param_with_optimizer(
@@ -130,11 +130,13 @@ class DensifyStrategy:
             high = grads > cfg.grow_grad2d
             small = scales_max <= cfg.grow_scale3d * self.scene_extent
             room = max(0, cfg.max_gaussians - total)
+            if int(high.sum()) > room:  # at the cap: grow only the `room` largest gradients
+                keep = torch.zeros_like(high)
+                if room > 0:
+                    keep[torch.topk(torch.where(high, grads, torch.full_like(grads, -1.0)), room).indices] = True
+                high = high & keep
             dup = high & small
             split = high & ~small
-            if int(dup.sum() + split.sum()) > room:
-                dup[:] = False
-                split[:] = False
             n_dup, n_split = int(dup.sum()), int(split.sum())
             if n_dup:
                 self._duplicate(group, name, optimizers, dup)

@@ -131,3 +131,19 @@ def test_strategy_grows_high_gradient_and_prunes_transparent():
     assert (fg.get_opacities() > 0.005).all()
     assert fg.num_gaussians == 6 + 2 + 2 - 2
     assert all(opts[f"fg.{k}"].param_groups[0]["params"][0] is p for k, p in fg.params.items())
+
+
+def test_growth_stops_at_the_cap_keeping_the_largest_gradients():
+    fg = _gaussians(6)
+    with torch.no_grad():
+        fg.params["scales"][:] = torch.log(torch.tensor(0.001))  # all small: growth = duplication
+    opts = {f"fg.{k}": torch.optim.Adam([p], lr=0.1) for k, p in fg.params.items()}
+    cfg = DensifyConfig(refine_start=0, refine_every=1, reset_every=0, grow_grad2d=0.1, max_gaussians=8)
+    strat = DensifyStrategy(cfg, 1.0)
+    state = strat.initialize_state()
+    means2d = torch.zeros(1, 6, 2, requires_grad=True)
+    (means2d * torch.tensor([[1.0], [3.0], [2.0], [0], [0], [0.5]])).sum().backward()  # 4 above threshold
+    means_before = fg.get_means().detach().clone()
+    strat.step_post_backward(_Model(fg), opts, state, 1, [means2d], [torch.ones(1, 6, dtype=torch.int32)], (4, 4))
+    assert fg.num_gaussians == 8  # room for 2 of the 4 candidates
+    torch.testing.assert_close(fg.get_means()[6:], means_before[[1, 2]])  # the two largest gradients
