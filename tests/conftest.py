@@ -52,3 +52,15 @@ def device():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_data_cache(tmp_path_factory):
+    """Loaders cache to ~/.cache/flow3d by default: the tests use a temporary folder instead."""
+    old = os.environ.get("FLOW3D_CACHE_DIR")
+    os.environ["FLOW3D_CACHE_DIR"] = str(tmp_path_factory.mktemp("flow3d_cache"))
+    yield
+    if old is None:
+        os.environ.pop("FLOW3D_CACHE_DIR", None)
+    else:
+        os.environ["FLOW3D_CACHE_DIR"] = old
