@@ -104,7 +104,8 @@ class Trainer:
             self.strategy_state = self.strategy.initialize_state()
         self.all_w2cs = self.seq.w2cs.to(self.device)
         self.writer = None
-        self.extras = {"all_w2cs": self.all_w2cs}
+        # shared across steps (each step's extras is a shallow copy): frames already reported as pair-less
+        self.extras = {"all_w2cs": self.all_w2cs, "empty_pairs_logged": set()}
         active = {k for k, w in self.weights.items() if w != 0}
         self.render_neighbors = bool(active & depth_order.NEEDS_NEIGHBOR_RENDER)
         if active & depth_order.NEEDS_FLOW:
