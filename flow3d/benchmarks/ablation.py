@@ -87,8 +87,7 @@ def score(depth: torch.Tensor, seq, imgs: torch.Tensor | None = None) -> dict:
     flows = torch.stack([seq.gt_flow(t, t + 1) for t in range(T - 1)])
     vis = torch.stack([seq.gt_flow_visible(t, t + 1) for t in range(T - 1)])
     tc = temporal_consistency(depth[:-1], depth[1:], flows, vis).aggregate
-    out = {"abs_rel": dm["abs_rel"], "delta1": dm["delta1"], "ordinal_acc": oa.get("accuracy", oa.get("ordinal_accuracy")),
-           "temporal": tc.get("value", tc.get("temporal_consistency"))}
+    out = {"abs_rel": dm["abs_rel"], "delta1": dm["delta1"], "ordinal_acc": oa["accuracy"], "temporal": tc["value"]}
     if imgs is not None:
         from flow3d.losses.photometric import psnr
 

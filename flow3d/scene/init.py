@@ -16,6 +16,7 @@ import roma
 import torch
 from torch import Tensor
 
+from flow3d.data.sequence import safe_inverse
 from flow3d.geometry import bilinear_sample, unproject_pixels
 from flow3d.log import get_logger
 from flow3d.losses import se3_smoothness_loss
@@ -47,9 +48,9 @@ class InitConfig:
 
 def prior_depth_from_disp(prior_disp: Tensor, prior_valid: Tensor, min_disp: float = 1e-4) -> tuple[Tensor, Tensor]:
     """z-depth (..., H, W) = 1 / disparity where valid and disparity > ``min_disp``; 0 elsewhere."""
-    valid = prior_valid & (prior_disp > min_disp) & torch.isfinite(prior_disp)
-    safe = torch.where(valid, prior_disp, torch.ones_like(prior_disp))
-    return torch.where(valid, 1.0 / safe, torch.zeros_like(prior_disp)), valid
+    depth, finite_pos = safe_inverse(prior_disp)
+    valid = prior_valid & finite_pos & (prior_disp > min_disp)
+    return torch.where(valid, depth, torch.zeros_like(depth)), valid
 
 
 def lift_tracks(seq, frame_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
