@@ -48,6 +48,9 @@ logger = get_logger(__name__)
 class SyntheticDataConfig(CommonDataConfig):
     """The embedded procedural scene with ground truth (deterministic from ``seed``)."""
 
+    scene: Literal["objects", "tissue"] = "objects"
+    """Which scene: objects (a room with moving objects, moving camera) or tissue (a static endoscope over
+    deforming tissue with instruments; see flow3d.data.tissue)."""
     seed: int = 0
     """Random seed of the scene (object shapes, textures, paths) and of the prior's noise."""
     num_frames: int = 24
@@ -57,11 +60,15 @@ class SyntheticDataConfig(CommonDataConfig):
     height: int = 96
     """Image height H in pixels."""
     num_objects: int = 3
-    """Number of moving objects (alternately spheres and boxes), 1 to 6."""
+    """Objects scene: number of moving objects (alternately spheres and boxes), 1 to 6."""
+    num_instruments: int = 2
+    """Tissue scene: number of instruments (rounded shafts) sweeping over the tissue, 0 to 2."""
+    tissue_pull: float = 0.18
+    """Tissue scene: peak relative depth change of the main pull (0.18 = tissue pulled 18% closer)."""
     fov_deg: float = 65.0
     """Horizontal field of view of the camera in degrees."""
     camera_motion: float = 1.0
-    """Amplitude of the camera path (0 = static camera)."""
+    """Objects scene: amplitude of the camera path (0 = static camera). The tissue scene's camera is static."""
     track_grid_step: int = 8
     """Spacing in pixels of the query points of the 2D tracks (a regular grid in each query frame)."""
     track_query_stride: int = 1
@@ -257,7 +264,43 @@ def _rays(scene: _Scene, t: int, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
-    """Render the scene of ``cfg`` into a :class:`VideoSequence` with ground truth (see the module doc)."""
+    """Render the scene of ``cfg`` (``cfg.scene``) into a :class:`VideoSequence` with ground truth."""
+    if cfg.scene == "tissue":
+        from flow3d.data.tissue import make_tissue_sequence  # noqa: PLC0415 - tissue imports this module
+
+        return make_tissue_sequence(cfg)
+    if cfg.scene != "objects":
+        raise ValueError(f"scene must be one of objects, tissue, got {cfg.scene!r}")
+    return _make_objects_sequence(cfg)
+
+
+def drifting_prior(depth: np.ndarray, cfg: SyntheticDataConfig, rng: np.random.Generator):
+    """The depth prior of the synthetic scenes from the true depth the camera sees, ``depth`` (T, H, W):
+    blurred true disparity through the drifting per-frame affine, times multiplicative noise (module doc).
+
+    Returns ``prior`` (T, H, W) disparity (0 where invalid), ``prior_valid`` (T, H, W) bool and the
+    affine ``a_t``, ``b_t`` (T,) each. Draws the noise from ``rng`` (after everything else of the scene).
+    """
+    T = depth.shape[0]
+    s = np.linspace(0.0, 1.0, T)
+    u = {"linear": s - 0.5, "sine": 0.5 * np.sin(2 * np.pi * s), "none": 0 * s, "perfect": 0 * s}[cfg.prior_drift]
+    true_disp = 1.0 / depth
+    a_t = 1.0 + cfg.prior_scale_drift * u
+    b_t = cfg.prior_shift_drift * float(np.median(true_disp)) * u
+    blur = 0.0 if cfg.prior_drift == "perfect" else cfg.prior_blur_px
+    noise = 0.0 if cfg.prior_drift == "perfect" else cfg.prior_noise
+    prior = np.zeros_like(true_disp)
+    for t in range(T):
+        d_t = cv2.GaussianBlur(true_disp[t], (0, 0), blur, borderType=cv2.BORDER_REFLECT) if blur > 0 else true_disp[t]
+        prior[t] = a_t[t] * d_t + b_t[t]
+    if noise > 0:
+        prior = prior * (1.0 + noise * rng.normal(size=prior.shape))
+    prior_valid = np.isfinite(prior) & (prior > 0)
+    prior = np.where(prior_valid, prior, 0.0)
+    return prior, prior_valid, a_t, b_t
+
+
+def _make_objects_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
     rng = np.random.default_rng(cfg.seed)
     scene = _build_scene(cfg, rng)
     T, W, H = cfg.num_frames, cfg.width, cfg.height
@@ -277,23 +320,7 @@ def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
         ids[t] = obj.reshape(H, W)
         points[t] = (o + tau[:, None] * d).reshape(H, W, 3)
     images = np.round(images * 255.0) / 255.0  # 8-bit levels, as from a real camera (and exact through PNG)
-
-    # ---- depth prior ------------------------------------------------------------------------------
-    s = np.linspace(0.0, 1.0, T)
-    u = {"linear": s - 0.5, "sine": 0.5 * np.sin(2 * np.pi * s), "none": 0 * s, "perfect": 0 * s}[cfg.prior_drift]
-    true_disp = 1.0 / depth
-    a_t = 1.0 + cfg.prior_scale_drift * u
-    b_t = cfg.prior_shift_drift * float(np.median(true_disp)) * u
-    blur = 0.0 if cfg.prior_drift == "perfect" else cfg.prior_blur_px
-    noise = 0.0 if cfg.prior_drift == "perfect" else cfg.prior_noise
-    prior = np.zeros_like(true_disp)
-    for t in range(T):
-        d_t = cv2.GaussianBlur(true_disp[t], (0, 0), blur, borderType=cv2.BORDER_REFLECT) if blur > 0 else true_disp[t]
-        prior[t] = a_t[t] * d_t + b_t[t]
-    if noise > 0:
-        prior = prior * (1.0 + noise * rng.normal(size=prior.shape))
-    prior_valid = np.isfinite(prior) & (prior > 0)
-    prior = np.where(prior_valid, prior, 0.0)
+    prior, prior_valid, a_t, b_t = drifting_prior(depth, cfg, rng)
 
     # ---- tracks -----------------------------------------------------------------------------------
     g = cfg.track_grid_step
