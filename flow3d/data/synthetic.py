@@ -16,13 +16,13 @@ that drifts over time, ``disp_t = a_t / z + b_t`` with ``a_t = 1 + prior_scale_d
 sin(2 pi s) / 2 for ``sine``, 0 for ``none`` and ``perfect``), then multiplied by (1 + ``prior_noise`` * N(0, 1)).
 ``perfect`` also turns blur and noise off: the prior is then exactly 1 / z.
 
-``python -m flow3d.data.synthetic --out-dir DIR`` writes the scene in the custom layout (see
-:func:`write_custom_layout`) so users can see a complete example of the format.
+``python -m flow3d.preprocess.synthetic --out-dir DIR`` writes the scene in the custom layout (see
+:func:`write_custom_layout`) so users can see a complete example of the format. ``--data.scene tissue``
+is the endoscopy scene of :mod:`flow3d.data.tissue`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +33,10 @@ import numpy as np
 import torch
 import tyro
 
+from flow3d.data import io
 from flow3d.data.cache import cache_key, load_sequence, memo_get, memo_put, save_sequence
 from flow3d.data.common import CommonDataConfig
+from flow3d.data.endoscopy import GT_DEPTH_SOURCE_FILE
 from flow3d.data.normalize import apply_scene_norm, compute_scene_norm
 from flow3d.data.sequence import VideoSequence
 from flow3d.data.split import split_frames
@@ -388,15 +390,17 @@ def _make_objects_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
 # Writing any (un-normalised) sequence in the custom layout
 # ------------------------------------------------------------------------------------------------
 def write_custom_layout(
-    seq: VideoSequence, root: Path | str, seq_name: str, depth_type: str = "aligned_depth_anything", track_type: str = "bootstapir"
+    seq: VideoSequence, root: Path | str, seq_name: str, depth_type: str = "aligned_depth_anything", track_type: Optional[str] = "bootstapir"
 ) -> Path:
-    """Write ``seq`` as Shape of Motion's custom layout under ``root``:
+    """Write ``seq`` as Shape of Motion's custom layout under ``root`` (every file atomically):
 
     ``images/SEQ/NNNNN.png``, ``masks/SEQ/NNNNN.png`` (255 = foreground), ``<depth_type>/SEQ/NNNNN.npy``
     (float32 disparity, 0 = invalid), ``droid_recon/SEQ.npy`` (pickled dict ``traj_c2w`` (T, 4, 4),
     ``img_shape`` (H, W), ``intrinsics`` (fx, fy, cx, cy) in OpenCV pixel-centre convention, ``tstamps``),
-    ``<track_type>/SEQ/<q>_<t>.npy`` ((P, 4) TAPIR rows), and, when known, ``gt_depth/SEQ/NNNNN.npy``
-    (true z-depth; not read by the loader). Returns ``root``.
+    ``<track_type>/SEQ/<q>_<t>.npy`` ((P, 4) TAPIR rows; skipped when ``track_type`` is None), and, when
+    known, ``ignore_masks/SEQ/NNNNN.png`` (255 = ignore: ``valid_masks`` False) and
+    ``gt_depth/SEQ/NNNNN.npy`` (reference z-depth, with a ``source.txt`` unless it is ground truth).
+    Returns ``root``.
     """
     root = Path(root)
     if seq.scene_scale != 1.0 or not torch.equal(seq.scene_transform, torch.eye(4)):
@@ -405,62 +409,31 @@ def write_custom_layout(
     if not torch.allclose(seq.Ks, K0.expand_as(seq.Ks)):
         raise ValueError("write_custom_layout: droid_recon stores one intrinsic matrix; the sequence's Ks differ per frame")
     names = seq.frame_names or [f"{t:05d}" for t in range(seq.num_frames)]
-    dirs = {k: root / k / seq_name for k in ("images", "masks", depth_type, track_type)}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
+    folders = {"images": "images", "masks": "masks", "depth": depth_type, "ignore": "ignore_masks", "gt": "gt_depth"}
+    d = {k: root / v / seq_name for k, v in folders.items()}
     imgs = (seq.images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    ignore = None if bool(seq.valid_masks.all()) else (~seq.valid_masks).numpy()
     for t, n in enumerate(names):
-        cv2.imwrite(str(dirs["images"] / f"{n}.png"), cv2.cvtColor(imgs[t], cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(dirs["masks"] / f"{n}.png"), ((seq.fg_masks[t] > 0.5).numpy() * 255).astype(np.uint8))
-        np.save(dirs[depth_type] / f"{n}.npy", torch.where(seq.prior_valid[t], seq.prior_disp[t], 0.0).numpy().astype(np.float32))
-    if seq.gt_depth is not None:
-        (root / "gt_depth" / seq_name).mkdir(parents=True, exist_ok=True)
-        for t, n in enumerate(names):
-            np.save(root / "gt_depth" / seq_name / f"{n}.npy", seq.gt_depth[t].numpy())
-    (root / "droid_recon").mkdir(parents=True, exist_ok=True)
+        io.write_png_atomic(d["images"] / f"{n}.png", imgs[t])
+        io.write_png_atomic(d["masks"] / f"{n}.png", ((seq.fg_masks[t] > 0.5).numpy() * 255).astype(np.uint8))
+        io.save_npy_atomic(d["depth"] / f"{n}.npy", torch.where(seq.prior_valid[t], seq.prior_disp[t], 0.0).numpy().astype(np.float32))
+        if ignore is not None:
+            io.write_png_atomic(d["ignore"] / f"{n}.png", ignore[t].astype(np.uint8) * 255)
+        if seq.gt_depth is not None:
+            io.save_npy_atomic(d["gt"] / f"{n}.npy", seq.gt_depth[t].numpy())
+    if seq.gt_depth is not None and seq.gt_depth_source != "ground truth":
+        (d["gt"] / GT_DEPTH_SOURCE_FILE).write_text(seq.gt_depth_source + "\n")
     recon = {
         "traj_c2w": np.linalg.inv(seq.w2cs.double().numpy()),
         "img_shape": (seq.img_wh[1], seq.img_wh[0]),
         "intrinsics": np.array([K0[0, 0], K0[1, 1], K0[0, 2], K0[1, 2]], dtype=np.float64),
         "tstamps": np.arange(seq.num_frames),
     }
-    np.save(root / "droid_recon" / f"{seq_name}.npy", recon, allow_pickle=True)
-    for q in torch.unique(seq.tracks_query_t).tolist():
-        rows = seq.tracks_query_t == q
-        tap = visibility_to_tapir(seq.tracks_xy[rows], seq.tracks_visible[rows], seq.tracks_conf[rows])  # (P, T, 4)
-        for t, n in enumerate(names):
-            np.save(dirs[track_type] / f"{names[q]}_{n}.npy", tap[:, t].numpy())
+    io.save_npy_atomic(root / "droid_recon" / f"{seq_name}.npy", recon, allow_pickle=True)
+    if track_type is not None:
+        for q in torch.unique(seq.tracks_query_t).tolist():
+            rows = seq.tracks_query_t == q
+            tap = visibility_to_tapir(seq.tracks_xy[rows], seq.tracks_visible[rows], seq.tracks_conf[rows])  # (P, T, 4)
+            for t, n in enumerate(names):
+                io.save_npy_atomic(root / track_type / seq_name / f"{names[q]}_{n}.npy", tap[:, t].numpy())
     return root
-
-
-@dataclass
-class _WriteArgs:
-    """Write the synthetic scene in the custom layout."""
-
-    out_dir: str
-    """Root folder to write (created if missing)."""
-    seq_name: str = "synthetic"
-    """Sequence name (sub-folder name)."""
-    depth_type: str = "aligned_depth_anything"
-    """Folder name of the disparity prior."""
-    track_type: str = "bootstapir"
-    """Folder name of the 2D tracks."""
-    scene: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
-    """Options of the scene."""
-
-
-def main() -> None:
-    from flow3d.log import setup_logging
-
-    setup_logging()
-    args = tyro.cli(_WriteArgs)
-    if args.scene.normalize_scene:
-        raise SystemExit("--scene.normalize-scene True cannot be written: the custom layout stores original units")
-    seq = make_synthetic_sequence(args.scene)
-    root = write_custom_layout(seq, args.out_dir, args.seq_name, args.depth_type, args.track_type)
-    print(f"wrote {seq.num_frames} frames of {seq.img_wh[0]}x{seq.img_wh[1]} to {root}")
-    print(f"load it with: data:custom --data.root-dir {root} --data.seq-name {args.seq_name} --data.depth-type {args.depth_type} --data.track-type {args.track_type}")
-
-
-if __name__ == "__main__":
-    main()
