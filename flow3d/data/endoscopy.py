@@ -110,7 +110,7 @@ def stop_tracks_on_ignored(pairs: Mapping[tuple[int, int], np.ndarray], ignore: 
 
     Walking away from each query frame q (forwards, then backwards), a track ends at the first frame
     where it is unknown already or where any of the up-to-four pixels its bilinear sample mixes is
-    ignored (``ignore`` (T, H, W) bool). From that frame on it reads as unknown (occlusion and distance
+    ignored with a weight above 1e-3 (``ignore`` (T, H, W) bool). From that frame on it reads as unknown (occlusion and distance
     logits ``+unknown_logit``: confidence 0) at the position where it ended, as chained flow tracks do
     (:mod:`flow3d.flow.tracks`). Query entries (q, q) are unchanged. Returns a new dict.
     """
@@ -128,7 +128,7 @@ def stop_tracks_on_ignored(pairs: Mapping[tuple[int, int], np.ndarray], ignore: 
                     break
                 arr = out[(q, t)]  # (P, 4), edited in place
                 xy = torch.from_numpy(arr[None, :, :2]).float()
-                on_ignored = bilinear_sample(ign[t : t + 1], xy)[0, :, 0].numpy() > 0
+                on_ignored = bilinear_sample(ign[t : t + 1], xy)[0, :, 0].numpy() > 1e-3  # > 0 up to grid_sample's rounding
                 ends = alive & (on_ignored | (arr[:, 2] >= 0))
                 end_xy[ends] = arr[ends, :2]
                 alive &= ~ends
