@@ -160,7 +160,16 @@ def _read_prior(files: list[Path], cfg: EndoNeRFDataConfig, shape: tuple[int, in
         d = np.where(ok, v, 0.0) if cfg.prior_kind == "disparity" else np.where(ok, 1.0 / np.where(ok, v, 1.0), 0.0)
         disp.append(io.resize_nearest(d, cfg.downscale))
         valid.append(io.resize_nearest(ok, cfg.downscale))
-    return np.stack(disp).astype(np.float32), np.stack(valid)
+    disp, valid = np.stack(disp).astype(np.float32), np.stack(valid)
+    if (~valid).any():
+        logger.warning("prior %s: %d pixels are NaN/Inf or <= 0 and are masked out (prior_valid=False)", files[0].parent, int((~valid).sum()))
+    return disp, valid
+
+
+def _stereo_prior(stereo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Disparity (T, H, W) float32 and validity of the stereo depth: 1 / depth, holes invalid."""
+    valid = stereo > 0
+    return np.where(valid, 1.0 / np.where(valid, stereo, 1.0), 0.0).astype(np.float32), valid
 
 
 def load_endonerf(cfg: EndoNeRFDataConfig) -> VideoSequence:
@@ -201,24 +210,15 @@ def load_endonerf(cfg: EndoNeRFDataConfig) -> VideoSequence:
     stereo = None
     if has_depth:
         stereo = np.stack([io.resize_nearest(_read_stereo_depth(p, shape0, cfg.depth_scale), cfg.downscale) for p in depth_files])
-        holes = stereo <= 0
-        logger.info("stereo depth %s: %.1f%% of pixels are holes (0) and are masked", root / "depth", 100.0 * holes.mean())
-    if prior_files:
-        disp, disp_valid = _read_prior(prior_files, cfg, shape0)
-        bad = int((~disp_valid).sum())
-        if bad:
-            logger.warning("prior %s: %d pixels are NaN/Inf or <= 0 and are masked out (prior_valid=False)", root / cfg.prior_dir, bad)
-    else:
-        disp_valid = stereo > 0
-        disp = np.where(disp_valid, 1.0 / np.where(disp_valid, stereo, 1.0), 0.0).astype(np.float32)
+        logger.info("stereo depth %s: %.1f%% of pixels are holes (0) and are masked", root / "depth", 100.0 * (stereo <= 0).mean())
+    disp, disp_valid = _read_prior(prior_files, cfg, shape0) if prior_files else _stereo_prior(stereo)
     if not disp_valid.any():
         raise ValueError(f"{root / (cfg.prior_dir or 'depth')}: no finite positive prior value in any frame")
 
     train_ids, val_ids = split_frames(T, cfg.val_every)
     if cfg.tracks == "flow":
         queries = train_ids[:: max(cfg.flow_query_stride, 1)].tolist()
-        tissue = ~ignore
-        xy, vis, conf, qt = flow_tracks(cfg, images, tissue, queries, cache_path.parent / f"endonerf_{root.name}_{key}_flow", ignore)
+        xy, vis, conf, qt = flow_tracks(cfg, images, ~ignore, queries, cache_path.parent / f"endonerf_{root.name}_{key}_flow", ignore)
     else:
         xy, vis, conf, qt = dense_tracks_from_pairs({}, T, [])
     logger.info("endonerf %s: %d frames %dx%d, instruments on %.1f%% of pixels, %d tracks", root, T, W, H, 100.0 * ignore.mean(), xy.shape[0])

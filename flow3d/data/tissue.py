@@ -65,7 +65,6 @@ class TissueScene:
     T: int
     K: np.ndarray  # (3, 3) OpenCV pixel-centre convention
     c2w: np.ndarray  # (4, 4) the static camera
-    pull: float
     bumps: np.ndarray  # (4, 4): amplitude (fraction of D), frequency x, y (cycles per image width), phase
     grabs: list  # per grab: (centre (2,) px, sigma px, depth amplitude, lateral v (2,) px)
     tex_low: np.ndarray  # (6, 3): frequency x, y (cycles per width), phase
@@ -110,7 +109,7 @@ def build_tissue_scene(cfg: SyntheticDataConfig, rng: np.random.Generator) -> Ti
         j = rng.uniform(-0.04, 0.04, 4)
         d = np.asarray(d) / np.linalg.norm(d)
         instruments.append((np.array([a[0] + j[0], a[1] + j[1]]) * [W, H], np.array([b[0] + j[2], b[1] + j[3]]) * [W, H], z * _DEPTH, d, 0.035 * _DEPTH))
-    return TissueScene(W, H, T, K, c2w, cfg.tissue_pull, bumps, grabs, tex_low, tex_fine, vessels, instruments)
+    return TissueScene(W, H, T, K, c2w, bumps, grabs, tex_low, tex_fine, vessels, instruments)
 
 
 # ------------------------------------------------------------------------------------------------
