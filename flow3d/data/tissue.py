@@ -173,8 +173,10 @@ def invert(sc: TissueScene, q: np.ndarray, s: float) -> np.ndarray:
         F = m + lateral(sc, m, s) - q
         if not q.size or np.abs(F).max() < 1e-9:
             break
-        J = np.eye(2) + _lateral_jacobian(sc, m, s)
-        m = m - np.linalg.solve(J, F[..., None])[..., 0]
+        J = np.eye(2) + _lateral_jacobian(sc, m, s)  # (..., 2, 2); solve J dm = F in closed form
+        a, b, c, d = J[..., 0, 0], J[..., 0, 1], J[..., 1, 0], J[..., 1, 1]
+        det = a * d - b * c
+        m = m - np.stack([d * F[..., 0] - b * F[..., 1], a * F[..., 1] - c * F[..., 0]], -1) / det[..., None]
     res = np.abs(m + lateral(sc, m, s) - q).max() if q.size else 0.0
     if res > _INVERT_TOL_PX:
         raise RuntimeError(f"tissue scene: inverting the deformation did not converge (residual {res:.3g} px); lower tissue_pull")
