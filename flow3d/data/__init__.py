@@ -1,8 +1,9 @@
-"""The data layer: one :class:`VideoSequence` per video, from four tyro subcommands.
+"""The data layer: one :class:`VideoSequence` per video, from five tyro subcommands.
 
-``data:synthetic`` (the embedded procedural scene with ground truth), ``data:custom`` and ``data:davis``
-(Shape of Motion's casual layout), ``data:iphone`` (DyCheck iPhone as processed by Shape of Motion).
-A parent dataclass with a field ``data: DataConfig`` gets the four subcommands and options such as
+``data:synthetic`` (the embedded procedural scenes with ground truth: objects, tissue), ``data:custom``
+and ``data:davis`` (Shape of Motion's casual layout), ``data:iphone`` (DyCheck iPhone as processed by
+Shape of Motion), ``data:endonerf`` (EndoNeRF's own layout).
+A parent dataclass with a field ``data: DataConfig`` gets the five subcommands and options such as
 ``--data.seq-name``; ``cfg.data.load()`` returns the whole video (cached), and ``train_ids`` /
 ``val_ids`` say which frames train and which validate (EndoNeRF protocol, :mod:`flow3d.data.split`).
 """
@@ -12,6 +13,7 @@ from typing import Annotated, Union
 import tyro
 
 from flow3d.data.casual import CustomDataConfig, DavisDataConfig
+from flow3d.data.endonerf import EndoNeRFDataConfig
 from flow3d.data.iphone import IPhoneDataConfig
 from flow3d.data.sequence import BgPoints, HeldOutViews, Tracks3D, VideoSequence, safe_inverse
 from flow3d.data.split import split_frames
@@ -23,11 +25,13 @@ DataConfig = Union[
     Annotated[CustomDataConfig, tyro.conf.subcommand("custom")],
     Annotated[DavisDataConfig, tyro.conf.subcommand("davis")],
     Annotated[IPhoneDataConfig, tyro.conf.subcommand("iphone")],
+    Annotated[EndoNeRFDataConfig, tyro.conf.subcommand("endonerf")],
 ]
-"""Union of the data subcommands (``data:synthetic``, ``data:custom``, ``data:davis``, ``data:iphone``)."""
+"""Union of the data subcommands (``data:synthetic``, ``data:custom``, ``data:davis``, ``data:iphone``,
+``data:endonerf``)."""
 
 __all__ = [
-    "BgPoints", "CustomDataConfig", "DataConfig", "DavisDataConfig", "HeldOutViews", "IPhoneDataConfig",
+    "BgPoints", "CustomDataConfig", "DataConfig", "DavisDataConfig", "EndoNeRFDataConfig", "HeldOutViews", "IPhoneDataConfig",
     "SyntheticDataConfig", "Tracks3D", "VideoSequence", "make_synthetic_sequence", "safe_inverse", "split_frames",
     "tapir_to_visibility", "visibility_to_tapir", "write_custom_layout",
 ]

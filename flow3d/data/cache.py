@@ -65,7 +65,8 @@ def memo_put(key: str, seq: VideoSequence) -> None:
 def save_sequence(path: Path, seq: VideoSequence) -> None:
     """Write ``seq`` to ``path`` (.npz) atomically (temporary file in the same folder, then rename)."""
     arrays: dict[str, np.ndarray] = {}
-    meta: dict[str, Any] = {"name": seq.name, "scene_scale": seq.scene_scale, "frame_names": seq.frame_names}
+    meta: dict[str, Any] = {"name": seq.name, "scene_scale": seq.scene_scale, "frame_names": seq.frame_names,
+                            "gt_depth_source": seq.gt_depth_source}
     for f in dataclasses.fields(seq):
         v = getattr(seq, f.name)
         if isinstance(v, torch.Tensor):
@@ -96,7 +97,8 @@ def load_sequence(path: Path) -> VideoSequence:
     with np.load(path, allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}
     meta = json.loads(data.pop("__meta__").tobytes().decode())
-    kw: dict[str, Any] = {"name": meta["name"], "scene_scale": meta["scene_scale"], "frame_names": meta["frame_names"]}
+    kw: dict[str, Any] = {"name": meta["name"], "scene_scale": meta["scene_scale"], "frame_names": meta["frame_names"],
+                          "gt_depth_source": meta.get("gt_depth_source", "ground truth")}
     val: dict[str, Any] = {}
     for k, v in data.items():
         t = torch.from_numpy(v)

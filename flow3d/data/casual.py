@@ -8,11 +8,14 @@ the flat ``JPEGImages/*.jpg`` directly under the root)::
     <depth_type>/RES/SEQ/NAME.npy|png      depth prior (see ``depth_format``)
     <camera_type>/SEQ.npy                  droid_recon dict: traj_c2w, img_shape, intrinsics, tstamps
     <track_type>/RES/SEQ/<q>_<t>.npy       (P, 4) TAPIR rows of query frame q located in frame t
+    <ignore_type>/RES/SEQ/NAME.png         optional: 255 = pixel to ignore (e.g. an instrument)
+    <gt_depth_type>/RES/SEQ/NAME.npy       optional: reference z-depth for run_val.py (source.txt says what)
 
 Beyond Shape of Motion: a train/validation split; 2D tracks from optical flow when the track folder is
 missing; a static camera when the camera file is missing; depth as disparity/depth ``.npy`` or 16-bit
 PNG; integer downscaling; one clear error per bad input; an ``.npz`` cache keyed on the config and the
-input files.
+input files; ignore masks (``valid_masks == False``: flow tracks never start on an ignored pixel and end
+where they land on one) and reference depth (``gt_depth``), see :mod:`flow3d.data.endoscopy`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tqdm import tqdm
 from flow3d.data import io
 from flow3d.data.cache import cache_key, default_cache_dir, files_signature, load_sequence, memo_get, memo_put, save_sequence
 from flow3d.data.common import FileDataConfig
+from flow3d.data.endoscopy import count_stopped, read_depth_folder, read_ignore_folder, stop_tracks_on_ignored
 from flow3d.data.normalize import apply_scene_norm, compute_scene_norm
 from flow3d.data.sequence import VideoSequence, safe_inverse
 from flow3d.data.split import split_frames
@@ -84,6 +88,11 @@ class CustomDataConfig(FileDataConfig):
     """missing_tracks=flow: every k-th train frame is a query frame."""
     downscale: int = 1
     """Integer factor to shrink images, masks, depth, intrinsics and tracks by (area/nearest)."""
+    ignore_type: str = "ignore_masks"
+    """Optional folder of ignore masks (PNG, 255 = ignore, e.g. instruments): valid_masks is False there."""
+    gt_depth_type: str = "gt_depth"
+    """Optional folder of reference z-depth .npy (0 = unknown) for run_val.py's depth metrics; a source.txt
+    in it says "ground truth" (the default) or "stereo"."""
 
     def load(self) -> VideoSequence:
         """Load the whole clip (cached); see the module docstring for the layout."""
@@ -163,8 +172,10 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
             )
     cam_path = root / cfg.camera_type / f"{cfg.seq_name}.npy"
     track_dir = _resolve(root, cfg.track_type, cfg.res, cfg.seq_name, (".npy",))
+    ignore_dir = _resolve(root, cfg.ignore_type, cfg.res, cfg.seq_name, (".png",))
+    gt_dir = _resolve(root, cfg.gt_depth_type, cfg.res, cfg.seq_name, (".npy",))
 
-    sig_dirs = [d for d in (img_dir, mask_dir, depth_dir, track_dir) if d is not None]
+    sig_dirs = [d for d in (img_dir, mask_dir, depth_dir, track_dir, ignore_dir, gt_dir) if d is not None]
     sig = [files_signature(sorted(p for p in d.iterdir() if p.is_file())) for d in sig_dirs]
     if cam_path.exists():
         sig.append(files_signature([cam_path]))
@@ -204,6 +215,8 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
         masks[t] = io.resize_nearest(io.read_mask(mask_files[n], (H0, W0)), cfg.downscale)
     if not masks.any():
         raise ValueError(f"masks folder {mask_dir}: the foreground is empty in every frame (expected foreground pixels > 0)")
+    ignore = read_ignore_folder(ignore_dir, names, (H0, W0), cfg.downscale) if ignore_dir is not None else None
+    gt_depth, gt_source = read_depth_folder(gt_dir, names, (H0, W0), cfg.downscale) if gt_dir is not None else (None, "ground truth")
 
     # ---- depth prior ------------------------------------------------------------------------------
     if depth_dir is None:
@@ -272,18 +285,18 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
     else:
         queries = train_ids[:: max(cfg.flow_query_stride, 1)].tolist()
         logger.warning("no track folder under %s/%s: building 2D tracks from optical flow (%s) for %d query frames", root, cfg.track_type, cfg.flow_backend, len(queries))
-        pairs = _tracks_from_flow(cfg, images, masks, queries, cache_path.parent / f"{cfg.seq_name}_{key}_flow")
-        xy, vis, conf, qt = dense_tracks_from_pairs(pairs, T, queries, cfg.max_tracks_per_query, cfg.seed, source="flow tracks")
+        xy, vis, conf, qt = flow_tracks(cfg, images, masks, queries, cache_path.parent / f"{cfg.seq_name}_{key}_flow", ignore)
 
     seq = VideoSequence(
         name=cfg.seq_name,
         images=torch.from_numpy(images).float() / 255.0,
         fg_masks=torch.from_numpy(masks).float(),
-        valid_masks=torch.ones(T, H, W, dtype=torch.bool),
+        valid_masks=torch.ones(T, H, W, dtype=torch.bool) if ignore is None else torch.from_numpy(~ignore),
         prior_disp=torch.from_numpy(disp), prior_valid=torch.from_numpy(disp_valid),
         w2cs=torch.from_numpy(w2cs).float(), Ks=torch.from_numpy(Ks).float(),
         time_ids=torch.arange(cfg.start, end), train_ids=train_ids, val_ids=val_ids,
         tracks_xy=xy, tracks_visible=vis, tracks_conf=conf, tracks_query_t=qt,
+        gt_depth=None if gt_depth is None else torch.from_numpy(gt_depth), gt_depth_source=gt_source,
         frame_names=names,
     )
     return finish_loading(seq, cfg, cache_path, key)
@@ -322,17 +335,28 @@ def _read_track_dir(track_dir: Path, names: list[str]) -> dict[tuple[int, int], 
     return pairs
 
 
-def _tracks_from_flow(cfg: CustomDataConfig, images: np.ndarray, masks: np.ndarray, queries: list[int], cache_dir: Path):
+def flow_tracks(cfg, images: np.ndarray, masks: np.ndarray, queries: list[int], cache_dir: Path, ignore: Optional[np.ndarray] = None):
+    """2D tracks chained from optical flow (:func:`flow3d.flow.tracks_from_flow`) as the dense arrays of
+    :func:`flow3d.data.tracks.dense_tracks_from_pairs`. ``cfg`` gives ``flow_grid_step``, ``flow_backend``,
+    ``max_tracks_per_query`` and ``seed``; images (T, H, W, 3) uint8, masks (T, H, W) bool foreground.
+    With ``ignore`` (T, H, W) bool, queries never start on an ignored pixel and a track ends where it
+    lands on one (:func:`flow3d.data.endoscopy.stop_tracks_on_ignored`)."""
+    pairs = _tracks_from_flow(cfg, images, masks if ignore is None else masks & ~ignore, queries, cache_dir)
+    if ignore is not None:
+        stopped = stop_tracks_on_ignored(pairs, ignore)
+        logger.info("flow tracks: %d entries ended on ignored pixels", count_stopped(pairs, stopped))
+        pairs = stopped
+    return dense_tracks_from_pairs(pairs, images.shape[0], queries, cfg.max_tracks_per_query, cfg.seed, source="flow tracks")
+
+
+def _tracks_from_flow(cfg, images: np.ndarray, masks: np.ndarray, queries: list[int], cache_dir: Path):
     try:
         from flow3d.flow import tracks_from_flow  # noqa: PLC0415 - optional dependency on the flow module
     except ImportError:
         try:
             from flow3d.flow.tracks import tracks_from_flow  # noqa: PLC0415
         except ImportError as e:
-            raise ValueError(
-                f"no 2D tracks for {cfg.seq_name!r} and flow-based tracks are unavailable ({e}); write tracks under "
-                f"{cfg.root_dir}/{cfg.track_type} or pass --data.missing-tracks none"
-            ) from None
+            raise ValueError(f"no 2D tracks and flow-based tracks are unavailable ({e}); write track files or turn flow tracks off") from None
     return tracks_from_flow(images, masks, queries, grid_step=cfg.flow_grid_step, backend=cfg.flow_backend, cache_dir=cache_dir)
 
 

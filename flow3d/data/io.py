@@ -9,9 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Sequence
 
+import io as _io
+
 import cv2
 import numpy as np
 
+from flow3d.flow.io import atomic_write_bytes
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -177,3 +180,20 @@ def resize_nearest(arr: np.ndarray, factor: int) -> np.ndarray:
     ys = np.clip(np.round((np.arange(H // factor) + 0.5) * factor - 0.5).astype(int), 0, H - 1)
     xs = np.clip(np.round((np.arange(W // factor) + 0.5) * factor - 0.5).astype(int), 0, W - 1)
     return arr[ys][:, xs]
+
+
+def write_png_atomic(path: Path, img: np.ndarray) -> None:
+    """Write ``img`` (H, W) or (H, W, 3) RGB, uint8 or uint16, as a PNG atomically (temp file + rename)."""
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise ValueError(f"cannot encode {path} as PNG (dtype {img.dtype}, shape {img.shape})")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def save_npy_atomic(path: Path, arr, allow_pickle: bool = False) -> None:
+    """``np.save`` to ``path`` atomically (temp file + rename)."""
+    buf = _io.BytesIO()
+    np.save(buf, arr, allow_pickle=allow_pickle)
+    atomic_write_bytes(path, buf.getvalue())

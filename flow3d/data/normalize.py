@@ -58,8 +58,8 @@ def compute_scene_norm(points: Tensor, w2cs: Tensor) -> tuple[float, Tensor]:
 
 
 def apply_scene_norm(seq: VideoSequence, scale: float, transform: Tensor) -> VideoSequence:
-    """Return a copy of ``seq`` in normalised coordinates: cameras, depth prior, GT depth, GT points and
-    object poses, held-out views. ``seq`` must be un-normalised (``scene_scale`` 1, identity transform)."""
+    """Return a copy of ``seq`` in normalised coordinates: cameras, depth prior, GT depth, GT points,
+    object poses and surface points, held-out views. ``seq`` must be un-normalised (``scene_scale`` 1, identity transform)."""
     S = torch.diag(torch.tensor([1.0 / scale, 1.0 / scale, 1.0 / scale, 1.0], dtype=torch.float64))
     Tm = transform.double()
     def cams(w2cs: Tensor) -> Tensor:
@@ -80,6 +80,8 @@ def apply_scene_norm(seq: VideoSequence, scale: float, transform: Tensor) -> Vid
         changes["gt_tracks_3d"] = pts(seq.gt_tracks_3d)
     if seq.gt_points is not None:
         changes["gt_points"] = pts(seq.gt_points)
+    if seq.gt_surface_points is not None:
+        changes["gt_surface_points"] = pts(seq.gt_surface_points)
     if seq.gt_object_poses is not None:
         changes["gt_object_poses"] = (S @ Tm @ seq.gt_object_poses.double()).float()
     if seq.gt_prior_affine is not None:

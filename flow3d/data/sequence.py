@@ -4,6 +4,10 @@ needs to initialise a scene from it (lifting 2D tracks to 3D, back-projecting ba
 Conventions follow the glossary in :mod:`flow3d`. Everything lives on the CPU in float32 (bool/long where
 said); the trainer moves what it needs with :meth:`VideoSequence.to`.
 
+Ignored pixels (e.g. surgical instruments): a pixel to ignore is ``valid_masks == False``. There is no
+separate ignore field: every loss term and metric already skips invalid pixels. ``fg_masks`` stays the
+dynamic-foreground mask; on endoscopy data it is 1 on all tissue (it all deforms) and 0 on instruments.
+
 Split: ``train_ids`` / ``val_ids`` index frames ``0..T-1`` (see :func:`flow3d.data.split.split_frames`).
 The trainer must use only train frames: images, masks and depth priors of train frames, and track
 entries whose query frame *and* target frame are both train frames (:meth:`VideoSequence.track_train_mask`).
@@ -75,7 +79,7 @@ class VideoSequence:
     name: str
     images: Tensor  # (T, H, W, 3) float in [0, 1]
     fg_masks: Tensor  # (T, H, W) float in [0, 1], foreground
-    valid_masks: Tensor  # (T, H, W) bool, pixels usable at all
+    valid_masks: Tensor  # (T, H, W) bool, pixels usable at all; False = ignore (e.g. an instrument)
     prior_disp: Tensor  # (T, H, W) disparity prior (1/z up to scale and shift), 0 where invalid
     prior_valid: Tensor  # (T, H, W) bool
     w2cs: Tensor  # (T, 4, 4) world -> camera, OpenCV axes
@@ -91,11 +95,17 @@ class VideoSequence:
     """x_norm = (scene_transform @ x_orig)[:3] / scene_scale; depth_orig = depth_norm * scene_scale."""
     scene_transform: Tensor = field(default_factory=lambda: torch.eye(4))  # (4, 4)
     gt_depth: Optional[Tensor] = None  # (T, H, W) z-depth, normalised units; 0 where unknown
+    gt_depth_source: str = "ground truth"
+    """What ``gt_depth`` is: "ground truth" (synthetic scenes) or "stereo" (a stereo reconstruction such as
+    EndoNeRF's ``depth/`` folder: a reference with holes and errors, not ground truth)."""
     gt_tracks_3d: Optional[Tensor] = None  # (M, T, 3) world points of the tracks above
     gt_points: Optional[Tensor] = None  # (T, H, W, 3) world point seen by each pixel at its frame's time
     gt_object_ids: Optional[Tensor] = None  # (T, H, W) long, -1 = static background, k = object k
     gt_object_poses: Optional[Tensor] = None  # (O, T, 4, 4) object -> world (normalised world)
     gt_prior_affine: Optional[Tensor] = None  # (T, 2): prior_disp = a_t / gt_depth + b_t before noise/blur
+    # A deforming surface (the tissue scene) instead of rigid objects: its material points on a grid.
+    gt_surface_points: Optional[Tensor] = None  # (T, Hs, Ws, 3) world position of each grid point at each frame
+    gt_surface_uv: Optional[Tensor] = None  # (T, H, W, 2) grid coords (x, y) of the surface point behind each pixel
     val_views: Optional[HeldOutViews] = None
     frame_names: list[str] = field(default_factory=list)
 
@@ -143,7 +153,11 @@ class VideoSequence:
 
     # ---- ground truth helpers (synthetic) ---------------------------------------------------------
     def _gt_points_moved(self, i: int, j: int) -> Tensor:
-        """(H*W, 3) world points seen by frame i's pixels, moved with their object to frame j's time."""
+        """(H*W, 3) world points seen by frame i's pixels, moved with their object to frame j's time.
+        A deforming surface: its point behind each pixel of frame i (also under an instrument), at time j."""
+        if self.gt_surface_uv is not None and self.gt_surface_points is not None:
+            grid = self.gt_surface_points[j].permute(2, 0, 1)[None]  # (1, 3, Hs, Ws)
+            return bilinear_sample(grid, self.gt_surface_uv[i].reshape(1, -1, 2))[0]
         X = self.gt_points[i].reshape(-1, 3)
         ids = self.gt_object_ids[i].reshape(-1)
         Xj = X.clone()
@@ -156,17 +170,21 @@ class VideoSequence:
 
     def gt_flow(self, i: int, j: int) -> Tensor:
         """True optical flow from frame i to frame j, (H, W, 2) pixels (dx, dy): pixel p of frame i moves
-        to p + flow in frame j, occluded or not (see :meth:`gt_flow_visible`). Needs the synthetic GT."""
-        if self.gt_points is None or self.gt_object_ids is None or self.gt_object_poses is None:
-            raise ValueError(f"sequence {self.name!r} has no ground-truth geometry (gt_points/gt_object_poses)")
+        to p + flow in frame j, occluded or not (see :meth:`gt_flow_visible`). Needs the synthetic GT
+        (objects: gt_points/gt_object_ids/gt_object_poses; tissue: the flow of the tissue, also under
+        instruments, from gt_surface_points/gt_surface_uv)."""
+        rigid = self.gt_points is not None and self.gt_object_ids is not None and self.gt_object_poses is not None
+        if not rigid and (self.gt_surface_uv is None or self.gt_surface_points is None):
+            raise ValueError(f"sequence {self.name!r} has no ground-truth geometry (gt_points/gt_object_poses or gt_surface_*)")
         Xj = self._gt_points_moved(i, j)
         xy, _ = project_points(Xj, self.Ks[j], self.w2cs[j])
-        H, W = self.gt_object_ids.shape[1:]
+        H, W = self.images.shape[1:3]
         return xy.reshape(H, W, 2) - pixel_grid(H, W, dtype=xy.dtype)
 
     def gt_flow_visible(self, i: int, j: int, rel_tol: float = 0.01) -> Tensor:
         """(H, W) bool: the point of frame i's pixel lands inside frame j and is not occluded there
-        (its depth matches frame j's GT depth at the nearest pixel within ``rel_tol``)."""
+        (its depth matches frame j's GT depth at the nearest pixel within ``rel_tol``). On the tissue scene
+        ``gt_depth`` is the tissue's, so instruments do not occlude here: ``valid_masks`` marks them."""
         if self.gt_depth is None:
             raise ValueError(f"sequence {self.name!r} has no gt_depth")
         H, W = self.gt_depth.shape[1:]

@@ -16,13 +16,13 @@ that drifts over time, ``disp_t = a_t / z + b_t`` with ``a_t = 1 + prior_scale_d
 sin(2 pi s) / 2 for ``sine``, 0 for ``none`` and ``perfect``), then multiplied by (1 + ``prior_noise`` * N(0, 1)).
 ``perfect`` also turns blur and noise off: the prior is then exactly 1 / z.
 
-``python -m flow3d.data.synthetic --out-dir DIR`` writes the scene in the custom layout (see
-:func:`write_custom_layout`) so users can see a complete example of the format.
+``python -m flow3d.preprocess.synthetic --out-dir DIR`` writes the scene in the custom layout (see
+:func:`write_custom_layout`) so users can see a complete example of the format. ``--data.scene tissue``
+is the endoscopy scene of :mod:`flow3d.data.tissue`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +33,10 @@ import numpy as np
 import torch
 import tyro
 
+from flow3d.data import io
 from flow3d.data.cache import cache_key, load_sequence, memo_get, memo_put, save_sequence
 from flow3d.data.common import CommonDataConfig
+from flow3d.data.endoscopy import GT_DEPTH_SOURCE_FILE
 from flow3d.data.normalize import apply_scene_norm, compute_scene_norm
 from flow3d.data.sequence import VideoSequence
 from flow3d.data.split import split_frames
@@ -48,6 +50,9 @@ logger = get_logger(__name__)
 class SyntheticDataConfig(CommonDataConfig):
     """The embedded procedural scene with ground truth (deterministic from ``seed``)."""
 
+    scene: Literal["objects", "tissue"] = "objects"
+    """Which scene: objects (a room with moving objects, moving camera) or tissue (a static endoscope over
+    deforming tissue with instruments; see flow3d.data.tissue)."""
     seed: int = 0
     """Random seed of the scene (object shapes, textures, paths) and of the prior's noise."""
     num_frames: int = 24
@@ -57,11 +62,15 @@ class SyntheticDataConfig(CommonDataConfig):
     height: int = 96
     """Image height H in pixels."""
     num_objects: int = 3
-    """Number of moving objects (alternately spheres and boxes), 1 to 6."""
+    """Objects scene: number of moving objects (alternately spheres and boxes), 1 to 6."""
+    num_instruments: int = 2
+    """Tissue scene: number of instruments (rounded shafts) sweeping over the tissue, 0 to 2."""
+    tissue_pull: float = 0.18
+    """Tissue scene: peak relative depth change of the main pull (0.18 = tissue pulled 18% closer)."""
     fov_deg: float = 65.0
     """Horizontal field of view of the camera in degrees."""
     camera_motion: float = 1.0
-    """Amplitude of the camera path (0 = static camera)."""
+    """Objects scene: amplitude of the camera path (0 = static camera). The tissue scene's camera is static."""
     track_grid_step: int = 8
     """Spacing in pixels of the query points of the 2D tracks (a regular grid in each query frame)."""
     track_query_stride: int = 1
@@ -257,7 +266,43 @@ def _rays(scene: _Scene, t: int, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
-    """Render the scene of ``cfg`` into a :class:`VideoSequence` with ground truth (see the module doc)."""
+    """Render the scene of ``cfg`` (``cfg.scene``) into a :class:`VideoSequence` with ground truth."""
+    if cfg.scene == "tissue":
+        from flow3d.data.tissue import make_tissue_sequence  # noqa: PLC0415 - tissue imports this module
+
+        return make_tissue_sequence(cfg)
+    if cfg.scene != "objects":
+        raise ValueError(f"scene must be one of objects, tissue, got {cfg.scene!r}")
+    return _make_objects_sequence(cfg)
+
+
+def drifting_prior(depth: np.ndarray, cfg: SyntheticDataConfig, rng: np.random.Generator):
+    """The depth prior of the synthetic scenes from the true depth the camera sees, ``depth`` (T, H, W):
+    blurred true disparity through the drifting per-frame affine, times multiplicative noise (module doc).
+
+    Returns ``prior`` (T, H, W) disparity (0 where invalid), ``prior_valid`` (T, H, W) bool and the
+    affine ``a_t``, ``b_t`` (T,) each. Draws the noise from ``rng`` (after everything else of the scene).
+    """
+    T = depth.shape[0]
+    s = np.linspace(0.0, 1.0, T)
+    u = {"linear": s - 0.5, "sine": 0.5 * np.sin(2 * np.pi * s), "none": 0 * s, "perfect": 0 * s}[cfg.prior_drift]
+    true_disp = 1.0 / depth
+    a_t = 1.0 + cfg.prior_scale_drift * u
+    b_t = cfg.prior_shift_drift * float(np.median(true_disp)) * u
+    blur = 0.0 if cfg.prior_drift == "perfect" else cfg.prior_blur_px
+    noise = 0.0 if cfg.prior_drift == "perfect" else cfg.prior_noise
+    prior = np.zeros_like(true_disp)
+    for t in range(T):
+        d_t = cv2.GaussianBlur(true_disp[t], (0, 0), blur, borderType=cv2.BORDER_REFLECT) if blur > 0 else true_disp[t]
+        prior[t] = a_t[t] * d_t + b_t[t]
+    if noise > 0:
+        prior = prior * (1.0 + noise * rng.normal(size=prior.shape))
+    prior_valid = np.isfinite(prior) & (prior > 0)
+    prior = np.where(prior_valid, prior, 0.0)
+    return prior, prior_valid, a_t, b_t
+
+
+def _make_objects_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
     rng = np.random.default_rng(cfg.seed)
     scene = _build_scene(cfg, rng)
     T, W, H = cfg.num_frames, cfg.width, cfg.height
@@ -277,23 +322,7 @@ def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
         ids[t] = obj.reshape(H, W)
         points[t] = (o + tau[:, None] * d).reshape(H, W, 3)
     images = np.round(images * 255.0) / 255.0  # 8-bit levels, as from a real camera (and exact through PNG)
-
-    # ---- depth prior ------------------------------------------------------------------------------
-    s = np.linspace(0.0, 1.0, T)
-    u = {"linear": s - 0.5, "sine": 0.5 * np.sin(2 * np.pi * s), "none": 0 * s, "perfect": 0 * s}[cfg.prior_drift]
-    true_disp = 1.0 / depth
-    a_t = 1.0 + cfg.prior_scale_drift * u
-    b_t = cfg.prior_shift_drift * float(np.median(true_disp)) * u
-    blur = 0.0 if cfg.prior_drift == "perfect" else cfg.prior_blur_px
-    noise = 0.0 if cfg.prior_drift == "perfect" else cfg.prior_noise
-    prior = np.zeros_like(true_disp)
-    for t in range(T):
-        d_t = cv2.GaussianBlur(true_disp[t], (0, 0), blur, borderType=cv2.BORDER_REFLECT) if blur > 0 else true_disp[t]
-        prior[t] = a_t[t] * d_t + b_t[t]
-    if noise > 0:
-        prior = prior * (1.0 + noise * rng.normal(size=prior.shape))
-    prior_valid = np.isfinite(prior) & (prior > 0)
-    prior = np.where(prior_valid, prior, 0.0)
+    prior, prior_valid, a_t, b_t = drifting_prior(depth, cfg, rng)
 
     # ---- tracks -----------------------------------------------------------------------------------
     g = cfg.track_grid_step
@@ -361,15 +390,17 @@ def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
 # Writing any (un-normalised) sequence in the custom layout
 # ------------------------------------------------------------------------------------------------
 def write_custom_layout(
-    seq: VideoSequence, root: Path | str, seq_name: str, depth_type: str = "aligned_depth_anything", track_type: str = "bootstapir"
+    seq: VideoSequence, root: Path | str, seq_name: str, depth_type: str = "aligned_depth_anything", track_type: Optional[str] = "bootstapir"
 ) -> Path:
-    """Write ``seq`` as Shape of Motion's custom layout under ``root``:
+    """Write ``seq`` as Shape of Motion's custom layout under ``root`` (every file atomically):
 
     ``images/SEQ/NNNNN.png``, ``masks/SEQ/NNNNN.png`` (255 = foreground), ``<depth_type>/SEQ/NNNNN.npy``
     (float32 disparity, 0 = invalid), ``droid_recon/SEQ.npy`` (pickled dict ``traj_c2w`` (T, 4, 4),
     ``img_shape`` (H, W), ``intrinsics`` (fx, fy, cx, cy) in OpenCV pixel-centre convention, ``tstamps``),
-    ``<track_type>/SEQ/<q>_<t>.npy`` ((P, 4) TAPIR rows), and, when known, ``gt_depth/SEQ/NNNNN.npy``
-    (true z-depth; not read by the loader). Returns ``root``.
+    ``<track_type>/SEQ/<q>_<t>.npy`` ((P, 4) TAPIR rows; skipped when ``track_type`` is None), and, when
+    known, ``ignore_masks/SEQ/NNNNN.png`` (255 = ignore: ``valid_masks`` False) and
+    ``gt_depth/SEQ/NNNNN.npy`` (reference z-depth, with a ``source.txt`` unless it is ground truth).
+    Returns ``root``.
     """
     root = Path(root)
     if seq.scene_scale != 1.0 or not torch.equal(seq.scene_transform, torch.eye(4)):
@@ -378,62 +409,31 @@ def write_custom_layout(
     if not torch.allclose(seq.Ks, K0.expand_as(seq.Ks)):
         raise ValueError("write_custom_layout: droid_recon stores one intrinsic matrix; the sequence's Ks differ per frame")
     names = seq.frame_names or [f"{t:05d}" for t in range(seq.num_frames)]
-    dirs = {k: root / k / seq_name for k in ("images", "masks", depth_type, track_type)}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
+    folders = {"images": "images", "masks": "masks", "depth": depth_type, "ignore": "ignore_masks", "gt": "gt_depth"}
+    d = {k: root / v / seq_name for k, v in folders.items()}
     imgs = (seq.images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    ignore = None if bool(seq.valid_masks.all()) else (~seq.valid_masks).numpy()
     for t, n in enumerate(names):
-        cv2.imwrite(str(dirs["images"] / f"{n}.png"), cv2.cvtColor(imgs[t], cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(dirs["masks"] / f"{n}.png"), ((seq.fg_masks[t] > 0.5).numpy() * 255).astype(np.uint8))
-        np.save(dirs[depth_type] / f"{n}.npy", torch.where(seq.prior_valid[t], seq.prior_disp[t], 0.0).numpy().astype(np.float32))
-    if seq.gt_depth is not None:
-        (root / "gt_depth" / seq_name).mkdir(parents=True, exist_ok=True)
-        for t, n in enumerate(names):
-            np.save(root / "gt_depth" / seq_name / f"{n}.npy", seq.gt_depth[t].numpy())
-    (root / "droid_recon").mkdir(parents=True, exist_ok=True)
+        io.write_png_atomic(d["images"] / f"{n}.png", imgs[t])
+        io.write_png_atomic(d["masks"] / f"{n}.png", ((seq.fg_masks[t] > 0.5).numpy() * 255).astype(np.uint8))
+        io.save_npy_atomic(d["depth"] / f"{n}.npy", torch.where(seq.prior_valid[t], seq.prior_disp[t], 0.0).numpy().astype(np.float32))
+        if ignore is not None:
+            io.write_png_atomic(d["ignore"] / f"{n}.png", ignore[t].astype(np.uint8) * 255)
+        if seq.gt_depth is not None:
+            io.save_npy_atomic(d["gt"] / f"{n}.npy", seq.gt_depth[t].numpy())
+    if seq.gt_depth is not None and seq.gt_depth_source != "ground truth":
+        (d["gt"] / GT_DEPTH_SOURCE_FILE).write_text(seq.gt_depth_source + "\n")
     recon = {
         "traj_c2w": np.linalg.inv(seq.w2cs.double().numpy()),
         "img_shape": (seq.img_wh[1], seq.img_wh[0]),
         "intrinsics": np.array([K0[0, 0], K0[1, 1], K0[0, 2], K0[1, 2]], dtype=np.float64),
         "tstamps": np.arange(seq.num_frames),
     }
-    np.save(root / "droid_recon" / f"{seq_name}.npy", recon, allow_pickle=True)
-    for q in torch.unique(seq.tracks_query_t).tolist():
-        rows = seq.tracks_query_t == q
-        tap = visibility_to_tapir(seq.tracks_xy[rows], seq.tracks_visible[rows], seq.tracks_conf[rows])  # (P, T, 4)
-        for t, n in enumerate(names):
-            np.save(dirs[track_type] / f"{names[q]}_{n}.npy", tap[:, t].numpy())
+    io.save_npy_atomic(root / "droid_recon" / f"{seq_name}.npy", recon, allow_pickle=True)
+    if track_type is not None:
+        for q in torch.unique(seq.tracks_query_t).tolist():
+            rows = seq.tracks_query_t == q
+            tap = visibility_to_tapir(seq.tracks_xy[rows], seq.tracks_visible[rows], seq.tracks_conf[rows])  # (P, T, 4)
+            for t, n in enumerate(names):
+                io.save_npy_atomic(root / track_type / seq_name / f"{names[q]}_{n}.npy", tap[:, t].numpy())
     return root
-
-
-@dataclass
-class _WriteArgs:
-    """Write the synthetic scene in the custom layout."""
-
-    out_dir: str
-    """Root folder to write (created if missing)."""
-    seq_name: str = "synthetic"
-    """Sequence name (sub-folder name)."""
-    depth_type: str = "aligned_depth_anything"
-    """Folder name of the disparity prior."""
-    track_type: str = "bootstapir"
-    """Folder name of the 2D tracks."""
-    scene: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
-    """Options of the scene."""
-
-
-def main() -> None:
-    from flow3d.log import setup_logging
-
-    setup_logging()
-    args = tyro.cli(_WriteArgs)
-    if args.scene.normalize_scene:
-        raise SystemExit("--scene.normalize-scene True cannot be written: the custom layout stores original units")
-    seq = make_synthetic_sequence(args.scene)
-    root = write_custom_layout(seq, args.out_dir, args.seq_name, args.depth_type, args.track_type)
-    print(f"wrote {seq.num_frames} frames of {seq.img_wh[0]}x{seq.img_wh[1]} to {root}")
-    print(f"load it with: data:custom --data.root-dir {root} --data.seq-name {args.seq_name} --data.depth-type {args.depth_type} --data.track-type {args.track_type}")
-
-
-if __name__ == "__main__":
-    main()
