@@ -93,20 +93,30 @@ def conflict_message(trial: Trial) -> str:
 
 
 def last_error_line(log_path: Path, max_bytes: int = 65536) -> str:
-    """The line of a log that says what went wrong: the last ``error: ...`` line or exception line
-    (``ValueError: ...``), else the last non-empty line (tqdm's carriage-return updates count as lines)."""
+    """What went wrong, from the output of the last stage in a trial log: the last ``error: ...`` line,
+    exception line (``ValueError: ...``) or tyro argument-error box (``╭─ Invalid choice ─╮``, given as
+    "Invalid choice: <its message>"), whichever comes last; else the last non-empty line (tqdm's
+    carriage-return updates count as lines)."""
     try:
         with open(log_path, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
             text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    lines = [ln.strip() for ln in re.split(r"[\r\n]+", text) if ln.strip()]
-    for ln in reversed(lines):
-        if _ERROR_LINE.match(ln):
-            return ln
+    text = text[max(0, text.rfind("\n=== ")):]  # the last stage's output (from its header line on)
+    lines = [ln.strip() for ln in re.split(r"[\r\n]+", text) if ln.strip() and not ln.startswith("=== ")]
+    for i in range(len(lines) - 1, -1, -1):
+        if _ERROR_LINE.match(lines[i]):
+            return lines[i]
+        if lines[i].startswith("╭─"):  # tyro: title in the top border, message until a rule or the bottom
+            body = []
+            for ln in lines[i + 1 :]:
+                inner = ln.strip("│").strip()
+                if ln.startswith("╰") or inner.startswith("─"):
+                    break
+                body.append(inner)
+            return f"{lines[i].strip('╭─╮ ')}: {' '.join(body)}"
     return lines[-1] if lines else ""
-
 
 # ---------------------------------------------------------------------------------------------- running
 
