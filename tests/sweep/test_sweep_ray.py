@@ -188,3 +188,12 @@ def test_killed_trial_resumes_and_failing_trials_do_not_stop_the_others(ray_addr
         assert f"small / bad / seed {seed}: FAILED: {err} (log: {log})" in run.stdout
         assert f"FAILED small / bad / seed {seed}: {err} (log: {log})" in run.stdout  # the closing list
         assert f"- small / bad / seed {seed}: {err} (log: {log})" in (tmp_path / "summary.md").read_text()
+
+
+def test_more_resources_per_trial_than_the_cluster_has_is_an_error(ray_address, tmp_path):
+    spec = parse_spec({"runs": {"small": SMALL}, "data": {"ok": SMALL_DATA}, "seeds": [0], "max_steps": 1})
+    with pytest.raises(ValueError, match="each trial asks for 1 GPUs but the Ray cluster has 0"):
+        run_sweep(spec, tmp_path, gpus_per_trial=1.0)
+    with pytest.raises(ValueError, match="each trial asks for 64 CPUs but the Ray cluster has 2"):
+        run_sweep(spec, tmp_path, cpus_per_trial=64)
+    assert not (tmp_path / "small" / "ok" / "seed0" / "trial.log").exists()  # nothing ran
