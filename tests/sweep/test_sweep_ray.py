@@ -49,7 +49,7 @@ def ray_address():
     old = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = tmp
     try:
-        assert init_ray(num_cpus=2)
+        assert init_ray("local", num_cpus=2)  # never a cluster named by $RAY_ADDRESS
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
