@@ -1,0 +1,172 @@
+"""The compiled CPU tile rasterizer: a C++/OpenMP extension built on first use, with its autograd glue.
+
+``csrc/raster_kernels.cpp`` (shipped inside the package, bound to torch in ``csrc/raster_ops.cpp``) composites the tile lists of
+:func:`flow3d.render.tile_raster.build_tile_plan` with the rules of the PyTorch reference
+(:mod:`flow3d.render.tile_raster`) and of gsplat's kernels. It is built once per machine, torch version
+and source by ``torch.utils.cpp_extension`` (needs a C++ compiler and ninja) into
+``$FLOW3D_TORCH_EXTENSIONS_DIR``, else ``$XDG_CACHE_HOME/flow3d/torch_extensions``, else
+``~/.cache/flow3d/torch_extensions``; later processes load the cached library in well under a second.
+
+:func:`load_extension` never raises: when the build or the load fails it returns False and
+:func:`load_error` says why, so that ``backend="auto"`` can fall back to the PyTorch backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from flow3d.log import get_logger
+from flow3d.render.tile_raster import TilePlan
+
+logger = get_logger(__name__)
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = (CSRC / "raster_kernels.cpp", CSRC / "raster_ops.cpp")  # built in parallel by ninja
+HEADERS = (CSRC / "raster_kernels.h",)
+_CFLAGS = ["-O3", "-ffp-contract=off", "-std=c++17"]
+_OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]  # Apple clang has no OpenMP: serial build there
+
+_lock = threading.Lock()
+_state: dict = {"loaded": False, "error": None}
+
+
+def extension_dir() -> Path:
+    """Parent folder of the build folders (see the module docstring)."""
+    env = os.environ.get("FLOW3D_TORCH_EXTENSIONS_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "flow3d" / "torch_extensions"
+
+
+def build_name() -> str:
+    """Library name: a hash of the source, the flags, torch, Python and the machine type."""
+    h = hashlib.sha1()
+    for f in (*SOURCES, *HEADERS):
+        h.update(f.read_bytes())
+    h.update(" ".join([*_CFLAGS, *_OPENMP, torch.__version__, sys.version, platform.machine()]).encode())
+    return f"flow3d_raster_{h.hexdigest()[:12]}"
+
+
+def _short_reason(err: BaseException) -> str:
+    """One line out of a build error (the first compiler error line when there is one)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        if "error" in ln.lower() and ln != lines[0]:
+            return f"{type(err).__name__}: {lines[0][:160]} ({ln[:200]})"
+    return f"{type(err).__name__}: {lines[0][:300] if lines else 'no message'}"
+
+
+def _build_and_load(build_dir: Path) -> None:
+    from torch.utils.cpp_extension import load
+
+    name = build_dir.name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not (build_dir / f"{name}.so").exists():
+        logger.info("building the compiled CPU rasterizer (once; about 20-60 s) in %s", build_dir)
+    load(
+        name=name,
+        sources=[str(f) for f in SOURCES],
+        extra_cflags=_CFLAGS + _OPENMP,
+        extra_ldflags=_OPENMP,
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+def load_extension() -> bool:
+    """Build (first use) and load the extension once per process; False when it cannot be had."""
+    with _lock:
+        if _state["loaded"]:
+            return True
+        if _state["error"] is not None:
+            return False
+        if os.environ.get("FLOW3D_DISABLE_COMPILED", "") not in ("", "0"):
+            _state["error"] = "disabled by FLOW3D_DISABLE_COMPILED"
+            return False
+        try:
+            _build_and_load(extension_dir() / build_name())
+            torch.ops.flow3d_raster.forward  # noqa: B018  (raises when the library did not register)
+        except Exception as err:  # noqa: BLE001 -- any build or load failure means "use the fallback"
+            _state["error"] = _short_reason(err)
+            return False
+        _state["loaded"] = True
+        return True
+
+
+def load_error() -> str | None:
+    """Why the extension is unavailable (None when it is loaded or was not tried yet)."""
+    return _state["error"]
+
+
+def _reset_for_tests() -> None:
+    """Forget a failed attempt (a loaded library stays loaded: a process cannot unload it)."""
+    with _lock:
+        _state["error"] = None
+
+
+class _RasterizeTilesCompiled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, colors, plan: TilePlan, absgrad: bool, whole_tiles: bool):
+        # means2d (I, N, 2), conics (I, N, 3), opacities (I, N), colors (I, N, D)
+        I, N, D = colors.shape
+        tabs = (
+            means2d.detach().reshape(I * N, 2).contiguous(),
+            conics.detach().reshape(I * N, 3).contiguous(),
+            opacities.detach().reshape(I * N).contiguous(),
+            colors.detach().reshape(I * N, D).contiguous(),
+        )
+        lists = (plan.flat_ids.contiguous(), plan.starts.contiguous(), plan.counts.contiguous(), plan.order.contiguous())
+        acc, T, last = torch.ops.flow3d_raster.forward(
+            *tabs, *lists, I, plan.width, plan.height, plan.tile_size, plan.tile_width, plan.tile_height, whole_tiles
+        )
+        ctx.plan, ctx.absgrad, ctx.whole_tiles, ctx.shape = plan, absgrad, whole_tiles, (I, N, D)
+        ctx.save_for_backward(means2d, *tabs, T, last)
+        ctx.lists = lists
+        return acc, T[..., None]  # (I, H, W, D) without background, (I, H, W, 1) transmittance
+
+    @staticmethod
+    def backward(ctx, g_acc, g_T):
+        means2d, m, c, o, col, T, last = ctx.saved_tensors
+        plan, (I, N, D) = ctx.plan, ctx.shape
+        grads, abs_grads = torch.ops.flow3d_raster.backward(
+            m, c, o, col, *ctx.lists, T, last, g_acc.contiguous(), g_T.contiguous(),
+            plan.width, plan.height, plan.tile_size, plan.tile_width, plan.tile_height, ctx.absgrad, ctx.whole_tiles,
+        )
+        if ctx.absgrad:
+            means2d.absgrad = abs_grads.reshape(I, N, 2)
+        g_means2d = grads[:, 0:2].reshape(I, N, 2)
+        g_conics = grads[:, 2:5].reshape(I, N, 3)
+        g_opac = grads[:, 5].reshape(I, N)
+        g_colors = grads[:, 6:].reshape(I, N, D)
+        return g_means2d, g_conics, g_opac, g_colors, None, None, None
+
+
+def rasterize_tiles_compiled(
+    means2d: Tensor,  # (I, N, 2) pixels (gsplat convention)
+    conics: Tensor,  # (I, N, 3) inverse 2D covariance (xx, xy, yy)
+    opacities: Tensor,  # (I, N)
+    colors: Tensor,  # (I, N, D)
+    plan: TilePlan,
+    backgrounds: Tensor | None = None,  # (I, D)
+    absgrad: bool = False,
+    ellipse_spans: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """The compiled counterpart of :func:`flow3d.render.tile_raster.rasterize_tiles` (same contract).
+
+    Call :func:`load_extension` first. Returns ``render_colors`` (I, H, W, D) composited over
+    ``backgrounds`` and ``render_alphas`` (I, H, W, 1). ``ellipse_spans=False`` makes every Gaussian visit
+    every pixel of its tiles instead of only its opacity-aware ellipse (same result, slower: for tests).
+    """
+    acc, T = _RasterizeTilesCompiled.apply(means2d, conics, opacities, colors, plan, absgrad, not ellipse_spans)
+    render_colors = acc if backgrounds is None else acc + T * backgrounds[:, None, None, :]
+    return render_colors, 1.0 - T
