@@ -14,10 +14,13 @@ and source by ``torch.utils.cpp_extension`` (needs a C++ compiler and ninja) int
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
+import shutil
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -57,12 +60,24 @@ def build_name() -> str:
 
 
 def _short_reason(err: BaseException) -> str:
-    """One line out of a build error (the first compiler error line when there is one)."""
+    """One line out of a build error: the first compiler error line when there is one."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    for ln in lines:
-        if "error" in ln.lower() and ln != lines[0]:
-            return f"{type(err).__name__}: {lines[0][:160]} ({ln[:200]})"
+    for ln in lines[1:]:
+        if "error:" in ln.lower() or "error " in ln.lower():
+            return f"{type(err).__name__}: {ln[:300]}"
     return f"{type(err).__name__}: {lines[0][:300] if lines else 'no message'}"
+
+
+def _missing_tool() -> str | None:
+    """Why a build cannot even start (no compiler, no ninja), else None."""
+    from torch.utils.cpp_extension import is_ninja_available
+
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return f"no C++ compiler: {cxx!r} is not on PATH (install g++ or clang, or set CXX)"
+    if not is_ninja_available():
+        return "ninja is not installed (pip install ninja)"
+    return None
 
 
 def _build_and_load(build_dir: Path) -> None:
@@ -71,16 +86,25 @@ def _build_and_load(build_dir: Path) -> None:
     name = build_dir.name
     build_dir.mkdir(parents=True, exist_ok=True)
     if not (build_dir / f"{name}.so").exists():
-        logger.info("building the compiled CPU rasterizer (once; about 20-60 s) in %s", build_dir)
-    load(
-        name=name,
-        sources=[str(f) for f in SOURCES],
-        extra_cflags=_CFLAGS + _OPENMP,
-        extra_ldflags=_OPENMP,
-        build_directory=str(build_dir),
-        is_python_module=False,
-        verbose=False,
-    )
+        logger.info("building the compiled CPU rasterizer (once per machine and torch version; about a minute) in %s", build_dir)
+    # torch's own build warnings (e.g. "compiler not compatible") would add lines to our one-line verdict
+    torch_log = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load(
+                name=name,
+                sources=[str(f) for f in SOURCES],
+                extra_cflags=_CFLAGS + _OPENMP,
+                extra_ldflags=_OPENMP,
+                build_directory=str(build_dir),
+                is_python_module=False,
+                verbose=False,
+            )
+    finally:
+        torch_log.setLevel(level)
 
 
 def load_extension() -> bool:
@@ -92,6 +116,10 @@ def load_extension() -> bool:
             return False
         if os.environ.get("FLOW3D_DISABLE_COMPILED", "") not in ("", "0"):
             _state["error"] = "disabled by FLOW3D_DISABLE_COMPILED"
+            return False
+        missing = _missing_tool()
+        if missing is not None:
+            _state["error"] = missing
             return False
         try:
             _build_and_load(extension_dir() / build_name())
@@ -106,12 +134,6 @@ def load_extension() -> bool:
 def load_error() -> str | None:
     """Why the extension is unavailable (None when it is loaded or was not tried yet)."""
     return _state["error"]
-
-
-def _reset_for_tests() -> None:
-    """Forget a failed attempt (a loaded library stays loaded: a process cannot unload it)."""
-    with _lock:
-        _state["error"] = None
 
 
 class _RasterizeTilesCompiled(torch.autograd.Function):
