@@ -131,6 +131,18 @@ inline void spans_row(const Spans& s, int y, const Tile& t, int& x_lo, int& x_hi
     x_hi = int(std::min(hi, double(t.w)));
 }
 
+// Gaussians are read in depth order, scattered over the tables: prefetch a few list entries ahead.
+constexpr int64_t kPrefetch = 4;
+
+template <typename scalar_t>
+inline void prefetch_gaussian(int64_t g, const scalar_t* means2d, const scalar_t* conics, const scalar_t* opacities,
+                              const scalar_t* colors, int64_t D) {
+    __builtin_prefetch(means2d + 2 * g);
+    __builtin_prefetch(conics + 3 * g);
+    __builtin_prefetch(opacities + g);
+    __builtin_prefetch(colors + g * D);
+}
+
 // One pair's alpha with gsplat's rules; returns false when the pair is skipped. vis = exp(-sigma).
 template <typename scalar_t>
 inline bool pair_alpha(scalar_t dx, scalar_t dy, scalar_t A, scalar_t B, scalar_t C, scalar_t opacity,
@@ -164,6 +176,8 @@ void forward_kernel(const Problem& pb, const scalar_t* means2d, const scalar_t* 
             int alive = t.w * t.h;
             const int64_t start = pb.starts[ti], count = pb.counts[ti];
             for (int64_t k = 0; k < count && alive > 0; ++k) {
+                if (k + kPrefetch < count)
+                    prefetch_gaussian(pb.flat_ids[start + k + kPrefetch], means2d, conics, opacities, colors, D);
                 const int64_t g = pb.flat_ids[start + k];
                 const scalar_t mx = means2d[2 * g], my = means2d[2 * g + 1];
                 const scalar_t A = conics[3 * g], B = conics[3 * g + 1], C = conics[3 * g + 2];
@@ -242,6 +256,8 @@ void backward_kernel(const Problem& pb, const scalar_t* means2d, const scalar_t*
             std::fill(g_rows + (start + k_end) * R, g_rows + (start + count) * R, scalar_t(0));
             if (g_abs != nullptr) std::fill(g_abs + (start + k_end) * 2, g_abs + (start + count) * 2, scalar_t(0));
             for (int64_t k = int64_t(k_end) - 1; k >= 0; --k) {
+                if (k >= kPrefetch)
+                    prefetch_gaussian(pb.flat_ids[start + k - kPrefetch], means2d, conics, opacities, colors, D);
                 const int64_t g = pb.flat_ids[start + k];
                 const scalar_t mx = means2d[2 * g], my = means2d[2 * g + 1];
                 const scalar_t A = conics[3 * g], B = conics[3 * g + 1], C = conics[3 * g + 2];
