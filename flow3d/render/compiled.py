@@ -1,8 +1,11 @@
 """The compiled CPU tile rasterizer: a C++/OpenMP extension built on first use, with its autograd glue.
 
-``csrc/raster_kernels.cpp`` (shipped inside the package, bound to torch in ``csrc/raster_ops.cpp``) composites the tile lists of
-:func:`flow3d.render.tile_raster.build_tile_plan` with the rules of the PyTorch reference
-(:mod:`flow3d.render.tile_raster`) and of gsplat's kernels. It is built once per machine, torch version
+The C++ sources in ``csrc/`` (shipped inside the package) hold the three stages of the CPU rasterizer
+with the rules of the PyTorch reference and of gsplat's kernels: the EWA projection and its backward
+(``project_kernels.cpp``, reference :mod:`flow3d.render.projection`), the depth-sorted tile lists
+(same file, reference :func:`flow3d.render.tile_raster.build_tile_plan`) and the per-tile compositing
+with its backward (``raster_kernels.cpp``, reference :mod:`flow3d.render.tile_raster`); ``raster_ops.cpp``
+binds them as ``torch.ops.flow3d_raster.*``. It is built once per machine, torch version
 and source by ``torch.utils.cpp_extension`` (needs a C++ compiler and ninja) into
 ``$FLOW3D_TORCH_EXTENSIONS_DIR``, else ``$XDG_CACHE_HOME/flow3d/torch_extensions``, else
 ``~/.cache/flow3d/torch_extensions``; later processes load the cached library in well under a second.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -32,7 +36,7 @@ from flow3d.render.tile_raster import TilePlan
 logger = get_logger(__name__)
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = (CSRC / "raster_kernels.cpp", CSRC / "raster_ops.cpp")  # built in parallel by ninja
+SOURCES = (CSRC / "raster_kernels.cpp", CSRC / "project_kernels.cpp", CSRC / "raster_ops.cpp")  # built in parallel
 HEADERS = (CSRC / "raster_kernels.h",)
 _CFLAGS = ["-O3", "-ffp-contract=off", "-std=c++17"]
 _OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]  # Apple clang has no OpenMP: serial build there
@@ -136,6 +140,80 @@ def load_error() -> str | None:
     return _state["error"]
 
 
+class _ProjectCompiled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, viewmats, Ks, args: tuple):
+        ins = tuple(t.detach().contiguous() for t in (means, quats, scales, opacities, viewmats, Ks))
+        means2d, conics, depths, radii, opac, comp = torch.ops.flow3d_raster.project(*ins, *args)
+        ctx.save_for_backward(*ins)
+        ctx.args = args
+        ctx.mark_non_differentiable(radii, comp)
+        return means2d, conics, depths, radii, opac, comp
+
+    @staticmethod
+    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii, v_opac, _v_comp):
+        ins = ctx.saved_tensors
+        C, N = ins[4].shape[0], ins[0].shape[0]
+        like = ins[0].new_zeros
+        grads = [
+            like(shape) if g is None else g.contiguous()
+            for g, shape in ((v_means2d, (C, N, 2)), (v_conics, (C, N, 3)), (v_depths, (C, N)), (v_opac, (C, N)))
+        ]
+        g_means, g_quats, g_scales, g_opac = torch.ops.flow3d_raster.project_backward(*ins, *grads, *ctx.args)
+        return g_means, g_quats, g_scales, g_opac, None, None, None
+
+
+def project_compiled(
+    means: Tensor,  # (N, 3) world
+    quats: Tensor,  # (N, 4) wxyz, need not be normalised
+    scales: Tensor,  # (N, 3) activated
+    opacities: Tensor,  # (N,) or (C, N)
+    viewmats: Tensor,  # (C, 4, 4) world -> camera (no gradient)
+    Ks: Tensor,  # (C, 3, 3) gsplat pixel convention (no gradient)
+    width: int,
+    height: int,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    antialiased: bool = False,
+) -> dict[str, Tensor]:
+    """The compiled counterpart of ``project_gaussians(means, quat_scale_to_covar(quats, scales), ...)``.
+
+    Same outputs (``means2d``, ``conics``, ``depths``, ``radii``, ``opacities``, ``compensations``),
+    differentiable with respect to means, quats, scales and opacities; no gradient reaches the
+    cameras or the compensations.
+    """
+    if not load_extension():
+        raise RuntimeError(f"the compiled CPU rasterizer is unavailable: {load_error()}")
+    args = (int(width), int(height), float(eps2d), float(near_plane), float(far_plane), float(radius_clip), bool(antialiased))
+    out = _ProjectCompiled.apply(means, quats, scales, opacities, viewmats, Ks, args)
+    return dict(zip(("means2d", "conics", "depths", "radii", "opacities", "compensations"), out))
+
+
+@torch.no_grad()
+def build_tile_plan_compiled(
+    means2d: Tensor,  # (I, N, 2) pixels
+    radii: Tensor,  # (I, N, 2) int32, 0 when culled
+    depths: Tensor,  # (I, N)
+    width: int,
+    height: int,
+    tile_size: int = 16,
+) -> TilePlan:
+    """The compiled counterpart of :func:`flow3d.render.tile_raster.build_tile_plan` (the same plan)."""
+    if not load_extension():
+        raise RuntimeError(f"the compiled CPU rasterizer is unavailable: {load_error()}")
+    flat_ids, starts, counts, order = torch.ops.flow3d_raster.tile_lists(
+        means2d.detach().contiguous(), radii.to(torch.int32).contiguous(), depths.detach().to(means2d.dtype).contiguous(),
+        int(width), int(height), int(tile_size),
+    )
+    return TilePlan(
+        flat_ids=flat_ids, starts=starts, counts=counts, order=order, n_images=means2d.shape[0],
+        tile_width=math.ceil(width / tile_size), tile_height=math.ceil(height / tile_size), tile_size=tile_size,
+        width=width, height=height,
+    )
+
+
 class _RasterizeTilesCompiled(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, colors, plan: TilePlan, absgrad: bool, whole_tiles: bool):
@@ -185,10 +263,12 @@ def rasterize_tiles_compiled(
 ) -> tuple[Tensor, Tensor]:
     """The compiled counterpart of :func:`flow3d.render.tile_raster.rasterize_tiles` (same contract).
 
-    Call :func:`load_extension` first. Returns ``render_colors`` (I, H, W, D) composited over
+    Builds or loads the extension on first use (RuntimeError when it cannot). Returns ``render_colors`` (I, H, W, D) composited over
     ``backgrounds`` and ``render_alphas`` (I, H, W, 1). ``ellipse_spans=False`` makes every Gaussian visit
     every pixel of its tiles instead of only its opacity-aware ellipse (same result, slower: for tests).
     """
+    if not load_extension():
+        raise RuntimeError(f"the compiled CPU rasterizer is unavailable: {load_error()}")
     acc, T = _RasterizeTilesCompiled.apply(means2d, conics, opacities, colors, plan, absgrad, not ellipse_spans)
     render_colors = acc if backgrounds is None else acc + T * backgrounds[:, None, None, :]
     return render_colors, 1.0 - T

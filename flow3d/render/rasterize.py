@@ -184,7 +184,7 @@ def _rasterization_tiles(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, *,
     near_plane, far_plane, eps2d, backgrounds, render_mode, absgrad, tile_size, backend, chunk, block_elems, **kwargs,
 ):
-    """The CPU backends: projection and tile lists in PyTorch, compositing compiled ("cpu") or eager ("torch")."""
+    """The CPU backends: projection, tile lists and compositing compiled ("cpu") or in PyTorch ("torch")."""
     for k, v in kwargs.items():
         if k not in _TORCH_KWARGS:
             raise ValueError(f"backend={backend!r} does not support the gsplat keyword {k!r}; supported: {sorted(_TORCH_KWARGS)}")
@@ -195,11 +195,18 @@ def _rasterization_tiles(
     antialiased = kwargs.get("rasterize_mode", "classic") == "antialiased"
 
     C = viewmats.shape[0]
-    covars = quat_scale_to_covar(quats, scales)  # (N, 3, 3)
-    proj = project_gaussians(
-        means, covars, opacities, viewmats, Ks, width, height,
-        eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, antialiased=antialiased,
-    )
+    compiled_projection = backend == "cpu" and not (viewmats.requires_grad or Ks.requires_grad)
+    if compiled_projection:
+        proj = compiled.project_compiled(
+            means, quats, scales, opacities, viewmats, Ks, width, height,
+            eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, antialiased=antialiased,
+        )
+    else:  # the PyTorch projection (also the one that passes gradients to the cameras)
+        covars = quat_scale_to_covar(quats, scales)  # (N, 3, 3)
+        proj = project_gaussians(
+            means, covars, opacities, viewmats, Ks, width, height,
+            eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, antialiased=antialiased,
+        )
     means2d, conics, depths, radii, opac = proj["means2d"], proj["conics"], proj["depths"], proj["radii"], proj["opacities"]
 
     feats = colors if colors.dim() == 3 else colors[None].expand(C, -1, -1)  # (C, N, D)
@@ -212,7 +219,10 @@ def _rasterization_tiles(
         feats = depths[..., None].to(means.dtype)
         bgs = None if bgs is None else bgs.new_zeros(C, 1)
 
-    plan = build_tile_plan(means2d, radii, depths, width, height, tile_size)
+    if backend == "cpu":
+        plan = compiled.build_tile_plan_compiled(means2d, radii, depths, width, height, tile_size)
+    else:
+        plan = build_tile_plan(means2d, radii, depths, width, height, tile_size)
     if backend == "cpu":
         render_colors, render_alphas = compiled.rasterize_tiles_compiled(
             means2d, conics, opac, feats, plan, backgrounds=bgs, absgrad=absgrad

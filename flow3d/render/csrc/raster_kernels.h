@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace flow3d_raster {
 
@@ -34,5 +35,39 @@ void backward_kernel(const Problem& pb, const scalar_t* means2d, const scalar_t*
 template <typename scalar_t>
 void reduce_rows(const scalar_t* rows, int64_t width, const int64_t* flat_ids, int64_t M, int64_t n_out,
                  int n_threads, scalar_t* out);
+
+// EWA projection of N Gaussians into C pinhole cameras (project_kernels.cpp).
+struct ProjectProblem {
+    int n_threads;
+    int64_t C, N;
+    int width, height;
+    double eps2d, near_plane, far_plane, radius_clip;
+    bool antialiased;
+    bool opacities_per_camera;  // opacities (C, N) instead of (N,)
+};
+
+// means2d (C, N, 2), conics (C, N, 3), depths (C, N), radii (C, N, 2), opacities (C, N) (times the
+// compensation when antialiased) and compensations (C, N).
+template <typename T>
+void project_forward(const ProjectProblem& pp, const T* means, const T* quats, const T* scales, const T* opacities,
+                     const T* viewmats, const T* Ks, T* means2d, T* conics, T* depths, int32_t* radii, T* opac_out,
+                     T* comp_out);
+
+// Gradients of the projection's outputs -> means (N, 3), quats (N, 4), scales (N, 3), opacities.
+template <typename T>
+void project_backward(const ProjectProblem& pp, const T* means, const T* quats, const T* scales, const T* opacities,
+                      const T* viewmats, const T* Ks, const T* v_means2d, const T* v_conics, const T* v_depths,
+                      const T* v_opac, T* g_means, T* g_quats, T* g_scales, T* g_opac);
+
+// Tile lists of I images: the visible Gaussians (radii > 0) of every tile, depth-sorted (ties by index),
+// grouped by global tile id; counts per global tile id.
+struct TileListProblem {
+    int64_t I, N;
+    int tile_size, tile_width, tile_height;
+};
+
+template <typename T>
+void tile_lists(const TileListProblem& tp, const T* means2d, const int32_t* radii, const T* depths,
+                std::vector<int64_t>& flat_ids, std::vector<int64_t>& counts);
 
 }  // namespace flow3d_raster

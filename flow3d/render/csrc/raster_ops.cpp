@@ -3,12 +3,16 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <numeric>
 #include <tuple>
+#include <vector>
 
 #include "raster_kernels.h"
 
@@ -126,6 +130,132 @@ std::tuple<at::Tensor, at::Tensor> backward(
     return {grads, abs_grads};
 }
 
+static void check_projection_inputs(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales,
+                                    const at::Tensor& opacities, const at::Tensor& viewmats, const at::Tensor& Ks) {
+    const int64_t N = means.size(0), C = viewmats.size(0);
+    TORCH_CHECK(means.dim() == 2 && means.size(1) == 3, "means must be (N, 3)");
+    TORCH_CHECK(quats.dim() == 2 && quats.size(0) == N && quats.size(1) == 4, "quats must be (N, 4)");
+    TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N && scales.size(1) == 3, "scales must be (N, 3)");
+    TORCH_CHECK((opacities.dim() == 1 && opacities.size(0) == N) ||
+                    (opacities.dim() == 2 && opacities.size(0) == C && opacities.size(1) == N),
+                "opacities must be (N,) or (C, N)");
+    TORCH_CHECK(viewmats.dim() == 3 && viewmats.size(1) == 4 && viewmats.size(2) == 4, "viewmats must be (C, 4, 4)");
+    TORCH_CHECK(Ks.dim() == 3 && Ks.size(0) == C && Ks.size(1) == 3 && Ks.size(2) == 3, "Ks must be (C, 3, 3)");
+    for (const at::Tensor* x : {&means, &quats, &scales, &opacities, &viewmats, &Ks}) {
+        TORCH_CHECK(x->device().is_cpu() && x->is_contiguous(), "inputs must be contiguous CPU tensors");
+        TORCH_CHECK(x->scalar_type() == means.scalar_type(), "inputs must share one dtype");
+    }
+    TORCH_CHECK(means.scalar_type() == at::kFloat || means.scalar_type() == at::kDouble,
+                "the compiled projection supports float32 and float64, got ", means.scalar_type());
+}
+
+static ProjectProblem make_project_problem(const at::Tensor& means, const at::Tensor& opacities,
+                                           const at::Tensor& viewmats, int64_t width, int64_t height, double eps2d,
+                                           double near_plane, double far_plane, double radius_clip, bool antialiased) {
+    ProjectProblem pp;
+    pp.n_threads = std::max(1, at::get_num_threads());
+    pp.C = viewmats.size(0);
+    pp.N = means.size(0);
+    pp.width = int(width);
+    pp.height = int(height);
+    pp.eps2d = eps2d;
+    pp.near_plane = near_plane;
+    pp.far_plane = far_plane;
+    pp.radius_clip = radius_clip;
+    pp.antialiased = antialiased;
+    pp.opacities_per_camera = opacities.dim() == 2;
+    return pp;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> project(
+    const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales, const at::Tensor& opacities,
+    const at::Tensor& viewmats, const at::Tensor& Ks, int64_t width, int64_t height, double eps2d, double near_plane,
+    double far_plane, double radius_clip, bool antialiased) {
+    check_projection_inputs(means, quats, scales, opacities, viewmats, Ks);
+    const ProjectProblem pp =
+        make_project_problem(means, opacities, viewmats, width, height, eps2d, near_plane, far_plane, radius_clip, antialiased);
+    const auto opt = means.options();
+    auto means2d = at::empty({pp.C, pp.N, 2}, opt), conics = at::empty({pp.C, pp.N, 3}, opt);
+    auto depths = at::empty({pp.C, pp.N}, opt), opac = at::empty({pp.C, pp.N}, opt), comp = at::empty({pp.C, pp.N}, opt);
+    auto radii = at::empty({pp.C, pp.N, 2}, opt.dtype(at::kInt));
+    AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "flow3d_raster::project", [&] {
+        project_forward<scalar_t>(pp, means.data_ptr<scalar_t>(), quats.data_ptr<scalar_t>(), scales.data_ptr<scalar_t>(),
+                                  opacities.data_ptr<scalar_t>(), viewmats.data_ptr<scalar_t>(), Ks.data_ptr<scalar_t>(),
+                                  means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(), depths.data_ptr<scalar_t>(),
+                                  radii.data_ptr<int32_t>(), opac.data_ptr<scalar_t>(), comp.data_ptr<scalar_t>());
+    });
+    return {means2d, conics, depths, radii, opac, comp};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> project_backward_op(
+    const at::Tensor& means, const at::Tensor& quats, const at::Tensor& scales, const at::Tensor& opacities,
+    const at::Tensor& viewmats, const at::Tensor& Ks, const at::Tensor& v_means2d, const at::Tensor& v_conics,
+    const at::Tensor& v_depths, const at::Tensor& v_opac, int64_t width, int64_t height, double eps2d,
+    double near_plane, double far_plane, double radius_clip, bool antialiased) {
+    check_projection_inputs(means, quats, scales, opacities, viewmats, Ks);
+    const ProjectProblem pp =
+        make_project_problem(means, opacities, viewmats, width, height, eps2d, near_plane, far_plane, radius_clip, antialiased);
+    const int64_t CN = pp.C * pp.N;
+    TORCH_CHECK(v_means2d.is_contiguous() && v_means2d.numel() == CN * 2 && v_conics.is_contiguous() &&
+                    v_conics.numel() == CN * 3 && v_depths.is_contiguous() && v_depths.numel() == CN &&
+                    v_opac.is_contiguous() && v_opac.numel() == CN,
+                "projection gradients must be contiguous (C, N, .) tensors");
+    auto g_means = at::empty_like(means), g_quats = at::empty_like(quats), g_scales = at::empty_like(scales);
+    auto g_opac = at::empty_like(opacities);
+    AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "flow3d_raster::project_backward", [&] {
+        project_backward<scalar_t>(pp, means.data_ptr<scalar_t>(), quats.data_ptr<scalar_t>(), scales.data_ptr<scalar_t>(),
+                                   opacities.data_ptr<scalar_t>(), viewmats.data_ptr<scalar_t>(), Ks.data_ptr<scalar_t>(),
+                                   v_means2d.data_ptr<scalar_t>(), v_conics.data_ptr<scalar_t>(),
+                                   v_depths.data_ptr<scalar_t>(), v_opac.data_ptr<scalar_t>(), g_means.data_ptr<scalar_t>(),
+                                   g_quats.data_ptr<scalar_t>(), g_scales.data_ptr<scalar_t>(), g_opac.data_ptr<scalar_t>());
+    });
+    return {g_means, g_quats, g_scales, g_opac};
+}
+
+// flat_ids, and starts / counts / global tile ids in processing order (longest list first, stable).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tile_lists_op(const at::Tensor& means2d,
+                                                                         const at::Tensor& radii,
+                                                                         const at::Tensor& depths, int64_t width,
+                                                                         int64_t height, int64_t tile_size) {
+    TORCH_CHECK(means2d.dim() == 3 && means2d.size(2) == 2 && means2d.is_contiguous(), "means2d must be (I, N, 2)");
+    TORCH_CHECK(radii.sizes() == means2d.sizes() && radii.scalar_type() == at::kInt && radii.is_contiguous(),
+                "radii must be (I, N, 2) int32");
+    TORCH_CHECK(depths.dim() == 2 && depths.size(0) == means2d.size(0) && depths.size(1) == means2d.size(1) &&
+                    depths.scalar_type() == means2d.scalar_type() && depths.is_contiguous(),
+                "depths must be (I, N) of the means' dtype");
+    TileListProblem tp;
+    tp.I = means2d.size(0);
+    tp.N = means2d.size(1);
+    tp.tile_size = int(tile_size);
+    tp.tile_width = int((width + tile_size - 1) / tile_size);
+    tp.tile_height = int((height + tile_size - 1) / tile_size);
+    std::vector<int64_t> flat, counts;
+    AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "flow3d_raster::tile_lists", [&] {
+        tile_lists<scalar_t>(tp, means2d.data_ptr<scalar_t>(), radii.data_ptr<int32_t>(), depths.data_ptr<scalar_t>(),
+                             flat, counts);
+    });
+    const int64_t n_tiles = int64_t(counts.size());
+    std::vector<int64_t> order(n_tiles);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return counts[a] > counts[b]; });
+    std::vector<int64_t> starts_by_id(n_tiles);
+    int64_t total = 0;
+    for (int64_t t = 0; t < n_tiles; ++t) {
+        starts_by_id[t] = total;
+        total += counts[t];
+    }
+    const auto lopt = means2d.options().dtype(at::kLong);
+    auto flat_t = at::empty({int64_t(flat.size())}, lopt), starts = at::empty({n_tiles}, lopt);
+    auto counts_t = at::empty({n_tiles}, lopt), order_t = at::empty({n_tiles}, lopt);
+    std::copy(flat.begin(), flat.end(), flat_t.data_ptr<int64_t>());
+    for (int64_t i = 0; i < n_tiles; ++i) {
+        order_t.data_ptr<int64_t>()[i] = order[i];
+        starts.data_ptr<int64_t>()[i] = starts_by_id[order[i]];
+        counts_t.data_ptr<int64_t>()[i] = counts[order[i]];
+    }
+    return {flat_t, starts, counts_t, order_t};
+}
+
 }  // namespace flow3d_raster
 
 TORCH_LIBRARY(flow3d_raster, m) {
@@ -139,4 +269,18 @@ TORCH_LIBRARY(flow3d_raster, m) {
         "Tensor counts, Tensor tile_ids, Tensor T_final, Tensor last, Tensor v_colors, Tensor v_T, int width, "
         "int height, int tile_size, int tile_width, int tile_height, bool absgrad, bool whole_tiles) -> (Tensor, Tensor)",
         &flow3d_raster::backward);
+    m.def(
+        "project(Tensor means, Tensor quats, Tensor scales, Tensor opacities, Tensor viewmats, Tensor Ks, int width, "
+        "int height, float eps2d, float near_plane, float far_plane, float radius_clip, bool antialiased) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+        &flow3d_raster::project);
+    m.def(
+        "project_backward(Tensor means, Tensor quats, Tensor scales, Tensor opacities, Tensor viewmats, Tensor Ks, "
+        "Tensor v_means2d, Tensor v_conics, Tensor v_depths, Tensor v_opacities, int width, int height, float eps2d, "
+        "float near_plane, float far_plane, float radius_clip, bool antialiased) -> (Tensor, Tensor, Tensor, Tensor)",
+        &flow3d_raster::project_backward_op);
+    m.def(
+        "tile_lists(Tensor means2d, Tensor radii, Tensor depths, int width, int height, int tile_size) -> "
+        "(Tensor, Tensor, Tensor, Tensor)",
+        &flow3d_raster::tile_lists_op);
 }
