@@ -18,14 +18,18 @@ process-wide peaks) and says so. Times are the best of ``--repeats`` runs (the m
 
 from __future__ import annotations
 
-import argparse
-import math
-import time
+import os
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch, as run_training.py: no spinning threads
 
-from flow3d.render import compiled, rasterization
-from flow3d.render.projection import project_gaussians, quat_scale_to_covar
+import argparse  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from flow3d.render import compiled, rasterization  # noqa: E402
+from flow3d.render.projection import project_gaussians, quat_scale_to_covar  # noqa: E402
 
 
 def make_benchmark_scene(n: int, width: int, height: int, n_channels: int, seed: int = 0, dtype=torch.float32) -> dict:
