@@ -5,7 +5,8 @@
    trainer times it (render = batch sampling + rendering; losses; backward + optimiser +
    densification), after ``--warmup`` steps, and the speed-up.
 2. The same configuration at ``--sizes`` (default 128x96, 320x256, 640x512) with the Gaussian count
-   of the initial scene (no densification happens in the measured steps), for both backends unless
+   of the initial scene (no densification happens in the measured steps) and the track count of
+   128x96 (the track grid spacing grows with the width), for both backends unless
    ``--skip-torch-sizes``, so that the cost can be read as a function of the pixel count.
 3. ``--profile``: torch.profiler over a few demo steps with the compiled rasterizer, plus timers around
    the parts outside the rasterizer (batch sampling with its usable-track mask, motion-basis blending,
@@ -43,7 +44,9 @@ def demo_config(work_dir: Path, backend: str, width: int | None = None, height: 
     cfg = apply_overrides(TrainConfig(), load_preset("cpu_demo"), where="preset cpu_demo")
     data = cfg.data
     if width is not None:
-        data = dataclasses.replace(data, width=width, height=height)
+        # the same number of 2D tracks as at 128x96: scene init gathers one full-size mask per track
+        grid = max(data.track_grid_step, round(data.track_grid_step * width / 128))
+        data = dataclasses.replace(data, width=width, height=height, track_grid_step=grid)
     order = dataclasses.replace(cfg.losses.order, flow_cache_dir=str(work_dir / "flow_cache"))
     losses = dataclasses.replace(cfg.losses, order=order)
     return dataclasses.replace(cfg, work_dir=str(work_dir / backend), render_backend=backend, data=data, losses=losses)
