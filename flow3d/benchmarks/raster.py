@@ -1,11 +1,13 @@
-"""Benchmark of the CPU tile rasterizer: ``python -m flow3d.benchmarks.raster [--threads 2] [--profile]``.
+"""Benchmark of the CPU rasterizers: ``python -m flow3d.benchmarks.raster [--threads 2] [--quick] [--profile]``.
 
 Prints, for realistic random scenes (Gaussians of a few pixels' radius spread over the image, depths
-2-10 scene units, opacities 0.1-0.9), forward and forward+backward wall time, the peak resident-memory
-increase and (Gaussian, pixel) pairs per second, where pairs = tile-list entries x 256 pixels (every
-pair the rasterizer evaluates). In the same run a naive dense reference (every pixel against every
-depth-sorted Gaussian, one Gaussian at a time, plain autograd) renders a small scene, and the table
-gives the tile rasterizer's speed-up over it on that scene.
+2-10 scene units, opacities 0.1-0.9), forward and forward+backward wall time of the whole
+``rasterization`` call (projection, tile lists, compositing), the peak resident-memory increase and
+(Gaussian, pixel) pairs per second, where pairs = tile-list entries x 256 pixels (every pair the PyTorch
+tile rasterizer evaluates; the compiled one skips the pixels outside each Gaussian's ellipse), for the
+compiled backend ("cpu") and the PyTorch backend ("torch") in the same run, with the speed-up of "cpu"
+over "torch". A naive dense reference (every pixel against every depth-sorted Gaussian, one Gaussian at
+a time, plain autograd) renders a small scene, and the last lines give both backends' speed-up over it.
 
 Peak memory: Linux ``/proc/self/status`` VmHWM after resetting it through ``/proc/self/clear_refs``
 (so each row has its own peak), minus the resident size before the row, with glibc told to return
@@ -16,14 +18,18 @@ process-wide peaks) and says so. Times are the best of ``--repeats`` runs (the m
 
 from __future__ import annotations
 
-import argparse
-import math
-import time
+import os
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch, as run_training.py: no spinning threads
 
-from flow3d.render import rasterization
-from flow3d.render.projection import project_gaussians, quat_scale_to_covar
+import argparse  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from flow3d.render import compiled, rasterization  # noqa: E402
+from flow3d.render.projection import project_gaussians, quat_scale_to_covar  # noqa: E402
 
 
 def make_benchmark_scene(n: int, width: int, height: int, n_channels: int, seed: int = 0, dtype=torch.float32) -> dict:
@@ -129,19 +135,19 @@ def _release_freed_memory() -> None:
         pass
 
 
-def time_fast(scene: dict, repeats: int, **kw) -> dict:
-    """Best-of-``repeats`` forward and forward+backward seconds of the torch backend, and pairs."""
+def time_fast(scene: dict, repeats: int, backend: str = "torch", **kw) -> dict:
+    """Best-of-``repeats`` forward and forward+backward seconds of one backend, and pairs."""
     fwd, fb, fb_cpu = [], [], []
     with torch.no_grad():
-        rasterization(**scene, backend="torch", **kw)  # warm-up
+        rasterization(**scene, backend=backend, **kw)  # warm-up
     for _ in range(repeats):
         t0 = time.perf_counter()
         with torch.no_grad():
-            _, _, meta = rasterization(**scene, backend="torch", **kw)
+            _, _, meta = rasterization(**scene, backend=backend, **kw)
         fwd.append(time.perf_counter() - t0)
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
-        rc, ra, _ = rasterization(**scene, backend="torch", **kw)
+        rc, ra, _ = rasterization(**scene, backend=backend, **kw)
         (rc.sum() + ra.sum()).backward()
         fb.append(time.perf_counter() - t0)
         fb_cpu.append(time.process_time() - c0)
@@ -149,15 +155,23 @@ def time_fast(scene: dict, repeats: int, **kw) -> dict:
     return {"fwd_s": min(fwd), "fb_s": min(fb), "fb_cpu_s": min(fb_cpu), "pairs": pairs}
 
 
-def peak_memory(scene: dict, **kw) -> tuple[float, float, str]:
+def peak_memory(scene: dict, backend: str = "torch", **kw) -> tuple[float, float, str]:
     """Peak resident-memory increase (MB) of a forward and of a forward+backward."""
     with PeakRSS() as mem_f:
         with torch.no_grad():
-            rasterization(**scene, backend="torch", **kw)
+            rasterization(**scene, backend=backend, **kw)
     with PeakRSS() as mem_fb:
-        rc, ra, _ = rasterization(**scene, backend="torch", **kw)
+        rc, ra, _ = rasterization(**scene, backend=backend, **kw)
         (rc.sum() + ra.sum()).backward()
     return mem_f.peak_mb, mem_fb.peak_mb, "" if mem_fb.reset_ok else " (maxrss delta)"
+
+
+def _load_compiled() -> float:
+    """Seconds to build (first run on a machine) or load the compiled rasterizer; exits when unavailable."""
+    t0 = time.perf_counter()
+    if not compiled.load_extension():
+        raise SystemExit(f"error: the compiled CPU rasterizer is unavailable: {compiled.load_error()}")
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -168,49 +182,57 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top ops for 480x270, D=3")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    t_load = _load_compiled()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; pairs = tile-list entries x 256 pixels")
-    print("times: best-of-N wall seconds; Mpair/cpu-s divides by process CPU time (all threads), robust to a shared machine")
+    print(f"compiled rasterizer built or loaded in {t_load:.1f} s (cached in {compiled.extension_dir()})")
+    print("times: best-of-N wall seconds of rasterization() (projection + tile lists + compositing);")
+    print("Mpair/cpu-s divides by process CPU time (all threads), robust to a shared machine\n")
 
+    backends = ("cpu", "torch")
     cases = [(256, 192, 10_000, 3), (256, 192, 10_000, 16)]
     if not args.quick:
         cases += [(480, 270, 50_000, 3), (480, 270, 50_000, 16)]
-    timings = [time_fast(make_benchmark_scene(n, W, H, D), args.repeats) for W, H, n, D in cases]
-    # naive dense reference on a size it can handle, same scene for both
+    timings = {(c, b): time_fast(make_benchmark_scene(c[2], c[0], c[1], c[3]), args.repeats, backend=b) for c in cases for b in backends}
+    # naive dense reference on a size it can handle, same scene for all
     nW, nH, nn = 128, 96, 1500
     scene = make_benchmark_scene(nn, nW, nH, 3)
     t0 = time.perf_counter()
     rc, ra = naive_render(scene)
     (rc.sum() + ra.sum()).backward()
     t_naive = time.perf_counter() - t0
-    r = time_fast(scene, args.repeats)
-    naive_line = (
-        f"\nnaive dense reference, {nW}x{nH} N={nn} D=3: fwd+bwd {t_naive:.3f} s; tile rasterizer {r['fb_s']:.4f} s "
-        f"-> speed-up x{t_naive / r['fb_s']:.1f}"
-    )
+    naive_fast = {b: time_fast(scene, args.repeats, backend=b)["fb_s"] for b in backends}
     _release_freed_memory()  # after timing: it makes every large allocation an mmap (slow), but RSS exact
     hdr = (
-        f"{'scene':>22} {'pairs(M)':>9} {'fwd s':>7} {'fwd+bwd s':>9} {'fwd Mpair/s':>11} {'f+b Mpair/s':>11} "
-        f"{'f+b Mpair/cpu-s':>15} {'peak MB fwd':>11} {'peak MB f+b':>11}"
+        f"{'scene':>22} {'backend':>7} {'pairs(M)':>9} {'fwd s':>7} {'fwd+bwd s':>9} {'fwd Mpair/s':>11} {'f+b Mpair/s':>11} "
+        f"{'f+b Mpair/cpu-s':>15} {'peak MB fwd':>11} {'peak MB f+b':>11} {'cpu/torch f+b':>13}"
     )
     print(hdr)
-    for (W, H, n, D), r in zip(cases, timings):
-        mem_f, mem_fb, note = peak_memory(make_benchmark_scene(n, W, H, D))
-        print(
-            f"{f'{W}x{H} N={n} D={D}':>22} {r['pairs'] / 1e6:9.1f} {r['fwd_s']:7.3f} {r['fb_s']:9.3f} "
-            f"{r['pairs'] / r['fwd_s'] / 1e6:11.1f} {r['pairs'] / r['fb_s'] / 1e6:11.1f} {r['pairs'] / r['fb_cpu_s'] / 1e6:15.1f} "
-            f"{mem_f:11.0f} {mem_fb:11.0f}{note}"
-        )
-
-    print(naive_line + "\n")
+    for W, H, n, D in cases:
+        for b in backends:
+            r = timings[((W, H, n, D), b)]
+            mem_f, mem_fb, note = peak_memory(make_benchmark_scene(n, W, H, D), backend=b)
+            ratio = timings[((W, H, n, D), "torch")]["fb_s"] / r["fb_s"] if b == "cpu" else float("nan")
+            print(
+                f"{f'{W}x{H} N={n} D={D}':>22} {b:>7} {r['pairs'] / 1e6:9.1f} {r['fwd_s']:7.3f} {r['fb_s']:9.3f} "
+                f"{r['pairs'] / r['fwd_s'] / 1e6:11.1f} {r['pairs'] / r['fb_s'] / 1e6:11.1f} {r['pairs'] / r['fb_cpu_s'] / 1e6:15.1f} "
+                f"{mem_f:11.0f} {mem_fb:11.0f}{note} {'' if b != 'cpu' else f'x{ratio:.2f}':>13}"
+            )
+    print(
+        f"\nnaive dense reference, {nW}x{nH} N={nn} D=3: fwd+bwd {t_naive:.3f} s; "
+        + "; ".join(f"{b} {naive_fast[b]:.4f} s (x{t_naive / naive_fast[b]:.0f})" for b in backends)
+        + "\n"
+    )
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         scene = make_benchmark_scene(50_000, 480, 270, 3)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            rc, ra, _ = rasterization(**scene, backend="torch")
-            (rc.sum() + ra.sum()).backward()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        for b in backends:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                rc, ra, _ = rasterization(**scene, backend=b)
+                (rc.sum() + ra.sum()).backward()
+            print(f"backend={b!r}")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":

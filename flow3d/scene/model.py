@@ -67,7 +67,8 @@ class SceneModel(nn.Module):
     def fg_means_quats_at(self, ts: Tensor) -> tuple[Tensor, Tensor]:
         """Foreground centres (N, B, 3) and wxyz quaternions (N, B, 4) at frames ``ts`` (B,)."""
         R, t = self.bases.compute_transforms(ts, self.fg.get_coefs())
-        means = torch.einsum("nbij,nj->nbi", R, self.fg.get_means()) + t
+        # R @ mean as a broadcast product: einsum would run a batched matmul of N*B 3x3 matrices (slow on the CPU)
+        means = (R * self.fg.get_means()[:, None, None, :]).sum(-1) + t
         q_motion = roma.rotmat_to_unitquat(R)  # xyzw
         q_can = quat_wxyz_to_xyzw(self.fg.get_quats())[:, None].expand_as(q_motion)
         quats = quat_xyzw_to_wxyz(roma.quat_product(q_motion, q_can))

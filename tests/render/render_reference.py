@@ -8,7 +8,10 @@ vectorised over pixels -- no tiles, no bounding boxes, no chunks. Plain autograd
 from __future__ import annotations
 
 import math
+import os
+import shutil
 
+import pytest
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 
@@ -78,6 +81,20 @@ def naive_rasterization(
     if info is not None:
         info["terminated"] = terminated
     return torch.stack(out_c), torch.stack(out_a)
+
+
+def require_compiled() -> None:
+    """Skip where the compiled CPU rasterizer cannot be had by design (no C++ compiler on PATH, or disabled
+    by ``FLOW3D_DISABLE_COMPILED``); fail where a compiler is present but the build or load failed."""
+    from flow3d.render import compiled
+
+    if compiled.load_extension():
+        return
+    if os.environ.get("FLOW3D_DISABLE_COMPILED", "") not in ("", "0"):
+        pytest.skip("compiled CPU rasterizer disabled by FLOW3D_DISABLE_COMPILED")
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler on PATH: the compiled CPU rasterizer cannot be built here")
+    pytest.fail(f"the compiled CPU rasterizer did not build or load: {compiled.load_error()}")
 
 
 def look_at_viewmat(eye, target, dtype):

@@ -10,7 +10,12 @@ import torch
 from render_reference import make_scene
 
 import flow3d.render.gsplat_backend as gb
-from flow3d.render import rasterization
+from flow3d.render import compiled, rasterization
+
+
+def _cpu_auto() -> str:
+    """What "auto" picks for CPU tensors (tests/render/test_render_compiled.py checks both branches)."""
+    return "cpu" if compiled.load_extension() else "torch"
 
 
 def _record_gsplat_call(monkeypatch):
@@ -53,13 +58,13 @@ def test_auto_picks_gsplat_only_for_cuda(monkeypatch):
     assert meta["backend"] == "fake" and len(calls) == 1
     monkeypatch.setattr(gb, "gsplat_available_for", lambda x: False)
     _, _, meta = rasterization(**scene, backend="auto")
-    assert meta["backend"] == "torch" and len(calls) == 1
+    assert meta["backend"] == _cpu_auto() and len(calls) == 1
 
 
-def test_auto_on_cpu_uses_torch_backend():
+def test_auto_on_cpu_uses_a_cpu_backend():
     scene = make_scene(n=5, dtype=torch.float32)
     _, _, meta = rasterization(**scene)
-    assert meta["backend"] == "torch"
+    assert meta["backend"] == _cpu_auto()
 
 
 def test_gsplat_backend_on_cpu_tensors_raises_clear_error():

@@ -1,4 +1,7 @@
-"""The CPU tile rasterizer against a naive reference with gsplat 1.5.3's rules (values and gradients)."""
+"""The CPU tile rasterizers ("torch" and compiled "cpu") against a naive reference with gsplat 1.5.3's rules.
+
+Every reference test runs against both CPU backends (values and gradients).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import inspect
 import pytest
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
-from render_reference import make_scene, naive_rasterization
+from render_reference import make_scene, naive_rasterization, require_compiled
 
 from flow3d.render import rasterization
 from flow3d.render.projection import project_gaussians, quat_scale_to_covar
@@ -32,11 +35,20 @@ def _assert_close(name, got, ref, dtype, grad=False):
     torch.testing.assert_close(got, ref, rtol=tol["rtol"], atol=tol["atol"] * scale, msg=lambda m: f"{name}: {m}")
 
 
-def _compare(scene, dtype, render_mode="RGB+ED", with_bg=True, **kw):
+@pytest.fixture(params=["torch", "cpu"])
+def backend(request):
+    """Both CPU backends: the PyTorch reference and the compiled one."""
+    if request.param == "cpu":
+        require_compiled()
+    return request.param
+
+
+def _compare(scene, dtype, backend, render_mode="RGB+ED", with_bg=True, **kw):
     C = scene["viewmats"].shape[0]
     D = scene["colors"].shape[-1]
     bg = torch.rand(C, D, dtype=dtype) if with_bg else None
-    rc, ra, meta = rasterization(**scene, backgrounds=bg, render_mode=render_mode, backend="torch", **kw)
+    rc, ra, meta = rasterization(**scene, backgrounds=bg, render_mode=render_mode, backend=backend, **kw)
+    assert meta["backend"] == backend
     info = {}
     ref_kw = {"rasterize_mode": kw["rasterize_mode"]} if "rasterize_mode" in kw else {}
     rc_ref, ra_ref = naive_rasterization(**scene, backgrounds=bg, render_mode=render_mode, info=info, **ref_kw)
@@ -55,22 +67,22 @@ def _compare(scene, dtype, render_mode="RGB+ED", with_bg=True, **kw):
 
 
 @pytest.mark.parametrize("chunks", [SMALL_CHUNKS, {}], ids=["chunk4", "default"])
-def test_shallow_scene_matches_reference(dtype, chunks):
+def test_shallow_scene_matches_reference(dtype, chunks, backend):
     scene = make_scene(n=40, dtype=dtype, seed=1)
-    _, ra, meta, info = _compare(scene, dtype, **chunks)
+    _, ra, meta, info = _compare(scene, dtype, backend, **chunks)
     assert meta["n_isects"] > 0 and info["terminated"] == 0 and float(ra.detach().max()) > 0.3
 
 
 @pytest.mark.parametrize("chunks", [SMALL_CHUNKS, {}], ids=["chunk4", "default"])
-def test_deep_scene_with_termination_matches_reference(dtype, chunks):
+def test_deep_scene_with_termination_matches_reference(dtype, chunks, backend):
     scene = make_scene(n=150, opacity=(0.85, 0.99), log_scale=(-2.0, -0.8), dtype=dtype, seed=2)
-    _, _, _, info = _compare(scene, dtype, **chunks)
+    _, _, _, info = _compare(scene, dtype, backend, **chunks)
     assert info["terminated"] > 20  # the per-pixel stop rule is exercised
 
 
-def test_many_channels_two_cameras_behind_and_offscreen(dtype):
+def test_many_channels_two_cameras_behind_and_offscreen(dtype, backend):
     scene = make_scene(n=36, n_cams=2, n_channels=19, per_camera_colors=True, n_behind=6, offscreen=0.5, dtype=dtype, seed=3)
-    _, _, meta, _ = _compare(scene, dtype, **SMALL_CHUNKS)
+    _, _, meta, _ = _compare(scene, dtype, backend, **SMALL_CHUNKS)
     radii = meta["radii"]
     assert radii.shape == (2, 36, 2) and radii.dtype == torch.int32
     assert (radii[0, :5] == 0).all()  # behind the camera
@@ -79,43 +91,43 @@ def test_many_channels_two_cameras_behind_and_offscreen(dtype):
 
 
 @pytest.mark.parametrize("render_mode", ["RGB", "D", "ED", "RGB+D"])
-def test_render_modes_match_reference(render_mode):
+def test_render_modes_match_reference(render_mode, backend):
     scene = make_scene(n=30, n_cams=2, dtype=torch.float64, seed=4)
-    rc, _, _, _ = _compare(scene, torch.float64, render_mode=render_mode)
+    rc, _, _, _ = _compare(scene, torch.float64, backend, render_mode=render_mode)
     expected = {"RGB": 3, "D": 1, "ED": 1, "RGB+D": 4}[render_mode]
     assert rc.shape == (2, 20, 24, expected)
 
 
-def test_antialiased_mode_matches_reference():
+def test_antialiased_mode_matches_reference(backend):
     scene = make_scene(n=40, n_cams=2, log_scale=(-4.5, -2.0), dtype=torch.float64, seed=12)  # small: compensation matters
-    _compare(scene, torch.float64, rasterize_mode="antialiased", **SMALL_CHUNKS)
+    _compare(scene, torch.float64, backend, rasterize_mode="antialiased", **SMALL_CHUNKS)
 
 
-def test_packed_request_returns_dense_layout_on_torch_backend():
+def test_packed_request_returns_dense_layout_on_cpu_backends(backend):
     scene = make_scene(n=10, n_cams=2, dtype=torch.float32, seed=13)
-    rc_p, _, meta = rasterization(**scene, packed=True, backend="torch")
-    rc_d, _, _ = rasterization(**scene, packed=False, backend="torch")
+    rc_p, _, meta = rasterization(**scene, packed=True, backend=backend)
+    rc_d, _, _ = rasterization(**scene, packed=False, backend=backend)
     assert meta["packed"] is False and meta["gaussian_ids"] is None and meta["means2d"].shape == (2, 10, 2)
     torch.testing.assert_close(rc_p, rc_d)
 
 
-def test_expected_depth_is_accumulated_depth_over_alpha():
+def test_expected_depth_is_accumulated_depth_over_alpha(backend):
     scene = make_scene(n=30, dtype=torch.float64, seed=5)
-    d, a, _ = rasterization(**scene, render_mode="D", backend="torch")
-    ed, _, _ = rasterization(**scene, render_mode="ED", backend="torch")
+    d, a, _ = rasterization(**scene, render_mode="D", backend=backend)
+    ed, _, _ = rasterization(**scene, render_mode="ED", backend=backend)
     torch.testing.assert_close(ed, d / a.clamp(min=1e-10))
     # a single opaque-ish Gaussian in front of the camera: ED is its depth wherever it is drawn
     one = make_scene(n=1, offscreen=0.0, log_scale=(-1.0, -1.0), dtype=torch.float64, seed=6)
-    ed1, a1, meta = rasterization(**one, render_mode="ED", backend="torch")
+    ed1, a1, meta = rasterization(**one, render_mode="ED", backend=backend)
     drawn = a1[..., 0] > 0
     assert drawn.any()
     torch.testing.assert_close(ed1[..., 0][drawn], meta["depths"][0, 0].expand(int(drawn.sum())))
 
 
-def test_empty_scene_renders_background():
+def test_empty_scene_renders_background(backend):
     scene = make_scene(n=0, n_cams=2, dtype=torch.float32)
     bg = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
-    rc, ra, meta = rasterization(**scene, backgrounds=bg, render_mode="RGB+ED", backend="torch")
+    rc, ra, meta = rasterization(**scene, backgrounds=bg, render_mode="RGB+ED", backend=backend)
     assert rc.shape == (2, 20, 24, 4) and ra.shape == (2, 20, 24, 1)
     torch.testing.assert_close(rc[..., :3], bg[:, None, None, :].expand(2, 20, 24, 3))
     assert (rc[..., 3] == 0).all() and (ra == 0).all()
@@ -148,9 +160,9 @@ def test_projection_matches_gsplat_torch_reference(dtype):
     assert ((p["radii"] > 0).all(-1) == keep).all()
 
 
-def test_means2d_grad_and_absgrad():
+def test_means2d_grad_and_absgrad(backend):
     scene = make_scene(n=30, dtype=torch.float32, seed=8)
-    rc, ra, meta = rasterization(**scene, backend="torch", absgrad=True)
+    rc, ra, meta = rasterization(**scene, backend=backend, absgrad=True)
     meta["means2d"].retain_grad()
     (rc.square().sum() + ra.sum()).backward()
     g = meta["means2d"].grad
@@ -161,14 +173,14 @@ def test_means2d_grad_and_absgrad():
     assert absg.shape == g.shape and (absg >= g.abs() - 1e-6).all()
 
 
-def test_degenerate_and_edge_on_gaussians_have_no_nan(dtype):
+def test_degenerate_and_edge_on_gaussians_have_no_nan(dtype, backend):
     scene = make_scene(n=20, offscreen=0.0, dtype=dtype, seed=9)
     with torch.no_grad():
         scene["scales"][:5, 2] = 0.0  # flat discs, some seen edge-on below
         scene["scales"][5:8] = 0.0  # points: only the eps2d blur is left
         scene["scales"][8:10, :2] = 1e-12  # needles
         scene["quats"][:3] = torch.tensor([0.7071, 0.7071, 0.0, 0.0], dtype=dtype)  # disc normal along x: edge-on
-    rc, ra, meta = rasterization(**scene, render_mode="RGB+ED", backend="torch")
+    rc, ra, meta = rasterization(**scene, render_mode="RGB+ED", backend=backend)
     meta["means2d"].retain_grad()
     (rc.sum() + ra.sum()).backward()
     for k in PARAMS:
@@ -177,23 +189,23 @@ def test_degenerate_and_edge_on_gaussians_have_no_nan(dtype):
     assert ((meta["radii"][0, 5:8] > 0).all(-1)).any()  # zero-scale Gaussians are still drawn (blurred)
 
 
-def test_gradcheck_tiny_scene():
+def test_gradcheck_tiny_scene(backend):
     scene = make_scene(n=4, width=10, height=8, opacity=(0.2, 0.6), offscreen=0.0, log_scale=(-1.5, -1.0), dtype=torch.float64, seed=10)
     fixed = {k: v for k, v in scene.items() if k not in PARAMS}
     bg = torch.rand(1, 3, dtype=torch.float64)
 
     def f(means, quats, scales, opacities, colors):
-        rc, ra, _ = rasterization(means, quats, scales, opacities, colors, **fixed, backgrounds=bg, render_mode="RGB+ED", backend="torch")
+        rc, ra, _ = rasterization(means, quats, scales, opacities, colors, **fixed, backgrounds=bg, render_mode="RGB+ED", backend=backend)
         return rc, ra
 
     inputs = tuple(scene[k].detach().clone().requires_grad_(True) for k in PARAMS)
     assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-5, rtol=1e-4)
 
 
-def test_background_gradient():
+def test_background_gradient(backend):
     scene = make_scene(n=30, n_cams=2, dtype=torch.float64, seed=11)
     bg = torch.rand(2, 3, dtype=torch.float64, requires_grad=True)
-    rc, ra, _ = rasterization(**scene, backgrounds=bg, backend="torch")
+    rc, ra, _ = rasterization(**scene, backgrounds=bg, backend=backend)
     w = torch.randn_like(rc)
     (rc * w).sum().backward()
     expected = ((1 - ra) * w).sum(dim=(1, 2))  # d/dbg of sum(w * (color + (1 - alpha) bg))

@@ -1,0 +1,220 @@
+"""Seconds per training step: ``python -m flow3d.benchmarks.step [--steps 20] [--threads 2] [--profile] [--full]``.
+
+1. The README demo configuration (``--preset cpu_demo data:synthetic``) with the compiled CPU rasterizer
+   (``render_backend="cpu"``) and the PyTorch one (``"torch"``) in the same run: s/step split as the
+   trainer times it (render = batch sampling + rendering; losses; backward + optimiser +
+   densification), after ``--warmup`` steps, and the speed-up.
+2. The same configuration at ``--sizes`` (default 128x96, 320x256, 640x512) with the Gaussian count
+   of the initial scene (no densification happens in the measured steps) and the track count of
+   128x96 (the track grid spacing grows with the width), for both backends unless
+   ``--skip-torch-sizes``, so that the cost can be read as a function of the pixel count.
+3. ``--profile``: torch.profiler over a few demo steps with the compiled rasterizer, plus timers around
+   the parts outside the rasterizer (batch sampling with its usable-track mask, motion-basis blending,
+   each loss term, the per-parameter Adam steps, densification statistics).
+4. ``--full``: trains the whole demo (all steps) with both backends and prints wall time and held-out
+   PSNR (several minutes).
+
+Each trainer starts from the same seed; the synthetic scene and its flows are made once and shared.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see run_training.py
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from flow3d.config import TrainConfig, apply_overrides, load_preset  # noqa: E402
+from flow3d.render import compiled  # noqa: E402
+
+PARTS = ("render", "losses", "backward_optim")
+
+
+def demo_config(work_dir: Path, backend: str, width: int | None = None, height: int | None = None) -> TrainConfig:
+    """The README demo's config (``--preset cpu_demo data:synthetic``), with a backend and an image size."""
+    cfg = apply_overrides(TrainConfig(), load_preset("cpu_demo"), where="preset cpu_demo")
+    data = cfg.data
+    if width is not None:
+        # the same number of 2D tracks as at 128x96: scene init gathers one full-size mask per track
+        grid = max(data.track_grid_step, round(data.track_grid_step * width / 128))
+        data = dataclasses.replace(data, width=width, height=height, track_grid_step=grid)
+    order = dataclasses.replace(cfg.losses.order, flow_cache_dir=str(work_dir / "flow_cache"))
+    losses = dataclasses.replace(cfg.losses, order=order)
+    return dataclasses.replace(cfg, work_dir=str(work_dir / backend), render_backend=backend, data=data, losses=losses)
+
+
+def time_steps(cfg: TrainConfig, seq, steps: int, warmup: int):
+    """(trainer, {part: s/step}) over ``steps`` steps after ``warmup`` steps."""
+    from flow3d.train.trainer import Trainer
+
+    trainer = Trainer(cfg, seq=seq)
+    for _ in range(warmup):
+        trainer.train_step()
+    trainer.timing = {k: 0.0 for k in PARTS} | {"steps": 0}
+    for _ in range(steps):
+        trainer.train_step()
+    n = max(trainer.timing["steps"], 1)
+    per = {k: trainer.timing[k] / n for k in PARTS}
+    per["total"] = sum(per.values())
+    return trainer, per
+
+
+def _row(label: str, per: dict, n_gauss: int, ref: dict | None = None) -> str:
+    speed = f"x{ref['total'] / per['total']:.2f}" if ref else ""
+    return (
+        f"{label:>24} {n_gauss:>7} {per['render']:8.3f} {per['losses']:8.3f} {per['backward_optim']:10.3f} "
+        f"{per['total']:8.3f} {speed:>8}"
+    )
+
+
+HEADER = f"{'':>24} {'N':>7} {'render':>8} {'losses':>8} {'bwd+opt':>10} {'s/step':>8} {'speed-up':>8}"
+
+
+@contextmanager
+def _timers():
+    """Wall-time accumulators around the parts of a step outside the rasterizer (forward parts only)."""
+    import flow3d.scene.model as model_mod
+    import flow3d.train.terms as terms_mod
+    import flow3d.train.trainer as trainer_mod
+    from flow3d.scene.strategy import DensifyStrategy
+
+    acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+
+    def wrap(label, fn):
+        def inner(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[label][0] += time.perf_counter() - t0
+                acc[label][1] += 1
+
+        return inner
+
+    saved = [
+        (trainer_mod, "sample_batch", trainer_mod.sample_batch),
+        (model_mod, "rasterization", model_mod.rasterization),
+        (model_mod.SceneModel, "fg_means_quats_at", model_mod.SceneModel.fg_means_quats_at),
+        (torch.optim.Adam, "step", torch.optim.Adam.step),
+        (DensifyStrategy, "step_post_backward", DensifyStrategy.step_post_backward),
+    ]
+    labels = ["sample_batch (incl. usable-track mask)", "rasterization (forward, all calls)",
+              "motion-basis blending (forward)", "Adam.step (one per parameter)", "densification step_post_backward"]
+    for (obj, name, fn), label in zip(saved, labels):
+        setattr(obj, name, wrap(label, fn))
+    terms = dict(terms_mod.TERMS)
+    for name, fn in terms.items():
+        terms_mod.TERMS[name] = wrap(f"loss term {name}", fn)
+    try:
+        yield acc
+    finally:
+        for obj, name, fn in saved:
+            setattr(obj, name, fn)
+        terms_mod.TERMS.update(terms)
+
+
+def profile_demo(cfg: TrainConfig, seq, steps: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from flow3d.train.trainer import Trainer
+
+    trainer = Trainer(cfg, seq=seq)
+    for _ in range(2):
+        trainer.train_step()
+    trainer.timing = {k: 0.0 for k in PARTS} | {"steps": 0}
+    with _timers() as acc:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        wall = (time.perf_counter() - t0) / steps
+    print(f"\nwhere a compiled-backend demo step goes ({steps} steps, {wall:.3f} s/step wall; forward timers):")
+    for label, (sec, calls) in sorted(acc.items(), key=lambda kv: -kv[1][0]):
+        print(f"  {label:>45}: {sec / steps * 1e3:8.1f} ms/step ({calls / steps:.0f} calls/step)")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            trainer.train_step()
+    avg = prof.key_averages()
+    print("\ntorch.profiler, top ops by self CPU time:")
+    print(avg.table(sort_by="self_cpu_time_total", row_limit=25))
+    bwd = [e for e in avg if e.key.startswith("autograd::engine::evaluate_function")]
+    bwd.sort(key=lambda e: -e.cpu_time_total)
+    print("backward by autograd node (total CPU ms per step):")
+    for e in bwd[:20]:
+        print(f"  {e.key.split(': ', 1)[-1]:>50}: {e.cpu_time_total / 1e3 / steps:8.1f} ms ({e.count // steps} calls/step)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=20, help="measured steps per row")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--sizes", default="128x96,320x256,640x512", help="image sizes WxH for the scaling rows ('' to skip)")
+    ap.add_argument("--size-steps", type=int, default=5, help="measured steps per scaling row")
+    ap.add_argument("--skip-torch-sizes", action="store_true", help="scaling rows with the compiled backend only")
+    ap.add_argument("--profile", action="store_true", help="profile compiled-backend demo steps")
+    ap.add_argument("--full", action="store_true", help="train the whole demo with both backends (minutes)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from flow3d.log import setup_logging
+
+    setup_logging("WARNING")
+    t0 = time.perf_counter()
+    if not compiled.load_extension():
+        raise SystemExit(f"error: the compiled CPU rasterizer is unavailable: {compiled.load_error()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; compiled rasterizer ready in {time.perf_counter() - t0:.1f} s")
+
+    with tempfile.TemporaryDirectory(prefix="flow3d_bench_step_") as tmp:
+        work = Path(tmp)
+        seq = demo_config(work, "cpu").data.load()
+        print(f"\nREADME demo configuration (cpu_demo, synthetic {seq.img_wh[0]}x{seq.img_wh[1]}, {seq.num_frames} frames): "
+              f"s/step over {args.steps} steps after {args.warmup}")
+        print(HEADER)
+        res = {}
+        for backend in ("cpu", "torch"):
+            trainer, res[backend] = time_steps(demo_config(work, backend), seq, args.steps, args.warmup)
+            n_gauss = trainer.model.num_fg + trainer.model.num_bg
+            print(_row(f"demo, backend={backend}", res[backend], n_gauss, res["torch"] if backend == "cpu" and "torch" in res else None))
+        print(f"{'':>24} compiled vs PyTorch backend: x{res['torch']['total'] / res['cpu']['total']:.2f} per step, "
+              f"x{res['torch']['render'] / res['cpu']['render']:.2f} render, "
+              f"x{res['torch']['backward_optim'] / res['cpu']['backward_optim']:.2f} backward+optimiser")
+
+        sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",") if s]
+        if sizes:
+            print(f"\ncost against image size (same Gaussian count, {args.size_steps} steps after {args.warmup}):")
+            print(HEADER)
+        for W, H in sizes:
+            sub = work / f"{W}x{H}"
+            seq_wh = demo_config(sub, "cpu", W, H).data.load()
+            row = {}
+            for backend in ("cpu",) if args.skip_torch_sizes else ("cpu", "torch"):
+                trainer, row[backend] = time_steps(demo_config(sub, backend, W, H), seq_wh, args.size_steps, args.warmup)
+                n_gauss = trainer.model.num_fg + trainer.model.num_bg
+            for backend, per in row.items():
+                ref = row.get("torch") if backend == "cpu" else None
+                print(_row(f"{W}x{H}, backend={backend}", per, n_gauss, ref))
+
+        if args.profile:
+            profile_demo(demo_config(work, "cpu"), seq, steps=5)
+
+        if args.full:
+            from flow3d.train.trainer import Trainer
+
+            print("\nthe whole demo with each backend:")
+            for backend in ("cpu", "torch"):
+                t0 = time.perf_counter()
+                stats = Trainer(demo_config(work / "full", backend), seq=seq).fit()
+                print(f"  backend={backend}: {time.perf_counter() - t0:.0f} s wall ({stats['steps']} steps), "
+                      f"held-out PSNR {stats['val_psnr']:.2f} dB, per step {stats['seconds_per_step']}")
+
+
+if __name__ == "__main__":
+    main()

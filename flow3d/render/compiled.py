@@ -1,0 +1,274 @@
+"""The compiled CPU tile rasterizer: a C++/OpenMP extension built on first use, with its autograd glue.
+
+The C++ sources in ``csrc/`` (shipped inside the package) hold the three stages of the CPU rasterizer
+with the rules of the PyTorch reference and of gsplat's kernels: the EWA projection and its backward
+(``project_kernels.cpp``, reference :mod:`flow3d.render.projection`), the depth-sorted tile lists
+(same file, reference :func:`flow3d.render.tile_raster.build_tile_plan`) and the per-tile compositing
+with its backward (``raster_kernels.cpp``, reference :mod:`flow3d.render.tile_raster`); ``raster_ops.cpp``
+binds them as ``torch.ops.flow3d_raster.*``. It is built once per machine, torch version
+and source by ``torch.utils.cpp_extension`` (needs a C++ compiler and ninja) into
+``$FLOW3D_TORCH_EXTENSIONS_DIR``, else ``$XDG_CACHE_HOME/flow3d/torch_extensions``, else
+``~/.cache/flow3d/torch_extensions``; later processes load the cached library in well under a second.
+
+:func:`load_extension` never raises: when the build or the load fails it returns False and
+:func:`load_error` says why, so that ``backend="auto"`` can fall back to the PyTorch backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from flow3d.log import get_logger
+from flow3d.render.tile_raster import TilePlan
+
+logger = get_logger(__name__)
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = (CSRC / "raster_kernels.cpp", CSRC / "project_kernels.cpp", CSRC / "raster_ops.cpp")  # built in parallel
+HEADERS = (CSRC / "raster_kernels.h",)
+_CFLAGS = ["-O3", "-ffp-contract=off", "-std=c++17"]
+_OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]  # Apple clang has no OpenMP: serial build there
+
+_lock = threading.Lock()
+_state: dict = {"loaded": False, "error": None}
+
+
+def extension_dir() -> Path:
+    """Parent folder of the build folders (see the module docstring)."""
+    env = os.environ.get("FLOW3D_TORCH_EXTENSIONS_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "flow3d" / "torch_extensions"
+
+
+def build_name() -> str:
+    """Library name: a hash of the source, the flags, torch, Python and the machine type."""
+    h = hashlib.sha1()
+    for f in (*SOURCES, *HEADERS):
+        h.update(f.read_bytes())
+    h.update(" ".join([*_CFLAGS, *_OPENMP, torch.__version__, sys.version, platform.machine()]).encode())
+    return f"flow3d_raster_{h.hexdigest()[:12]}"
+
+
+def _short_reason(err: BaseException) -> str:
+    """One line out of a build error: the first compiler error line when there is one."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines[1:]:
+        if "error:" in ln.lower() or "error " in ln.lower():
+            return f"{type(err).__name__}: {ln[:300]}"
+    return f"{type(err).__name__}: {lines[0][:300] if lines else 'no message'}"
+
+
+def _missing_tool() -> str | None:
+    """Why a build cannot even start (no compiler, no ninja), else None."""
+    from torch.utils.cpp_extension import is_ninja_available
+
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return f"no C++ compiler: {cxx!r} is not on PATH (install g++ or clang, or set CXX)"
+    if not is_ninja_available():
+        return "ninja is not installed (pip install ninja)"
+    return None
+
+
+def _build_and_load(build_dir: Path) -> None:
+    from torch.utils.cpp_extension import load
+
+    name = build_dir.name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not (build_dir / f"{name}.so").exists():
+        logger.info("building the compiled CPU rasterizer (once per machine and torch version; about a minute) in %s", build_dir)
+    # torch's own build warnings (e.g. "compiler not compatible") would add lines to our one-line verdict
+    torch_log = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load(
+                name=name,
+                sources=[str(f) for f in SOURCES],
+                extra_cflags=_CFLAGS + _OPENMP,
+                extra_ldflags=_OPENMP,
+                build_directory=str(build_dir),
+                is_python_module=False,
+                verbose=False,
+            )
+    finally:
+        torch_log.setLevel(level)
+
+
+def load_extension() -> bool:
+    """Build (first use) and load the extension once per process; False when it cannot be had."""
+    with _lock:
+        if _state["loaded"]:
+            return True
+        if _state["error"] is not None:
+            return False
+        if os.environ.get("FLOW3D_DISABLE_COMPILED", "") not in ("", "0"):
+            _state["error"] = "disabled by FLOW3D_DISABLE_COMPILED"
+            return False
+        missing = _missing_tool()
+        if missing is not None:
+            _state["error"] = missing
+            return False
+        try:
+            _build_and_load(extension_dir() / build_name())
+            torch.ops.flow3d_raster.forward  # noqa: B018  (raises when the library did not register)
+        except Exception as err:  # noqa: BLE001 -- any build or load failure means "use the fallback"
+            _state["error"] = _short_reason(err)
+            return False
+        _state["loaded"] = True
+        return True
+
+
+def load_error() -> str | None:
+    """Why the extension is unavailable (None when it is loaded or was not tried yet)."""
+    return _state["error"]
+
+
+class _ProjectCompiled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, viewmats, Ks, args: tuple):
+        ins = tuple(t.detach().contiguous() for t in (means, quats, scales, opacities, viewmats, Ks))
+        means2d, conics, depths, radii, opac, comp = torch.ops.flow3d_raster.project(*ins, *args)
+        ctx.save_for_backward(*ins)
+        ctx.args = args
+        ctx.mark_non_differentiable(radii, comp)
+        return means2d, conics, depths, radii, opac, comp
+
+    @staticmethod
+    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii, v_opac, _v_comp):
+        ins = ctx.saved_tensors
+        C, N = ins[4].shape[0], ins[0].shape[0]
+        like = ins[0].new_zeros
+        grads = [
+            like(shape) if g is None else g.contiguous()
+            for g, shape in ((v_means2d, (C, N, 2)), (v_conics, (C, N, 3)), (v_depths, (C, N)), (v_opac, (C, N)))
+        ]
+        g_means, g_quats, g_scales, g_opac = torch.ops.flow3d_raster.project_backward(*ins, *grads, *ctx.args)
+        return g_means, g_quats, g_scales, g_opac, None, None, None
+
+
+def project_compiled(
+    means: Tensor,  # (N, 3) world
+    quats: Tensor,  # (N, 4) wxyz, need not be normalised
+    scales: Tensor,  # (N, 3) activated
+    opacities: Tensor,  # (N,) or (C, N)
+    viewmats: Tensor,  # (C, 4, 4) world -> camera (no gradient)
+    Ks: Tensor,  # (C, 3, 3) gsplat pixel convention (no gradient)
+    width: int,
+    height: int,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    antialiased: bool = False,
+) -> dict[str, Tensor]:
+    """The compiled counterpart of ``project_gaussians(means, quat_scale_to_covar(quats, scales), ...)``.
+
+    Same outputs (``means2d``, ``conics``, ``depths``, ``radii``, ``opacities``, ``compensations``),
+    differentiable with respect to means, quats, scales and opacities; no gradient reaches the
+    cameras or the compensations.
+    """
+    if not load_extension():
+        raise RuntimeError(f"the compiled CPU rasterizer is unavailable: {load_error()}")
+    args = (int(width), int(height), float(eps2d), float(near_plane), float(far_plane), float(radius_clip), bool(antialiased))
+    out = _ProjectCompiled.apply(means, quats, scales, opacities, viewmats, Ks, args)
+    return dict(zip(("means2d", "conics", "depths", "radii", "opacities", "compensations"), out))
+
+
+@torch.no_grad()
+def build_tile_plan_compiled(
+    means2d: Tensor,  # (I, N, 2) pixels
+    radii: Tensor,  # (I, N, 2) int32, 0 when culled
+    depths: Tensor,  # (I, N)
+    width: int,
+    height: int,
+    tile_size: int = 16,
+) -> TilePlan:
+    """The compiled counterpart of :func:`flow3d.render.tile_raster.build_tile_plan` (the same plan)."""
+    if not load_extension():
+        raise RuntimeError(f"the compiled CPU rasterizer is unavailable: {load_error()}")
+    flat_ids, starts, counts, order = torch.ops.flow3d_raster.tile_lists(
+        means2d.detach().contiguous(), radii.to(torch.int32).contiguous(), depths.detach().to(means2d.dtype).contiguous(),
+        int(width), int(height), int(tile_size),
+    )
+    return TilePlan(
+        flat_ids=flat_ids, starts=starts, counts=counts, order=order, n_images=means2d.shape[0],
+        tile_width=math.ceil(width / tile_size), tile_height=math.ceil(height / tile_size), tile_size=tile_size,
+        width=width, height=height,
+    )
+
+
+class _RasterizeTilesCompiled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, colors, plan: TilePlan, absgrad: bool, whole_tiles: bool):
+        # means2d (I, N, 2), conics (I, N, 3), opacities (I, N), colors (I, N, D)
+        I, N, D = colors.shape
+        tabs = (
+            means2d.detach().reshape(I * N, 2).contiguous(),
+            conics.detach().reshape(I * N, 3).contiguous(),
+            opacities.detach().reshape(I * N).contiguous(),
+            colors.detach().reshape(I * N, D).contiguous(),
+        )
+        lists = (plan.flat_ids.contiguous(), plan.starts.contiguous(), plan.counts.contiguous(), plan.order.contiguous())
+        acc, T, last = torch.ops.flow3d_raster.forward(
+            *tabs, *lists, I, plan.width, plan.height, plan.tile_size, plan.tile_width, plan.tile_height, whole_tiles
+        )
+        ctx.plan, ctx.absgrad, ctx.whole_tiles, ctx.shape = plan, absgrad, whole_tiles, (I, N, D)
+        ctx.save_for_backward(means2d, *tabs, T, last)
+        ctx.lists = lists
+        return acc, T[..., None]  # (I, H, W, D) without background, (I, H, W, 1) transmittance
+
+    @staticmethod
+    def backward(ctx, g_acc, g_T):
+        means2d, m, c, o, col, T, last = ctx.saved_tensors
+        plan, (I, N, D) = ctx.plan, ctx.shape
+        grads, abs_grads = torch.ops.flow3d_raster.backward(
+            m, c, o, col, *ctx.lists, T, last, g_acc.contiguous(), g_T.contiguous(),
+            plan.width, plan.height, plan.tile_size, plan.tile_width, plan.tile_height, ctx.absgrad, ctx.whole_tiles,
+        )
+        if ctx.absgrad:
+            means2d.absgrad = abs_grads.reshape(I, N, 2)
+        g_means2d = grads[:, 0:2].reshape(I, N, 2)
+        g_conics = grads[:, 2:5].reshape(I, N, 3)
+        g_opac = grads[:, 5].reshape(I, N)
+        g_colors = grads[:, 6:].reshape(I, N, D)
+        return g_means2d, g_conics, g_opac, g_colors, None, None, None
+
+
+def rasterize_tiles_compiled(
+    means2d: Tensor,  # (I, N, 2) pixels (gsplat convention)
+    conics: Tensor,  # (I, N, 3) inverse 2D covariance (xx, xy, yy)
+    opacities: Tensor,  # (I, N)
+    colors: Tensor,  # (I, N, D)
+    plan: TilePlan,
+    backgrounds: Tensor | None = None,  # (I, D)
+    absgrad: bool = False,
+    ellipse_spans: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """The compiled counterpart of :func:`flow3d.render.tile_raster.rasterize_tiles` (same contract).
+
+    Builds or loads the extension on first use (RuntimeError when it cannot). Returns ``render_colors`` (I, H, W, D) composited over
+    ``backgrounds`` and ``render_alphas`` (I, H, W, 1). ``ellipse_spans=False`` makes every Gaussian visit
+    every pixel of its tiles instead of only its opacity-aware ellipse (same result, slower: for tests).
+    """
+    if not load_extension():
+        raise RuntimeError(f"the compiled CPU rasterizer is unavailable: {load_error()}")
+    acc, T = _RasterizeTilesCompiled.apply(means2d, conics, opacities, colors, plan, absgrad, not ellipse_spans)
+    render_colors = acc if backgrounds is None else acc + T * backgrounds[:, None, None, :]
+    return render_colors, 1.0 - T
