@@ -130,6 +130,7 @@ class _Problem:
         self.log_rho0 = np.log(inv_depth)
         self.prior_weight = prior_weight
         self.nf = len(self.free)
+        self._csr = None
 
     def pack(self, vec, focal, inv_depth) -> np.ndarray:
         parts = [vec[self.free].ravel()] + ([np.array([focal])] if self.opt_f else []) + [inv_depth]
@@ -171,7 +172,7 @@ class _Problem:
         blocks = {}
         blocks["rot_t"] = -dproj @ skew(RXw) @ Jl[ot]
         blocks["tr_t"] = dproj
-        A = dproj @ R[ot] @ Ra_T  # d uv / d X_a-frame quantities
+        A = dproj @ R[ot] @ Ra_T  # d uv / d (quantities in the anchor camera)
         blocks["rot_a"] = A @ skew(y) @ Jl[a]
         blocks["tr_a"] = -A
         dr_df = np.concatenate([-d / f**2, np.zeros((len(op), 1))], axis=1)
@@ -194,9 +195,14 @@ class _Problem:
             k += 1
         rows.append(np.stack([r2, r2 + 1], 1).ravel()), cols.append(np.repeat(k + op, 2)), vals.append(d_rho.ravel())
         rows.append(2 * len(op) + np.arange(self.P)), cols.append(k + np.arange(self.P)), vals.append(self.prior_weight / rho)
-        n = 6 * self.nf + int(self.opt_f) + self.P
-        J = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(2 * len(op) + self.P, n))
-        return J.tocsr()
+        vals = np.concatenate(vals)
+        if self._csr is None:  # the pattern never changes: sort it into CSR order once
+            n = 6 * self.nf + int(self.opt_f) + self.P
+            order = coo_matrix((np.arange(1, len(vals) + 1, dtype=np.float64), (np.concatenate(rows), np.concatenate(cols))),
+                               shape=(2 * len(op) + self.P, n)).tocsr()
+            self._csr = (order.data.astype(np.int64) - 1, order.indices, order.indptr, order.shape)
+        perm, indices, indptr, shape = self._csr
+        return csr_matrix((vals[perm], indices, indptr), shape=shape)
 
     def sparsity(self) -> coo_matrix:
         O, nf = len(self.op), self.nf

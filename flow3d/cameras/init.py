@@ -137,7 +137,7 @@ def initial_pair(xy, vis, K, *, ransac_px: float, min_angle_deg: float, max_pair
                 cands.append((a, b))
     if len(cands) > max_pairs:
         cands = [cands[k] for k in np.linspace(0, len(cands) - 1, max_pairs).round().astype(int)]
-    best, best_n = None, 14
+    best, best_score, best_n = None, 0.0, 0
     for a, b in cands:
         ids, x1, x2 = common(xy, vis, a, b)
         E, mask = cv2.findEssentialMat(x1, x2, K, cv2.RANSAC, 0.999, ransac_px)
@@ -149,8 +149,9 @@ def initial_pair(xy, vis, K, *, ransac_px: float, min_angle_deg: float, max_pair
         w2c_b[:3, :3], w2c_b[:3, 3] = R, t.ravel() / max(np.linalg.norm(t), 1e-12)
         X = triangulate(K @ np.eye(4)[:3], K @ w2c_b[:3], x1[inl], x2[inl])
         good = check_points(X, [np.eye(4), w2c_b], [x1[inl], x2[inl]], K, 2 * ransac_px, min_angle_deg)
-        if good.sum() > best_n:
-            best, best_n = (a, b, w2c_b, ids[inl][good], X[good]), int(good.sum())
+        score = float(good.sum())
+        if good.sum() >= 15 and score > best_score:
+            best, best_score, best_n = (a, b, w2c_b, ids[inl][good], X[good]), score, int(good.sum())
     if best is not None:
         logger.info("initial pair: frames %d and %d, %d points triangulated", best[0], best[1], best_n)
     return best
