@@ -10,7 +10,7 @@
 ``python -m flow3d.preprocess.cameras --root-dir R --seq-name S`` runs all of it on a casual layout.
 """
 
-from flow3d.cameras.estimate import CameraEstimate, CameraEstimateConfig, estimate_cameras
+from flow3d.cameras.estimate import CameraEstimate, CameraEstimateConfig, estimate_cameras, reconstruct_from_tracks
 from flow3d.cameras.geodepth import GeoDepthConfig, geometric_depth, sparse_depth
 from flow3d.cameras.io import write_camera_file
 from flow3d.cameras.metrics import align_similarity, trajectory_errors
@@ -18,5 +18,5 @@ from flow3d.cameras.tracks import StaticTracks, camera_motion_px, static_tracks
 
 __all__ = [
     "CameraEstimate", "CameraEstimateConfig", "GeoDepthConfig", "StaticTracks", "align_similarity", "camera_motion_px",
-    "estimate_cameras", "geometric_depth", "sparse_depth", "static_tracks", "trajectory_errors", "write_camera_file",
+    "estimate_cameras", "geometric_depth", "reconstruct_from_tracks", "sparse_depth", "static_tracks", "trajectory_errors", "write_camera_file",
 ]

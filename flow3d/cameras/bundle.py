@@ -241,6 +241,7 @@ def bundle_adjust(
     *,
     fixed_frames=(0,),
     optimize_focal: bool = True,
+    focal_bounds: tuple[float, float] = (1.0, np.inf),
     loss: str = "huber",
     loss_scale_px: float = 1.0,
     prior_weight: float = 1e-2,
@@ -249,7 +250,7 @@ def bundle_adjust(
 ) -> BAResult:
     """Refine ``w2cs`` (T, 4, 4), ``focal`` and ``inv_depth`` (P,) (anchored at ``anchor_t`` (P,),
     ``anchor_xy`` (P, 2)) to minimise the robust reprojection error of ``obs``. ``center`` (2,) is the
-    fixed principal point. ``jacobian``: "analytic" (default), "sparse_fd" (finite differences with the
+    fixed principal point; ``focal_bounds`` (px) bound the focal length when it is optimised. ``jacobian``: "analytic" (default), "sparse_fd" (finite differences with the
     sparsity pattern) or "dense_fd" (finite differences without it; a slow reference). Returns a
     :class:`BAResult`."""
     if loss not in ("linear", "huber", "soft_l1", "cauchy", "arctan"):
@@ -262,12 +263,16 @@ def bundle_adjust(
     x0 = prob.pack(prob.base, float(focal), inv_depth)
     lo = np.full_like(x0, -np.inf)
     lo[-prob.P:] = 1e-6 * np.median(inv_depth)
+    hi = np.full_like(x0, np.inf)
     if optimize_focal:
-        lo[6 * prob.nf] = 1.0
-    x0 = np.maximum(x0, lo + 1e-12)
+        lo[6 * prob.nf], hi[6 * prob.nf] = focal_bounds
+    with np.errstate(invalid="ignore"):
+        inside_lo = np.where(np.isfinite(lo), lo + 1e-9 * np.abs(lo) + 1e-12, lo)
+        inside_hi = np.where(np.isfinite(hi), hi - 1e-9 * np.abs(hi), hi)
+    x0 = np.clip(x0, inside_lo, inside_hi)  # strictly feasible start
     res = least_squares(
         prob.residuals, x0, jac=prob.jacobian if jacobian == "analytic" else "2-point",
-        jac_sparsity=prob.sparsity() if jacobian == "sparse_fd" else None, bounds=(lo, np.inf),
+        jac_sparsity=prob.sparsity() if jacobian == "sparse_fd" else None, bounds=(lo, hi),
         method="trf", tr_solver="exact" if jacobian == "dense_fd" else "lsmr", loss=loss, f_scale=loss_scale_px,
         x_scale="jac", max_nfev=max_nfev, ftol=1e-6, xtol=1e-8, gtol=1e-8,
     )

@@ -71,7 +71,7 @@ class CameraEstimateConfig:
     max_nfev: int = 60
     """Function evaluations of each global adjustment."""
     fov_range_deg: tuple[float, float] = (20.0, 120.0)
-    """Horizontal fields of view searched for the focal length."""
+    """Horizontal fields of view (deg) the estimated focal length is kept within."""
     seed: int = 0
     """Seed of the track subset."""
 
@@ -145,8 +145,10 @@ def _adjust(xy, vis, w2cs, focal, center, X, has_X, frames_ok, fixed, optimize_f
     front = rho < 1e8
     ids, anchor_t, anchor_xy, rho = ids[front], anchor_t[front], anchor_xy[front], rho[front]
     obs = Observations.from_tracks(xy[ids], vis_ok[ids])
+    W = 2 * center[0] + 1
+    bounds = (cinit.focal_from_fov(max(cfg.fov_range_deg), W), cinit.focal_from_fov(min(cfg.fov_range_deg), W))
     res = bundle_adjust(obs, w2cs, focal, center, rho, anchor_t, anchor_xy, fixed_frames=fixed,
-                        optimize_focal=optimize_focal, loss=cfg.loss, loss_scale_px=cfg.loss_scale_px, max_nfev=max_nfev)
+                        optimize_focal=optimize_focal, focal_bounds=bounds, loss=cfg.loss, loss_scale_px=cfg.loss_scale_px, max_nfev=max_nfev)
     w2cs[:] = res.w2cs
     X[ids] = anchor_points(res.w2cs, res.focal, center, res.inv_depth, anchor_t, anchor_xy)
     err = np.full(vis.shape, np.nan)
@@ -194,6 +196,30 @@ def estimate_cameras(
     thresh = cfg.static_threshold * max(W, H)
     if level < thresh:
         return _static_result(W, H, focal, motion, t0, f"90th percentile of the median static-track motion {level:.2f} px < {thresh:.2f} px")
+    est = reconstruct_from_tracks(tracks, W, H, prior_disp=prior_disp, prior_valid=prior_valid, focal=focal, cfg=cfg)
+    est.motion_px = motion
+    est.info.update(motion_level_px=level)
+    est.info["seconds"].update(tracks=t_tracks - t0, total=time.perf_counter() - t0)
+    logger.info("cameras: %d frames, focal %.1f px, %d points, reprojection rms %.2f px (scale: %s); %.1f s", T, est.K[0, 0],
+                est.info["num_points"], est.info["rms_final_px"], est.info["scale_from"], est.info["seconds"]["total"])
+    return est
+
+
+def reconstruct_from_tracks(
+    tracks: StaticTracks,
+    width: int,
+    height: int,
+    *,
+    prior_disp: Optional[np.ndarray] = None,
+    prior_valid: Optional[np.ndarray] = None,
+    focal: Optional[float] = None,
+    cfg: CameraEstimateConfig | None = None,
+) -> CameraEstimate:
+    """Steps 3-6 of the module docstring on given static tracks (pixels of a ``width`` x ``height`` image)."""
+    cfg = cfg or CameraEstimateConfig()
+    t0 = time.perf_counter()
+    W, H, T = int(width), int(height), tracks.visible.shape[1]
+    center = np.array([(W - 1) / 2.0, (H - 1) / 2.0])
     f0 = focal
     if f0 is None:
         f_fund = cinit.estimate_focal(tracks.xy, tracks.visible, W, H, pairs=_pairs(tracks.visible, np.ones(T, bool)),
@@ -201,26 +227,20 @@ def estimate_cameras(
         f0 = f_fund if f_fund is not None else cinit.focal_from_fov(60.0, W)
     tracks = reject_moving(tracks, cinit.intrinsics(f0, center), cfg.ransac_px)
     tracks = _longest(tracks, cfg.max_points, cfg.seed)
+    if tracks.num_tracks < 8:
+        raise ValueError(f"only {tracks.num_tracks} static tracks: too little static texture to estimate cameras")
     xy, vis = tracks.xy, tracks.visible.copy()
     t_prep = time.perf_counter()
-    K = cinit.intrinsics(f0, center)
-
-    est = _reconstruct(xy, vis, K, f0, center, focal is None, cfg)
-    w2cs, X, has_X, f, err, info = est
+    w2cs, X, has_X, f, err, info = _reconstruct(xy, vis, cinit.intrinsics(f0, center), f0, center, focal is None, cfg)
     t_ba = time.perf_counter()
     scale, how = _scale(w2cs, f, center, X, has_X, xy, vis, prior_disp, prior_valid)
     w2cs[:, :3, 3] *= scale
     X = X * scale
-    K = cinit.intrinsics(f, center)
     angle, rms = _point_stats(w2cs, X, has_X, vis, err)
     info.update(scale=scale, scale_from=how, focal_init=float(f0), num_tracks=int(tracks.num_tracks),
-                num_points=int(has_X.sum()), motion_level_px=level,
-                seconds={"tracks": t_tracks - t0, "init": t_prep - t_tracks, "adjustment": t_ba - t_prep, "total": time.perf_counter() - t0})
-    logger.info("cameras: %d frames, focal %.1f px, %d points, reprojection error median %.2f px (%s); %.1f s",
-                T, f, int(has_X.sum()), float(np.nanmedian(err)) if np.isfinite(err).any() else float("nan"), how,
-                info["seconds"]["total"])
-    return CameraEstimate(w2cs, K, (W, H), False, motion, tracks, X, has_X, vis & has_X[:, None] & np.isfinite(err),
-                          angle, rms, info)
+                num_points=int(has_X.sum()), seconds={"init": t_prep - t0, "adjustment": t_ba - t_prep})
+    return CameraEstimate(w2cs, cinit.intrinsics(f, center), (W, H), False, np.full(T, np.nan), tracks, X, has_X,
+                          vis & has_X[:, None] & np.isfinite(err), angle, rms, info)
 
 
 def _longest(tracks: StaticTracks, n: int, seed: int) -> StaticTracks:

@@ -95,8 +95,14 @@ def estimate_for_loader(
     """Cameras for the loaded frames (T, H, W, 3) uint8 and foreground masks (T, H, W) bool; with
     ``want_depth``, also the geometric depth cue (foreground filled, see the module docstring)."""
     T, H, W = images.shape[:3]
-    est = estimate_cameras(images, masks, prior_disp=prior_disp, prior_valid=prior_valid, focal=focal, cfg=cfg,
-                           flow_cache_dir=flow_cache_dir)
+    try:
+        est = estimate_cameras(images, masks, prior_disp=prior_disp, prior_valid=prior_valid, focal=focal, cfg=cfg,
+                               flow_cache_dir=flow_cache_dir)
+    except ValueError as e:  # too little static texture, no usable frame pair...: the static camera of before
+        w2cs, Ks, f = static_cameras(T, W, H, focal, default_fov_deg)
+        logger.warning("camera estimation failed (%s): assuming a static camera (identity poses, focal length %.1f px); "
+                       "pass --data.missing-camera static to skip the estimation", e, f)
+        return LoaderCameras(w2cs, Ks, True)
     if est.is_static:
         w2cs, Ks, f = static_cameras(T, W, H, focal, default_fov_deg)
         logger.warning("camera estimation: the camera looks static (%s); identity poses, focal length %.1f px",
