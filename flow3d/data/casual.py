@@ -18,7 +18,7 @@ input files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -73,10 +73,9 @@ class CustomDataConfig(FileDataConfig):
     """Camera file ROOT/<camera_type>/SEQ.npy (flow3d_cameras: the one python -m flow3d.preprocess.cameras
     writes); when missing, see missing_camera."""
     missing_camera: camload.MissingCamera = "estimate"
-    """Without a camera file: estimate (cameras from the video itself, or those of flow3d_cameras/SEQ.npy
-    when it exists; a camera found static keeps identity poses), static (identity poses) or error."""
-    camera_estimate: CameraEstimateConfig = field(default_factory=CameraEstimateConfig)
-    """missing_camera=estimate: options of the estimation (flow3d.cameras)."""
+    """Without a camera file: estimate (cameras from the video itself with the default options, or those of
+    flow3d_cameras/SEQ.npy when it exists -- python -m flow3d.preprocess.cameras has every option; a camera
+    found static keeps identity poses), static (identity poses) or error."""
     focal_length: Optional[float] = None
     """Without a camera file: focal length in pixels of the loaded images (fixed when cameras are
     estimated); None = estimated, or from default_fov_deg for a static camera."""
@@ -273,7 +272,7 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
     elif estimate_now:
         cams = camload.estimate_for_loader(
             images, masks, None if geodepth_now or depth_dir is None else disp, None if geodepth_now or depth_dir is None else disp_valid,
-            focal=cfg.focal_length, default_fov_deg=cfg.default_fov_deg, cfg=cfg.camera_estimate, want_depth=geodepth_now,
+            focal=cfg.focal_length, default_fov_deg=cfg.default_fov_deg, cfg=CameraEstimateConfig(), want_depth=geodepth_now,
             flow_cache_dir=cache_path.parent / f"{cfg.seq_name}_{key}_flow",
         )
         w2cs, Ks = cams.w2cs, cams.Ks
