@@ -12,7 +12,7 @@ Jacobian; ``jacobian="sparse_fd"`` / ``"dense_fd"`` use finite differences with 
   the usual choice for small-baseline video.
 
 Residuals: the reprojection error (pixels) of every observation except the anchor ones, under a robust
-loss (Huber by default, scale ``loss_scale_px``), plus one weak prior per point ``w (log rho_p -
+loss (soft L1 by default, scale ``loss_scale_px``), plus one weak prior per point ``w (log rho_p -
 log rho_p0)`` that fixes the global scale (which the reprojections cannot see) without a dense row.
 """
 
@@ -242,11 +242,12 @@ def bundle_adjust(
     fixed_frames=(0,),
     optimize_focal: bool = True,
     focal_bounds: tuple[float, float] = (1.0, np.inf),
-    loss: str = "huber",
+    loss: str = "soft_l1",
     loss_scale_px: float = 1.0,
     prior_weight: float = 1e-2,
     max_nfev: int = 60,
     jacobian: str = "analytic",
+    x_scale="jac",
 ) -> BAResult:
     """Refine ``w2cs`` (T, 4, 4), ``focal`` and ``inv_depth`` (P,) (anchored at ``anchor_t`` (P,),
     ``anchor_xy`` (P, 2)) to minimise the robust reprojection error of ``obs``. ``center`` (2,) is the
@@ -274,7 +275,7 @@ def bundle_adjust(
         prob.residuals, x0, jac=prob.jacobian if jacobian == "analytic" else "2-point",
         jac_sparsity=prob.sparsity() if jacobian == "sparse_fd" else None, bounds=(lo, hi),
         method="trf", tr_solver="exact" if jacobian == "dense_fd" else "lsmr", loss=loss, f_scale=loss_scale_px,
-        x_scale="jac", max_nfev=max_nfev, ftol=1e-6, xtol=1e-8, gtol=1e-8,
+        x_scale=x_scale, max_nfev=max_nfev, ftol=1e-6, xtol=1e-8, gtol=1e-8,
     )
     vec, f, rho = prob.unpack(res.x)
     poses = vec_to_poses(vec)
