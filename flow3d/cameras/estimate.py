@@ -30,7 +30,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from flow3d.cameras import init as cinit
-from flow3d.cameras.bundle import Observations, anchor_points, bundle_adjust, points_from_world, project
+from flow3d.cameras.bundle import Observations, anchor_points, bundle_adjust, points_from_world
 from flow3d.cameras.tracks import StaticTracks, camera_motion_px, static_tracks
 from flow3d.log import get_logger
 
@@ -95,13 +95,13 @@ class CameraEstimate:
     info: dict = field(default_factory=dict)
 
 
-def _pairs(vis: np.ndarray, motion_ok: np.ndarray, n: int = 8) -> list[tuple[int, int]]:
+def _pairs(vis: np.ndarray, n: int = 8) -> list[tuple[int, int]]:
     """Up to ``n`` frame pairs (t, t + g) spread over the video with the largest gap g that keeps 50 common tracks."""
     T = vis.shape[1]
     out = []
     for t in np.linspace(0, T - 2, min(n, T - 1)).round().astype(int):
         for g in range(T - 1 - t, 0, -1):
-            if (vis[:, t] & vis[:, t + g]).sum() >= 50 and motion_ok[t]:
+            if (vis[:, t] & vis[:, t + g]).sum() >= 50:
                 out.append((int(t), int(t + g)))
                 break
     return sorted(set(out))
@@ -187,7 +187,6 @@ def estimate_cameras(
     T, H, W = images.shape[:3]
     if T < 2:
         raise ValueError(f"camera estimation needs at least 2 frames, got {T}")
-    center = np.array([(W - 1) / 2.0, (H - 1) / 2.0])
     tracks = static_tracks(images, fg_masks, grid_step=cfg.grid_step, query_stride=cfg.query_stride,
                            dilate_px=cfg.dilate_px, backend=cfg.flow_backend, cache_dir=flow_cache_dir)
     t_tracks = time.perf_counter()
@@ -223,7 +222,7 @@ def reconstruct_from_tracks(
     center = np.array([(W - 1) / 2.0, (H - 1) / 2.0])
     f0 = focal
     if f0 is None:
-        f_fund = cinit.estimate_focal(tracks.xy, tracks.visible, W, H, pairs=_pairs(tracks.visible, np.ones(T, bool)),
+        f_fund = cinit.estimate_focal(tracks.xy, tracks.visible, W, H, pairs=_pairs(tracks.visible),
                                       ransac_px=cfg.ransac_px, fov_range=cfg.fov_range_deg)
         f0 = f_fund if f_fund is not None else cinit.focal_from_fov(60.0, W)
     tracks = reject_moving(tracks, cinit.intrinsics(f0, center), cfg.ransac_px)

@@ -37,6 +37,9 @@ GEODEPTH_DIR = "flow3d_geodepth"
 
 MissingCamera = Literal["estimate", "static", "error"]
 
+ESTIMATE_VERSION = 1
+"""Part of the loaders' cache key when they estimate cameras: bump it when the estimation's results change."""
+
 
 @dataclass
 class LoaderCameras:

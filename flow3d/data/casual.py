@@ -190,6 +190,8 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
     sig = [files_signature(sorted(p for p in d.iterdir() if p.is_file())) for d in sig_dirs]
     if cam_path.exists():
         sig.append(files_signature([cam_path]))
+    elif estimate_now:
+        sig.append(["camera estimation", camload.ESTIMATE_VERSION])
     key = cache_key(cfg, exclude=("is_train", "cache_dir", "use_cache"), extra=sig)
     seq = memo_get(key)
     if seq is not None:

@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 
 from flow3d.cameras import StaticTracks, geometric_depth, reconstruct_from_tracks, trajectory_errors
 from flow3d.cameras import init as cinit
-from flow3d.cameras.bundle import Observations, _Problem, bundle_adjust, points_from_world, project, vec_to_poses
+from flow3d.cameras.bundle import Observations, _Problem, bundle_adjust, points_from_world, project
 from flow3d.cameras.metrics import align_similarity
 
 W, H = 320, 240
