@@ -103,6 +103,11 @@ class OptimConfig:
     """Translations of the motion bases (decays like the means)."""
     lr_final_factor: float = 0.01
     """Means and bases learning rates decay exponentially to this factor at ``max_steps``."""
+    refine_cameras: bool = False
+    """Learn a small se(3) correction of every training camera with the scene (flow3d.scene.camera_refine);
+    held-out frames take corrections interpolated from their neighbours."""
+    lr_cameras: float = 1e-4
+    """Adam learning rate of the camera corrections (radians and scene units)."""
 
 
 @dataclass

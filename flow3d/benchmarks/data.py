@@ -48,7 +48,7 @@ def main() -> None:
         for d in ("JPEGImages", "Annotations"):
             (root / d).symlink_to(src.resolve() / d)
         cfg = DavisDataConfig(
-            seq_name="horsejump-high", root_dir=str(root), depth_format="constant", normalize_scene=True,
+            seq_name="horsejump-high", root_dir=str(root), depth_format="constant", normalize_scene=True, missing_camera="static",
             missing_tracks="flow" if args.flow_tracks else "none", downscale=args.downscale, cache_dir=str(tmp / "cache"),
         )
         t0 = time.perf_counter()

@@ -12,7 +12,8 @@ the flat ``JPEGImages/*.jpg`` directly under the root)::
     <gt_depth_type>/RES/SEQ/NAME.npy       optional: reference z-depth for run_val.py (source.txt says what)
 
 Beyond Shape of Motion: a train/validation split; 2D tracks from optical flow when the track folder is
-missing; a static camera when the camera file is missing; depth as disparity/depth ``.npy`` or 16-bit
+missing; cameras estimated from the video (or a static camera) when the camera file is missing, and the
+geometric depth cue as the prior when the depth folder is missing too (:mod:`flow3d.cameras.loader`); depth as disparity/depth ``.npy`` or 16-bit
 PNG; integer downscaling; one clear error per bad input; an ``.npz`` cache keyed on the config and the
 input files; ignore masks (``valid_masks == False``: flow tracks never start on an ignored pixel and end
 where they land on one) and reference depth (``gt_depth``), see :mod:`flow3d.data.endoscopy`.
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from flow3d.cameras import loader as camload
+from flow3d.cameras.estimate import CameraEstimateConfig
 from flow3d.data import io
 from flow3d.data.cache import cache_key, default_cache_dir, files_signature, load_sequence, memo_get, memo_put, save_sequence
 from flow3d.data.common import FileDataConfig
@@ -71,9 +74,15 @@ class CustomDataConfig(FileDataConfig):
     constant_depth: float = 1.0
     """constant only: the depth of the flat prior."""
     camera_type: str = "droid_recon"
-    """Camera file ROOT/<camera_type>/SEQ.npy; when missing, a static camera (identity poses) is assumed."""
+    """Camera file ROOT/<camera_type>/SEQ.npy (flow3d_cameras: the one python -m flow3d.preprocess.cameras
+    writes); when missing, see missing_camera."""
+    missing_camera: camload.MissingCamera = "estimate"
+    """Without a camera file: estimate (cameras from the video itself with the default options, or those of
+    flow3d_cameras/SEQ.npy when it exists -- python -m flow3d.preprocess.cameras has every option; a camera
+    found static keeps identity poses), static (identity poses) or error."""
     focal_length: Optional[float] = None
-    """Static camera only: focal length in pixels of the loaded images; None = from default_fov_deg."""
+    """Without a camera file: focal length in pixels of the loaded images (fixed when cameras are
+    estimated); None = estimated, or from default_fov_deg for a static camera."""
     default_fov_deg: float = 60.0
     """Static camera only: horizontal field of view used when focal_length is None."""
     track_type: str = "bootstapir"
@@ -161,16 +170,29 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
     mask_dir = _resolve(root, cfg.mask_type, cfg.res, cfg.seq_name, (".png", ".jpg", ".jpeg"))
     if mask_dir is None:
         raise ValueError(f"masks folder not found; tried {_tried(root, cfg.mask_type, cfg.res, cfg.seq_name)}")
-    depth_dir = None
+    cam_path = root / cfg.camera_type / f"{cfg.seq_name}.npy"
+    if cfg.missing_camera not in ("estimate", "static", "error"):
+        raise ValueError(f"missing_camera must be one of estimate, static, error; got {cfg.missing_camera!r}")
+    if not cam_path.exists() and cfg.missing_camera == "estimate" and (root / camload.CAMERA_DIR / f"{cfg.seq_name}.npy").exists():
+        cam_path = root / camload.CAMERA_DIR / f"{cfg.seq_name}.npy"
+        logger.warning("no camera file at %s: using %s written by python -m flow3d.preprocess.cameras", root / cfg.camera_type, cam_path)
+    estimate_now = not cam_path.exists() and cfg.missing_camera == "estimate"
+    depth_dir, depth_format, geodepth_now, geodepth_read = None, cfg.depth_format, False, False
     if cfg.depth_format != "constant":
         depth_dir = _resolve(root, cfg.depth_type, cfg.res, cfg.seq_name, (".npy", ".png"))
-        if depth_dir is None:
+        geo_dir = _resolve(root, camload.GEODEPTH_DIR, cfg.res, cfg.seq_name, (".npy",))
+        if depth_dir is None and cam_path.exists() and cam_path.parent.name == camload.CAMERA_DIR and geo_dir is not None:
+            depth_dir, depth_format, geodepth_read = geo_dir, "disp_npy", True
+            logger.warning("no depth folder %s: using the geometric depth cue in %s (the cameras' scale)", root / cfg.depth_type, geo_dir)
+        elif depth_dir is None and estimate_now:
+            geodepth_now = True
+        elif depth_dir is None:
             raise ValueError(
                 f"depth folder not found; tried {_tried(root, cfg.depth_type, cfg.res, cfg.seq_name)}. Write a monocular "
-                "depth estimate there (--data.depth-type names the folder, --data.depth-format its kind) or use "
-                "--data.depth-format constant for a flat placeholder prior"
+                "depth estimate there (--data.depth-type names the folder, --data.depth-format its kind), use "
+                "--data.depth-format constant for a flat placeholder prior, or run python -m flow3d.preprocess.cameras "
+                "for cameras and a geometric depth cue"
             )
-    cam_path = root / cfg.camera_type / f"{cfg.seq_name}.npy"
     track_dir = _resolve(root, cfg.track_type, cfg.res, cfg.seq_name, (".npy",))
     ignore_dir = _resolve(root, cfg.ignore_type, cfg.res, cfg.seq_name, (".png",))
     gt_dir = _resolve(root, cfg.gt_depth_type, cfg.res, cfg.seq_name, (".npy",))
@@ -179,6 +201,8 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
     sig = [files_signature(sorted(p for p in d.iterdir() if p.is_file())) for d in sig_dirs]
     if cam_path.exists():
         sig.append(files_signature([cam_path]))
+    elif estimate_now:
+        sig.append(["camera estimation", camload.ESTIMATE_VERSION])
     key = cache_key(cfg, exclude=("is_train", "cache_dir", "use_cache"), extra=sig)
     seq = memo_get(key)
     if seq is not None:
@@ -219,15 +243,17 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
     gt_depth, gt_source = read_depth_folder(gt_dir, names, (H0, W0), cfg.downscale) if gt_dir is not None else (None, "ground truth")
 
     # ---- depth prior ------------------------------------------------------------------------------
-    if depth_dir is None:
+    if geodepth_now:  # filled in with the cameras below
+        disp, disp_valid = np.zeros((T, H, W), np.float32), np.zeros((T, H, W), bool)
+    elif depth_dir is None:
         logger.warning("no depth files: assuming a flat depth prior at depth %g (--data.depth-format constant)", cfg.constant_depth)
         if not cfg.constant_depth > 0:
             raise ValueError(f"constant_depth must be > 0, got {cfg.constant_depth}")
         disp = np.full((T, H, W), 1.0 / cfg.constant_depth, dtype=np.float32)
         disp_valid = np.ones((T, H, W), dtype=bool)
     else:
-        ext = ".png" if cfg.depth_format == "depth_png" else ".npy"
-        depth_files = _by_stem(io.list_files(depth_dir, (ext,), f"depth ({cfg.depth_format})"), f"depth folder {depth_dir}")
+        ext = ".png" if depth_format == "depth_png" else ".npy"
+        depth_files = _by_stem(io.list_files(depth_dir, (ext,), f"depth ({depth_format})"), f"depth folder {depth_dir}")
         if len(depth_files) != n_all:
             raise ValueError(f"frame-count mismatch: depth folder {depth_dir} has {len(depth_files)} {ext} files, images folder {img_dir} has {n_all} frames")
         disp = np.zeros((T, H, W), dtype=np.float32)
@@ -236,12 +262,14 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
         for t, n in enumerate(tqdm(names, desc="depth", leave=False)):
             if n not in depth_files:
                 raise ValueError(f"depth for frame {n!r} not found in {depth_dir} (expected {n}{ext})")
-            d, v = io.read_depth_as_disp(depth_files[n], cfg.depth_format, (H0, W0), cfg.depth_png_scale)
+            d, v = io.read_depth_as_disp(depth_files[n], depth_format, (H0, W0), cfg.depth_png_scale)
             if not v.all():
                 bad_frames.append((n, int((~v).sum())))
             disp[t], disp_valid[t] = io.resize_nearest(d, cfg.downscale), io.resize_nearest(v, cfg.downscale)
         if not disp_valid.any():
             raise ValueError(f"depth folder {depth_dir}: no finite positive value in any frame")
+        if geodepth_read:  # the moving foreground has no triangulated depth: the placeholder of flow3d.cameras.loader
+            disp, disp_valid, _ = camload.fill_foreground(disp, disp_valid, masks)
         if bad_frames:
             total = sum(c for _, c in bad_frames)
             logger.warning(
@@ -254,14 +282,22 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
         w2cs_all, Ks_all = io.read_droid_recon(cam_path, n_all, H0, W0)
         w2cs, Ks = w2cs_all[cfg.start:end], Ks_all[cfg.start:end]
         Ks = _scale_Ks(Ks, W / W0, H / H0)
+    elif cfg.missing_camera == "error":
+        raise ValueError(f"camera file not found: {cam_path} (--data.missing-camera error); pass --data.missing-camera estimate or static")
+    elif estimate_now:
+        cams = camload.estimate_for_loader(
+            images, masks, None if geodepth_now or depth_dir is None else disp, None if geodepth_now or depth_dir is None else disp_valid,
+            focal=cfg.focal_length, default_fov_deg=cfg.default_fov_deg, cfg=CameraEstimateConfig(), want_depth=geodepth_now,
+            flow_cache_dir=cache_path.parent / f"{cfg.seq_name}_{key}_flow",
+        )
+        w2cs, Ks = cams.w2cs, cams.Ks
+        if geodepth_now and cams.disp is not None:
+            disp, disp_valid = cams.disp, cams.disp_valid
+        elif geodepth_now:
+            logger.warning("no depth folder and a static camera (nothing to triangulate): a flat depth prior at depth %g", cfg.constant_depth)
+            disp, disp_valid = np.full((T, H, W), 1.0 / cfg.constant_depth, np.float32), np.ones((T, H, W), bool)
     else:
-        if cfg.focal_length is not None:
-            f = float(cfg.focal_length)
-        else:
-            f = (W / 2.0) / np.tan(np.radians(cfg.default_fov_deg) / 2.0)
-        K = np.array([[f, 0, (W - 1) / 2.0], [0, f, (H - 1) / 2.0], [0, 0, 1.0]])
-        Ks = np.repeat(K[None], T, 0)
-        w2cs = np.repeat(np.eye(4)[None], T, 0)
+        w2cs, Ks, f = camload.static_cameras(T, W, H, cfg.focal_length, cfg.default_fov_deg)
         logger.warning(
             "no camera file at %s: assuming a static camera (identity poses), focal length %.1f px (%s), principal point at the image centre",
             cam_path, f, "--data.focal-length" if cfg.focal_length is not None else f"{cfg.default_fov_deg:g} deg horizontal field of view",

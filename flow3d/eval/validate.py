@@ -363,6 +363,10 @@ def evaluate(cfg: ValConfig) -> ValResult:
     bg = torch.tensor(train_cfg.bg_color, device=device, dtype=torch.float32)
 
     seq = cfg.data.load()
+    if payload.get("camera_refine") is not None:  # cameras corrected during training (--optim.refine-cameras)
+        from flow3d.scene.camera_refine import apply_to_sequence
+
+        seq = apply_to_sequence(seq, payload["camera_refine"])
     if model.num_frames != seq.num_frames:
         raise ValueError(
             f"the checkpoint models {model.num_frames} frames but the data config loads {seq.num_frames}: "

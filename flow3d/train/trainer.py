@@ -15,6 +15,7 @@ from tqdm import tqdm
 from flow3d.config import TrainConfig, save_config
 from flow3d.log import get_logger
 from flow3d.losses.photometric import psnr
+from flow3d.scene.camera_refine import camera_refine_state, make_camera_refine
 from flow3d.scene.init import initialize_scene
 from flow3d.scene.model import SceneModel
 from flow3d.scene.strategy import DensifyStrategy
@@ -92,6 +93,7 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.timing = {"render": 0.0, "losses": 0.0, "backward_optim": 0.0, "steps": 0}
         last = self.work_dir / "checkpoints" / "last.ckpt"
+        self._camera_state = None
         if last.is_file():
             self._resume(last)
         else:
@@ -103,6 +105,10 @@ class Trainer:
             self.strategy = DensifyStrategy(cfg.densify, scene_extent(self.model))
             self.strategy_state = self.strategy.initialize_state()
         self.all_w2cs = self.seq.w2cs.to(self.device)
+        self.cam_refine = self.cam_opt = None
+        if cfg.optim.refine_cameras:
+            self.cam_refine, self.cam_opt = make_camera_refine(
+                self.seq.num_frames, self.seq.train_ids, cfg.optim.lr_cameras, self.device, self._camera_state)
         self.writer = None
         # shared across steps (each step's extras is a shallow copy): frames already reported as pair-less
         self.extras = {"all_w2cs": self.all_w2cs, "empty_pairs_logged": set()}
@@ -124,6 +130,7 @@ class Trainer:
             "scene_extent": self.strategy.scene_extent,
             "canonical_t": self.canonical_t,
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+            "camera_refine": None if self.cam_refine is None else camera_refine_state(self.cam_refine, self.cam_opt),
         }
 
     def save(self, numbered: bool) -> None:
@@ -145,6 +152,7 @@ class Trainer:
         self.strategy_state = payload["strategy_state"]
         self.canonical_t = payload["canonical_t"]
         self.step = int(payload["step"])
+        self._camera_state = payload.get("camera_refine")
         torch.set_rng_state(payload["rng"]["torch"])
         self.generator.set_state(payload["rng"]["generator"])
         logger.info("resumed from %s at step %d", path, self.step)
@@ -158,6 +166,9 @@ class Trainer:
             sample_batch(self.seq, cfg.batch_size, cfg.num_targets, cfg.losses.num_track_samples, self.generator),
             self.device,
         )
+        if self.cam_refine is not None:
+            batch = self.cam_refine.refine_batch(batch)
+        all_w2cs = self.current_w2cs()
         need_tracks = self.weights.get("track", 0) != 0 or self.weights.get("mapped_depth", 0) != 0
         out = self.model.render(
             batch.ts, batch.w2cs, batch.Ks, batch.img_wh,
@@ -167,12 +178,12 @@ class Trainer:
             backend=cfg.render_backend,
         )
         means2d, radii = list(out.means2d), list(out.radii)
-        extras = dict(self.extras, step=self.step)
+        extras = dict(self.extras, step=self.step, all_w2cs=all_w2cs)
         if self.render_neighbors:
             flows = self.extras["neighbor_flows"]
             next_ts = torch.tensor([flows[t].next_t if t in flows else t for t in batch.ts.tolist()], device=self.device)
             nxt = self.model.render(
-                next_ts, self.all_w2cs[next_ts], self.seq.Ks[next_ts.cpu()].to(self.device), batch.img_wh,
+                next_ts, all_w2cs[next_ts], self.seq.Ks[next_ts.cpu()].to(self.device), batch.img_wh,
                 bg_color=torch.tensor(cfg.bg_color, device=self.device), backend=cfg.render_backend,
             )
             extras["next_out"] = nxt
@@ -195,18 +206,18 @@ class Trainer:
                     f"{self.nonfinite_in_row} consecutive steps had a non-finite loss (last: terms {bad}); "
                     "check the depth prior and the learning rates"
                 )
-            for o in self.optimizers.values():
+            for o in self._all_optimizers():
                 o.zero_grad(set_to_none=True)
             self.step += 1
             return None
         self.nonfinite_in_row = 0
         total.backward()
-        for o in self.optimizers.values():
+        for o in self._all_optimizers():
             o.step()
         self.strategy.step_post_backward(
             self.model, self.optimizers, self.strategy_state, self.step, means2d, radii, batch.img_wh
         )
-        for o in self.optimizers.values():
+        for o in self._all_optimizers():
             o.zero_grad(set_to_none=True)
         for s in self.schedulers.values():
             s.step()
@@ -221,6 +232,13 @@ class Trainer:
         terms["psnr"] = psnr(out.img.detach(), batch.imgs).mean()
         self._last_out, self._last_batch = out, batch
         return terms
+
+    def _all_optimizers(self) -> list:
+        return list(self.optimizers.values()) + ([self.cam_opt] if self.cam_opt is not None else [])
+
+    def current_w2cs(self) -> Tensor:
+        """(T, 4, 4) cameras of every frame, with the learned corrections when --optim.refine-cameras is on."""
+        return self.all_w2cs if self.cam_refine is None else self.cam_refine.all_w2cs(self.all_w2cs)
 
     # ----------------------------------------------------------------------------------------- logging
     def _log(self, terms: dict[str, Tensor]) -> None:
@@ -253,10 +271,11 @@ class Trainer:
         if len(ids) == 0:
             return float("nan")
         vals = []
+        w2cs = self.current_w2cs()
         for t in ids.tolist():
             ts = torch.tensor([t], device=self.device)
             out = self.model.render(
-                ts, self.seq.w2cs[t : t + 1].to(self.device), self.seq.Ks[t : t + 1].to(self.device),
+                ts, w2cs[t : t + 1], self.seq.Ks[t : t + 1].to(self.device),
                 (self.seq.images.shape[2], self.seq.images.shape[1]),
                 bg_color=torch.tensor(self.cfg.bg_color, device=self.device), backend=self.cfg.render_backend,
             )

@@ -235,12 +235,12 @@ def test_depth_formats(synth, root):
 def test_missing_camera_file_gives_static_camera(root, caplog):
     (root / "droid_recon" / f"{SEQ}.npy").unlink()
     with caplog.at_level(logging.WARNING, logger="flow3d"):
-        seq = cfg(root).load()
+        seq = cfg(root, missing_camera="static").load()
     assert torch.equal(seq.w2cs, torch.eye(4).expand(12, 4, 4))
     f = 32 / np.tan(np.radians(30))
     torch.testing.assert_close(seq.Ks[0], torch.tensor([[f, 0, 31.5], [0, f, 23.5], [0, 0, 1]], dtype=torch.float32))
     assert "static camera" in caplog.text
-    seq2 = cfg(root, focal_length=50.0).load()
+    seq2 = cfg(root, focal_length=50.0, missing_camera="static").load()
     assert seq2.Ks[0, 0, 0] == 50.0 and seq2.Ks[0, 1, 1] == 50.0
 
 

@@ -94,7 +94,7 @@ def test_davis_flat_layout_static_camera_constant_depth(real_data, tmp_path, cap
     root = _davis_root(real_data, tmp_path)
     with caplog.at_level(logging.WARNING, logger="flow3d"):
         seq = DavisDataConfig(seq_name="horsejump-high", root_dir=str(root), depth_format="constant", missing_tracks="none",
-                              normalize_scene=False, cache_dir=str(tmp_path / "cache"), downscale=2).load()
+                              normalize_scene=False, cache_dir=str(tmp_path / "cache"), downscale=2, missing_camera="static").load()
     assert seq.num_frames == 50 and seq.img_wh == (427, 240)
     assert "static camera" in caplog.text and "flat depth prior" in caplog.text and "without 2D tracks" in caplog.text
     assert torch.equal(seq.w2cs, torch.eye(4).expand(50, 4, 4))
@@ -112,7 +112,7 @@ def test_davis_with_synthetic_depth_and_flow_tracks(real_data, tmp_path):
     for i in range(50):
         np.save(ddir / f"{i:05d}.npy", yy)
     seq = DavisDataConfig(seq_name="horsejump-high", root_dir=str(root), depth_type="my_depth", end=8, downscale=4,
-                          flow_grid_step=4, cache_dir=str(tmp_path / "cache")).load()
+                          flow_grid_step=4, cache_dir=str(tmp_path / "cache"), missing_camera="static").load()
     assert seq.num_frames == 8 and seq.tracks_xy.shape[1] == 8 and seq.tracks_xy.shape[0] > 20
     assert seq.scene_scale > 0 and torch.isfinite(seq.w2cs).all()
     # tracks start on the horse: the foreground mask at each track's query pixel
