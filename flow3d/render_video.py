@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Iterator, Literal, Optional
 
 import numpy as np
-import torch
 from torch import Tensor
 from tqdm import tqdm
 
@@ -109,13 +108,7 @@ def plan_path(cfg: VideoConfig, run, seq) -> PathPlan:
     img_wh = (max(1, round(W0 * cfg.resolution_scale)), max(1, round(H0 * cfg.resolution_scale)))
     K = scale_intrinsics(seq.Ks[ref].double(), img_wh[0] / W0).float()
     ref_w2c = seq.w2cs[ref].double()
-    model = run.model
-    with torch.no_grad():
-        fg_means, _ = model.fg_means_quats_at(torch.tensor([ref], device=run.device))
-        points = fg_means[:, 0]
-        if model.bg is not None:
-            points = torch.cat([points, model.bg.get_means()])
-    look_at = scene_look_at(seq.w2cs.double(), ref_w2c, seq.Ks[ref].double(), (W0, H0), points.double().cpu())
+    look_at = scene_look_at(seq.w2cs.double(), ref_w2c, seq.Ks[ref].double(), (W0, H0), run.centres_at(ref))
     up = cameras_up(seq.w2cs.double())
     if cfg.camera_path == "fixed":
         w2cs = ref_w2c[None].repeat(n, 1, 1)

@@ -53,6 +53,13 @@ class TrainedRun:
         return seq
 
     @torch.no_grad()
+    def centres_at(self, t: int) -> Tensor:
+        """(N, 3) float64 CPU: the centres of all Gaussians at video frame ``t`` (dynamic moved, static as is)."""
+        means, _ = self.model.fg_means_quats_at(torch.tensor([int(t)], device=self.device))  # (N_fg, 1, 3)
+        parts = [means[:, 0]] + ([self.model.bg.get_means()] if self.model.bg is not None else [])
+        return torch.cat(parts).double().cpu()
+
+    @torch.no_grad()
     def render(
         self, t: int, w2c: Tensor, K: Tensor, img_wh: tuple[int, int], fg: bool = True, bg: bool = True
     ) -> dict[str, np.ndarray]:
