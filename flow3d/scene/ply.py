@@ -120,12 +120,12 @@ def read_splat_ply(path: str | Path) -> Splats:
 
     Raises ValueError naming the file when it is not a PLY file or lacks a property of the layout.
     """
-    from plyfile import PlyData
+    from plyfile import PlyData, PlyParseError
 
     path = Path(path)
     try:
         vertex = PlyData.read(str(path))["vertex"]
-    except (OSError, ValueError, KeyError, IndexError) as e:  # plyfile raises PlyParseError (a ValueError)
+    except (OSError, ValueError, KeyError, IndexError, PlyParseError) as e:
         raise ValueError(f"{path} is not a readable PLY file with a 'vertex' element ({type(e).__name__}: {e})") from None
     names = set(vertex.data.dtype.names or ())
     missing = [p for p in SPLAT_PROPERTIES if p not in names and not p.startswith("n")]
