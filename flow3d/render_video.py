@@ -121,9 +121,9 @@ def plan_path(cfg: VideoConfig, run, seq) -> PathPlan:
 
 
 def _depth_range(run, plan: PathPlan, samples: int = 8) -> tuple[float, float]:
-    """2nd-98th percentile of the rendered depth (alpha >= MIN_ALPHA) of up to ``samples`` path frames, at <= 1/2 size."""
-    s = min(1.0, 0.5 * 256 / max(plan.img_wh))
-    s = max(s, 16 / min(plan.img_wh))
+    """2nd-98th percentile of the rendered depth (alpha >= MIN_ALPHA) of up to ``samples`` path frames,
+    rendered with at most 128 pixels on the longer side."""
+    s = min(1.0, 128 / max(plan.img_wh))
     wh = (max(1, round(plan.img_wh[0] * s)), max(1, round(plan.img_wh[1] * s)))
     K = scale_intrinsics(plan.K.double(), wh[0] / plan.img_wh[0]).float()
     idx = sorted(set(np.linspace(0, len(plan.ts) - 1, min(samples, len(plan.ts))).round().astype(int).tolist()))
