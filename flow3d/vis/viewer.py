@@ -225,30 +225,28 @@ class SceneViewer:
             fov = 2.0 * math.atan(H / 2.0 / float(seq.Ks[t, 1, 1]))
             handle = self.server.scene.add_camera_frustum(
                 f"/training_cameras/{t:05d}", fov=fov, aspect=W / H, scale=size, color=(60, 110, 230),
-                wxyz=vtf.SO3.from_matrix(c2w[:3, :3]).wxyz, position=c2w[:3, 3], visible=t != self._inside,
+                thickness=1.5, thickness_units="screen", wxyz=vtf.SO3.from_matrix(c2w[:3, :3]).wxyz, position=c2w[:3, 3], visible=t != self._inside,
             )
-            handle.on_click(self._jump_to(t, c2w, fov))
+            handle.on_click(lambda event, t=t: self.jump_to(event.client, t))
             self._frustums[t] = handle
 
     def _show_frustums(self) -> None:
         for t, f in self._frustums.items():
             f.visible = bool(self.gui_cams.value) and t != self._inside
 
-    def _jump_to(self, t: int, c2w: np.ndarray, fov: float):
-        """on_click callback of frame ``t``'s frustum: look through that camera at frame ``t``."""
+    def jump_to(self, client, t: int) -> None:
+        """Put ``client``'s camera on training frame ``t``'s camera (its pose and field of view) at time ``t``."""
         import viser.transforms as vtf
 
-        def on_click(event) -> None:
-            with event.client.atomic():
-                event.client.camera.fov = fov
-                event.client.camera.wxyz = vtf.SO3.from_matrix(c2w[:3, :3]).wxyz
-                event.client.camera.position = c2w[:3, 3]
-            self._inside = t
-            self._show_frustums()
-            self.gui_time.value = t
-            self._request_all()
-
-        return on_click
+        c2w = np.linalg.inv(self.seq.w2cs[t].double().numpy())
+        with client.atomic():
+            client.camera.fov = 2.0 * math.atan(self.seq.img_wh[1] / 2.0 / float(self.seq.Ks[t, 1, 1]))
+            client.camera.wxyz = vtf.SO3.from_matrix(c2w[:3, :3]).wxyz
+            client.camera.position = c2w[:3, 3]
+        self._inside = t
+        self._show_frustums()
+        self.gui_time.value = t
+        self._request_all()
 
     # ------------------------------------------------------------------------------------------ clients
     def _on_connect(self, client) -> None:
