@@ -138,7 +138,7 @@ class SceneViewer:
         self.run, self.seq = run, seq
         self.max_res, self.target_fps, self.settle_s = int(max_res), float(target_fps), float(settle_s)
         self.stats = ViewerStats()
-        self.running = True
+        self.running, self.playing = True, False
         self._render_lock = threading.Lock()
         self._loops: dict[int, _ClientLoop] = {}
         self._pixels_per_s = 2e4 * self.target_fps  # first guess; measured from the first render on
@@ -190,7 +190,8 @@ class SceneViewer:
         with gui.add_folder("Time"):
             self.gui_time = gui.add_slider("frame", min=0, max=max(T - 1, 1), step=1, initial_value=T // 2,
                                            disabled=T == 1)
-            self.gui_play = gui.add_checkbox("play", initial_value=False)
+            self.gui_play = gui.add_button("play", disabled=T == 1)
+            self.gui_pause = gui.add_button("pause", visible=False)
             self.gui_fps = gui.add_slider("play fps", min=1, max=30, step=1, initial_value=10)
         with gui.add_folder("Show"):
             self.gui_mode = gui.add_dropdown("render", SHOW_MODES, initial_value="RGB")
@@ -204,6 +205,13 @@ class SceneViewer:
             h.on_update(lambda _: self._request_all())
 
         self.gui_cams.on_update(lambda _: self._show_frustums())
+        self.gui_play.on_click(lambda _: self.set_playing(True))
+        self.gui_pause.on_click(lambda _: self.set_playing(False))
+
+    def set_playing(self, playing: bool) -> None:
+        """Start or stop playing the video's time (the play / pause buttons)."""
+        self.playing = bool(playing) and self.seq.num_frames > 1
+        self.gui_play.visible, self.gui_pause.visible = not self.playing, self.playing
 
     def _add_frustums(self, max_frustums: int) -> None:
         """Wireframe frustums of up to ``max_frustums`` training cameras (evenly spaced frames).
@@ -270,7 +278,7 @@ class SceneViewer:
     def _play_loop(self) -> None:
         while self.running:
             time.sleep(1.0 / max(float(self.gui_fps.value), 1.0))
-            if self.gui_play.value and self.seq.num_frames > 1:
+            if self.playing:
                 self.gui_time.value = (int(self.gui_time.value) + 1) % self.seq.num_frames
                 self._request_all()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 TRAIN_ARGS = [
     "--preset", "cpu_demo", "--max-steps", "4", "--save-every", "2", "--init.num-fg", "200", "--init.num-bg", "300",

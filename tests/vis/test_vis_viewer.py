@@ -122,6 +122,22 @@ def test_render_follows_the_panel_options(viewer, trained):
         viewer.gui_mode.value, viewer.gui_bg.value, viewer.gui_res.value = "RGB", True, 160
 
 
+def test_play_advances_time_and_pause_stops_it(viewer):
+    viewer.gui_fps.value = 30
+    start = int(viewer.gui_time.value)
+    viewer.set_playing(True)
+    try:
+        assert viewer.gui_pause.visible and not viewer.gui_play.visible
+        _wait(lambda: int(viewer.gui_time.value) not in (start,), 10, "time to advance")
+    finally:
+        viewer.set_playing(False)
+    assert viewer.gui_play.visible and not viewer.gui_pause.visible
+    time.sleep(0.2)
+    stopped = int(viewer.gui_time.value)
+    time.sleep(0.5)
+    assert int(viewer.gui_time.value) == stopped
+
+
 def _canvas_correlation(shot: np.ndarray, sent: np.ndarray) -> float:
     """Correlation of the screenshot's canvas with the sent image, stretched to the canvas as viser shows it,
     in a region clear of the panel (right), the software-WebGL notice (top left) and the axes (bottom left)."""
