@@ -141,6 +141,7 @@ class SceneViewer:
         self.running, self.playing = True, False
         self._render_lock = threading.Lock()
         self._loops: dict[int, _ClientLoop] = {}
+        self._gone: set[int] = set()  # ids of clients that disconnected
         self._pixels_per_s = 2e4 * self.target_fps  # first guess; measured from the first render on
         T = seq.num_frames
         W, H = seq.img_wh
@@ -152,7 +153,8 @@ class SceneViewer:
         up = cameras_up(seq.w2cs.double()).numpy()
         self.server.scene.set_up_direction(tuple(float(x) for x in up))
         ref = camera_centers(seq.w2cs[T // 2].double()).numpy()
-        self.server.initial_camera.position = tuple(float(x) for x in ref)
+        start = self.look_at + 1.4 * (ref - self.look_at)  # behind the middle camera: the frustums in view
+        self.server.initial_camera.position = tuple(float(x) for x in start)
         self.server.initial_camera.look_at = tuple(float(x) for x in self.look_at)
         self.server.initial_camera.fov = self._train_fov
         self.server.on_client_connect(self._on_connect)
@@ -225,9 +227,9 @@ class SceneViewer:
         W, H = seq.img_wh
         ts = sorted(set(np.linspace(0, T - 1, min(T, max_frustums)).round().astype(int).tolist()))
         centres = camera_centers(seq.w2cs.double()).numpy()
-        size = 0.08 * float(np.median(np.linalg.norm(centres - self.look_at[None], axis=-1)))
+        size = 0.05 * float(np.median(np.linalg.norm(centres - self.look_at[None], axis=-1)))
         self._frustums: dict[int, object] = {}
-        self._inside: int | None = T // 2 if T // 2 in ts else None  # the initial view is frame T // 2's camera
+        self._inside: int | None = None  # the camera the view was jumped into
         for t in ts:
             c2w = np.linalg.inv(seq.w2cs[t].double().numpy())
             fov = 2.0 * math.atan(H / 2.0 / float(seq.Ks[t, 1, 1]))
@@ -267,6 +269,7 @@ class SceneViewer:
         logger.info("client %d connected", client.client_id)
 
     def _on_disconnect(self, client) -> None:
+        self._gone.add(client.client_id)
         loop = self._loops.pop(client.client_id, None)
         if loop is not None:
             loop.running = False
@@ -302,6 +305,8 @@ class SceneViewer:
         self._pixels_per_s = 0.5 * self._pixels_per_s + 0.5 * wh[0] * wh[1] / max(dt, 1e-4)
         img = self._colorize(r)
         self.stats.frames_rendered += 1
+        if getattr(client, "client_id", None) in self._gone:  # the browser left during the render
+            return
         client.scene.set_background_image(img, format="jpeg", jpeg_quality=90 if full else 60)
         self.stats.frames_sent += 1
         self.stats.last_wh, self.stats.last_render_s, self.stats.last_sent = wh, dt, img
