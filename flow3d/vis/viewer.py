@@ -3,7 +3,7 @@
 The viewer owns the UI state (time, play, what to show, the clients' cameras) and asks the trained run
 for one thing only: "render this camera at this time" (:meth:`flow3d.scene.load.TrainedRun.render`).
 Each connected browser gets a render thread. While its camera moves (or time plays) the thread renders
-at the resolution that the measured rendering speed allows at ``target_fps``; once the camera has been
+at the resolution that the measured render times allow at ``target_fps`` (:class:`RenderCost`); once the camera has been
 still for ``settle_s`` it renders once more at the full ``max_res``. Renders are serialised by one lock
 (the model is shared). A failed render is logged and the viewer keeps serving.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,14 +60,43 @@ def camera_from_viser(wxyz: np.ndarray, position: np.ndarray, fov: float, img_wh
     return torch.from_numpy(np.linalg.inv(c2w)).float(), K
 
 
-def adaptive_wh(aspect: float, pixels_per_s: float, target_fps: float, max_res: int, min_res: int = 48) -> tuple[int, int]:
-    """(W, H) with aspect ``aspect`` (W / H) whose render should take 1 / ``target_fps`` at ``pixels_per_s``;
-    the longer side is at most ``max_res`` and the shorter at least ``min_res`` (if ``max_res`` allows)."""
-    pixels = max(pixels_per_s / target_fps, 1.0)
-    H = math.sqrt(pixels / aspect)
-    H = min(H, max_res / max(aspect, 1.0))  # the longer side within max_res
+class RenderCost:
+    """Render time modelled as ``a + b * pixels`` (seconds), fitted by least squares to the last ``window``
+    renders, to choose how many pixels fit in a frame time. The fixed part ``a`` (projection, sorting)
+    matters on a CPU: halving the pixels does not halve the time."""
+
+    def __init__(self, window: int = 24, seconds_per_pixel: float = 1e-5):
+        self.samples: deque[tuple[float, float]] = deque(maxlen=window)  # (pixels, seconds)
+        self._b0 = seconds_per_pixel  # the guess before any render
+
+    def add(self, pixels: int, seconds: float) -> None:
+        self.samples.append((float(pixels), float(seconds)))
+
+    def fit(self) -> tuple[float, float]:
+        """(a, b): seconds per render and per pixel; a proportional fit (a = 0) until two sizes were seen."""
+        if not self.samples:
+            return 0.0, self._b0
+        px = np.array([p for p, _ in self.samples])
+        dt = np.array([t for _, t in self.samples])
+        if np.ptp(px) > 0.1 * px.max():
+            b, a = np.polyfit(px, dt, 1)
+            if b > 0 and a >= 0:
+                return float(a), float(b)
+        return 0.0, float(dt.sum() / px.sum())
+
+    def pixels_for(self, seconds: float) -> float:
+        """Pixels whose render should take ``seconds``; when the fixed part alone takes most of that, the
+        size at which pixels cost a quarter of it (smaller images would barely render faster)."""
+        a, b = self.fit()
+        return (seconds - a) / b if seconds > 1.25 * a else 0.25 * a / b
+
+
+def adaptive_wh(aspect: float, pixels: float, max_res: int, min_res: int = 48) -> tuple[int, int]:
+    """(W, H) of about ``pixels`` pixels with aspect ``aspect`` (W / H); the longer side at most ``max_res``,
+    the shorter at least ``min_res`` (when ``max_res`` allows)."""
+    H = math.sqrt(max(pixels, 1.0) / aspect)
     H = max(H, min(min_res, max_res) / min(aspect, 1.0))  # the shorter side at least min_res
-    H = min(H, max_res / max(aspect, 1.0))
+    H = min(H, max_res / max(aspect, 1.0))  # the longer side within max_res
     return max(1, int(round(H * aspect))), max(1, int(round(H)))
 
 
@@ -142,7 +172,7 @@ class SceneViewer:
         self._render_lock = threading.Lock()
         self._loops: dict[int, _ClientLoop] = {}
         self._gone: set[int] = set()  # ids of clients that disconnected
-        self._pixels_per_s = 2e4 * self.target_fps  # first guess; measured from the first render on
+        self.cost = RenderCost()
         T = seq.num_frames
         W, H = seq.img_wh
         self._train_fov = 2.0 * math.atan(H / 2.0 / float(seq.Ks[T // 2, 1, 1]))
@@ -295,14 +325,14 @@ class SceneViewer:
             H = max_res / max(aspect, 1.0)
             wh = (max(1, round(H * aspect)), max(1, round(H)))
         else:
-            wh = adaptive_wh(aspect, self._pixels_per_s, self.target_fps, max_res)
+            wh = adaptive_wh(aspect, self.cost.pixels_for(1.0 / self.target_fps), max_res)
         w2c, K = camera_from_viser(cam.wxyz, cam.position, cam.fov, wh)
         t = int(self.gui_time.value)
         with self._render_lock:
             tic = time.perf_counter()
             r = self.run.render(t, w2c, K, wh, fg=self.gui_fg.value, bg=self.gui_bg.value)
             dt = time.perf_counter() - tic
-        self._pixels_per_s = 0.5 * self._pixels_per_s + 0.5 * wh[0] * wh[1] / max(dt, 1e-4)
+        self.cost.add(wh[0] * wh[1], dt)
         img = self._colorize(r)
         self.stats.frames_rendered += 1
         if getattr(client, "client_id", None) in self._gone:  # the browser left during the render
@@ -328,4 +358,4 @@ class SceneViewer:
         self.server.stop()
 
 
-__all__ = ["SHOW_MODES", "SceneViewer", "ViewerStats", "adaptive_wh", "camera_from_viser"]
+__all__ = ["SHOW_MODES", "RenderCost", "SceneViewer", "ViewerStats", "adaptive_wh", "camera_from_viser"]

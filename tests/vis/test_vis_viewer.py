@@ -22,7 +22,7 @@ viser = pytest.importorskip("viser", reason="the viewer needs viser (pip install
 
 from flow3d.eval.video import colorize_depth, to_uint8_rgb  # noqa: E402
 from flow3d.view import ViewConfig, main, start_viewer  # noqa: E402
-from flow3d.vis.viewer import adaptive_wh, camera_from_viser  # noqa: E402
+from flow3d.vis.viewer import RenderCost, adaptive_wh, camera_from_viser  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -63,13 +63,25 @@ def test_camera_from_viser_reproduces_a_training_camera(trained):
         torch.testing.assert_close(K, seq.Ks[t], atol=1e-4, rtol=0)  # the synthetic cameras are centred
 
 
-def test_adaptive_resolution_follows_the_measured_speed():
-    W, H = adaptive_wh(1.5, pixels_per_s=1.2e6, target_fps=10, max_res=2048)
+def test_adaptive_size_keeps_aspect_and_bounds():
+    W, H = adaptive_wh(1.5, 1.2e5, max_res=2048)
     assert abs(W * H - 1.2e5) / 1.2e5 < 0.02 and abs(W / H - 1.5) < 0.02
-    W2, H2 = adaptive_wh(1.5, pixels_per_s=1.2e4, target_fps=10, max_res=2048)
-    assert W2 < W and H2 == 48  # slow renders: small images, but not below 48 pixels
-    assert max(adaptive_wh(1.5, 1e12, 10, max_res=320)) == 320  # fast renders: capped by max_res
-    assert adaptive_wh(0.5, 1e12, 10, max_res=320)[1] == 320  # portrait: the height is the longer side
+    assert adaptive_wh(1.5, 100.0, max_res=2048) == (72, 48)  # not below 48 pixels on the shorter side
+    assert adaptive_wh(1.5, 1e12, max_res=320) == (320, 213)  # the longer side capped by max_res
+    assert adaptive_wh(0.5, 1e12, max_res=320) == (160, 320)  # portrait: the height is the longer side
+
+
+def test_render_cost_fits_the_fixed_and_per_pixel_parts():
+    cost = RenderCost()
+    assert cost.pixels_for(0.1) == pytest.approx(0.1 / 1e-5)  # the guess before any render
+    cost.add(10_000, 0.2 + 1e-6 * 10_000)  # a single size: proportional until two sizes are seen
+    assert cost.fit() == (0.0, pytest.approx(0.21 / 10_000))
+    for px in (20_000, 40_000, 80_000, 160_000):
+        cost.add(px, 0.2 + 1e-6 * px)  # hand-made: 200 ms fixed + 1 us per pixel
+    a, b = cost.fit()
+    assert a == pytest.approx(0.2, rel=1e-6) and b == pytest.approx(1e-6, rel=1e-6)
+    assert cost.pixels_for(0.5) == pytest.approx(300_000, rel=1e-5)  # (0.5 - 0.2) / 1e-6
+    assert cost.pixels_for(0.125) == pytest.approx(50_000, rel=1e-5)  # fixed part > the frame time: a/4 of pixels
 
 
 def test_http_page_answers(viewer):
@@ -115,7 +127,7 @@ def test_render_follows_the_panel_options(viewer, trained):
         assert np.abs(client.sent[-1].astype(int) - to_uint8_rgb(only_fg["rgb"]).astype(int)).max() <= 1
         assert np.abs(client.sent[-1].astype(int) - client.sent[0].astype(int)).mean() > 5  # the static part went
         viewer.gui_bg.value, viewer.gui_res.value = True, 160
-        viewer._pixels_per_s = 1.0  # as if rendering were very slow: a moving camera gets the smallest image
+        viewer.cost = RenderCost(seconds_per_pixel=10.0)  # as if rendering were very slow: the smallest image
         viewer.render_for(client, full=False)
         assert client.sent[-1].shape[:2] == (48, 64)  # the shorter side at its 48-pixel floor, aspect kept
     finally:
