@@ -2,12 +2,13 @@
 
 A plain HTTP test of the page, the render path with a stand-in client (compared with direct renders),
 and a real browser: headless Chromium from the OS packages driven by Playwright (never a downloaded
-browser). The browser test skips when /usr/bin/chromium or playwright is missing; CI installs both.
+browser). The browser test skips when chromium or playwright is missing; CI installs both.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import socket
 import time
 import urllib.request
@@ -24,7 +25,7 @@ from flow3d.eval.video import colorize_depth, to_uint8_rgb  # noqa: E402
 from flow3d.view import ViewConfig, main, start_viewer  # noqa: E402
 from flow3d.vis.viewer import RenderCost, adaptive_wh, camera_from_viser  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")  # Debian's package
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -163,7 +164,7 @@ def _canvas_correlation(shot: np.ndarray, sent: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser test: /usr/bin/chromium is not installed "
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser test: chromium is not installed "
                     "(apt-get install chromium; .ci/run installs it)")
 def test_a_real_browser_connects_and_shows_a_rendered_frame(viewer, trained, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (the dev extra)")
