@@ -1,0 +1,1 @@
+"""Looking at a trained scene: camera paths for videos and the interactive viewer."""
