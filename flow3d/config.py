@@ -38,7 +38,8 @@ class LossConfig:
     """MSE between the rendered foreground weight and the foreground mask."""
     w_track: float = 2.0
     """2D track reprojection: Gaussians' positions at target times, rendered at the query pixels and
-    projected into the target cameras, against the 2D tracks (L1 in pixels / max(H, W))."""
+    projected into the target cameras, against the 2D tracks: mean(|dx|, |dy|) / max(H, W), as Shape of
+    Motion (before this parity fix the two coordinates were summed: twice SoM's value)."""
     w_depth_reg: float = 0.5
     """Trimmed L1 between rendered disparity (1 / expected depth) and the prior disparity."""
     w_depth_grad: float = 1.0

@@ -135,7 +135,8 @@ def track_term(ctx: StepContext) -> Tensor:
     xy, _ = project_points(pts.permute(2, 0, 1, 3).reshape(Bt, B * P, 3), b.target_Ks, eye)
     xy = xy.reshape(Bt, B, P, 2).permute(1, 2, 0, 3)  # (B, P, B_t, 2)
     W, H = b.img_wh
-    err = (xy - b.target_xy).abs().sum(-1) / max(H, W)  # (B, P, B_t)
+    # SoM's masked_l1_loss averages the two coordinates: mean(|dx|, |dy|) / max(H, W)
+    err = (xy - b.target_xy).abs().mean(-1) / max(H, W)  # (B, P, B_t)
     w = b.target_weight
     if w.sum() == 0:
         return err.sum() * 0.0
