@@ -49,7 +49,8 @@ class LossConfig:
     w_smooth_bases: float = 0.1
     """Acceleration of the motion bases' translations and 6D rotations over time."""
     w_smooth_tracks: float = 2.0
-    """Acceleration of foreground Gaussians' centres over three consecutive frames."""
+    """0.5 x the acceleration norm of foreground Gaussians' centres over three consecutive frames (SoM's
+    trainer has the 0.5)."""
     w_z_accel: float = 1.0
     """Acceleration of foreground Gaussians' depth along the camera rays (three consecutive frames)."""
     w_scale_var: float = 0.01

@@ -183,7 +183,7 @@ def smooth_tracks_term(ctx: StepContext) -> Tensor:
     if ctx.model.num_frames < 3:
         return ctx.model.fg.get_means().sum() * 0.0
     means, _ = _fg_sample_triplet(ctx)
-    return L.motion_acceleration_loss(means)
+    return 0.5 * L.motion_acceleration_loss(means)  # SoM's trainer halves this term
 
 
 @register_term("z_accel")
