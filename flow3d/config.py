@@ -52,9 +52,12 @@ class LossConfig:
     """0.5 x the acceleration norm of foreground Gaussians' centres over three consecutive frames (SoM's
     trainer has the 0.5)."""
     w_z_accel: float = 1.0
-    """Acceleration of foreground Gaussians' depth along the camera rays (three consecutive frames)."""
+    """Motion of foreground Gaussians along the camera rays over three consecutive frames (``z_accel_form``)."""
     w_scale_var: float = 0.01
     """Variance of each foreground Gaussian's three scales (discourages needles)."""
+    z_accel_form: Literal["ray_velocity", "ray_acceleration"] = "ray_velocity"
+    """The z_accel term: 'ray_velocity' is Shape of Motion's shipped form (squared velocity along the ray,
+    both sides of the middle frame); 'ray_acceleration' is |acceleration . ray|, SoM's commented-out form."""
     depth_trim_quantile: float = 0.98
     """Residuals above this quantile are ignored by the disparity L1 (1.0: plain masked L1)."""
     track_trim_quantile: float = 0.98

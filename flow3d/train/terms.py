@@ -193,6 +193,8 @@ def z_accel_term(ctx: StepContext) -> Tensor:
     means, ts = _fg_sample_triplet(ctx)
     # all three positions in the middle frame's camera: camera motion is not depth acceleration
     pts_cam = transform_points(ctx.extras["all_w2cs"][ts[1]], means)  # (S, 3, 3)
+    if ctx.cfg.z_accel_form == "ray_velocity":
+        return L.ray_velocity_loss(pts_cam)
     return L.z_acceleration_loss(pts_cam)
 
 
