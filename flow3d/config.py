@@ -60,6 +60,8 @@ class LossConfig:
     both sides of the middle frame); 'ray_acceleration' is |acceleration . ray|, SoM's commented-out form."""
     depth_trim_quantile: float = 0.98
     """Residuals above this quantile are ignored by the disparity L1 (1.0: plain masked L1)."""
+    depth_grad_trim_quantile: float = 0.95
+    """Residuals of the disparity-gradient L1 above this quantile are ignored (Shape of Motion's trainer: 0.95)."""
     track_trim_quantile: float = 0.98
     """Residuals above this quantile are ignored by the track loss."""
     track_gap_tau: float = 0.0

@@ -103,7 +103,8 @@ def depth_reg_term(ctx: StepContext) -> Tensor:
 
 @register_term("depth_grad")
 def depth_grad_term(ctx: StepContext) -> Tensor:
-    return L.disparity_gradient_loss(ctx.pred_disp(), ctx.batch.prior_disp, ctx.depth_mask())
+    return L.disparity_gradient_loss(ctx.pred_disp(), ctx.batch.prior_disp, ctx.depth_mask(),
+                                     quantile=ctx.cfg.depth_grad_trim_quantile)
 
 
 def _tracks_at_queries(ctx: StepContext) -> Tensor:
