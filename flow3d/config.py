@@ -54,7 +54,8 @@ class LossConfig:
     w_z_accel: float = 1.0
     """Motion of foreground Gaussians along the camera rays over three consecutive frames (``z_accel_form``)."""
     w_scale_var: float = 0.01
-    """Variance of each foreground Gaussian's three scales (discourages needles)."""
+    """Variance of each Gaussian's three log-scales, averaged per group and summed over foreground and
+    background, as Shape of Motion (discourages needles)."""
     z_accel_form: Literal["ray_velocity", "ray_acceleration"] = "ray_velocity"
     """The z_accel term: 'ray_velocity' is Shape of Motion's shipped form (squared velocity along the ray,
     both sides of the middle frame); 'ray_acceleration' is |acceleration . ray|, SoM's commented-out form."""

@@ -201,7 +201,9 @@ def z_accel_term(ctx: StepContext) -> Tensor:
 
 @register_term("scale_var")
 def scale_var_term(ctx: StepContext) -> Tensor:
-    return ctx.model.fg.get_scales().var(dim=-1).mean()
+    # Shape of Motion: on the raw log-scales, foreground and background each averaged, then summed
+    groups = [g for g in (ctx.model.fg, ctx.model.bg) if g is not None]
+    return sum(g.params["scales"].var(dim=-1).mean() for g in groups)
 
 
 # ------------------------------------------------------------------------- depth-order supervision
