@@ -81,6 +81,7 @@ def modgs_ordinal_loss(
     alpha: float = 100.0,
     min_gap_frac: float = 0.1,
     mask: Tensor | None = None,  # (P,) or (B, P) bool or float weights
+    prior_range: Tensor | float | None = None,  # scalar, (1,) or (B, 1)
 ) -> Tensor:
     """MoDGS ordinal loss: mean over kept pairs of ``|tanh(alpha * (D_hat_a - D_hat_b)) - R|``.
 
@@ -89,16 +90,21 @@ def modgs_ordinal_loss(
     ``pred_kind="disparity"`` the rendered difference is negated, which preserves its sign).
 
     Pair filter (MoDGS's rule): a pair is kept only when ``|prior_a - prior_b| >= min_gap_frac *
-    (max - min)`` of the prior over the valid sampled points (per row for ``(B, P)`` inputs), measured
-    on the prior's values as given. MoDGS uses 0.1 on prior depth. The rule is invariant to positive
-    affine maps of the prior (and to flipping kind with ``x -> -x``), but not to ``1/x``: a disparity
-    prior and its inverse drop slightly different near-ties. Exact ties are always dropped.
+    prior_range``. MoDGS (``get_depth_order_loss``, "tanh_threshold") uses 0.1 on prior DEPTH with
+    ``prior_range = max - min`` of the depth over all masked pixels of the frame: pass that range as
+    ``prior_range``. Without it, the range is taken over the valid sampled points (per row for
+    ``(B, P)`` inputs). The rule is measured on the prior's values as given: it is invariant to positive
+    affine maps of the prior (and to flipping kind with ``x -> -x``), but not to ``1/x`` -- a disparity
+    prior and its inverse drop different pairs, so give MoDGS's term the prior as depth. Exact ties are
+    always dropped.
 
     Args:
         pred_a, pred_b: rendered values at the two ends of each pair. MoDGS uses ``alpha = 100`` on raw
             rendered depth, so ``alpha`` has units of 1 / scene unit: rescale it with the scene.
         prior_a, prior_b: prior values (depth or disparity, ``prior_kind``) at the same pairs.
         mask: optional pair weights (bool or float >= 0), e.g. validity of both pixels.
+        prior_range: max - min of the prior over the pixels the pairs were drawn from (scalar, or (B, 1)
+            per row); None = over the sampled points.
 
     Returns:
         Scalar in [0, 2]: the weighted mean over kept pairs (over all rows together); a differentiable
@@ -122,11 +128,13 @@ def modgs_ordinal_loss(
     R = depth_order_sign(pa, pb, prior_kind).to(pred_a.dtype)
     keep = (w > 0) & (R != 0)
     if min_gap_frac > 0:
-        used = w > 0
-        big = torch.finfo(pa.dtype).max
-        hi = torch.maximum(torch.where(used, pa, -big), torch.where(used, pb, -big)).amax(-1, keepdim=True)
-        lo = torch.minimum(torch.where(used, pa, big), torch.where(used, pb, big)).amin(-1, keepdim=True)
-        keep &= (pa - pb).abs() >= min_gap_frac * (hi - lo)
+        if prior_range is None:
+            used = w > 0
+            big = torch.finfo(pa.dtype).max
+            hi = torch.maximum(torch.where(used, pa, -big), torch.where(used, pb, -big)).amax(-1, keepdim=True)
+            lo = torch.minimum(torch.where(used, pa, big), torch.where(used, pb, big)).amin(-1, keepdim=True)
+            prior_range = hi - lo
+        keep &= (pa - pb).abs() >= min_gap_frac * torch.as_tensor(prior_range, dtype=pa.dtype, device=pa.device)
     diff = (pred_a - pred_b) * s_pred
     per_pair = (torch.tanh(alpha * diff) - R).abs()
     return masked_mean(per_pair, w * keep.to(w.dtype))

@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from flow3d import losses as L
+from flow3d.data import safe_inverse
 from flow3d.flow import FlowCache, sample_pixel_pairs
 from flow3d.geometry import bilinear_sample
 from flow3d.log import get_logger
@@ -67,7 +68,11 @@ class DepthOrderConfig:
     modgs_alpha: float = 100.0
     """MoDGS: tanh sharpness on raw rendered depth differences."""
     modgs_min_gap_frac: float = 0.1
-    """MoDGS: pairs with |prior_a - prior_b| below this fraction of the sampled prior's range are dropped."""
+    """MoDGS: pairs whose prior depths differ by less than this fraction of the prior depth's range (max -
+    min over every allowed pixel of the frame, as MoDGS) are dropped."""
+    modgs_num_pairs: int = 200000
+    """MoDGS: pixel pairs per frame, at most one per allowed pixel (MoDGS pairs two random permutations of
+    the masked pixels, truncated to 200000)."""
     pearson_patch_size: int = 0
     """Pearson: 0 = whole image; otherwise the mean over random square patches of this size."""
     pearson_num_patches: int = 64
@@ -176,22 +181,31 @@ def hinge_ordinal_term(ctx) -> Tensor:
 
 
 def modgs_ordinal_term(ctx) -> Tensor:
+    """MoDGS's ``get_depth_order_loss`` ("tanh_threshold"): pairs over the allowed pixels, the rule and the
+    order on the prior's DEPTH (1 / disparity), the gap threshold from its range over all allowed pixels."""
     b, cfg = ctx.batch, ctx.cfg.order
     vals = []
     for i, t in enumerate(b.ts.tolist()):
-        valid = (b.prior_valid[i] & b.valid_masks[i]).cpu()
+        allowed = (b.prior_valid[i] & b.valid_masks[i]).cpu()
+        region = region_mask(b.fg_masks[i].cpu(), cfg.region)
+        if region is not None:
+            allowed = allowed & region
+        n = int(allowed.sum())
         pairs = sample_pixel_pairs(
-            valid, cfg.num_pairs, strategy=cfg.strategy, radius=cfg.local_radius,
-            region=region_mask(b.fg_masks[i].cpu(), cfg.region), generator=ctx.generator,
+            allowed, min(n, cfg.modgs_num_pairs), strategy=cfg.strategy, radius=cfg.local_radius,
+            generator=ctx.generator,
         )
         if len(pairs) == 0:
             _note_empty(ctx, "modgs_ordinal", t)
             continue
         d = ctx.out.depth[i, ..., 0]
-        p = b.prior_disp[i]
+        prior_depth, _ = safe_inverse(b.prior_disp[i])
+        allowed_depth = prior_depth[allowed.to(prior_depth.device)]
         vals.append(L.modgs_ordinal_loss(
-            _values_at(d, pairs.xy_a), _values_at(d, pairs.xy_b), _values_at(p, pairs.xy_a), _values_at(p, pairs.xy_b),
-            prior_kind="disparity", pred_kind="depth", alpha=cfg.modgs_alpha, min_gap_frac=cfg.modgs_min_gap_frac,
+            _values_at(d, pairs.xy_a), _values_at(d, pairs.xy_b),
+            _values_at(prior_depth, pairs.xy_a), _values_at(prior_depth, pairs.xy_b),
+            prior_kind="depth", pred_kind="depth", alpha=cfg.modgs_alpha, min_gap_frac=cfg.modgs_min_gap_frac,
+            prior_range=allowed_depth.max() - allowed_depth.min(),
         ))
     if not vals:
         return ctx.out.depth.sum() * 0.0
