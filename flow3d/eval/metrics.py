@@ -640,9 +640,9 @@ def keypoint_pck(
     pred_kps, gt_kps: (B, P, 2) pixels, one row per (source, target) frame pair: the source frame's
     keypoints carried to the target frame, and the target's annotation; visible: (B, P) bool, the
     keypoint annotated in both frames of the pair; img_wh: (W, H) of the image the pixels refer to.
-    per_frame: pck (B,) per pair (NaN for a pair without visible keypoints); aggregate: pck = mean of
-    the per-pair values over pairs with keypoints (SoM averages per pair; it counts an empty pair as
-    0, we skip it), threshold_px.
+    Counted as SoM's ``PCK`` metric does: per pair, correct / max(visible count, 1e-8), so a pair with no
+    visible keypoint scores 0; the aggregate is the mean over ALL pairs (empty ones included).
+    per_frame: pck (B,) per pair; aggregate: pck, threshold_px, num_empty_pairs.
     """
     if pred_kps.dim() != 3 or pred_kps.shape[-1] != 2 or pred_kps.shape != gt_kps.shape:
         raise ValueError(f"pred_kps and gt_kps must both be (B, P, 2), got {tuple(pred_kps.shape)} and {tuple(gt_kps.shape)}")
@@ -652,9 +652,15 @@ def keypoint_pck(
         raise ValueError(f"img_wh must be (W, H) with positive sizes, got {img_wh}")
     thr = ratio * max(img_wh)
     dist = torch.linalg.norm(pred_kps - gt_kps, dim=-1)  # (B, P); NaN pred -> not correct
-    correct = (dist < thr).to(pred_kps.dtype)
-    pck = _masked_mean_or_nan(correct, visible.to(pred_kps.dtype), (1,))
-    res = MetricResult(per_frame={"pck": pck}, aggregate={"pck": _nanmean(pck), "threshold_px": float(thr)})
-    if not bool(visible.any()):
-        res.notes["pck"] = "no keypoint visible in both frames of any pair"
+    vis = visible.bool()
+    correct = ((dist < thr) & vis).sum(1).to(pred_kps.dtype)  # (B,)
+    total = vis.sum(1).to(pred_kps.dtype)
+    pck = correct / total.clamp_min(1e-8)
+    n_empty = int((total == 0).sum())
+    res = MetricResult(per_frame={"pck": pck}, aggregate={
+        "pck": float(pck.mean()) if pck.numel() else float("nan"), "threshold_px": float(thr),
+        "num_empty_pairs": float(n_empty),
+    })
+    if n_empty:
+        res.notes["pck"] = f"{n_empty} of {pck.numel()} pairs have no keypoint visible in both frames and count as 0 (SoM)"
     return res

@@ -418,7 +418,13 @@ def test_keypoint_pck_hand_values():
     assert r.aggregate["threshold_px"] == pytest.approx(5.0)
     torch.testing.assert_close(r.per_frame["pck"], torch.tensor([2 / 3, 0.0]))
     assert r.aggregate["pck"] == pytest.approx((2 / 3 + 0.0) / 2)
+    # Shape of Motion counts a pair without visible keypoints as 0 (correct / clamp(total, 1e-8)), in the mean
+    vis3 = torch.cat([vis, torch.zeros(1, 3, dtype=torch.bool)])
+    r3 = keypoint_pck(torch.cat([pred, pred[:1]]), torch.cat([gt, gt[:1]]), vis3, img_wh=(100, 60))
+    torch.testing.assert_close(r3.per_frame["pck"], torch.tensor([2 / 3, 0.0, 0.0]))
+    assert r3.aggregate["pck"] == pytest.approx((2 / 3 + 0.0 + 0.0) / 3)
+    assert r3.aggregate["num_empty_pairs"] == 1 and "count as 0" in r3.notes["pck"]
     empty = keypoint_pck(pred, gt, torch.zeros(2, 3, dtype=torch.bool), img_wh=(100, 60))
-    assert math.isnan(empty.aggregate["pck"]) and "no keypoint" in empty.notes["pck"]
+    assert empty.aggregate["pck"] == 0.0 and empty.aggregate["num_empty_pairs"] == 2
     with pytest.raises(ValueError, match="visible"):
         keypoint_pck(pred, gt, vis[:, :2], img_wh=(100, 60))
