@@ -21,6 +21,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from flow3d.data import DataConfig, SyntheticDataConfig
+from flow3d.fileio import write_text
 from flow3d.scene.init import InitConfig
 from flow3d.scene.strategy import DensifyConfig
 from flow3d.train.depth_order import DepthOrderConfig
@@ -261,10 +262,8 @@ def config_to_dict(obj) -> Any:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
-    tmp.replace(path)
+    """Write ``cfg`` as YAML to ``path`` atomically (read back with :func:`load_config`)."""
+    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def load_config(path: Path) -> TrainConfig:

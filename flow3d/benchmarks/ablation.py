@@ -19,7 +19,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -29,6 +28,7 @@ import torch  # noqa: E402
 from flow3d.config import TrainConfig, apply_overrides, load_preset  # noqa: E402
 from flow3d.data import SyntheticDataConfig  # noqa: E402
 from flow3d.eval import depth_metrics, ordinal_accuracy, prior_depth_metrics, temporal_consistency  # noqa: E402
+from flow3d.fileio import write_json  # noqa: E402
 from flow3d.log import setup_logging  # noqa: E402
 
 ORDINAL_TERMS = ("hinge_ordinal", "modgs_ordinal", "pearson")
@@ -164,10 +164,7 @@ def main(argv=None) -> None:
                 rows[name] = run_row(name, overrides_for(name), drift, args.steps, args.seed, Path(tmp))
                 print(f"[{drift}] {name}: " + ", ".join(f"{k}={v:.4f}" for k, v in rows[name].items()), flush=True)
         rows["gt (reference)"] = {"temporal": gt_tc, "abs_rel": 0.0, "delta1": 1.0, "ordinal_acc": 1.0}
-        path = out_dir / f"ablation_{drift}.json"
-        tmp_path = path.with_suffix(".json.tmp")
-        tmp_path.write_text(json.dumps({"drift": drift, "steps": args.steps, "rows": rows}, indent=2))
-        tmp_path.replace(path)
+        write_json(out_dir / f"ablation_{drift}.json", {"drift": drift, "steps": args.steps, "rows": rows})
         print()
         print(format_rows(rows, drift, args.steps))
         print(flush=True)

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from flow3d.data.sequence import HeldOutViews, VideoSequence
+from flow3d.fileio import np_savez
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -79,16 +79,7 @@ def save_sequence(path: Path, seq: VideoSequence) -> None:
             if isinstance(v, torch.Tensor):
                 arrays["val_views." + k] = _to_uint8(v) if k == "images" else v.numpy()
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    np_savez(path, arrays)
 
 
 def load_sequence(path: Path) -> VideoSequence:

@@ -64,6 +64,7 @@ from flow3d.eval.video import (
     write_contact_sheet,
     write_video,
 )
+from flow3d.fileio import replace_dir
 from flow3d.geometry import bilinear_sample, project_points
 from flow3d.log import get_logger
 
@@ -308,17 +309,6 @@ def _tracking(model, seq, scored: list[int], device, bg, backend, max_queries: i
     return cols, agg, notes
 
 
-def _swap_in(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``staging`` (old content removed only once the new one is in place)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _enlarge(img: np.ndarray, k: int) -> np.ndarray:
     return img if k == 1 else np.repeat(np.repeat(img, k, axis=0), k, axis=1)
 
@@ -342,8 +332,8 @@ def evaluate(cfg: ValConfig) -> ValResult:
     """Evaluate ``cfg.model`` of ``cfg.work_dir`` on the views ``cfg.data`` selects; see the module docstring."""
     from flow3d.config import load_config
     from flow3d.scene.model import SceneModel
-    from flow3d.train.checkpoint import load_checkpoint, resolve_checkpoint
-    from flow3d.train.trainer import pick_device
+    from flow3d.checkpoint import load_checkpoint, resolve_checkpoint
+    from flow3d.device import pick_device
 
     work_dir = Path(cfg.work_dir)
     if not work_dir.is_dir():
@@ -394,7 +384,7 @@ def evaluate(cfg: ValConfig) -> ValResult:
     staging.mkdir(parents=True)
     try:
         result = _evaluate_into(cfg, staging, model, seq, views, video_views, held_out, device, bg, backend, step, split, ckpt_path)
-        _swap_in(staging, out_dir)
+        replace_dir(staging, out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -3,7 +3,6 @@ checkpoints. ``run_training.py`` builds a :class:`flow3d.config.TrainConfig` and
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -12,7 +11,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from flow3d.checkpoint import load_checkpoint, save_checkpoint
 from flow3d.config import TrainConfig, save_config
+from flow3d.device import pick_device
+from flow3d.fileio import write_json
 from flow3d.log import get_logger
 from flow3d.losses.photometric import psnr
 from flow3d.scene.init import initialize_scene
@@ -20,7 +22,6 @@ from flow3d.scene.model import SceneModel
 from flow3d.scene.strategy import DensifyStrategy
 from flow3d.train import depth_order
 from flow3d.train.batch import batch_to, sample_batch
-from flow3d.train.checkpoint import load_checkpoint, save_checkpoint
 from flow3d.train.terms import StepContext, compute_terms, weighted_total, weights_of
 
 logger = get_logger(__name__)
@@ -30,14 +31,6 @@ LR_FIELDS = {  # parameter name -> OptimConfig field
     "colors": "lr_colors", "motion_coefs": "lr_motion_coefs", "rots": "lr_bases_rots", "transls": "lr_bases_transls",
 }
 DECAYING = {"means", "rots", "transls"}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False")
-    return torch.device(name)
 
 
 def named_params(model: SceneModel) -> dict[str, torch.nn.Parameter]:
@@ -297,9 +290,8 @@ class Trainer:
             "val_psnr": self.eval_psnr(self.seq.val_ids),
             "train_psnr": self.eval_psnr(self.seq.train_ids[: min(4, len(self.seq.train_ids))]),
         }
-        tmp = self.work_dir / "train_stats.json.tmp"
-        tmp.write_text(json.dumps(stats, indent=2, default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else x))
-        tmp.replace(self.work_dir / "train_stats.json")
+        write_json(self.work_dir / "train_stats.json", stats,
+                   default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else x)
         if self.writer is not None:
             self.writer.close()
         logger.info(
