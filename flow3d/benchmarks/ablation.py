@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from flow3d.config import TrainConfig, apply_overrides, load_preset  # noqa: E402
 from flow3d.data import SyntheticDataConfig  # noqa: E402
-from flow3d.eval import depth_metrics, ordinal_accuracy, prior_depth_metrics, temporal_consistency  # noqa: E402
+from flow3d.eval import depth_metrics, depth_order_accuracy, prior_depth_metrics, temporal_consistency  # noqa: E402
 from flow3d.fileio import write_json  # noqa: E402
 from flow3d.log import setup_logging  # noqa: E402
 
@@ -82,7 +82,7 @@ def score(depth: torch.Tensor, seq, imgs: torch.Tensor | None = None) -> dict:
     """Metrics of a (T, H, W) z-depth sequence against the synthetic ground truth."""
     gt = seq.gt_depth
     dm = depth_metrics(depth, gt, alignment="sequence").aggregate
-    oa = ordinal_accuracy(depth, gt, "depth", num_pairs=20000, seed=0).aggregate
+    oa = depth_order_accuracy(depth, gt, "depth", num_pairs=20000, seed=0).aggregate
     T = seq.num_frames
     flows = torch.stack([seq.gt_flow(t, t + 1) for t in range(T - 1)])
     vis = torch.stack([seq.gt_flow_visible(t, t + 1) for t in range(T - 1)])
@@ -97,10 +97,8 @@ def score(depth: torch.Tensor, seq, imgs: torch.Tensor | None = None) -> dict:
 
 
 def prior_row(seq) -> dict:
-    disp = torch.where(seq.prior_valid, seq.prior_disp, torch.zeros_like(seq.prior_disp))
-    depth = seq.prior_depth()
-    row = score(depth, seq)
-    pm = prior_depth_metrics(disp, seq.gt_depth, alignment="sequence").aggregate
+    row = score(seq.prior_depth(), seq)
+    pm = prior_depth_metrics(seq.prior_disp, seq.gt_depth, seq.prior_valid, alignment="sequence").aggregate
     row.update(abs_rel=pm["abs_rel"], delta1=pm["delta1"])
     return row
 

@@ -1,7 +1,7 @@
 """File readers for the casual-video layouts, each raising one clear ``ValueError`` naming the file.
 
 Pixel conventions: images are returned as uint8 (H, W, 3) RGB; masks as bool (H, W) (foreground where
-any channel > 0); depth files are converted to disparity with a safe inversion.
+any channel > 0); depth files are converted to disparity with :func:`flow3d.depth.depth_to_disp`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ from typing import Literal, Sequence
 
 import cv2
 import numpy as np
+import torch
+
+from flow3d import depth as depth_lib
 
 from flow3d.log import get_logger
 
@@ -78,8 +81,8 @@ def read_depth_as_disp(path: Path, fmt: DepthFormat, shape: tuple[int, int], png
     """Disparity float32 (H, W) and validity bool (H, W) from one depth-prior file.
 
     ``disp_npy``: disparity (1/z up to scale and shift); ``depth_npy``: z-depth; ``depth_png``: 16-bit
-    z-depth, value / ``png_scale`` = depth (e.g. 1000 for millimetres). Non-finite and non-positive
-    values are invalid (0 in the output).
+    z-depth, value / ``png_scale`` = depth (e.g. 1000 for millimetres). Values failing
+    :func:`flow3d.depth.is_valid` (non-finite, <= ``EPS``) are invalid (0 in the output).
     """
     if fmt in ("disp_npy", "depth_npy"):
         try:
@@ -102,11 +105,13 @@ def read_depth_as_disp(path: Path, fmt: DepthFormat, shape: tuple[int, int], png
         raise ValueError(f"depth format must be one of disp_npy, depth_npy, depth_png, got {fmt!r}")
     if arr.shape != tuple(shape):
         raise ValueError(f"depth file {path}: expected size (H, W) = {tuple(shape)} like the images, got {arr.shape}")
-    arr = arr.astype(np.float64)
-    valid = np.isfinite(arr) & (arr > 0)
-    safe = np.where(valid, arr, 1.0)
-    disp = np.where(valid, safe if fmt == "disp_npy" else 1.0 / safe, 0.0)
-    return disp.astype(np.float32), valid
+    values = torch.from_numpy(arr.astype(np.float64))
+    if fmt == "disp_npy":
+        valid = depth_lib.is_valid(values)
+        disp = torch.where(valid, values, torch.zeros_like(values))
+    else:
+        disp, valid = depth_lib.depth_to_disp(values)
+    return disp.numpy().astype(np.float32), valid.numpy()
 
 
 def read_droid_recon(path: Path, num_frames: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,6 +164,20 @@ def read_track_file(path: Path) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] != 4:
         raise ValueError(f"track file {path}: expected (P, 4) rows (x, y, occlusion logit, distance logit), got {arr.shape}")
     return arr.astype(np.float32)
+
+
+def read_track_dir(track_dir: Path, names: list[str]) -> dict[tuple[int, int], np.ndarray]:
+    """Read the ``<q>_<t>.npy`` files of ``track_dir`` whose q and t are frame names of the clip ->
+    ``{(q_index, t_index): (P, 4)}`` (indices into ``names``; other files are ignored)."""
+    index = {n: i for i, n in enumerate(names)}
+    pairs = {}
+    for p in sorted(Path(track_dir).glob("*.npy")):
+        stem = p.stem
+        for k in range(len(stem)):
+            if stem[k] == "_" and stem[:k] in index and stem[k + 1:] in index:
+                pairs[(index[stem[:k]], index[stem[k + 1:]])] = read_track_file(p)
+                break
+    return pairs
 
 
 def resize_image(img: np.ndarray, factor: int) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Depth-order losses (seed 004): MoDGS's tanh ordinal loss, the hinge loss across frames ("Ours"), the
-order-sign helper and the ordinal-accuracy metric.
+"""Depth-order losses (seed 004): MoDGS's tanh ordinal loss, the hinge loss across frames ("Ours") and the
+ordinal-accuracy metric on pairs. The order sign is :func:`flow3d.depth.depth_order_sign` (re-exported).
 
 Everything works on values already sampled at pixel pairs: ``(P,)`` or ``(B, P)`` tensors, element i
 of ``*_a`` and ``*_b`` forming pair i. Memory is linear in P (no P x P matrices).
@@ -16,16 +16,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from flow3d.depth import Kind, depth_order_sign, kind_sign
 from flow3d.losses.reduce import as_weight, check_same, check_tensor, masked_mean
 
-Kind = Literal["depth", "disparity"]
-_KIND_SIGN = {"depth": 1, "disparity": -1}
+__all__ = ["HingeOrdinalLoss", "ModgsOrdinalLoss", "depth_order_sign", "hinge_ordinal_loss", "modgs_ordinal_loss",
+           "ordinal_accuracy"]
 
-
-def _kind_sign(kind: str, arg: str, fn: str) -> int:
-    if kind not in _KIND_SIGN:
-        raise ValueError(f"{fn}: {arg} must be 'depth' or 'disparity', got {kind!r}")
-    return _KIND_SIGN[kind]
 
 
 def _check_pairs(fn: str, ref_name: str, ref: Tensor, **others: Tensor | None) -> None:
@@ -33,41 +29,6 @@ def _check_pairs(fn: str, ref_name: str, ref: Tensor, **others: Tensor | None) -
     for name, t in others.items():
         if t is not None:
             check_same(name, t, ref_name, ref, fn=fn)
-
-
-def depth_order_sign(
-    values_a: Tensor,  # (...,)
-    values_b: Tensor,  # (...,)
-    kind: Kind,
-    min_rel_diff: float = 0.0,
-) -> Tensor:
-    """Sign of the DEPTH difference ``depth(a) - depth(b)`` as int8: +1 a farther, -1 a nearer, 0 unknown.
-
-    Args:
-        values_a, values_b: (...,) depths or disparities (same shape), e.g. a prior sampled at pairs.
-        kind: ``"depth"`` or ``"disparity"``; for disparity the sign of ``a - b`` is flipped.
-        min_rel_diff: pairs with ``|a - b| / max(|a|, |b|) < min_rel_diff`` get 0 (unreliable). This
-            ratio is the same whether computed on depths or on their inverses, so the rule does not
-            depend on ``kind``.
-
-    Exact ties and pairs with a non-finite value get 0. No gradient.
-    """
-    fn = "depth_order_sign"
-    check_tensor("values_a", values_a, fn=fn, floating=False)
-    check_same("values_b", values_b, "values_a", values_a, fn=fn)
-    s = _kind_sign(kind, "kind", fn)
-    if min_rel_diff < 0:
-        raise ValueError(f"{fn}: min_rel_diff must be >= 0, got {min_rel_diff}")
-    a, b = values_a.detach(), values_b.detach()
-    if not a.is_floating_point():
-        a, b = a.double(), b.double()
-    diff = a - b
-    sign = torch.sign(diff) * s
-    keep = torch.isfinite(a) & torch.isfinite(b)
-    if min_rel_diff > 0:
-        scale = torch.maximum(a.abs(), b.abs())
-        keep &= diff.abs() >= min_rel_diff * scale
-    return torch.where(keep, sign, torch.zeros_like(sign)).to(torch.int8)
 
 
 def modgs_ordinal_loss(
@@ -114,8 +75,8 @@ def modgs_ordinal_loss(
     _check_pairs(fn, "pred_a", pred_a, pred_b=pred_b, prior_a=prior_a, prior_b=prior_b, mask=mask)
     check_tensor("pred_a", pred_a, fn=fn)
     check_tensor("pred_b", pred_b, fn=fn)
-    s_pred = _kind_sign(pred_kind, "pred_kind", fn)
-    _kind_sign(prior_kind, "prior_kind", fn)
+    s_pred = kind_sign(pred_kind, "pred_kind", fn)
+    kind_sign(prior_kind, "prior_kind", fn)
     if min_gap_frac < 0:
         raise ValueError(f"{fn}: min_gap_frac must be >= 0, got {min_gap_frac}")
     w = as_weight(mask, pred_a, fn=fn)
@@ -173,7 +134,7 @@ def hinge_ordinal_loss(
     _check_pairs(fn, "pred_a", pred_a, pred_b=pred_b, order_sign=order_sign, mask=mask)
     check_tensor("pred_a", pred_a, fn=fn)
     check_tensor("pred_b", pred_b, fn=fn)
-    s_pred = _kind_sign(pred_kind, "pred_kind", fn)
+    s_pred = kind_sign(pred_kind, "pred_kind", fn)
     if normalize not in ("median", "none"):
         raise ValueError(f"{fn}: normalize must be 'median' or 'none', got {normalize!r}")
     w = as_weight(mask, pred_a, fn=fn)
@@ -207,7 +168,7 @@ def ordinal_accuracy(
     """
     fn = "ordinal_accuracy"
     _check_pairs(fn, "pred_a", pred_a, pred_b=pred_b, order_sign=order_sign, mask=mask)
-    _kind_sign(pred_kind, "pred_kind", fn)
+    kind_sign(pred_kind, "pred_kind", fn)
     s = order_sign.to(torch.int8)
     use = s != 0
     if mask is not None:
