@@ -3,7 +3,8 @@
 Images are stored as uint8 (they come from 8-bit files) and expanded to float on load, so an epoch
 never re-decodes JPEGs. The key is a hash of the loader's configuration (fields that change the
 result) and of the names, sizes and modification times of the input files. Also an in-process memo so
-that a second ``load()`` of the same config in one process costs nothing.
+that a second ``load()`` of the same config in one process costs nothing. Every loader goes through
+:func:`cached_sequence`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -53,13 +54,29 @@ def cache_key(cfg: Any, exclude: Iterable[str] = (), extra: Any = None) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
 
-def memo_get(key: str) -> Optional[VideoSequence]:
-    return _MEMO.get(key)
+def clear_memo() -> None:
+    """Forget the sequence kept in memory (the next load reads the disk cache or the inputs)."""
+    _MEMO.clear()
 
 
-def memo_put(key: str, seq: VideoSequence) -> None:
-    _MEMO.clear()  # keep one sequence: they are large
+def cached_sequence(key: str, path: Optional[Path], build: Callable[[], VideoSequence], use_disk: bool = True) -> VideoSequence:
+    """The one cache protocol of the loaders: the in-process memo, else the ``.npz`` at ``path``, else
+    ``build()`` (then written to ``path``). ``path`` None or ``use_disk`` False skips the disk. The memo
+    keeps one sequence (they are large)."""
+    seq = _MEMO.get(key)
+    if seq is not None:
+        return seq
+    disk = path is not None and use_disk
+    if disk and path.exists():
+        logger.info("loading cached sequence %s", path)
+        seq = load_sequence(path)
+    else:
+        seq = build()
+        if disk:
+            save_sequence(path, seq)
+    _MEMO.clear()
     _MEMO[key] = seq
+    return seq
 
 
 def save_sequence(path: Path, seq: VideoSequence) -> None:

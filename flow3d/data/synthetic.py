@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import tyro
 
-from flow3d.data.cache import cache_key, load_sequence, memo_get, memo_put, save_sequence
+from flow3d.data.cache import cache_key, cached_sequence
 from flow3d.data.common import CommonDataConfig
 from flow3d.data.normalize import apply_scene_norm, compute_scene_norm
 from flow3d.data.sequence import VideoSequence
@@ -86,18 +86,8 @@ class SyntheticDataConfig(CommonDataConfig):
     def load(self) -> VideoSequence:
         """Generate (or fetch from the cache) the whole video; see :func:`make_synthetic_sequence`."""
         key = cache_key(self, exclude=("is_train", "cache_dir"))
-        seq = memo_get(key)
-        if seq is not None:
-            return seq
         path = Path(self.cache_dir) / f"synthetic_{key}.npz" if self.cache_dir else None
-        if path is not None and path.exists():
-            seq = load_sequence(path)
-        else:
-            seq = make_synthetic_sequence(self)
-            if path is not None:
-                save_sequence(path, seq)
-        memo_put(key, seq)
-        return seq
+        return cached_sequence(key, path, lambda: make_synthetic_sequence(self))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,6 +251,36 @@ def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
     rng = np.random.default_rng(cfg.seed)
     scene = _build_scene(cfg, rng)
     T, W, H = cfg.num_frames, cfg.width, cfg.height
+    images, depth, ids, points = _render_frames(scene, T, H, W)
+    prior, a_t, b_t = _depth_prior(cfg, depth, rng)
+    xy_obs, vis, gt3d, query_t, fg_track = _tracks(cfg, scene, points, ids, rng)
+    M = gt3d.shape[0]
+    train_ids, val_ids = split_frames(T, cfg.val_every)
+    f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
+    seq = VideoSequence(
+        name=f"synthetic_s{cfg.seed}",
+        images=f32(images), fg_masks=f32(ids >= 0), valid_masks=torch.ones(T, H, W, dtype=torch.bool),
+        prior_disp=f32(prior), prior_valid=torch.ones(T, H, W, dtype=torch.bool),  # the sequence applies the rule
+        w2cs=f32(scene.w2cs), Ks=f32(np.repeat(scene.K[None], T, 0)), time_ids=torch.arange(T),
+        train_ids=train_ids, val_ids=val_ids,
+        tracks_xy=f32(xy_obs), tracks_visible=torch.from_numpy(vis), tracks_conf=torch.ones(M, T),
+        tracks_query_t=torch.from_numpy(query_t).long(),
+        gt_depth=f32(depth), gt_tracks_3d=f32(gt3d), gt_points=f32(points), gt_object_ids=torch.from_numpy(ids),
+        gt_object_poses=f32(scene.poses), gt_prior_affine=f32(np.stack([a_t, b_t], -1)),
+        frame_names=[f"{t:05d}" for t in range(T)],
+    )
+    if cfg.normalize_scene:
+        # Shape of Motion normalises with the foreground tracks; here their true 3D points.
+        pts = seq.gt_tracks_3d[torch.from_numpy(fg_track)] if fg_track.any() else seq.gt_tracks_3d
+        scale, transform = compute_scene_norm(pts.reshape(-1, 3), seq.w2cs)
+        seq = apply_scene_norm(seq, scale, transform)
+    logger.info("synthetic scene: %d frames %dx%d, %d objects, %d tracks", T, W, H, cfg.num_objects, M)
+    return seq
+
+
+def _render_frames(scene: _Scene, T: int, H: int, W: int):
+    """Ray-cast every pixel centre of every frame: images (T, H, W, 3) in 8-bit levels, z-depth (T, H, W),
+    object ids (T, H, W) (-1 background) and world points (T, H, W, 3)."""
     ys, xs = np.meshgrid(np.arange(H, dtype=np.float64), np.arange(W, dtype=np.float64), indexing="ij")
     grid = np.stack([xs, ys], -1).reshape(-1, 2)
     images = np.zeros((T, H, W, 3))
@@ -277,8 +297,12 @@ def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
         ids[t] = obj.reshape(H, W)
         points[t] = (o + tau[:, None] * d).reshape(H, W, 3)
     images = np.round(images * 255.0) / 255.0  # 8-bit levels, as from a real camera (and exact through PNG)
+    return images, depth, ids, points
 
-    # ---- depth prior ------------------------------------------------------------------------------
+
+def _depth_prior(cfg: SyntheticDataConfig, depth: np.ndarray, rng: np.random.Generator):
+    """The prior disparity (T, H, W) and its per-frame affine (a_t, b_t) (see the module docstring)."""
+    T = depth.shape[0]
     s = np.linspace(0.0, 1.0, T)
     u = {"linear": s - 0.5, "sine": 0.5 * np.sin(2 * np.pi * s), "none": 0 * s, "perfect": 0 * s}[cfg.prior_drift]
     true_disp = 1.0 / depth
@@ -292,15 +316,18 @@ def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
         prior[t] = a_t[t] * d_t + b_t[t]
     if noise > 0:
         prior = prior * (1.0 + noise * rng.normal(size=prior.shape))
-    prior_valid = np.isfinite(prior) & (prior > 0)
-    prior = np.where(prior_valid, prior, 0.0)
+    return prior, a_t, b_t
 
-    # ---- tracks -----------------------------------------------------------------------------------
+
+def _tracks(cfg: SyntheticDataConfig, scene: _Scene, points: np.ndarray, ids: np.ndarray, rng: np.random.Generator):
+    """Grid tracks of the query frames carried with their objects: observed xy (M, T, 2) (with
+    ``track_noise_px``), visibility (M, T) from the ray caster, true 3D points (M, T, 3), query frames (M,)
+    and whether each track starts on an object (M,)."""
+    T, H, W = ids.shape
     g = cfg.track_grid_step
     gy, gx = np.meshgrid(np.arange(g // 2, H, g), np.arange(g // 2, W, g), indexing="ij")
-    queries = list(range(0, T, max(cfg.track_query_stride, 1)))
     tr_xyz, tr_q, tr_fg = [], [], []
-    for q in queries:
+    for q in range(0, T, max(cfg.track_query_stride, 1)):
         X = points[q, gy.ravel(), gx.ravel()]  # (P, 3)
         k = ids[q, gy.ravel(), gx.ravel()]
         tr_fg.append(k >= 0)
@@ -312,10 +339,20 @@ def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
                 traj[sel] = np.einsum("tij,pj->pti", scene.poses[kk], local)[..., :3]
         tr_xyz.append(traj)
         tr_q.append(np.full(X.shape[0], q))
-    gt3d = np.concatenate(tr_xyz)  # (M, T, 3)
-    query_t = np.concatenate(tr_q)
-    fg_track = torch.from_numpy(np.concatenate(tr_fg))
-    M = gt3d.shape[0]
+    gt3d, query_t = np.concatenate(tr_xyz), np.concatenate(tr_q)  # (M, T, 3), (M,)
+    xy, vis = _project_tracks(scene, gt3d, query_t, H, W)
+    xy_obs = xy.copy()
+    if cfg.track_noise_px > 0:
+        M = gt3d.shape[0]
+        xy_obs = xy_obs + cfg.track_noise_px * rng.normal(size=xy.shape)
+        xy_obs[np.arange(M), query_t] = xy[np.arange(M), query_t]
+    return xy_obs, vis, gt3d, query_t, np.concatenate(tr_fg)
+
+
+def _project_tracks(scene: _Scene, gt3d: np.ndarray, query_t: np.ndarray, H: int, W: int):
+    """Pixels (M, T, 2) of the 3D tracks and their visibility (M, T): inside the image and the first hit
+    of the ray through them (always visible in their query frame)."""
+    M, T = gt3d.shape[:2]
     xy = np.zeros((M, T, 2))
     vis = np.zeros((M, T), dtype=bool)
     for t in range(T):
@@ -329,32 +366,7 @@ def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
         tau = _cast(scene, t, o, d)[0]
         vis[idx, t] = np.abs(tau - z[idx]) <= 1e-6 * z[idx] + 1e-9
     vis[np.arange(M), query_t] = True
-    xy_obs = xy.copy()
-    if cfg.track_noise_px > 0:
-        xy_obs = xy_obs + cfg.track_noise_px * rng.normal(size=xy.shape)
-        xy_obs[np.arange(M), query_t] = xy[np.arange(M), query_t]
-
-    train_ids, val_ids = split_frames(T, cfg.val_every)
-    f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
-    seq = VideoSequence(
-        name=f"synthetic_s{cfg.seed}",
-        images=f32(images), fg_masks=f32(ids >= 0), valid_masks=torch.ones(T, H, W, dtype=torch.bool),
-        prior_disp=f32(prior), prior_valid=torch.from_numpy(prior_valid),
-        w2cs=f32(scene.w2cs), Ks=f32(np.repeat(scene.K[None], T, 0)), time_ids=torch.arange(T),
-        train_ids=train_ids, val_ids=val_ids,
-        tracks_xy=f32(xy_obs), tracks_visible=torch.from_numpy(vis), tracks_conf=torch.ones(M, T),
-        tracks_query_t=torch.from_numpy(query_t).long(),
-        gt_depth=f32(depth), gt_tracks_3d=f32(gt3d), gt_points=f32(points), gt_object_ids=torch.from_numpy(ids),
-        gt_object_poses=f32(scene.poses), gt_prior_affine=f32(np.stack([a_t, b_t], -1)),
-        frame_names=[f"{t:05d}" for t in range(T)],
-    )
-    if cfg.normalize_scene:
-        # Shape of Motion normalises with the foreground tracks; here their true 3D points.
-        pts = seq.gt_tracks_3d[fg_track] if fg_track.any() else seq.gt_tracks_3d
-        scale, transform = compute_scene_norm(pts.reshape(-1, 3), seq.w2cs)
-        seq = apply_scene_norm(seq, scale, transform)
-    logger.info("synthetic scene: %d frames %dx%d, %d objects, %d tracks", T, W, H, cfg.num_objects, M)
-    return seq
+    return xy, vis
 
 
 # ------------------------------------------------------------------------------------------------
