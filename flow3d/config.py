@@ -24,9 +24,57 @@ from flow3d.data import DataConfig, SyntheticDataConfig
 from flow3d.fileio import write_text
 from flow3d.scene.init import InitConfig
 from flow3d.scene.strategy import DensifyConfig
-from flow3d.train.depth_order import DepthOrderConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class DepthOrderConfig:
+    """Options of the depth-order terms (their weights are the ``w_*`` fields of the loss config)."""
+
+    num_pairs: int = 4096
+    """Pixel pairs sampled per frame for the hinge and MoDGS terms."""
+    strategy: Literal["global", "local"] = "global"
+    """'global': both points uniform over the valid pixels; 'local': the second within ``local_radius``."""
+    local_radius: int = 16
+    """Radius in pixels of the 'local' strategy."""
+    region: Literal["all", "fg", "bg"] = "all"
+    """Where pairs are drawn: every valid pixel, the foreground mask or the background."""
+    min_rel_diff: float = 0.05
+    """Pairs whose prior values differ by less than this fraction (|a-b| / max(|a|, |b|)) are dropped:
+    their order is unreliable."""
+    neighbor_stride: int = 1
+    """k: the neighbour of a training frame is the training frame k places later in the split."""
+    flow_backend: Literal["dis", "farneback", "raft"] = "dis"
+    """Optical-flow backend for the neighbour flows (raft needs ``flow_options`` with local weights)."""
+    fb_rule: Literal["squared", "lenient", "fixed"] = "squared"
+    """Forward-backward consistency rule that decides which pixels carry pairs."""
+    flow_cache_dir: str = ""
+    """Where flows are cached ('' = WORK_DIR/flow_cache)."""
+    order_source: Literal["prior", "render"] = "prior"
+    """Hinge: order of each pair from the prior of frame t, or from the detached rendering of frame t."""
+    hinge_margin: float = 0.01
+    """Hinge margin on depth differences divided by the median rendered depth of the sampled points
+    (scale-free); a negative value is the seed's tolerance form |min(0, eps + s * diff)| with eps = -margin."""
+    hinge_normalize: Literal["median", "none"] = "median"
+    """Divide depth differences by the median rendered depth of the pairs' points ('none': raw units)."""
+    modgs_alpha: float = 100.0
+    """MoDGS: tanh sharpness on raw rendered depth differences."""
+    modgs_min_gap_frac: float = 0.1
+    """MoDGS: pairs whose prior depths differ by less than this fraction of the prior depth's range (max -
+    min over every allowed pixel of the frame, as MoDGS) are dropped."""
+    modgs_num_pairs: int = 200000
+    """MoDGS: pixel pairs per frame, at most one per allowed pixel (MoDGS pairs two random permutations of
+    the masked pixels, truncated to 200000)."""
+    pearson_patch_size: int = 0
+    """Pearson: 0 = whole image; otherwise the mean over random square patches of this size."""
+    pearson_num_patches: int = 64
+    """Pearson: number of patches when patch_size > 0."""
+    consistency_align: Literal["none", "scale", "scale_shift"] = "scale_shift"
+    """Depth consistency: per-image least-squares alignment of rendered to prior disparity first (the prior
+    has an unknown scale and shift)."""
+    depth_aware_warmup: int = 100
+    """Depth-aware scale: switched on after this many steps (the seed's warm-up)."""
 
 
 @dataclass
@@ -282,6 +330,6 @@ def load_config(path: Path) -> TrainConfig:
 
 
 __all__ = [
-    "TrainConfig", "LossConfig", "OptimConfig", "InitConfig", "DensifyConfig", "DataConfig",
+    "TrainConfig", "LossConfig", "DepthOrderConfig", "OptimConfig", "InitConfig", "DensifyConfig", "DataConfig",
     "load_preset", "apply_overrides", "save_config", "load_config", "config_to_dict", "available_presets",
 ]
