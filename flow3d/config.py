@@ -21,11 +21,60 @@ from typing import Any, Literal, Union
 import yaml
 
 from flow3d.data import DataConfig, SyntheticDataConfig
+from flow3d.fileio import write_text
 from flow3d.scene.init import InitConfig
 from flow3d.scene.strategy import DensifyConfig
-from flow3d.train.depth_order import DepthOrderConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class DepthOrderConfig:
+    """Options of the depth-order terms (their weights are the ``w_*`` fields of the loss config)."""
+
+    num_pairs: int = 4096
+    """Pixel pairs sampled per frame for the hinge and MoDGS terms."""
+    strategy: Literal["global", "local"] = "global"
+    """'global': both points uniform over the valid pixels; 'local': the second within ``local_radius``."""
+    local_radius: int = 16
+    """Radius in pixels of the 'local' strategy."""
+    region: Literal["all", "fg", "bg"] = "all"
+    """Where pairs are drawn: every valid pixel, the foreground mask or the background."""
+    min_rel_diff: float = 0.05
+    """Pairs whose prior values differ by less than this fraction (|a-b| / max(|a|, |b|)) are dropped:
+    their order is unreliable."""
+    neighbor_stride: int = 1
+    """k: the neighbour of a training frame is the training frame k places later in the split."""
+    flow_backend: Literal["dis", "farneback", "raft"] = "dis"
+    """Optical-flow backend for the neighbour flows (raft needs ``flow_options`` with local weights)."""
+    fb_rule: Literal["squared", "lenient", "fixed"] = "squared"
+    """Forward-backward consistency rule that decides which pixels carry pairs."""
+    flow_cache_dir: str = ""
+    """Where flows are cached ('' = WORK_DIR/flow_cache)."""
+    order_source: Literal["prior", "render"] = "prior"
+    """Hinge: order of each pair from the prior of frame t, or from the detached rendering of frame t."""
+    hinge_margin: float = 0.01
+    """Hinge margin on depth differences divided by the median rendered depth of the sampled points
+    (scale-free); a negative value is the seed's tolerance form |min(0, eps + s * diff)| with eps = -margin."""
+    hinge_normalize: Literal["median", "none"] = "median"
+    """Divide depth differences by the median rendered depth of the pairs' points ('none': raw units)."""
+    modgs_alpha: float = 100.0
+    """MoDGS: tanh sharpness on raw rendered depth differences."""
+    modgs_min_gap_frac: float = 0.1
+    """MoDGS: pairs whose prior depths differ by less than this fraction of the prior depth's range (max -
+    min over every allowed pixel of the frame, as MoDGS) are dropped."""
+    modgs_num_pairs: int = 200000
+    """MoDGS: pixel pairs per frame, at most one per allowed pixel (MoDGS pairs two random permutations of
+    the masked pixels, truncated to 200000)."""
+    pearson_patch_size: int = 0
+    """Pearson: 0 = whole image; otherwise the mean over random square patches of this size."""
+    pearson_num_patches: int = 64
+    """Pearson: number of patches when patch_size > 0."""
+    consistency_align: Literal["none", "scale", "scale_shift"] = "scale_shift"
+    """Depth consistency: per-image least-squares alignment of rendered to prior disparity first (the prior
+    has an unknown scale and shift)."""
+    depth_aware_warmup: int = 100
+    """Depth-aware scale: switched on after this many steps (the seed's warm-up)."""
 
 
 @dataclass
@@ -38,7 +87,8 @@ class LossConfig:
     """MSE between the rendered foreground weight and the foreground mask."""
     w_track: float = 2.0
     """2D track reprojection: Gaussians' positions at target times, rendered at the query pixels and
-    projected into the target cameras, against the 2D tracks (L1 in pixels / max(H, W))."""
+    projected into the target cameras, against the 2D tracks: mean(|dx|, |dy|) / max(H, W), as Shape of
+    Motion (before this parity fix the two coordinates were summed: twice SoM's value)."""
     w_depth_reg: float = 0.5
     """Trimmed L1 between rendered disparity (1 / expected depth) and the prior disparity."""
     w_depth_grad: float = 1.0
@@ -48,13 +98,20 @@ class LossConfig:
     w_smooth_bases: float = 0.1
     """Acceleration of the motion bases' translations and 6D rotations over time."""
     w_smooth_tracks: float = 2.0
-    """Acceleration of foreground Gaussians' centres over three consecutive frames."""
+    """0.5 x the acceleration norm of foreground Gaussians' centres over three consecutive frames (SoM's
+    trainer has the 0.5)."""
     w_z_accel: float = 1.0
-    """Acceleration of foreground Gaussians' depth along the camera rays (three consecutive frames)."""
+    """Motion of foreground Gaussians along the camera rays over three consecutive frames (``z_accel_form``)."""
     w_scale_var: float = 0.01
-    """Variance of each foreground Gaussian's three scales (discourages needles)."""
+    """Variance of each Gaussian's three log-scales, averaged per group and summed over foreground and
+    background, as Shape of Motion (discourages needles)."""
+    z_accel_form: Literal["ray_velocity", "ray_acceleration"] = "ray_velocity"
+    """The z_accel term: 'ray_velocity' is Shape of Motion's shipped form (squared velocity along the ray,
+    both sides of the middle frame); 'ray_acceleration' is |acceleration . ray|, SoM's commented-out form."""
     depth_trim_quantile: float = 0.98
     """Residuals above this quantile are ignored by the disparity L1 (1.0: plain masked L1)."""
+    depth_grad_trim_quantile: float = 0.95
+    """Residuals of the disparity-gradient L1 above this quantile are ignored (Shape of Motion's trainer: 0.95)."""
     track_trim_quantile: float = 0.98
     """Residuals above this quantile are ignored by the track loss."""
     track_gap_tau: float = 0.0
@@ -122,8 +179,9 @@ class TrainConfig:
     """Optimisation steps; learning-rate schedules follow it."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' takes CUDA when it is available."""
-    render_backend: Literal["auto", "gsplat", "torch"] = "auto"
-    """'auto': gsplat on CUDA, the PyTorch tile rasterizer on the CPU."""
+    render_backend: Literal["auto", "gsplat", "cpu", "torch"] = "auto"
+    """'auto': gsplat on CUDA, the compiled CPU rasterizer on the CPU ('torch' where it cannot be built); 'cpu'
+    the compiled CPU rasterizer; 'torch' the PyTorch tile rasterizer (the readable reference)."""
     batch_size: int = 8
     """Frames rendered per step."""
     num_targets: int = 4
@@ -258,10 +316,8 @@ def config_to_dict(obj) -> Any:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
-    tmp.replace(path)
+    """Write ``cfg`` as YAML to ``path`` atomically (read back with :func:`load_config`)."""
+    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def load_config(path: Path) -> TrainConfig:
@@ -280,6 +336,6 @@ def load_config(path: Path) -> TrainConfig:
 
 
 __all__ = [
-    "TrainConfig", "LossConfig", "OptimConfig", "InitConfig", "DensifyConfig", "DataConfig",
+    "TrainConfig", "LossConfig", "DepthOrderConfig", "OptimConfig", "InitConfig", "DensifyConfig", "DataConfig",
     "load_preset", "apply_overrides", "save_config", "load_config", "config_to_dict", "available_presets",
 ]

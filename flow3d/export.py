@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flow3d.flow.io import atomic_write_bytes
+from flow3d.fileio import write_bytes
 from flow3d.log import get_logger, setup_logging
 from flow3d.scene.model import SceneModel
 from flow3d.scene.ply import Splats, write_point_ply, write_splat_ply
@@ -128,7 +128,7 @@ def _check_frames(frames: Optional[tuple[int, ...]], T: int) -> list[int]:
 
 def export(cfg: ExportConfig) -> dict:
     """Run the export described by ``cfg`` (see the module docstring); returns the summary written to export.json."""
-    from flow3d.scene.load import load_trained_run
+    from flow3d.vis.load import load_trained_run
 
     if not 0.0 <= cfg.min_opacity <= 1.0:
         raise ValueError(f"--min-opacity must be in [0, 1], got {cfg.min_opacity}")
@@ -160,7 +160,7 @@ def export(cfg: ExportConfig) -> dict:
         summary["trajectories"] = _write_trajectories(out / "trajectories.npz", model, seq, cfg.min_opacity)
     elif cfg.trajectories:
         logger.info("no trajectories.npz: --gaussians bg exports only the static Gaussians")
-    atomic_write_bytes(out / "export.json", (json.dumps(summary, indent=2) + "\n").encode())
+    write_bytes(out / "export.json", (json.dumps(summary, indent=2) + "\n").encode())
     logger.info("exported %d frames of %s (step %d) to %s", len(counts), run.work_dir, run.step, out)
     return summary
 
@@ -180,7 +180,7 @@ def _write_trajectories(path: Path, model: SceneModel, seq, min_opacity: float) 
     )
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
     return {"file": path.name, "num_gaussians": int(means.shape[0]), "num_frames": int(means.shape[1])}
 
 

@@ -152,7 +152,7 @@ def video_frames(run, plan: PathPlan, depth_range: tuple[float, float]) -> Itera
 
 def render_video(cfg: VideoConfig) -> Path:
     """Render ``cfg.camera_path`` of ``cfg.model`` to ``cfg.out`` (see the module docstring); returns the path."""
-    from flow3d.scene.load import load_trained_run
+    from flow3d.vis.load import load_trained_run
 
     out = Path(cfg.out)
     if out.suffix.lower() != ".mp4":

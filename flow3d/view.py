@@ -50,7 +50,7 @@ def start_viewer(cfg: ViewConfig):
         import viser  # noqa: F401
     except ImportError:
         raise ValueError('the viewer needs viser: pip install "flow3d[viewer]" (or pip install viser)') from None
-    from flow3d.scene.load import load_trained_run
+    from flow3d.vis.load import load_trained_run
     from flow3d.vis.viewer import SceneViewer
 
     if cfg.max_res < 16:

@@ -19,7 +19,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -28,7 +27,8 @@ import torch  # noqa: E402
 
 from flow3d.config import TrainConfig, apply_overrides, load_preset  # noqa: E402
 from flow3d.data import SyntheticDataConfig  # noqa: E402
-from flow3d.eval import depth_metrics, ordinal_accuracy, prior_depth_metrics, temporal_consistency  # noqa: E402
+from flow3d.eval import depth_metrics, depth_order_accuracy, prior_depth_metrics, temporal_consistency  # noqa: E402
+from flow3d.fileio import write_json  # noqa: E402
 from flow3d.log import setup_logging  # noqa: E402
 
 ORDINAL_TERMS = ("hinge_ordinal", "modgs_ordinal", "pearson")
@@ -82,7 +82,7 @@ def score(depth: torch.Tensor, seq, imgs: torch.Tensor | None = None) -> dict:
     """Metrics of a (T, H, W) z-depth sequence against the synthetic ground truth."""
     gt = seq.gt_depth
     dm = depth_metrics(depth, gt, alignment="sequence").aggregate
-    oa = ordinal_accuracy(depth, gt, "depth", num_pairs=20000, seed=0).aggregate
+    oa = depth_order_accuracy(depth, gt, "depth", num_pairs=20000, seed=0).aggregate
     T = seq.num_frames
     flows = torch.stack([seq.gt_flow(t, t + 1) for t in range(T - 1)])
     vis = torch.stack([seq.gt_flow_visible(t, t + 1) for t in range(T - 1)])
@@ -97,10 +97,8 @@ def score(depth: torch.Tensor, seq, imgs: torch.Tensor | None = None) -> dict:
 
 
 def prior_row(seq) -> dict:
-    disp = torch.where(seq.prior_valid, seq.prior_disp, torch.zeros_like(seq.prior_disp))
-    depth = seq.prior_depth()
-    row = score(depth, seq)
-    pm = prior_depth_metrics(disp, seq.gt_depth, alignment="sequence").aggregate
+    row = score(seq.prior_depth(), seq)
+    pm = prior_depth_metrics(seq.prior_disp, seq.gt_depth, seq.prior_valid, alignment="sequence").aggregate
     row.update(abs_rel=pm["abs_rel"], delta1=pm["delta1"])
     return row
 
@@ -164,10 +162,7 @@ def main(argv=None) -> None:
                 rows[name] = run_row(name, overrides_for(name), drift, args.steps, args.seed, Path(tmp))
                 print(f"[{drift}] {name}: " + ", ".join(f"{k}={v:.4f}" for k, v in rows[name].items()), flush=True)
         rows["gt (reference)"] = {"temporal": gt_tc, "abs_rel": 0.0, "delta1": 1.0, "ordinal_acc": 1.0}
-        path = out_dir / f"ablation_{drift}.json"
-        tmp_path = path.with_suffix(".json.tmp")
-        tmp_path.write_text(json.dumps({"drift": drift, "steps": args.steps, "rows": rows}, indent=2))
-        tmp_path.replace(path)
+        write_json(out_dir / f"ablation_{drift}.json", {"drift": drift, "steps": args.steps, "rows": rows})
         print()
         print(format_rows(rows, drift, args.steps))
         print(flush=True)

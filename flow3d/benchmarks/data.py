@@ -62,7 +62,7 @@ def main() -> None:
         t0 = time.perf_counter()
         seq = cfg.load()
         rows.append(("first load (decode, checks, " + ("flow tracks, " if args.flow_tracks else "") + "normalise, write cache)", time.perf_counter() - t0))
-        data_cache._MEMO.clear()
+        data_cache.clear_memo()
         t0 = time.perf_counter()
         seq = cfg.load()
         rows.append(("load from the on-disk cache (new process)", time.perf_counter() - t0))

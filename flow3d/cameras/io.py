@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flow3d.flow.io import atomic_write_bytes
+from flow3d.fileio import write_bytes
 
 
 def write_camera_file(path: str | os.PathLike, w2cs: np.ndarray, K: np.ndarray, img_wh: tuple[int, int], tstamps=None) -> Path:
@@ -29,7 +29,7 @@ def write_camera_file(path: str | os.PathLike, w2cs: np.ndarray, K: np.ndarray, 
     buf = io.BytesIO()
     np.save(buf, np.array(recon, dtype=object), allow_pickle=True)
     path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
     return path
 
 
@@ -38,5 +38,5 @@ def write_npy(path: str | os.PathLike, arr: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.save(buf, np.asarray(arr), allow_pickle=False)
     path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
     return path

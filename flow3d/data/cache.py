@@ -3,7 +3,8 @@
 Images are stored as uint8 (they come from 8-bit files) and expanded to float on load, so an epoch
 never re-decodes JPEGs. The key is a hash of the loader's configuration (fields that change the
 result) and of the names, sizes and modification times of the input files. Also an in-process memo so
-that a second ``load()`` of the same config in one process costs nothing.
+that a second ``load()`` of the same config in one process costs nothing. Every loader goes through
+:func:`cached_sequence`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
 
 from flow3d.data.sequence import HeldOutViews, VideoSequence
+from flow3d.fileio import np_savez
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -53,13 +54,29 @@ def cache_key(cfg: Any, exclude: Iterable[str] = (), extra: Any = None) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
 
-def memo_get(key: str) -> Optional[VideoSequence]:
-    return _MEMO.get(key)
+def clear_memo() -> None:
+    """Forget the sequence kept in memory (the next load reads the disk cache or the inputs)."""
+    _MEMO.clear()
 
 
-def memo_put(key: str, seq: VideoSequence) -> None:
-    _MEMO.clear()  # keep one sequence: they are large
+def cached_sequence(key: str, path: Optional[Path], build: Callable[[], VideoSequence], use_disk: bool = True) -> VideoSequence:
+    """The one cache protocol of the loaders: the in-process memo, else the ``.npz`` at ``path``, else
+    ``build()`` (then written to ``path``). ``path`` None or ``use_disk`` False skips the disk. The memo
+    keeps one sequence (they are large)."""
+    seq = _MEMO.get(key)
+    if seq is not None:
+        return seq
+    disk = path is not None and use_disk
+    if disk and path.exists():
+        logger.info("loading cached sequence %s", path)
+        seq = load_sequence(path)
+    else:
+        seq = build()
+        if disk:
+            save_sequence(path, seq)
+    _MEMO.clear()
     _MEMO[key] = seq
+    return seq
 
 
 def save_sequence(path: Path, seq: VideoSequence) -> None:
@@ -80,16 +97,7 @@ def save_sequence(path: Path, seq: VideoSequence) -> None:
             if isinstance(v, torch.Tensor):
                 arrays["val_views." + k] = _to_uint8(v) if k == "images" else v.numpy()
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    np_savez(path, arrays)
 
 
 def load_sequence(path: Path) -> VideoSequence:

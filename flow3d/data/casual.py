@@ -29,17 +29,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from flow3d import depth as depth_lib
 from flow3d.cameras import loader as camload
 from flow3d.cameras.estimate import CameraEstimateConfig
 from flow3d.data import io
-from flow3d.data.cache import cache_key, default_cache_dir, files_signature, load_sequence, memo_get, memo_put, save_sequence
-from flow3d.data.common import FileDataConfig
+from flow3d.data.cache import cache_key, cached_sequence, default_cache_dir, files_signature
+from flow3d.data.common import FileDataConfig, finish_file_sequence
 from flow3d.data.endoscopy import count_stopped, read_depth_folder, read_ignore_folder, stop_tracks_on_ignored
-from flow3d.data.normalize import apply_scene_norm, compute_scene_norm
-from flow3d.data.sequence import VideoSequence, safe_inverse
+from flow3d.data.sequence import VideoSequence
 from flow3d.data.split import split_frames
 from flow3d.data.tracks import dense_tracks_from_pairs
-from flow3d.geometry import unproject_pixels
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -148,7 +147,45 @@ def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
     return out
 
 
+@dataclass
+class _Inputs:
+    """The files of one clip, found before anything is read (their names, sizes and times key the cache)."""
+
+    names: list[str]  # frame names of the clip (start:end), sorted
+    n_all: int  # frames in the images folder
+    img_dir: Path
+    images: dict[str, Path]  # frame name -> image file
+    mask_dir: Path
+    depth_dir: Optional[Path]  # None for depth_format constant, or when the depth cue is made on the fly
+    depth_format: str  # cfg.depth_format, or disp_npy for the geometric depth cue
+    cam_path: Path  # may not exist (estimated or static camera)
+    track_dir: Optional[Path]  # None when missing
+    ignore_dir: Optional[Path]  # optional ignore masks
+    gt_dir: Optional[Path]  # optional reference depth
+    estimate_now: bool = False  # no camera file: estimate the cameras while loading
+    geodepth_now: bool = False  # no depth folder either: the geometric depth cue of that estimation is the prior
+    geodepth_read: bool = False  # the prior is the depth cue written by python -m flow3d.preprocess.cameras
+
+    def signature(self) -> list:
+        dirs = [self.img_dir, self.mask_dir, self.depth_dir, self.track_dir, self.ignore_dir, self.gt_dir]
+        sig = [files_signature(sorted(p for p in d.iterdir() if p.is_file())) for d in dirs if d is not None]
+        if self.cam_path.exists():
+            sig.append(files_signature([self.cam_path]))
+        elif self.estimate_now:
+            sig.append(["camera estimation", camload.ESTIMATE_VERSION])
+        return sig
+
+
 def load_casual(cfg: CustomDataConfig) -> VideoSequence:
+    """Find the clip's files, then load it through the cache (:func:`flow3d.data.cache.cached_sequence`)."""
+    inputs = _find_inputs(cfg)
+    key = cache_key(cfg, exclude=("is_train", "cache_dir", "use_cache"), extra=inputs.signature())
+    cache_path = Path(cfg.cache_dir or default_cache_dir()) / f"{cfg.seq_name}_{key}.npz"
+    flow_dir = cache_path.parent / f"{cfg.seq_name}_{key}_flow"
+    return cached_sequence(key, cache_path, lambda: _read_sequence(cfg, inputs, flow_dir), use_disk=cfg.use_cache)
+
+
+def _find_inputs(cfg: CustomDataConfig) -> _Inputs:
     root = Path(cfg.root_dir)
     if not root.is_dir():
         raise ValueError(f"root_dir not found: {root}")
@@ -157,172 +194,72 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
     img_dir = _resolve(root, cfg.image_type, cfg.res, cfg.seq_name, io.IMAGE_EXTS)
     if img_dir is None:
         raise ValueError(f"images folder not found; tried {_tried(root, cfg.image_type, cfg.res, cfg.seq_name)}")
-    img_files = io.list_files(img_dir, io.IMAGE_EXTS, "images")
-    images_by = _by_stem(img_files, f"images folder {img_dir}")
+    images_by = _by_stem(io.list_files(img_dir, io.IMAGE_EXTS, "images"), f"images folder {img_dir}")
     all_names = list(images_by)
     n_all = len(all_names)
     end = n_all if cfg.end == -1 else cfg.end
     if not (0 <= cfg.start < end <= n_all):
         raise ValueError(f"frame range start={cfg.start}, end={cfg.end} is invalid for {n_all} frames in {img_dir}")
-    names = all_names[cfg.start:end]
-    T = len(names)
-
     mask_dir = _resolve(root, cfg.mask_type, cfg.res, cfg.seq_name, (".png", ".jpg", ".jpeg"))
     if mask_dir is None:
         raise ValueError(f"masks folder not found; tried {_tried(root, cfg.mask_type, cfg.res, cfg.seq_name)}")
-    cam_path = root / cfg.camera_type / f"{cfg.seq_name}.npy"
+    inp = _Inputs(
+        names=all_names[cfg.start:end], n_all=n_all, img_dir=img_dir, images=images_by, mask_dir=mask_dir,
+        depth_dir=None, depth_format=cfg.depth_format, cam_path=_camera_path(cfg, root),
+        track_dir=_resolve(root, cfg.track_type, cfg.res, cfg.seq_name, (".npy",)),
+        ignore_dir=_resolve(root, cfg.ignore_type, cfg.res, cfg.seq_name, (".png",)),
+        gt_dir=_resolve(root, cfg.gt_depth_type, cfg.res, cfg.seq_name, (".npy",)),
+    )
+    inp.estimate_now = not inp.cam_path.exists() and cfg.missing_camera == "estimate"
+    if cfg.depth_format != "constant":
+        _find_depth(cfg, root, inp)
+    return inp
+
+
+def _camera_path(cfg: CustomDataConfig, root: Path) -> Path:
+    """ROOT/<camera_type>/SEQ.npy, or (missing_camera estimate) the file python -m flow3d.preprocess.cameras wrote."""
     if cfg.missing_camera not in ("estimate", "static", "error"):
         raise ValueError(f"missing_camera must be one of estimate, static, error; got {cfg.missing_camera!r}")
-    if not cam_path.exists() and cfg.missing_camera == "estimate" and (root / camload.CAMERA_DIR / f"{cfg.seq_name}.npy").exists():
-        cam_path = root / camload.CAMERA_DIR / f"{cfg.seq_name}.npy"
-        logger.warning("no camera file at %s: using %s written by python -m flow3d.preprocess.cameras", root / cfg.camera_type, cam_path)
-    estimate_now = not cam_path.exists() and cfg.missing_camera == "estimate"
-    depth_dir, depth_format, geodepth_now, geodepth_read = None, cfg.depth_format, False, False
-    if cfg.depth_format != "constant":
-        depth_dir = _resolve(root, cfg.depth_type, cfg.res, cfg.seq_name, (".npy", ".png"))
-        geo_dir = _resolve(root, camload.GEODEPTH_DIR, cfg.res, cfg.seq_name, (".npy",))
-        if depth_dir is None and cam_path.exists() and cam_path.parent.name == camload.CAMERA_DIR and geo_dir is not None:
-            depth_dir, depth_format, geodepth_read = geo_dir, "disp_npy", True
-            logger.warning("no depth folder %s: using the geometric depth cue in %s (the cameras' scale)", root / cfg.depth_type, geo_dir)
-        elif depth_dir is None and estimate_now:
-            geodepth_now = True
-        elif depth_dir is None:
-            raise ValueError(
-                f"depth folder not found; tried {_tried(root, cfg.depth_type, cfg.res, cfg.seq_name)}. Write a monocular "
-                "depth estimate there (--data.depth-type names the folder, --data.depth-format its kind), use "
-                "--data.depth-format constant for a flat placeholder prior, or run python -m flow3d.preprocess.cameras "
-                "for cameras and a geometric depth cue"
-            )
-    track_dir = _resolve(root, cfg.track_type, cfg.res, cfg.seq_name, (".npy",))
-    ignore_dir = _resolve(root, cfg.ignore_type, cfg.res, cfg.seq_name, (".png",))
-    gt_dir = _resolve(root, cfg.gt_depth_type, cfg.res, cfg.seq_name, (".npy",))
+    cam_path = root / cfg.camera_type / f"{cfg.seq_name}.npy"
+    estimated = root / camload.CAMERA_DIR / f"{cfg.seq_name}.npy"
+    if not cam_path.exists() and cfg.missing_camera == "estimate" and estimated.exists():
+        logger.warning("no camera file at %s: using %s written by python -m flow3d.preprocess.cameras", root / cfg.camera_type, estimated)
+        return estimated
+    return cam_path
 
-    sig_dirs = [d for d in (img_dir, mask_dir, depth_dir, track_dir, ignore_dir, gt_dir) if d is not None]
-    sig = [files_signature(sorted(p for p in d.iterdir() if p.is_file())) for d in sig_dirs]
-    if cam_path.exists():
-        sig.append(files_signature([cam_path]))
-    elif estimate_now:
-        sig.append(["camera estimation", camload.ESTIMATE_VERSION])
-    key = cache_key(cfg, exclude=("is_train", "cache_dir", "use_cache"), extra=sig)
-    seq = memo_get(key)
-    if seq is not None:
-        return seq
-    cache_path = Path(cfg.cache_dir or default_cache_dir()) / f"{cfg.seq_name}_{key}.npz"
-    if cfg.use_cache and cache_path.exists():
-        logger.info("loading cached sequence %s", cache_path)
-        seq = load_sequence(cache_path)
-        memo_put(key, seq)
-        return seq
 
-    # ---- images -----------------------------------------------------------------------------------
-    imgs = []
-    shape0 = None
-    for n in tqdm(names, desc="images", leave=False):
-        im = io.read_image(images_by[n])
-        if shape0 is None:
-            shape0 = im.shape[:2]
-        elif im.shape[:2] != shape0:
-            raise ValueError(f"image {images_by[n]}: size (H, W) = {im.shape[:2]} differs from the first frame's {shape0}")
-        imgs.append(io.resize_image(im, cfg.downscale))
-    H0, W0 = shape0
-    images = np.stack(imgs)  # (T, H, W, 3) uint8
-    H, W = images.shape[1:3]
-
-    # ---- masks ------------------------------------------------------------------------------------
-    mask_files = _by_stem(io.list_files(mask_dir, (".png", ".jpg", ".jpeg"), "masks"), f"masks folder {mask_dir}")
-    if len(mask_files) != n_all:
-        raise ValueError(f"frame-count mismatch: masks folder {mask_dir} has {len(mask_files)} masks, images folder {img_dir} has {n_all} frames")
-    masks = np.zeros((T, H, W), dtype=bool)
-    for t, n in enumerate(names):
-        if n not in mask_files:
-            raise ValueError(f"mask for frame {n!r} not found in {mask_dir} (expected {n}.png)")
-        masks[t] = io.resize_nearest(io.read_mask(mask_files[n], (H0, W0)), cfg.downscale)
-    if not masks.any():
-        raise ValueError(f"masks folder {mask_dir}: the foreground is empty in every frame (expected foreground pixels > 0)")
-    ignore = read_ignore_folder(ignore_dir, names, (H0, W0), cfg.downscale) if ignore_dir is not None else None
-    gt_depth, gt_source = read_depth_folder(gt_dir, names, (H0, W0), cfg.downscale) if gt_dir is not None else (None, "ground truth")
-
-    # ---- depth prior ------------------------------------------------------------------------------
-    if geodepth_now:  # filled in with the cameras below
-        disp, disp_valid = np.zeros((T, H, W), np.float32), np.zeros((T, H, W), bool)
-    elif depth_dir is None:
-        logger.warning("no depth files: assuming a flat depth prior at depth %g (--data.depth-format constant)", cfg.constant_depth)
-        if not cfg.constant_depth > 0:
-            raise ValueError(f"constant_depth must be > 0, got {cfg.constant_depth}")
-        disp = np.full((T, H, W), 1.0 / cfg.constant_depth, dtype=np.float32)
-        disp_valid = np.ones((T, H, W), dtype=bool)
+def _find_depth(cfg: CustomDataConfig, root: Path, inp: _Inputs) -> None:
+    """The prior's folder: ROOT/<depth_type>, else the geometric depth cue (written, or made while loading)."""
+    inp.depth_dir = _resolve(root, cfg.depth_type, cfg.res, cfg.seq_name, (".npy", ".png"))
+    if inp.depth_dir is not None:
+        return
+    geo_dir = _resolve(root, camload.GEODEPTH_DIR, cfg.res, cfg.seq_name, (".npy",))
+    if inp.cam_path.exists() and inp.cam_path.parent.name == camload.CAMERA_DIR and geo_dir is not None:
+        inp.depth_dir, inp.depth_format, inp.geodepth_read = geo_dir, "disp_npy", True
+        logger.warning("no depth folder %s: using the geometric depth cue in %s (the cameras' scale)", root / cfg.depth_type, geo_dir)
+    elif inp.estimate_now:
+        inp.geodepth_now = True
     else:
-        ext = ".png" if depth_format == "depth_png" else ".npy"
-        depth_files = _by_stem(io.list_files(depth_dir, (ext,), f"depth ({depth_format})"), f"depth folder {depth_dir}")
-        if len(depth_files) != n_all:
-            raise ValueError(f"frame-count mismatch: depth folder {depth_dir} has {len(depth_files)} {ext} files, images folder {img_dir} has {n_all} frames")
-        disp = np.zeros((T, H, W), dtype=np.float32)
-        disp_valid = np.zeros((T, H, W), dtype=bool)
-        bad_frames = []
-        for t, n in enumerate(tqdm(names, desc="depth", leave=False)):
-            if n not in depth_files:
-                raise ValueError(f"depth for frame {n!r} not found in {depth_dir} (expected {n}{ext})")
-            d, v = io.read_depth_as_disp(depth_files[n], depth_format, (H0, W0), cfg.depth_png_scale)
-            if not v.all():
-                bad_frames.append((n, int((~v).sum())))
-            disp[t], disp_valid[t] = io.resize_nearest(d, cfg.downscale), io.resize_nearest(v, cfg.downscale)
-        if not disp_valid.any():
-            raise ValueError(f"depth folder {depth_dir}: no finite positive value in any frame")
-        if geodepth_read:  # the moving foreground has no triangulated depth: the placeholder of flow3d.cameras.loader
-            disp, disp_valid, _ = camload.fill_foreground(disp, disp_valid, masks)
-        if bad_frames:
-            total = sum(c for _, c in bad_frames)
-            logger.warning(
-                "depth prior: %d pixels in %d of %d frames are NaN/Inf or <= 0 and are masked out (prior_valid=False); first: %s",
-                total, len(bad_frames), T, ", ".join(f"{n} ({c})" for n, c in bad_frames[:5]),
-            )
-
-    # ---- cameras ----------------------------------------------------------------------------------
-    if cam_path.exists():
-        w2cs_all, Ks_all = io.read_droid_recon(cam_path, n_all, H0, W0)
-        w2cs, Ks = w2cs_all[cfg.start:end], Ks_all[cfg.start:end]
-        Ks = _scale_Ks(Ks, W / W0, H / H0)
-    elif cfg.missing_camera == "error":
-        raise ValueError(f"camera file not found: {cam_path} (--data.missing-camera error); pass --data.missing-camera estimate or static")
-    elif estimate_now:
-        cams = camload.estimate_for_loader(
-            images, masks, None if geodepth_now or depth_dir is None else disp, None if geodepth_now or depth_dir is None else disp_valid,
-            focal=cfg.focal_length, default_fov_deg=cfg.default_fov_deg, cfg=CameraEstimateConfig(), want_depth=geodepth_now,
-            flow_cache_dir=cache_path.parent / f"{cfg.seq_name}_{key}_flow",
-        )
-        w2cs, Ks = cams.w2cs, cams.Ks
-        if geodepth_now and cams.disp is not None:
-            disp, disp_valid = cams.disp, cams.disp_valid
-        elif geodepth_now:
-            logger.warning("no depth folder and a static camera (nothing to triangulate): a flat depth prior at depth %g", cfg.constant_depth)
-            disp, disp_valid = np.full((T, H, W), 1.0 / cfg.constant_depth, np.float32), np.ones((T, H, W), bool)
-    else:
-        w2cs, Ks, f = camload.static_cameras(T, W, H, cfg.focal_length, cfg.default_fov_deg)
-        logger.warning(
-            "no camera file at %s: assuming a static camera (identity poses), focal length %.1f px (%s), principal point at the image centre",
-            cam_path, f, "--data.focal-length" if cfg.focal_length is not None else f"{cfg.default_fov_deg:g} deg horizontal field of view",
+        raise ValueError(
+            f"depth folder not found; tried {_tried(root, cfg.depth_type, cfg.res, cfg.seq_name)}. Write a monocular "
+            "depth estimate there (--data.depth-type names the folder, --data.depth-format its kind), use "
+            "--data.depth-format constant for a flat placeholder prior, or run python -m flow3d.preprocess.cameras "
+            "for cameras and a geometric depth cue"
         )
 
-    # ---- tracks -----------------------------------------------------------------------------------
+
+def _read_sequence(cfg: CustomDataConfig, inp: _Inputs, flow_dir: Path) -> VideoSequence:
+    """Read every input of the clip (images, masks, depth prior, cameras, tracks) into a sequence."""
+    images, shape0 = _read_images(cfg, inp)  # (T, H, W, 3) uint8; shape0 = (H0, W0) before downscaling
+    T, H, W = images.shape[:3]
+    masks = _read_masks(cfg, inp, shape0, (T, H, W))
+    ignore = read_ignore_folder(inp.ignore_dir, inp.names, shape0, cfg.downscale) if inp.ignore_dir is not None else None
+    gt_depth, gt_source = (read_depth_folder(inp.gt_dir, inp.names, shape0, cfg.downscale) if inp.gt_dir is not None
+                           else (None, "ground truth"))
+    disp, disp_valid = _read_depth(cfg, inp, shape0, (T, H, W), masks)
+    w2cs, Ks, disp, disp_valid = _read_cameras(cfg, inp, shape0, images, masks, disp, disp_valid, flow_dir)
     train_ids, val_ids = split_frames(T, cfg.val_every)
-    if track_dir is not None:
-        pairs = _read_track_dir(track_dir, names)
-        queries = sorted(q for (q, t) in pairs if q == t)
-        if not queries:
-            raise ValueError(f"track folder {track_dir}: no <q>_<q>.npy file for any frame of the clip (query points)")
-        xy, vis, conf, qt = dense_tracks_from_pairs(pairs, T, queries, cfg.max_tracks_per_query, cfg.seed, source=f"track folder {track_dir}")
-        if cfg.downscale > 1:
-            xy = (xy + 0.5) * torch.tensor([W / W0, H / H0]) - 0.5
-    elif cfg.missing_tracks == "error":
-        raise ValueError(f"track folder not found; tried {_tried(root, cfg.track_type, cfg.res, cfg.seq_name)}")
-    elif cfg.missing_tracks == "none":
-        logger.warning("no track folder under %s/%s: continuing without 2D tracks", root, cfg.track_type)
-        xy, vis, conf, qt = dense_tracks_from_pairs({}, T, [])
-    else:
-        queries = train_ids[:: max(cfg.flow_query_stride, 1)].tolist()
-        logger.warning("no track folder under %s/%s: building 2D tracks from optical flow (%s) for %d query frames", root, cfg.track_type, cfg.flow_backend, len(queries))
-        xy, vis, conf, qt = flow_tracks(cfg, images, masks, queries, cache_path.parent / f"{cfg.seq_name}_{key}_flow", ignore)
-
+    xy, vis, conf, qt = _read_tracks(cfg, inp, images, masks, ignore, train_ids, shape0, flow_dir)
     seq = VideoSequence(
         name=cfg.seq_name,
         images=torch.from_numpy(images).float() / 255.0,
@@ -330,22 +267,139 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
         valid_masks=torch.ones(T, H, W, dtype=torch.bool) if ignore is None else torch.from_numpy(~ignore),
         prior_disp=torch.from_numpy(disp), prior_valid=torch.from_numpy(disp_valid),
         w2cs=torch.from_numpy(w2cs).float(), Ks=torch.from_numpy(Ks).float(),
-        time_ids=torch.arange(cfg.start, end), train_ids=train_ids, val_ids=val_ids,
+        time_ids=torch.arange(cfg.start, cfg.start + T), train_ids=train_ids, val_ids=val_ids,
         tracks_xy=xy, tracks_visible=vis, tracks_conf=conf, tracks_query_t=qt,
         gt_depth=None if gt_depth is None else torch.from_numpy(gt_depth), gt_depth_source=gt_source,
-        frame_names=names,
+        frame_names=inp.names,
     )
-    return finish_loading(seq, cfg, cache_path, key)
+    return finish_file_sequence(seq, cfg)
 
 
-def finish_loading(seq: VideoSequence, cfg, cache_path, key) -> VideoSequence:
-    """The last steps of every file loader: scene normalisation, the on-disk cache, the in-process memo."""
-    if cfg.normalize_scene:
-        seq = normalize_from_tracks(seq, cfg.seed)
-    if cfg.use_cache:
-        save_sequence(cache_path, seq)
-    memo_put(key, seq)
-    return seq
+def _read_images(cfg: CustomDataConfig, inp: _Inputs) -> tuple[np.ndarray, tuple[int, int]]:
+    imgs = []
+    shape0 = None
+    for n in tqdm(inp.names, desc="images", leave=False):
+        im = io.read_image(inp.images[n])
+        if shape0 is None:
+            shape0 = im.shape[:2]
+        elif im.shape[:2] != shape0:
+            raise ValueError(f"image {inp.images[n]}: size (H, W) = {im.shape[:2]} differs from the first frame's {shape0}")
+        imgs.append(io.resize_image(im, cfg.downscale))
+    return np.stack(imgs), shape0
+
+
+def _read_masks(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], thw: tuple[int, int, int]) -> np.ndarray:
+    """(T, H, W) bool foreground."""
+    exts = (".png", ".jpg", ".jpeg")
+    mask_files = _by_stem(io.list_files(inp.mask_dir, exts, "masks"), f"masks folder {inp.mask_dir}")
+    if len(mask_files) != inp.n_all:
+        raise ValueError(f"frame-count mismatch: masks folder {inp.mask_dir} has {len(mask_files)} masks, images "
+                         f"folder {inp.img_dir} has {inp.n_all} frames")
+    masks = np.zeros(thw, dtype=bool)
+    for t, n in enumerate(inp.names):
+        if n not in mask_files:
+            raise ValueError(f"mask for frame {n!r} not found in {inp.mask_dir} (expected {n}.png)")
+        masks[t] = io.resize_nearest(io.read_mask(mask_files[n], shape0), cfg.downscale)
+    if not masks.any():
+        raise ValueError(f"masks folder {inp.mask_dir}: the foreground is empty in every frame (expected foreground pixels > 0)")
+    return masks
+
+
+def _read_depth(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], thw: tuple[int, int, int], masks: np.ndarray):
+    """(T, H, W) float32 disparity and bool validity (:func:`flow3d.data.io.read_depth_as_disp`)."""
+    if inp.geodepth_now:  # filled in with the cameras (_read_cameras)
+        return np.zeros(thw, np.float32), np.zeros(thw, bool)
+    if inp.depth_dir is None:
+        logger.warning("no depth files: assuming a flat depth prior at depth %g (--data.depth-format constant)", cfg.constant_depth)
+        if not cfg.constant_depth > 0:
+            raise ValueError(f"constant_depth must be > 0, got {cfg.constant_depth}")
+        return np.full(thw, 1.0 / cfg.constant_depth, dtype=np.float32), np.ones(thw, dtype=bool)
+    ext = ".png" if inp.depth_format == "depth_png" else ".npy"
+    depth_dir = inp.depth_dir
+    depth_files = _by_stem(io.list_files(depth_dir, (ext,), f"depth ({inp.depth_format})"), f"depth folder {depth_dir}")
+    if len(depth_files) != inp.n_all:
+        raise ValueError(f"frame-count mismatch: depth folder {depth_dir} has {len(depth_files)} {ext} files, images "
+                         f"folder {inp.img_dir} has {inp.n_all} frames")
+    disp = np.zeros(thw, dtype=np.float32)
+    disp_valid = np.zeros(thw, dtype=bool)
+    bad_frames = []
+    for t, n in enumerate(tqdm(inp.names, desc="depth", leave=False)):
+        if n not in depth_files:
+            raise ValueError(f"depth for frame {n!r} not found in {depth_dir} (expected {n}{ext})")
+        d, v = io.read_depth_as_disp(depth_files[n], inp.depth_format, shape0, cfg.depth_png_scale)
+        if not v.all():
+            bad_frames.append((n, int((~v).sum())))
+        disp[t], disp_valid[t] = io.resize_nearest(d, cfg.downscale), io.resize_nearest(v, cfg.downscale)
+    if not disp_valid.any():
+        raise ValueError(f"depth folder {depth_dir}: no finite positive value in any frame")
+    if inp.geodepth_read:  # the moving foreground has no triangulated depth: the placeholder of flow3d.cameras.loader
+        disp, disp_valid, _ = camload.fill_foreground(disp, disp_valid, masks)
+    elif bad_frames:
+        logger.warning(
+            "depth prior: %d pixels in %d of %d frames are NaN/Inf or <= %g and are masked out (prior_valid=False); first: %s",
+            sum(c for _, c in bad_frames), len(bad_frames), thw[0], depth_lib.EPS,
+            ", ".join(f"{n} ({c})" for n, c in bad_frames[:5]),
+        )
+    return disp, disp_valid
+
+
+def _read_cameras(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], images: np.ndarray, masks: np.ndarray,
+                  disp: np.ndarray, disp_valid: np.ndarray, flow_dir: Path):
+    """w2cs (T, 4, 4), Ks (T, 3, 3) of the loaded frames and the prior (replaced by the geometric depth cue
+    when it is made now): from the camera file, estimated from the video, or a static camera."""
+    (H0, W0), (T, H, W) = shape0, images.shape[:3]
+    if inp.cam_path.exists():
+        w2cs_all, Ks_all = io.read_droid_recon(inp.cam_path, inp.n_all, H0, W0)
+        sl = slice(cfg.start, cfg.start + T)
+        return w2cs_all[sl], _scale_Ks(Ks_all[sl], W / W0, H / H0), disp, disp_valid
+    if cfg.missing_camera == "error":
+        raise ValueError(f"camera file not found: {inp.cam_path} (--data.missing-camera error); pass --data.missing-camera estimate or static")
+    if inp.estimate_now:
+        has_prior = not inp.geodepth_now and inp.depth_dir is not None
+        cams = camload.estimate_for_loader(
+            images, masks, disp if has_prior else None, disp_valid if has_prior else None,
+            focal=cfg.focal_length, default_fov_deg=cfg.default_fov_deg, cfg=CameraEstimateConfig(),
+            want_depth=inp.geodepth_now, flow_cache_dir=flow_dir,
+        )
+        if inp.geodepth_now and cams.disp is not None:
+            disp, disp_valid = cams.disp, cams.disp_valid
+        elif inp.geodepth_now:
+            logger.warning("no depth folder and a static camera (nothing to triangulate): a flat depth prior at depth %g", cfg.constant_depth)
+            disp, disp_valid = np.full((T, H, W), 1.0 / cfg.constant_depth, np.float32), np.ones((T, H, W), bool)
+        return cams.w2cs, cams.Ks, disp, disp_valid
+    w2cs, Ks, f = camload.static_cameras(T, W, H, cfg.focal_length, cfg.default_fov_deg)
+    logger.warning(
+        "no camera file at %s: assuming a static camera (identity poses), focal length %.1f px (%s), principal point at the image centre",
+        inp.cam_path, f, "--data.focal-length" if cfg.focal_length is not None else f"{cfg.default_fov_deg:g} deg horizontal field of view",
+    )
+    return w2cs, Ks, disp, disp_valid
+
+
+def _read_tracks(cfg: CustomDataConfig, inp: _Inputs, images: np.ndarray, masks: np.ndarray, ignore: Optional[np.ndarray],
+                 train_ids, shape0: tuple[int, int], flow_dir: Path):
+    """Dense tracks (xy, visible, conf, query_t) from the track folder, or chained from optical flow."""
+    T, H, W = images.shape[:3]
+    root = Path(cfg.root_dir)
+    if inp.track_dir is not None:
+        pairs = io.read_track_dir(inp.track_dir, inp.names)
+        queries = sorted(q for (q, t) in pairs if q == t)
+        if not queries:
+            raise ValueError(f"track folder {inp.track_dir}: no <q>_<q>.npy file for any frame of the clip (query points)")
+        xy, vis, conf, qt = dense_tracks_from_pairs(pairs, T, queries, cfg.max_tracks_per_query, cfg.seed,
+                                                    source=f"track folder {inp.track_dir}")
+        if cfg.downscale > 1:
+            H0, W0 = shape0
+            xy = (xy + 0.5) * torch.tensor([W / W0, H / H0]) - 0.5
+        return xy, vis, conf, qt
+    if cfg.missing_tracks == "error":
+        raise ValueError(f"track folder not found; tried {_tried(root, cfg.track_type, cfg.res, cfg.seq_name)}")
+    if cfg.missing_tracks == "none":
+        logger.warning("no track folder under %s/%s: continuing without 2D tracks", root, cfg.track_type)
+        return dense_tracks_from_pairs({}, T, [])
+    queries = train_ids[:: max(cfg.flow_query_stride, 1)].tolist()
+    logger.warning("no track folder under %s/%s: building 2D tracks from optical flow (%s) for %d query frames",
+                   root, cfg.track_type, cfg.flow_backend, len(queries))
+    return flow_tracks(cfg, images, masks, queries, flow_dir, ignore)
 
 
 def _scale_Ks(Ks: np.ndarray, sx: float, sy: float) -> np.ndarray:
@@ -356,19 +410,6 @@ def _scale_Ks(Ks: np.ndarray, sx: float, sy: float) -> np.ndarray:
     out[..., 0, 2] = (Ks[..., 0, 2] + 0.5) * sx - 0.5
     out[..., 1, 2] = (Ks[..., 1, 2] + 0.5) * sy - 0.5
     return out
-
-
-def _read_track_dir(track_dir: Path, names: list[str]) -> dict[tuple[int, int], np.ndarray]:
-    """Read ``<q>_<t>.npy`` files whose q and t are frames of the clip -> {(q_index, t_index): (P, 4)}."""
-    index = {n: i for i, n in enumerate(names)}
-    pairs = {}
-    for p in sorted(track_dir.glob("*.npy")):
-        stem = p.stem
-        for k in range(len(stem)):
-            if stem[k] == "_" and stem[:k] in index and stem[k + 1:] in index:
-                pairs[(index[stem[:k]], index[stem[k + 1:]])] = io.read_track_file(p)
-                break
-    return pairs
 
 
 def flow_tracks(cfg, images: np.ndarray, masks: np.ndarray, queries: list[int], cache_dir: Path, ignore: Optional[np.ndarray] = None):
@@ -394,25 +435,3 @@ def _tracks_from_flow(cfg, images: np.ndarray, masks: np.ndarray, queries: list[
         except ImportError as e:
             raise ValueError(f"no 2D tracks and flow-based tracks are unavailable ({e}); write track files or turn flow tracks off") from None
     return tracks_from_flow(images, masks, queries, grid_step=cfg.flow_grid_step, backend=cfg.flow_backend, cache_dir=cache_dir)
-
-
-def normalize_from_tracks(seq: VideoSequence, seed: int = 0, num_points: int = 5000) -> VideoSequence:
-    """Shape of Motion's normalisation computed from the foreground tracks lifted with the depth prior
-    (their visible entries); falls back to the back-projected depth prior of all pixels when fewer than
-    10 foreground track points exist (logged)."""
-    g = torch.Generator().manual_seed(seed)
-    tr = seq.get_tracks_3d(num_points, generator=g)
-    pts = tr.points[tr.visible]
-    if pts.shape[0] < 10:
-        valid = (seq.prior_valid & seq.valid_masks).reshape(-1)
-        T, H, W = seq.prior_valid.shape
-        flat = torch.randint(0, T * H * W, (num_points * 4,), generator=g)
-        flat = flat[valid[flat]][:num_points]
-        t, y, x = flat // (H * W), (flat % (H * W)) // W, flat % W
-        depth, _ = safe_inverse(seq.prior_disp[t, y, x])
-        xy = torch.stack([x, y], -1).to(depth.dtype)[:, None]  # (P, 1, 2)
-        pts = unproject_pixels(xy, depth[:, None], seq.Ks[t], seq.c2ws[t])[:, 0]
-        logger.warning("scene normalisation: %d foreground track points; using %d depth-prior points of all pixels instead", int(tr.visible.sum()), pts.shape[0])
-    scale, transform = compute_scene_norm(pts, seq.w2cs)
-    logger.info("scene normalisation: scale %.4g (from %d points)", scale, pts.shape[0])
-    return apply_scene_norm(seq, scale, transform)

@@ -1,4 +1,4 @@
-"""Fields every data subcommand shares, and the last steps every loader takes."""
+"""Fields every data subcommand shares, and the last step every file loader takes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Optional
 
 import tyro
 
+from flow3d.data.normalize import normalize_from_tracks
+from flow3d.data.sequence import VideoSequence
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -38,3 +40,11 @@ class FileDataConfig(CommonDataConfig):
     """Cache folder; None = $FLOW3D_CACHE_DIR or ~/.cache/flow3d/data."""
     use_cache: tyro.conf.FlagConversionOff[bool] = True
     """Read/write the on-disk cache."""
+
+
+def finish_file_sequence(seq: VideoSequence, cfg: FileDataConfig) -> VideoSequence:
+    """The last step of every file loader: Shape of Motion's scene normalisation when asked for.
+
+    (The prior's validity was decided when ``seq`` was constructed; caching is
+    :func:`flow3d.data.cache.cached_sequence`'s.)"""
+    return normalize_from_tracks(seq, cfg.seed) if cfg.normalize_scene else seq

@@ -44,10 +44,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from flow3d import depth as depth_lib
 from flow3d.data import io
-from flow3d.data.cache import cache_key, default_cache_dir, files_signature, load_sequence, memo_get, memo_put
-from flow3d.data.casual import finish_loading, flow_tracks
-from flow3d.data.common import FileDataConfig
+from flow3d.data.cache import cache_key, cached_sequence, default_cache_dir, files_signature
+from flow3d.data.casual import flow_tracks
+from flow3d.data.common import FileDataConfig, finish_file_sequence
 from flow3d.data.endoscopy import read_ignore_mask, read_value_map
 from flow3d.data.sequence import VideoSequence
 from flow3d.data.split import split_frames
@@ -168,11 +169,37 @@ def _read_prior(files: list[Path], cfg: EndoNeRFDataConfig, shape: tuple[int, in
 
 def _stereo_prior(stereo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Disparity (T, H, W) float32 and validity of the stereo depth: 1 / depth, holes invalid."""
-    valid = stereo > 0
-    return np.where(valid, 1.0 / np.where(valid, stereo, 1.0), 0.0).astype(np.float32), valid
+    disp, valid = depth_lib.depth_to_disp(torch.from_numpy(stereo))
+    return disp.numpy().astype(np.float32), valid.numpy()
+
+
+@dataclass
+class _Files:
+    """The files of one EndoNeRF clip, found before anything is read (they key the cache)."""
+
+    root: Path
+    images: list[Path]
+    masks: list[Path]
+    depth: list[Path]  # stereo depth; empty when the folder is missing
+    prior: list[Path]  # --data.prior-dir; empty for the stereo prior
+    poses: Path
+
+    def signature(self) -> list:
+        sig = [files_signature(f) for f in (self.images, self.masks, self.depth, self.prior)]
+        sig.append(files_signature([self.poses]) if self.poses.exists() else None)
+        return sig
 
 
 def load_endonerf(cfg: EndoNeRFDataConfig) -> VideoSequence:
+    """Find the clip's files, then load it through the cache (:func:`flow3d.data.cache.cached_sequence`)."""
+    files = _find_files(cfg)
+    key = cache_key(cfg, exclude=("is_train", "cache_dir", "use_cache"), extra=files.signature())
+    cache_path = Path(cfg.cache_dir or default_cache_dir()) / f"endonerf_{files.root.name}_{key}.npz"
+    flow_dir = cache_path.parent / f"endonerf_{files.root.name}_{key}_flow"
+    return cached_sequence(key, cache_path, lambda: _read_sequence(cfg, files, flow_dir), use_disk=cfg.use_cache)
+
+
+def _find_files(cfg: EndoNeRFDataConfig) -> _Files:
     root = Path(cfg.root_dir)
     if not root.is_dir():
         raise ValueError(f"root_dir not found: {root}")
@@ -182,43 +209,35 @@ def load_endonerf(cfg: EndoNeRFDataConfig) -> VideoSequence:
         raise ValueError(f"depth_scale and prior_png_scale must be > 0, got {cfg.depth_scale} and {cfg.prior_png_scale}")
     img_files = io.list_files(root / "images", io.IMAGE_EXTS, "images")
     T = len(img_files)
-    mask_files = _folder_files(root, "masks", (".png",), "masks", T, root / "images")
     has_depth = (root / "depth").is_dir()
     if not has_depth and cfg.prior_dir is None:
         raise ValueError(f"depth folder not found: {root / 'depth'} (stereo depth); pass --data.prior-dir NAME for another prior")
-    depth_files = _folder_files(root, "depth", (".png",), "depth", T, root / "images") if has_depth else []
-    prior_files = _folder_files(root, cfg.prior_dir, (".npy", ".png"), "prior", T, root / "images") if cfg.prior_dir else []
-    poses_path = root / POSES_FILE
+    return _Files(
+        root=root, images=img_files, masks=_folder_files(root, "masks", (".png",), "masks", T, root / "images"),
+        depth=_folder_files(root, "depth", (".png",), "depth", T, root / "images") if has_depth else [],
+        prior=_folder_files(root, cfg.prior_dir, (".npy", ".png"), "prior", T, root / "images") if cfg.prior_dir else [],
+        poses=root / POSES_FILE,
+    )
 
-    sig = [files_signature(f) for f in (img_files, mask_files, depth_files, prior_files)]
-    sig.append(files_signature([poses_path]) if poses_path.exists() else None)
-    key = cache_key(cfg, exclude=("is_train", "cache_dir", "use_cache"), extra=sig)
-    seq = memo_get(key)
-    if seq is not None:
-        return seq
-    cache_path = Path(cfg.cache_dir or default_cache_dir()) / f"endonerf_{root.name}_{key}.npz"
-    if cfg.use_cache and cache_path.exists():
-        logger.info("loading cached sequence %s", cache_path)
-        seq = load_sequence(cache_path)
-        memo_put(key, seq)
-        return seq
 
-    images, shape0 = _read_images(img_files, cfg.downscale)
+def _read_sequence(cfg: EndoNeRFDataConfig, files: _Files, flow_dir: Path) -> VideoSequence:
+    """Read images, instrument masks, cameras, the stereo depth, the prior and flow tracks into a sequence."""
+    root, T = files.root, len(files.images)
+    images, shape0 = _read_images(files.images, cfg.downscale)
     H, W = images.shape[1:3]
-    w2cs, Ks = read_poses_bounds(poses_path, T, H, W)
-    ignore = np.stack([io.resize_nearest(read_ignore_mask(p, shape0), cfg.downscale) for p in mask_files])  # (T, H, W)
+    w2cs, Ks = read_poses_bounds(files.poses, T, H, W)
+    ignore = np.stack([io.resize_nearest(read_ignore_mask(p, shape0), cfg.downscale) for p in files.masks])  # (T, H, W)
     stereo = None
-    if has_depth:
-        stereo = np.stack([io.resize_nearest(_read_stereo_depth(p, shape0, cfg.depth_scale), cfg.downscale) for p in depth_files])
+    if files.depth:
+        stereo = np.stack([io.resize_nearest(_read_stereo_depth(p, shape0, cfg.depth_scale), cfg.downscale) for p in files.depth])
         logger.info("stereo depth %s: %.1f%% of pixels are holes (0) and are masked", root / "depth", 100.0 * (stereo <= 0).mean())
-    disp, disp_valid = _read_prior(prior_files, cfg, shape0) if prior_files else _stereo_prior(stereo)
+    disp, disp_valid = _read_prior(files.prior, cfg, shape0) if files.prior else _stereo_prior(stereo)
     if not disp_valid.any():
         raise ValueError(f"{root / (cfg.prior_dir or 'depth')}: no finite positive prior value in any frame")
-
     train_ids, val_ids = split_frames(T, cfg.val_every)
     if cfg.tracks == "flow":
         queries = train_ids[:: max(cfg.flow_query_stride, 1)].tolist()
-        xy, vis, conf, qt = flow_tracks(cfg, images, ~ignore, queries, cache_path.parent / f"endonerf_{root.name}_{key}_flow", ignore)
+        xy, vis, conf, qt = flow_tracks(cfg, images, ~ignore, queries, flow_dir, ignore)
     else:
         xy, vis, conf, qt = dense_tracks_from_pairs({}, T, [])
     logger.info("endonerf %s: %d frames %dx%d, instruments on %.1f%% of pixels, %d tracks", root, T, W, H, 100.0 * ignore.mean(), xy.shape[0])
@@ -231,9 +250,9 @@ def load_endonerf(cfg: EndoNeRFDataConfig) -> VideoSequence:
         time_ids=torch.arange(T), train_ids=train_ids, val_ids=val_ids,
         tracks_xy=xy, tracks_visible=vis, tracks_conf=conf, tracks_query_t=qt,
         gt_depth=None if stereo is None else torch.from_numpy(stereo), gt_depth_source="stereo",
-        frame_names=[p.stem for p in img_files],
+        frame_names=[p.stem for p in files.images],
     )
-    return finish_loading(seq, cfg, cache_path, key)
+    return finish_file_sequence(seq, cfg)
 
 
 def _read_images(files: list[Path], downscale: int) -> tuple[np.ndarray, tuple[int, int]]:

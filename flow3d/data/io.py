@@ -1,7 +1,7 @@
 """File readers for the casual-video layouts, each raising one clear ``ValueError`` naming the file.
 
 Pixel conventions: images are returned as uint8 (H, W, 3) RGB; masks as bool (H, W) (foreground where
-any channel > 0); depth files are converted to disparity with a safe inversion.
+any channel > 0); depth files are converted to disparity with :func:`flow3d.depth.depth_to_disp`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ import io as _io
 
 import cv2
 import numpy as np
+import torch
 
-from flow3d.flow.io import atomic_write_bytes
+from flow3d import depth as depth_lib
+
+from flow3d.fileio import write_bytes
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -81,8 +84,8 @@ def read_depth_as_disp(path: Path, fmt: DepthFormat, shape: tuple[int, int], png
     """Disparity float32 (H, W) and validity bool (H, W) from one depth-prior file.
 
     ``disp_npy``: disparity (1/z up to scale and shift); ``depth_npy``: z-depth; ``depth_png``: 16-bit
-    z-depth, value / ``png_scale`` = depth (e.g. 1000 for millimetres). Non-finite and non-positive
-    values are invalid (0 in the output).
+    z-depth, value / ``png_scale`` = depth (e.g. 1000 for millimetres). Values failing
+    :func:`flow3d.depth.is_valid` (non-finite, <= ``EPS``) are invalid (0 in the output).
     """
     if fmt in ("disp_npy", "depth_npy"):
         try:
@@ -105,11 +108,13 @@ def read_depth_as_disp(path: Path, fmt: DepthFormat, shape: tuple[int, int], png
         raise ValueError(f"depth format must be one of disp_npy, depth_npy, depth_png, got {fmt!r}")
     if arr.shape != tuple(shape):
         raise ValueError(f"depth file {path}: expected size (H, W) = {tuple(shape)} like the images, got {arr.shape}")
-    arr = arr.astype(np.float64)
-    valid = np.isfinite(arr) & (arr > 0)
-    safe = np.where(valid, arr, 1.0)
-    disp = np.where(valid, safe if fmt == "disp_npy" else 1.0 / safe, 0.0)
-    return disp.astype(np.float32), valid
+    values = torch.from_numpy(arr.astype(np.float64))
+    if fmt == "disp_npy":
+        valid = depth_lib.is_valid(values)
+        disp = torch.where(valid, values, torch.zeros_like(values))
+    else:
+        disp, valid = depth_lib.depth_to_disp(values)
+    return disp.numpy().astype(np.float32), valid.numpy()
 
 
 def read_droid_recon(path: Path, num_frames: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +169,20 @@ def read_track_file(path: Path) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def read_track_dir(track_dir: Path, names: list[str]) -> dict[tuple[int, int], np.ndarray]:
+    """Read the ``<q>_<t>.npy`` files of ``track_dir`` whose q and t are frame names of the clip ->
+    ``{(q_index, t_index): (P, 4)}`` (indices into ``names``; other files are ignored)."""
+    index = {n: i for i, n in enumerate(names)}
+    pairs = {}
+    for p in sorted(Path(track_dir).glob("*.npy")):
+        stem = p.stem
+        for k in range(len(stem)):
+            if stem[k] == "_" and stem[:k] in index and stem[k + 1:] in index:
+                pairs[(index[stem[:k]], index[stem[k + 1:]])] = read_track_file(p)
+                break
+    return pairs
+
+
 def resize_image(img: np.ndarray, factor: int) -> np.ndarray:
     """Downscale by an integer ``factor`` with area averaging ((H, W[, C]) -> (H // f, W // f[, C]))."""
     if factor == 1:
@@ -189,11 +208,11 @@ def write_png_atomic(path: Path, img: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise ValueError(f"cannot encode {path} as PNG (dtype {img.dtype}, shape {img.shape})")
-    atomic_write_bytes(path, buf.tobytes())
+    write_bytes(path, buf.tobytes())
 
 
 def save_npy_atomic(path: Path, arr, allow_pickle: bool = False) -> None:
     """``np.save`` to ``path`` atomically (temp file + rename)."""
     buf = _io.BytesIO()
     np.save(buf, arr, allow_pickle=allow_pickle)
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())

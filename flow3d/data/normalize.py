@@ -17,7 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flow3d.data.sequence import VideoSequence
-from flow3d.geometry import transform_points
+from flow3d.geometry import transform_points, unproject_pixels
+from flow3d.log import get_logger
+
+logger = get_logger(__name__)
 
 
 def rotation_between(a: Tensor, b: Tensor) -> Tensor:
@@ -91,3 +94,26 @@ def apply_scene_norm(seq: VideoSequence, scale: float, transform: Tensor) -> Vid
     if seq.val_views is not None:
         changes["val_views"] = dataclasses.replace(seq.val_views, w2cs=cams(seq.val_views.w2cs))
     return dataclasses.replace(seq, **changes)
+
+
+def normalize_from_tracks(seq: VideoSequence, seed: int = 0, num_points: int = 5000) -> VideoSequence:
+    """Shape of Motion's normalisation computed from the foreground tracks lifted with the depth prior
+    (their visible entries); falls back to the back-projected depth prior of all pixels when fewer than
+    10 foreground track points exist (logged)."""
+    g = torch.Generator().manual_seed(seed)
+    tr = seq.get_tracks_3d(num_points, generator=g)
+    pts = tr.points[tr.visible]
+    if pts.shape[0] < 10:
+        valid = (seq.prior_valid & seq.valid_masks).reshape(-1)
+        T, H, W = seq.prior_valid.shape
+        flat = torch.randint(0, T * H * W, (num_points * 4,), generator=g)
+        flat = flat[valid[flat]][:num_points]
+        t, y, x = flat // (H * W), (flat % (H * W)) // W, flat % W
+        depth = seq.prior_depth()[t, y, x]
+        xy = torch.stack([x, y], -1).to(depth.dtype)[:, None]  # (P, 1, 2)
+        pts = unproject_pixels(xy, depth[:, None], seq.Ks[t], seq.c2ws[t])[:, 0]
+        logger.warning("scene normalisation: %d foreground track points; using %d depth-prior points of all pixels "
+                       "instead", int(tr.visible.sum()), pts.shape[0])
+    scale, transform = compute_scene_norm(pts, seq.w2cs)
+    logger.info("scene normalisation: scale %.4g (from %d points)", scale, pts.shape[0])
+    return apply_scene_norm(seq, scale, transform)

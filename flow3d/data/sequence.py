@@ -23,17 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flow3d import depth as depth_lib
 from flow3d.geometry import bilinear_sample, pixel_grid, project_points, transform_points, unproject_pixels
+from flow3d.log import get_logger
 
-
-def safe_inverse(x: Tensor) -> tuple[Tensor, Tensor]:
-    """1 / x where x is finite and > 0, else 0. Returns ``(inv, valid)`` with ``valid`` bool, same shape.
-
-    The division only sees valid values (safe for gradients too).
-    """
-    valid = torch.isfinite(x) & (x > 0)
-    inv = torch.where(valid, 1.0 / torch.where(valid, x, torch.ones_like(x)), torch.zeros_like(x))
-    return inv, valid
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -81,7 +75,7 @@ class VideoSequence:
     fg_masks: Tensor  # (T, H, W) float in [0, 1], foreground
     valid_masks: Tensor  # (T, H, W) bool, pixels usable at all; False = ignore (e.g. an instrument)
     prior_disp: Tensor  # (T, H, W) disparity prior (1/z up to scale and shift), 0 where invalid
-    prior_valid: Tensor  # (T, H, W) bool
+    prior_valid: Tensor  # (T, H, W) bool: given validity AND flow3d.depth.is_valid (set on construction)
     w2cs: Tensor  # (T, 4, 4) world -> camera, OpenCV axes
     Ks: Tensor  # (T, 3, 3) pixels, OpenCV pixel-centre convention
     time_ids: Tensor  # (T,) long, original frame numbers
@@ -109,6 +103,19 @@ class VideoSequence:
     val_views: Optional[HeldOutViews] = None
     frame_names: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        """The one place where prior pixels are judged: ``prior_valid`` keeps only pixels that also pass
+        :func:`flow3d.depth.is_valid` (finite, > ``flow3d.depth.EPS``), and invalid disparities become 0.
+        Every loader ends by constructing the sequence, so this runs once per load (again, as a no-op,
+        for copies); nothing downstream re-decides validity, and nothing mutates a sequence."""
+        ok = self.prior_valid.to(torch.bool) & depth_lib.is_valid(self.prior_disp)
+        n_bad = int((self.prior_valid.to(torch.bool) & ~ok).sum())
+        if n_bad:
+            logger.warning("depth prior of %s: %d pixels are NaN/Inf or <= %g; they are masked out (prior_valid=False)",
+                           self.name, n_bad, depth_lib.EPS)
+        self.prior_valid = ok
+        self.prior_disp = torch.where(ok, self.prior_disp, torch.zeros_like(self.prior_disp))
+
     # ---- basic properties -------------------------------------------------------------------------
     @property
     def num_frames(self) -> int:
@@ -124,9 +131,8 @@ class VideoSequence:
         return torch.linalg.inv(self.w2cs)
 
     def prior_depth(self) -> Tensor:
-        """(T, H, W) z-depth from the disparity prior (safe inversion; 0 where invalid)."""
-        depth, valid = safe_inverse(self.prior_disp)
-        return torch.where(valid & self.prior_valid, depth, torch.zeros_like(depth))
+        """(T, H, W) z-depth 1 / ``prior_disp`` where ``prior_valid``, 0 elsewhere."""
+        return depth_lib.disp_to_depth(self.prior_disp, self.prior_valid)[0]
 
     def is_train_frame(self) -> Tensor:
         """(T,) bool, True for train frames."""
@@ -198,6 +204,22 @@ class VideoSequence:
         return (inside & ((zb - z).abs() <= rel_tol * z.abs())).reshape(H, W)
 
     # ---- initialisation helpers -------------------------------------------------------------------
+    def lift_tracks(self, idx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """The one lifting of 2D tracks to world points with the depth prior and the cameras.
+
+        idx: (N,) long track rows (default: all M). Each entry's prior depth is read bilinearly at its
+        position in its frame and unprojected with that frame's camera. Returns points (N, T, 3) and
+        depth_ok (N, T) bool: the prior is valid at all four pixels the bilinear read touches. Visibility,
+        masks and the split are the caller's to apply.
+        """
+        xy = self.tracks_xy.transpose(0, 1)  # (T, M, 2)
+        if idx is not None:
+            xy = xy[:, idx]
+        depth = bilinear_sample(self.prior_depth()[:, None], xy)[..., 0]  # (T, N)
+        depth_ok = bilinear_sample(self.prior_valid[:, None].float(), xy)[..., 0] > 0.999
+        pts = unproject_pixels(xy, depth, self.Ks, self.c2ws)  # (T, N, 3)
+        return pts.transpose(0, 1).contiguous(), depth_ok.transpose(0, 1).contiguous()
+
     def get_tracks_3d(
         self, num: int, generator: Optional[torch.Generator] = None, erosion_px: int = 3, min_visible_frac: float = 0.05
     ) -> Tracks3D:
@@ -238,9 +260,7 @@ class VideoSequence:
             return empty
         if idx.numel() > num:
             idx = idx[torch.randperm(idx.numel(), generator=generator)[:num]]
-        sub_xy = xy[:, idx]  # (T, N, 2)
-        depth = bilinear_sample(self.prior_depth()[:, None], sub_xy)[..., 0]  # (T, N)
-        pts = unproject_pixels(sub_xy, depth, self.Ks, self.c2ws)  # (T, N, 3)
+        pts, _ = self.lift_tracks(idx)  # (N, T, 3); validity is in `visible` (fg & prior valid)
         q = self.tracks_query_t[idx]
         colors = torch.zeros(idx.numel(), 3, dtype=self.images.dtype)
         qxy = self.tracks_xy[idx, q]  # (N, 2)
@@ -249,7 +269,7 @@ class VideoSequence:
             img = self.images[qq].permute(2, 0, 1)[None]  # (1, 3, H, W)
             colors[sel] = bilinear_sample(img, qxy[sel][None])[0]
         return Tracks3D(
-            pts.transpose(0, 1).contiguous(), visible[:, idx].T.contiguous(), invisible[:, idx].T.contiguous(),
+            pts, visible[:, idx].T.contiguous(), invisible[:, idx].T.contiguous(),
             (conf[:, idx] * (visible[:, idx] | invisible[:, idx])).T.contiguous(), colors, q,
         )
 

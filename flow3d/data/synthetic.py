@@ -34,12 +34,14 @@ import torch
 import tyro
 
 from flow3d.data import io
-from flow3d.data.cache import cache_key, load_sequence, memo_get, memo_put, save_sequence
+from flow3d.data.cache import cache_key, cached_sequence
 from flow3d.data.common import CommonDataConfig
 from flow3d.data.endoscopy import GT_DEPTH_SOURCE_FILE
 from flow3d.data.normalize import apply_scene_norm, compute_scene_norm
 from flow3d.data.sequence import VideoSequence
+from flow3d.data.prior_drift import drifting_prior
 from flow3d.data.split import split_frames
+from flow3d.data.tissue import make_tissue_sequence
 from flow3d.data.tracks import visibility_to_tapir
 from flow3d.log import get_logger
 
@@ -95,18 +97,8 @@ class SyntheticDataConfig(CommonDataConfig):
     def load(self) -> VideoSequence:
         """Generate (or fetch from the cache) the whole video; see :func:`make_synthetic_sequence`."""
         key = cache_key(self, exclude=("is_train", "cache_dir"))
-        seq = memo_get(key)
-        if seq is not None:
-            return seq
         path = Path(self.cache_dir) / f"synthetic_{key}.npz" if self.cache_dir else None
-        if path is not None and path.exists():
-            seq = load_sequence(path)
-        else:
-            seq = make_synthetic_sequence(self)
-            if path is not None:
-                save_sequence(path, seq)
-        memo_put(key, seq)
-        return seq
+        return cached_sequence(key, path, lambda: make_synthetic_sequence(self))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,101 +260,20 @@ def _rays(scene: _Scene, t: int, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
     """Render the scene of ``cfg`` (``cfg.scene``) into a :class:`VideoSequence` with ground truth."""
     if cfg.scene == "tissue":
-        from flow3d.data.tissue import make_tissue_sequence  # noqa: PLC0415 - tissue imports this module
-
         return make_tissue_sequence(cfg)
     if cfg.scene != "objects":
         raise ValueError(f"scene must be one of objects, tissue, got {cfg.scene!r}")
     return _make_objects_sequence(cfg)
 
 
-def drifting_prior(depth: np.ndarray, cfg: SyntheticDataConfig, rng: np.random.Generator):
-    """The depth prior of the synthetic scenes from the true depth the camera sees, ``depth`` (T, H, W):
-    blurred true disparity through the drifting per-frame affine, times multiplicative noise (module doc).
-
-    Returns ``prior`` (T, H, W) disparity (0 where invalid), ``prior_valid`` (T, H, W) bool and the
-    affine ``a_t``, ``b_t`` (T,) each. Draws the noise from ``rng`` (after everything else of the scene).
-    """
-    T = depth.shape[0]
-    s = np.linspace(0.0, 1.0, T)
-    u = {"linear": s - 0.5, "sine": 0.5 * np.sin(2 * np.pi * s), "none": 0 * s, "perfect": 0 * s}[cfg.prior_drift]
-    true_disp = 1.0 / depth
-    a_t = 1.0 + cfg.prior_scale_drift * u
-    b_t = cfg.prior_shift_drift * float(np.median(true_disp)) * u
-    blur = 0.0 if cfg.prior_drift == "perfect" else cfg.prior_blur_px
-    noise = 0.0 if cfg.prior_drift == "perfect" else cfg.prior_noise
-    prior = np.zeros_like(true_disp)
-    for t in range(T):
-        d_t = cv2.GaussianBlur(true_disp[t], (0, 0), blur, borderType=cv2.BORDER_REFLECT) if blur > 0 else true_disp[t]
-        prior[t] = a_t[t] * d_t + b_t[t]
-    if noise > 0:
-        prior = prior * (1.0 + noise * rng.normal(size=prior.shape))
-    prior_valid = np.isfinite(prior) & (prior > 0)
-    prior = np.where(prior_valid, prior, 0.0)
-    return prior, prior_valid, a_t, b_t
-
-
 def _make_objects_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
     rng = np.random.default_rng(cfg.seed)
     scene = _build_scene(cfg, rng)
     T, W, H = cfg.num_frames, cfg.width, cfg.height
-    ys, xs = np.meshgrid(np.arange(H, dtype=np.float64), np.arange(W, dtype=np.float64), indexing="ij")
-    grid = np.stack([xs, ys], -1).reshape(-1, 2)
-    images = np.zeros((T, H, W, 3))
-    depth = np.zeros((T, H, W))
-    ids = np.zeros((T, H, W), dtype=np.int64)
-    points = np.zeros((T, H, W, 3))
-    for t in range(T):
-        o, d = _rays(scene, t, grid)
-        tau, obj, mat, normal, texc = _cast(scene, t, o, d)
-        if not np.isfinite(tau).all():
-            raise RuntimeError("synthetic scene: a ray hit nothing (camera left the room)")
-        images[t] = _shade(scene, mat, normal, texc).reshape(H, W, 3)
-        depth[t] = tau.reshape(H, W)
-        ids[t] = obj.reshape(H, W)
-        points[t] = (o + tau[:, None] * d).reshape(H, W, 3)
-    images = np.round(images * 255.0) / 255.0  # 8-bit levels, as from a real camera (and exact through PNG)
+    images, depth, ids, points = _render_frames(scene, T, H, W)
     prior, prior_valid, a_t, b_t = drifting_prior(depth, cfg, rng)
-
-    # ---- tracks -----------------------------------------------------------------------------------
-    g = cfg.track_grid_step
-    gy, gx = np.meshgrid(np.arange(g // 2, H, g), np.arange(g // 2, W, g), indexing="ij")
-    queries = list(range(0, T, max(cfg.track_query_stride, 1)))
-    tr_xyz, tr_q, tr_fg = [], [], []
-    for q in queries:
-        X = points[q, gy.ravel(), gx.ravel()]  # (P, 3)
-        k = ids[q, gy.ravel(), gx.ravel()]
-        tr_fg.append(k >= 0)
-        traj = np.repeat(X[:, None], T, axis=1)  # (P, T, 3)
-        for kk in range(cfg.num_objects):
-            sel = k == kk
-            if sel.any():
-                local = (np.linalg.inv(scene.poses[kk, q]) @ np.concatenate([X[sel], np.ones((sel.sum(), 1))], -1).T).T
-                traj[sel] = np.einsum("tij,pj->pti", scene.poses[kk], local)[..., :3]
-        tr_xyz.append(traj)
-        tr_q.append(np.full(X.shape[0], q))
-    gt3d = np.concatenate(tr_xyz)  # (M, T, 3)
-    query_t = np.concatenate(tr_q)
-    fg_track = torch.from_numpy(np.concatenate(tr_fg))
+    xy_obs, vis, gt3d, query_t, fg_track = _tracks(cfg, scene, points, ids, rng)
     M = gt3d.shape[0]
-    xy = np.zeros((M, T, 2))
-    vis = np.zeros((M, T), dtype=bool)
-    for t in range(T):
-        cam = gt3d[:, t] @ scene.w2cs[t, :3, :3].T + scene.w2cs[t, :3, 3]
-        z = cam[:, 2]
-        uv = cam @ scene.K.T
-        xy[:, t] = uv[:, :2] / np.where(z > 1e-9, z, 1e-9)[:, None]
-        inside = (z > 1e-6) & (xy[:, t, 0] >= -0.5) & (xy[:, t, 0] <= W - 0.5) & (xy[:, t, 1] >= -0.5) & (xy[:, t, 1] <= H - 0.5)
-        idx = np.nonzero(inside)[0]
-        o, d = _rays(scene, t, xy[idx, t])
-        tau = _cast(scene, t, o, d)[0]
-        vis[idx, t] = np.abs(tau - z[idx]) <= 1e-6 * z[idx] + 1e-9
-    vis[np.arange(M), query_t] = True
-    xy_obs = xy.copy()
-    if cfg.track_noise_px > 0:
-        xy_obs = xy_obs + cfg.track_noise_px * rng.normal(size=xy.shape)
-        xy_obs[np.arange(M), query_t] = xy[np.arange(M), query_t]
-
     train_ids, val_ids = split_frames(T, cfg.val_every)
     f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
     seq = VideoSequence(
@@ -379,11 +290,83 @@ def _make_objects_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
     )
     if cfg.normalize_scene:
         # Shape of Motion normalises with the foreground tracks; here their true 3D points.
-        pts = seq.gt_tracks_3d[fg_track] if fg_track.any() else seq.gt_tracks_3d
+        pts = seq.gt_tracks_3d[torch.from_numpy(fg_track)] if fg_track.any() else seq.gt_tracks_3d
         scale, transform = compute_scene_norm(pts.reshape(-1, 3), seq.w2cs)
         seq = apply_scene_norm(seq, scale, transform)
     logger.info("synthetic scene: %d frames %dx%d, %d objects, %d tracks", T, W, H, cfg.num_objects, M)
     return seq
+
+
+def _render_frames(scene: _Scene, T: int, H: int, W: int):
+    """Ray-cast every pixel centre of every frame: images (T, H, W, 3) in 8-bit levels, z-depth (T, H, W),
+    object ids (T, H, W) (-1 background) and world points (T, H, W, 3)."""
+    ys, xs = np.meshgrid(np.arange(H, dtype=np.float64), np.arange(W, dtype=np.float64), indexing="ij")
+    grid = np.stack([xs, ys], -1).reshape(-1, 2)
+    images = np.zeros((T, H, W, 3))
+    depth = np.zeros((T, H, W))
+    ids = np.zeros((T, H, W), dtype=np.int64)
+    points = np.zeros((T, H, W, 3))
+    for t in range(T):
+        o, d = _rays(scene, t, grid)
+        tau, obj, mat, normal, texc = _cast(scene, t, o, d)
+        if not np.isfinite(tau).all():
+            raise RuntimeError("synthetic scene: a ray hit nothing (camera left the room)")
+        images[t] = _shade(scene, mat, normal, texc).reshape(H, W, 3)
+        depth[t] = tau.reshape(H, W)
+        ids[t] = obj.reshape(H, W)
+        points[t] = (o + tau[:, None] * d).reshape(H, W, 3)
+    images = np.round(images * 255.0) / 255.0  # 8-bit levels, as from a real camera (and exact through PNG)
+    return images, depth, ids, points
+
+
+def _tracks(cfg: SyntheticDataConfig, scene: _Scene, points: np.ndarray, ids: np.ndarray, rng: np.random.Generator):
+    """Grid tracks of the query frames carried with their objects: observed xy (M, T, 2) (with
+    ``track_noise_px``), visibility (M, T) from the ray caster, true 3D points (M, T, 3), query frames (M,)
+    and whether each track starts on an object (M,)."""
+    T, H, W = ids.shape
+    g = cfg.track_grid_step
+    gy, gx = np.meshgrid(np.arange(g // 2, H, g), np.arange(g // 2, W, g), indexing="ij")
+    tr_xyz, tr_q, tr_fg = [], [], []
+    for q in range(0, T, max(cfg.track_query_stride, 1)):
+        X = points[q, gy.ravel(), gx.ravel()]  # (P, 3)
+        k = ids[q, gy.ravel(), gx.ravel()]
+        tr_fg.append(k >= 0)
+        traj = np.repeat(X[:, None], T, axis=1)  # (P, T, 3)
+        for kk in range(cfg.num_objects):
+            sel = k == kk
+            if sel.any():
+                local = (np.linalg.inv(scene.poses[kk, q]) @ np.concatenate([X[sel], np.ones((sel.sum(), 1))], -1).T).T
+                traj[sel] = np.einsum("tij,pj->pti", scene.poses[kk], local)[..., :3]
+        tr_xyz.append(traj)
+        tr_q.append(np.full(X.shape[0], q))
+    gt3d, query_t = np.concatenate(tr_xyz), np.concatenate(tr_q)  # (M, T, 3), (M,)
+    xy, vis = _project_tracks(scene, gt3d, query_t, H, W)
+    xy_obs = xy.copy()
+    if cfg.track_noise_px > 0:
+        M = gt3d.shape[0]
+        xy_obs = xy_obs + cfg.track_noise_px * rng.normal(size=xy.shape)
+        xy_obs[np.arange(M), query_t] = xy[np.arange(M), query_t]
+    return xy_obs, vis, gt3d, query_t, np.concatenate(tr_fg)
+
+
+def _project_tracks(scene: _Scene, gt3d: np.ndarray, query_t: np.ndarray, H: int, W: int):
+    """Pixels (M, T, 2) of the 3D tracks and their visibility (M, T): inside the image and the first hit
+    of the ray through them (always visible in their query frame)."""
+    M, T = gt3d.shape[:2]
+    xy = np.zeros((M, T, 2))
+    vis = np.zeros((M, T), dtype=bool)
+    for t in range(T):
+        cam = gt3d[:, t] @ scene.w2cs[t, :3, :3].T + scene.w2cs[t, :3, 3]
+        z = cam[:, 2]
+        uv = cam @ scene.K.T
+        xy[:, t] = uv[:, :2] / np.where(z > 1e-9, z, 1e-9)[:, None]
+        inside = (z > 1e-6) & (xy[:, t, 0] >= -0.5) & (xy[:, t, 0] <= W - 0.5) & (xy[:, t, 1] >= -0.5) & (xy[:, t, 1] <= H - 0.5)
+        idx = np.nonzero(inside)[0]
+        o, d = _rays(scene, t, xy[idx, t])
+        tau = _cast(scene, t, o, d)[0]
+        vis[idx, t] = np.abs(tau - z[idx]) <= 1e-6 * z[idx] + 1e-9
+    vis[np.arange(M), query_t] = True
+    return xy, vis
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ Ground truth in the :class:`~flow3d.data.sequence.VideoSequence`:
 * ``gt_surface_points`` / ``gt_surface_uv``: the tissue's material grid, so ``seq.gt_flow(i, j)`` is the
   tissue's flow between any two frames;
 * ``gt_prior_affine``: the prior is the drifting disparity of what the camera sees, instruments included
-  (:func:`flow3d.data.synthetic.drifting_prior`), so ``prior = a_t / gt_depth + b_t`` (before blur and
+  (:func:`flow3d.data.prior_drift.drifting_prior`), so ``prior = a_t / gt_depth + b_t`` (before blur and
   noise) holds on tissue pixels;
 * ``fg_masks`` = 1 on tissue (all of it deforms: no static background), 0 on instruments;
   ``valid_masks`` = not an instrument (the pixels to ignore are ``valid_masks == False``);
@@ -45,7 +45,7 @@ import torch
 from flow3d.data.normalize import apply_scene_norm, compute_scene_norm
 from flow3d.data.sequence import VideoSequence
 from flow3d.data.split import split_frames
-from flow3d.data.synthetic import SyntheticDataConfig, drifting_prior
+from flow3d.data.prior_drift import drifting_prior
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -73,7 +73,7 @@ class TissueScene:
     instruments: list  # per instrument: (tip at s=0 (2,), tip at s=1 (2,), tip depth, shaft direction (3,), radius)
 
 
-def build_tissue_scene(cfg: SyntheticDataConfig, rng: np.random.Generator) -> TissueScene:
+def build_tissue_scene(cfg, rng: np.random.Generator) -> TissueScene:
     """Draw the scene's parameters from ``rng`` (deterministic from the seed)."""
     T, W, H = cfg.num_frames, cfg.width, cfg.height
     if T < 2 or W < 8 or H < 8:
@@ -332,7 +332,7 @@ def _surface_grid(sc: TissueScene) -> tuple[np.ndarray, float, float]:
     return np.stack(np.meshgrid(gx, gy, indexing="xy"), -1), pad, step
 
 
-def _tracks(sc: TissueScene, cfg: SyntheticDataConfig, material: np.ndarray, instrument: np.ndarray):
+def _tracks(sc: TissueScene, cfg, material: np.ndarray, instrument: np.ndarray):
     """GT tracks of tissue points from a grid of tissue pixels in each query frame: world points
     (M, T, 3), pixels (M, T, 2), visibility (M, T), query frame (M,)."""
     T, W, H, g = sc.T, sc.W, sc.H, cfg.track_grid_step
@@ -359,7 +359,7 @@ def _tracks(sc: TissueScene, cfg: SyntheticDataConfig, material: np.ndarray, ins
     return X, xy, vis, query_t
 
 
-def make_tissue_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
+def make_tissue_sequence(cfg) -> VideoSequence:
     """Render the tissue scene of ``cfg`` into a :class:`VideoSequence` with ground truth (module doc)."""
     rng = np.random.default_rng(cfg.seed)
     sc = build_tissue_scene(cfg, rng)

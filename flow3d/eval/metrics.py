@@ -23,10 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flow3d.depth import disp_to_depth, is_valid
+from flow3d.flow.pairs import sample_pixel_pairs
 from flow3d.geometry import bilinear_sample, inside_image, pixel_grid
 from flow3d.log import get_logger
+from flow3d.losses.ordinal import ordinal_accuracy
+from flow3d.losses.photometric import gaussian_kernel_1d, ssim_map
 from flow3d.losses.photometric import psnr as _psnr
-from flow3d.losses.photometric import ssim_map
 
 logger = get_logger(__name__)
 
@@ -110,12 +113,6 @@ def _mean_of_map(smap: Tensor, m: Tensor | None) -> Tensor:
     return _masked_mean_or_nan(smap, m[:, None].expand_as(smap), (1, 2, 3))
 
 
-def _gaussian_1d(size: int, sigma: float, device, dtype) -> Tensor:
-    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2.0
-    g = torch.exp(-0.5 * (x / sigma) ** 2)
-    return g / g.sum()
-
-
 def mssim_som(
     pred: Tensor,
     target: Tensor,
@@ -142,7 +139,7 @@ def mssim_som(
         raise ValueError(f"mssim_som needs images of at least {window_size}x{window_size} pixels, got {H}x{W}")
     if m is None:
         m = pred.new_ones(B, H, W)
-    g = _gaussian_1d(window_size, sigma, pred.device, pred.dtype)
+    g = gaussian_kernel_1d(window_size, sigma, pred.device, pred.dtype)
 
     def blur_1d(z: Tensor, mk: Tensor, kernel_shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
         # z: (B, C, h, w), mk: (B, 1, h, w) -> blurred z and the new mask (window saw a masked pixel).
@@ -157,16 +154,8 @@ def mssim_som(
         zx, mx = blur_1d(z, m[:, None], (1, window_size))
         return blur_1d(zx, mx, (window_size, 1))[0]
 
-    x0 = pred.permute(0, 3, 1, 2)
-    x1 = target.permute(0, 3, 1, 2)
-    mu0, mu1 = blur(x0), blur(x1)
-    s00 = (blur(x0 * x0) - mu0 * mu0).clamp(min=0.0)
-    s11 = (blur(x1 * x1) - mu1 * mu1).clamp(min=0.0)
-    s01 = blur(x0 * x1) - mu0 * mu1
-    s01 = torch.sign(s01) * torch.minimum(torch.sqrt(s00 * s11), s01.abs())
-    c1 = (0.01 * data_range) ** 2
-    c2 = (0.03 * data_range) ** 2
-    smap = ((2 * mu0 * mu1 + c1) * (2 * s01 + c2)) / ((mu0 * mu0 + mu1 * mu1 + c1) * (s00 + s11 + c2))
+    smap = ssim_map(pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=data_range, blur=blur,
+                    clip_moments=True)  # (B, 3, H - 10, W - 10)
     return smap.mean(dim=(1, 2, 3))
 
 
@@ -351,26 +340,14 @@ def image_metrics(
 
 
 def depth_valid_mask(gt_depth: Tensor, pred_depth: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
-    """Bool mask of pixels where depth can be scored: gt finite and > 0 (and pred finite, and ``valid``)."""
-    ok = torch.isfinite(gt_depth) & (gt_depth > 0)
+    """Bool mask of pixels where depth can be scored: gt valid by :func:`flow3d.depth.is_valid` (finite,
+    > ``EPS``), pred finite, and ``valid``."""
+    ok = is_valid(gt_depth)
     if pred_depth is not None:
         ok = ok & torch.isfinite(pred_depth)
     if valid is not None:
         ok = ok & valid.bool()
     return ok
-
-
-def disparity_to_depth(disp: Tensor, valid: Tensor | None = None, min_disp: float = 1e-6) -> tuple[Tensor, Tensor]:
-    """depth = 1 / disp where disp is finite and > ``min_disp``; 0 (and invalid) elsewhere.
-
-    disp: (...,) disparity (1/z up to a scale; any shift of a monocular prior is NOT removed -- the
-    result is depth up to scale only if the shift is 0). Returns ``(depth, valid)`` of disp's shape.
-    """
-    ok = torch.isfinite(disp) & (disp > min_disp)
-    if valid is not None:
-        ok = ok & valid.bool()
-    safe = torch.where(ok, disp, torch.ones_like(disp))
-    return torch.where(ok, 1.0 / safe, torch.zeros_like(disp)), ok
 
 
 def depth_metrics(
@@ -382,7 +359,7 @@ def depth_metrics(
     """AbsRel, RMSE and delta<1.25 of a depth sequence against ground truth after a least-squares scale.
 
     pred_depth, gt_depth: (T, H, W) z-depth; valid: (T, H, W) bool or None. Pixels count where gt is
-    finite and > 0, pred is finite, and ``valid``.
+    valid (:func:`depth_valid_mask`), pred is finite, and ``valid``.
     alignment: "sequence" -- ONE scale s = argmin_s sum (s * pred - gt)^2 over the valid pixels of all
     frames, s = sum(pred * gt) / sum(pred^2); "frame" -- that scale per frame; "none" -- s = 1.
     Per frame (T,): abs_rel = mean |s pred - gt| / gt; rmse = sqrt(mean (s pred - gt)^2) (gt units);
@@ -438,17 +415,16 @@ def prior_depth_metrics(
     gt_depth: Tensor,
     valid: Tensor | None = None,
     alignment: Literal["sequence", "frame", "none"] = "sequence",
-    min_disp: float = 1e-6,
 ) -> MetricResult:
     """:func:`depth_metrics` of a monocular prior given as disparity (T, H, W).
 
-    The prior is turned into depth with :func:`disparity_to_depth` (pixels with disparity <= min_disp
-    or non-finite are invalid) and then aligned with the same single scale as the model's depth, so
-    the "raw prior" row of an ablation table is comparable. No disparity shift is estimated.
+    The prior is turned into depth with :func:`flow3d.depth.disp_to_depth` (its validity rule) and then
+    aligned with the same single scale as the model's depth, so the "raw prior" row of an ablation table
+    is comparable. No disparity shift is estimated.
     """
     if prior_disp.shape != gt_depth.shape:
         raise ValueError(f"prior_disp must have gt_depth's shape {tuple(gt_depth.shape)}, got {tuple(prior_disp.shape)}")
-    depth, ok = disparity_to_depth(prior_disp, valid, min_disp=min_disp)
+    depth, ok = disp_to_depth(prior_disp, valid)
     return depth_metrics(depth, gt_depth, ok, alignment=alignment)
 
 
@@ -457,7 +433,7 @@ def _nanmean(x: Tensor) -> float:
     return float(x[finite].mean()) if bool(finite.any()) else float("nan")
 
 
-def ordinal_accuracy(
+def depth_order_accuracy(
     pred_depth: Tensor,
     reference: Tensor,
     kind: Literal["depth", "disparity"],
@@ -470,11 +446,13 @@ def ordinal_accuracy(
 
     pred_depth: (T, H, W) rendered z-depth; reference: (T, H, W) either GT depth (``kind="depth"``) or
     prior disparity (``kind="disparity"``: larger disparity = nearer, so its order is reversed);
-    valid: (T, H, W) bool or None. Usable pixels: pred and reference finite, reference > 0, ``valid``.
-    Per frame, ``num_pairs`` pairs (a, b) of distinct usable pixels are drawn uniformly with a
-    generator seeded by ``seed`` (same pairs for the same inputs and seed). Pairs whose reference
-    values are near-ties, |r_a - r_b| / max(r_a, r_b) < tie_threshold, are skipped. A pair is correct
-    when sign(pred_a - pred_b) equals the reference's depth order (an exact tie in pred is wrong).
+    valid: (T, H, W) bool or None. Usable pixels: pred finite, reference valid
+    (:func:`flow3d.depth.is_valid`), ``valid``. Per frame, ``num_pairs`` pairs of distinct usable pixels
+    are drawn uniformly by :func:`flow3d.flow.sample_pixel_pairs` with a generator seeded by ``seed``
+    (same pairs for the same inputs and seed); pairs whose reference values are near-ties,
+    |r_a - r_b| / max(r_a, r_b) < tie_threshold, are dropped (:func:`flow3d.depth.depth_order_sign`).
+    A pair is correct when the rendered depth order equals the reference's
+    (:func:`flow3d.losses.ordinal_accuracy`; an exact tie in pred is wrong).
     per_frame: accuracy (T,) (NaN when no pair survives) and num_pairs (T,) used; aggregate: the
     accuracy over all used pairs pooled, and their count.
     """
@@ -489,37 +467,27 @@ def ordinal_accuracy(
     if num_pairs < 1:
         raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
     T = pred_depth.shape[0]
-    ok = torch.isfinite(pred_depth) & torch.isfinite(reference) & (reference > 0)
+    ok = torch.isfinite(pred_depth) & is_valid(reference)
     if valid is not None:
         ok = ok & valid.bool()
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device=pred_depth.device).manual_seed(seed)
     acc = pred_depth.new_full((T,), float("nan"))
     used = pred_depth.new_zeros((T,))
-    correct_total, used_total = 0, 0
+    pooled: list[tuple[Tensor, Tensor, Tensor]] = []
     for t in range(T):
-        idx = ok[t].flatten().nonzero().squeeze(1)
-        n = idx.numel()
-        if n < 2:
+        pairs = sample_pixel_pairs(ok[t], num_pairs, prior=reference[t], prior_kind=kind,
+                                   min_rel_diff=tie_threshold, generator=gen)
+        used[t] = len(pairs)
+        if len(pairs) == 0:
             continue
-        ia = torch.randint(0, n, (num_pairs,), generator=gen)
-        ib = (ia + torch.randint(1, n, (num_pairs,), generator=gen)) % n  # distinct from ia
-        ia, ib = idx[ia.to(idx.device)], idx[ib.to(idx.device)]
-        r, p = reference[t].flatten(), pred_depth[t].flatten()
-        ra, rb = r[ia], r[ib]
-        keep = (ra - rb).abs() / torch.maximum(ra, rb) >= tie_threshold
-        ref_order = torch.sign(ra - rb)
-        if kind == "disparity":
-            ref_order = -ref_order
-        pred_order = torch.sign(p[ia] - p[ib])
-        correct = ((pred_order == ref_order) & keep).sum()
-        k = int(keep.sum())
-        used[t] = k
-        if k > 0:
-            acc[t] = correct.to(acc.dtype) / k
-            correct_total += int(correct)
-            used_total += k
+        p = pred_depth[t]
+        vals = (p[pairs.xy_a[:, 1], pairs.xy_a[:, 0]], p[pairs.xy_b[:, 1], pairs.xy_b[:, 0]], pairs.order.to(torch.int8))
+        acc[t] = ordinal_accuracy(*vals).to(acc.dtype)
+        pooled.append(vals)
+    used_total = int(used.sum())
     res = MetricResult(per_frame={"accuracy": acc, "num_pairs": used})
-    res.aggregate["accuracy"] = correct_total / used_total if used_total > 0 else float("nan")
+    res.aggregate["accuracy"] = (float(ordinal_accuracy(*(torch.cat(v) for v in zip(*pooled))))
+                                 if used_total > 0 else float("nan"))
     res.aggregate["num_pairs"] = float(used_total)
     if used_total == 0:
         res.notes["accuracy"] = "no pixel pair outside the near-tie threshold"
@@ -536,7 +504,7 @@ def temporal_consistency(
 
     depth: (B, H, W) z-depth at frames t; depth_next: (B, H, W) at frames t+1; flow: (B, H, W, 2)
     forward flow t -> t+1 in pixels (dx, dy), OpenCV pixel centres; valid: (B, H, W) bool, typically
-    the forward-backward consistent pixels. Pixels also need finite d_t > 0, a target inside the
+    the forward-backward consistent pixels. Pixels also need a valid d_t (:func:`flow3d.depth.is_valid`), a target inside the
     image and a finite d_{t+1} there; d_{t+1} is read with :func:`flow3d.geometry.bilinear_sample`.
     This also counts true depth change (objects or the camera moving along the optical axis), so it
     is not 0 for a perfect reconstruction of a moving scene: compute the same on ground-truth depth
@@ -557,7 +525,7 @@ def temporal_consistency(
     warped = sampled[..., 0].reshape(B, H, W)
     next_ok = sampled[..., 1].reshape(B, H, W) > 1 - 1e-6  # all four neighbours finite
     inside = inside_image(target, W, H)
-    ok = torch.isfinite(depth) & (depth > 0) & inside & next_ok & torch.isfinite(flow).all(dim=-1)
+    ok = is_valid(depth) & inside & next_ok & torch.isfinite(flow).all(dim=-1)
     if valid is not None:
         ok = ok & valid.bool()
     w = ok.to(depth.dtype)
@@ -640,9 +608,9 @@ def keypoint_pck(
     pred_kps, gt_kps: (B, P, 2) pixels, one row per (source, target) frame pair: the source frame's
     keypoints carried to the target frame, and the target's annotation; visible: (B, P) bool, the
     keypoint annotated in both frames of the pair; img_wh: (W, H) of the image the pixels refer to.
-    per_frame: pck (B,) per pair (NaN for a pair without visible keypoints); aggregate: pck = mean of
-    the per-pair values over pairs with keypoints (SoM averages per pair; it counts an empty pair as
-    0, we skip it), threshold_px.
+    Counted as SoM's ``PCK`` metric does: per pair, correct / max(visible count, 1e-8), so a pair with no
+    visible keypoint scores 0; the aggregate is the mean over ALL pairs (empty ones included).
+    per_frame: pck (B,) per pair; aggregate: pck, threshold_px, num_empty_pairs.
     """
     if pred_kps.dim() != 3 or pred_kps.shape[-1] != 2 or pred_kps.shape != gt_kps.shape:
         raise ValueError(f"pred_kps and gt_kps must both be (B, P, 2), got {tuple(pred_kps.shape)} and {tuple(gt_kps.shape)}")
@@ -652,9 +620,15 @@ def keypoint_pck(
         raise ValueError(f"img_wh must be (W, H) with positive sizes, got {img_wh}")
     thr = ratio * max(img_wh)
     dist = torch.linalg.norm(pred_kps - gt_kps, dim=-1)  # (B, P); NaN pred -> not correct
-    correct = (dist < thr).to(pred_kps.dtype)
-    pck = _masked_mean_or_nan(correct, visible.to(pred_kps.dtype), (1,))
-    res = MetricResult(per_frame={"pck": pck}, aggregate={"pck": _nanmean(pck), "threshold_px": float(thr)})
-    if not bool(visible.any()):
-        res.notes["pck"] = "no keypoint visible in both frames of any pair"
+    vis = visible.bool()
+    correct = ((dist < thr) & vis).sum(1).to(pred_kps.dtype)  # (B,)
+    total = vis.sum(1).to(pred_kps.dtype)
+    pck = correct / total.clamp_min(1e-8)
+    n_empty = int((total == 0).sum())
+    res = MetricResult(per_frame={"pck": pck}, aggregate={
+        "pck": float(pck.mean()) if pck.numel() else float("nan"), "threshold_px": float(thr),
+        "num_empty_pairs": float(n_empty),
+    })
+    if n_empty:
+        res.notes["pck"] = f"{n_empty} of {pck.numel()} pairs have no keypoint visible in both frames and count as 0 (SoM)"
     return res

@@ -17,12 +17,11 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from flow3d.eval.metrics import Unavailable
+from flow3d.fileio import write_text
 
 
 def _scalar(v: Any) -> tuple[Any, str | None]:
@@ -82,18 +81,6 @@ def aggregate_per_frame(per_frame: Sequence[Mapping[str, Any]], skip: Sequence[s
     return agg, notes
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_metrics(
     out_dir: str | Path,
     per_frame: Sequence[Mapping[str, Any]],
@@ -128,13 +115,13 @@ def write_metrics(
         rows_json.append(r)
     doc = {"aggregate": agg_json, "per_frame": rows_json, "notes": all_notes}
     json_path, csv_path = out_dir / "metrics.json", out_dir / "per_frame.csv"
-    _atomic_write_text(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    write_text(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(keys)
     for r in rows_json:
         w.writerow(["" if r.get(k) is None else r[k] for k in keys])
-    _atomic_write_text(csv_path, buf.getvalue())
+    write_text(csv_path, buf.getvalue())
     return json_path, csv_path
 
 

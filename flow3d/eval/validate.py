@@ -42,13 +42,17 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from flow3d.checkpoint import load_checkpoint, resolve_checkpoint
+from flow3d.config import config_to_dict, load_config
 from flow3d.data import DataConfig, SyntheticDataConfig
+from flow3d.depth import disp_to_depth, is_valid
+from flow3d.device import pick_device
 from flow3d.eval.metrics import (
     LpipsScorer,
     Unavailable,
     depth_metrics,
+    depth_order_accuracy,
     image_metrics,
-    ordinal_accuracy,
     prior_depth_metrics,
     temporal_consistency,
     tracking_metrics,
@@ -64,8 +68,11 @@ from flow3d.eval.video import (
     write_contact_sheet,
     write_video,
 )
+from flow3d.fileio import replace_dir
+from flow3d.flow import FlowCache
 from flow3d.geometry import bilinear_sample, project_points
 from flow3d.log import get_logger
+from flow3d.scene.model import SceneModel
 
 logger = get_logger(__name__)
 
@@ -107,8 +114,8 @@ class ValConfig:
     """Cache of the flows the temporal-consistency metric needs; default WORK_DIR/flow_cache."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' takes CUDA when it is available."""
-    render_backend: Optional[Literal["auto", "gsplat", "torch"]] = None
-    """Rasterizer; default: the one in cfg.yaml ('auto' picks gsplat on CUDA, torch on the CPU)."""
+    render_backend: Optional[Literal["auto", "gsplat", "cpu", "torch"]] = None
+    """Rasterizer; default: the one in cfg.yaml ('auto' picks gsplat on CUDA, the compiled rasterizer on the CPU)."""
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -133,8 +140,6 @@ def parse_val_args(argv: list[str], description: str | None = None) -> ValConfig
     ``CascadeSubcommandArgs``).
     """
     import tyro
-
-    from flow3d.config import config_to_dict, load_config
 
     argv = list(argv)
     work_dir = _argv_value(argv, "--work-dir")
@@ -308,17 +313,6 @@ def _tracking(model, seq, scored: list[int], device, bg, backend, max_queries: i
     return cols, agg, notes
 
 
-def _swap_in(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``staging`` (old content removed only once the new one is in place)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _enlarge(img: np.ndarray, k: int) -> np.ndarray:
     return img if k == 1 else np.repeat(np.repeat(img, k, axis=0), k, axis=1)
 
@@ -340,11 +334,6 @@ class ValResult:
 
 def evaluate(cfg: ValConfig) -> ValResult:
     """Evaluate ``cfg.model`` of ``cfg.work_dir`` on the views ``cfg.data`` selects; see the module docstring."""
-    from flow3d.config import load_config
-    from flow3d.scene.model import SceneModel
-    from flow3d.train.checkpoint import load_checkpoint, resolve_checkpoint
-    from flow3d.train.trainer import pick_device
-
     work_dir = Path(cfg.work_dir)
     if not work_dir.is_dir():
         raise ValueError(f"--work-dir {work_dir} is not a folder")
@@ -398,7 +387,7 @@ def evaluate(cfg: ValConfig) -> ValResult:
     staging.mkdir(parents=True)
     try:
         result = _evaluate_into(cfg, staging, model, seq, views, video_views, held_out, device, bg, backend, step, split, ckpt_path)
-        _swap_in(staging, out_dir)
+        replace_dir(staging, out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -487,14 +476,14 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
     if sv[0].prior_disp is not None:
         pd = torch.stack([v.prior_disp for v in sv])
         pvalid = valid & torch.stack([v.prior_valid for v in sv])
-        o = ordinal_accuracy(rd, pd, "disparity", num_pairs=cfg.ordinal_pairs, valid=pvalid & (rd > 0))
+        o = depth_order_accuracy(rd, pd, "disparity", num_pairs=cfg.ordinal_pairs, valid=pvalid & is_valid(rd))
         cols["ordinal_acc_prior"] = [float(x) for x in o.per_frame["accuracy"]]
         agg["ordinal_acc_prior"] = o.aggregate["accuracy"]
         notes["ordinal_acc_prior"] = f"{int(o.aggregate['num_pairs'])} pairs"
     else:
         agg["ordinal_acc_prior"] = Unavailable("no depth prior for these views")
     if gt is not None:
-        o = ordinal_accuracy(rd, gt, "depth", num_pairs=cfg.ordinal_pairs, valid=valid & (rd > 0))
+        o = depth_order_accuracy(rd, gt, "depth", num_pairs=cfg.ordinal_pairs, valid=valid & is_valid(rd))
         cols["ordinal_acc_gt"] = [float(x) for x in o.per_frame["accuracy"]]
         agg["ordinal_acc_gt"] = o.aggregate["accuracy"]
     else:
@@ -566,8 +555,6 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
 
 def _temporal(cfg, model, seq, sv, rd, rendered, device, bg, backend) -> tuple[dict, dict, dict]:
     """Relative depth change along the fb-consistent flow from each scored frame t to t+1 (t-1 for the last)."""
-    from flow3d.flow import FlowCache
-
     cache = FlowCache(cfg.flow_cache_dir or Path(cfg.work_dir) / "flow_cache", backend="dis")
     tc, tc_gt = [], []
     gt_ok = seq.gt_depth is not None
@@ -583,7 +570,7 @@ def _temporal(cfg, model, seq, sv, rd, rendered, device, bg, backend) -> tuple[d
         if n not in rendered:
             rendered[n] = _render_view(model, _video_view(seq, n, False), device, bg, backend)["depth"]
         d_next = torch.from_numpy(rendered[n])
-        nan_zero = lambda d: torch.where(d > 0, d, torch.full_like(d, float("nan")))  # noqa: E731
+        nan_zero = lambda d: torch.where(is_valid(d), d, torch.full_like(d, float("nan")))  # noqa: E731
         tc.append(float(temporal_consistency(rd[j][None], nan_zero(d_next)[None], flow, ok).per_frame["value"][0]))
         if gt_ok:
             res_gt = temporal_consistency(seq.gt_depth[v.t][None], nan_zero(seq.gt_depth[n])[None], flow, ok)
@@ -619,17 +606,16 @@ def _write_videos(cfg, out: Path, seq, video_views: list[_View], renders, seq_sc
         vmin, vmax = 0.0, 1.0
     prior_depths = None
     if has_prior:
-        pd = np.stack([v.prior_disp.numpy() for v in video_views])
-        pv = np.stack([v.prior_valid.numpy() for v in video_views]) & (pd > 1e-6) & np.isfinite(pd)
-        prior_depths = np.where(pv, 1.0 / np.where(pv, pd, 1.0), 0.0)
-        both = pv & (ref > 0) & np.isfinite(ref)
+        prior_depths, pv = (x.numpy() for x in disp_to_depth(torch.stack([v.prior_disp for v in video_views]),
+                                                             torch.stack([v.prior_valid for v in video_views])))
+        both = pv & is_valid(torch.from_numpy(ref)).numpy()
         den = float((prior_depths[both] ** 2).sum())
         s = float((prior_depths[both] * ref[both]).sum()) / den if den > 0 else 1.0
         prior_depths = prior_depths * s  # display only: one least-squares scale onto the reference depth
     errs, err_range = None, None
     if has_gt:
         s = seq_scale if seq_scale is not None and math.isfinite(seq_scale) else 1.0
-        gv = (gts > 0) & np.isfinite(gts)
+        gv = is_valid(torch.from_numpy(gts)).numpy()
         errs = np.where(gv, np.abs(s * depths - gts), np.nan)
         finite = errs[np.isfinite(errs)]
         hi = float(np.percentile(finite, 98)) if finite.size else 1.0

@@ -8,14 +8,13 @@ Files are written atomically: to a temporary name in the same folder, then renam
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
 
+from flow3d.fileio import atomic_path
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -255,13 +254,6 @@ def compose_panels(panels: Sequence[tuple[str, np.ndarray]], title_height: int |
     return np.concatenate(cols[:-1], axis=1)
 
 
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def _ffmpeg_exe() -> str:
     """Path of the ffmpeg binary imageio will use; RuntimeError with the fix when there is none."""
     try:
@@ -286,13 +278,19 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.
     even sizes), never resized. ``quality`` is imageio-ffmpeg's 0-10. Returns the path.
     Raises RuntimeError with the fix when ffmpeg is missing, ValueError on bad frames.
     """
-    import imageio.v2 as imageio
-
     path = Path(path)
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     _ffmpeg_exe()
-    tmp = _atomic_target(path)
+    with atomic_path(path) as tmp:
+        n = _write_frames(tmp, frames, fps, quality)
+    logger.info("wrote %d frames to %s", n, path)
+    return path
+
+
+def _write_frames(tmp: Path, frames: Iterable[np.ndarray], fps: float, quality: int) -> int:
+    import imageio.v2 as imageio
+
     n = 0
     size = None
     writer = None
@@ -314,28 +312,17 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.
             n += 1
         if n == 0:
             raise ValueError("frames is empty: nothing to write")
-        writer.close()
-        writer = None
-        os.replace(tmp, path)
     finally:
         if writer is not None:
             writer.close()
-        if tmp.exists():
-            tmp.unlink()
-    logger.info("wrote %d frames to %s", n, path)
-    return path
+    return n
 
 
 def _write_png(path: Path, img: np.ndarray) -> Path:
     import imageio.v2 as imageio
 
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         imageio.imwrite(tmp, img, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -420,13 +407,8 @@ def plot_per_frame_metrics(
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -28,9 +28,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from flow3d.fileio import write_bytes, write_json
 from flow3d.flow.consistency import FB_RULES, fb_mask_and_confidence
 from flow3d.flow.estimate import check_image_pair, estimate_flow
-from flow3d.flow.io import atomic_write_bytes
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -132,7 +132,7 @@ class FlowCache:
             if others:
                 logger.info("flow cache %s: no folder for these settings yet (%d folder(s) made with other settings "
                             "are left untouched); computing into %s", self.cache_dir, len(others), folder.name)
-            atomic_write_bytes(sidecar, (json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n").encode())
+            write_json(sidecar, settings, sort_keys=True, default=str)
         self._dirs[(height, width)] = folder
         return folder
 
@@ -173,7 +173,7 @@ class FlowCache:
         }
 
     def _store(self, path: Path, data: dict) -> None:
-        atomic_write_bytes(path, npz_bytes(data, stored=("flow_ab", "flow_ba")))
+        write_bytes(path, npz_bytes(data, stored=("flow_ab", "flow_ba")))
 
     def _load(self, path: Path, img_a: np.ndarray, img_b: np.ndarray) -> dict | None:
         if not path.is_file():

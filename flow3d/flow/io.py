@@ -1,4 +1,4 @@
-"""Middlebury ``.flo`` files and the small atomic-write helper the flow cache and commands share.
+"""Middlebury ``.flo`` files (written atomically with :func:`flow3d.fileio.write_bytes`).
 
 ``.flo`` layout (Baker et al., IJCV 2011): float32 magic 202021.25 ("PIEH"), int32 width, int32 height,
 then ``height * width * 2`` float32 values, row-major, interleaved ``(u, v)`` = ``(dx, dy)`` pixels.
@@ -9,28 +9,14 @@ unknown); :func:`read_flo` returns them unchanged.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from flow3d.fileio import write_bytes
+
 FLO_MAGIC = np.float32(202021.25)
 _MAX_SIDE = 1 << 16  # a sanity bound on the header, so a corrupt header cannot ask for terabytes
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def read_flo(path: str | os.PathLike) -> np.ndarray:
@@ -66,4 +52,4 @@ def write_flo(path: str | os.PathLike, flow) -> None:
         raise ValueError(f"flow must be (H, W, 2), got {flow.shape}")
     height, width = flow.shape[:2]
     header = FLO_MAGIC.astype("<f4").tobytes() + np.array([width, height], dtype="<i4").tobytes()
-    atomic_write_bytes(path, header + np.ascontiguousarray(flow, dtype="<f4").tobytes())
+    write_bytes(path, header + np.ascontiguousarray(flow, dtype="<f4").tobytes())

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from flow3d.depth import depth_order_sign
+
 STRATEGIES = ("global", "local")
 PRIOR_KINDS = ("disparity", "depth")
 _LOCAL_ROUNDS = 16
@@ -67,9 +69,9 @@ def sample_pixel_pairs(
         sampling with 16 rounds; a pair whose a finds no partner is dropped).
     region: (H, W) bool or None, restricts both points (foreground, background...).
     prior: (H, W) depth or disparity prior (``prior_kind`` says which) or None. When given, ``order``
-        is the sign of the DEPTH difference a - b (+1: a farther; for disparity, farther = smaller),
-        and pairs with ``|p_a - p_b| / max(|p_a|, |p_b|) < min_rel_diff`` or a non-finite prior value
-        are dropped.
+        is :func:`flow3d.depth.depth_order_sign` of the prior at (a, b) (+1: a farther), and pairs whose
+        order is unknown (``|p_a - p_b| / max(|p_a|, |p_b|) < min_rel_diff``, an exact tie or a
+        non-finite prior value) are dropped.
     flow: (H, W, 2) flow t -> t+k or None; when given, ``xy_*_next = xy + flow(xy)`` (float).
     generator: torch.Generator on ``valid.device`` for reproducible draws (same seed, same pairs).
 
@@ -106,10 +108,9 @@ def sample_pixel_pairs(
     out = PixelPairs(xy_a, xy_b)
     if prior is not None:
         pa, pb = prior.reshape(-1)[a], prior.reshape(-1)[b]
-        rel = (pa - pb).abs() / torch.maximum(pa.abs(), pb.abs()).clamp_min(torch.finfo(pa.dtype).tiny)
-        keep = torch.isfinite(pa) & torch.isfinite(pb) & ~(rel < min_rel_diff)
-        order = torch.sign(pa - pb) if prior_kind == "depth" else torch.sign(pb - pa)
-        out = PixelPairs(xy_a[keep], xy_b[keep], order=order[keep])
+        order = depth_order_sign(pa, pb, prior_kind, min_rel_diff)  # 0: tie, near-tie or non-finite
+        keep = order != 0
+        out = PixelPairs(xy_a[keep], xy_b[keep], order=order[keep].to(pa.dtype))
     if flow is not None:
         f = flow.reshape(-1, 2)
         out.xy_a_next = out.xy_a.to(f.dtype) + f[out.xy_a[:, 1] * W + out.xy_a[:, 0]]

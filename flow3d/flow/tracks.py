@@ -37,7 +37,7 @@ from tqdm import tqdm
 from flow3d.flow.cache import FlowCache, FlowResult
 from flow3d.flow.consistency import FB_RULES, fb_mask_and_confidence
 from flow3d.flow.estimate import estimate_flow
-from flow3d.flow.io import atomic_write_bytes
+from flow3d.fileio import write_bytes
 from flow3d.geometry import bilinear_sample, inside_image
 
 TRACK_LOGIT = 10.0  # |logit| written for "surely visible" (negative) and "unknown / ended" (positive)
@@ -185,6 +185,6 @@ def write_som_tracks(
         buf = io.BytesIO()
         np.save(buf, arr)
         path = out_dir / som_track_name(q, t, frame_names)
-        atomic_write_bytes(path, buf.getvalue())
+        write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths

@@ -51,6 +51,7 @@ from flow3d.losses.som import (
     masked_l1_loss,
     masked_mse_loss,
     motion_acceleration_loss,
+    ray_velocity_loss,
     se3_smoothness_loss,
     z_acceleration_loss,
 )
@@ -68,5 +69,5 @@ __all__ = [
     "masked_mean", "safe_div",
     "ScaleAdaptiveLoss", "inv2depth", "mad_normalize", "scale_adaptive_loss",
     "disparity_gradient_loss", "masked_l1_loss", "masked_mse_loss", "motion_acceleration_loss",
-    "se3_smoothness_loss", "z_acceleration_loss",
+    "ray_velocity_loss", "se3_smoothness_loss", "z_acceleration_loss",
 ]

@@ -1,5 +1,5 @@
-"""Depth-order losses (seed 004): MoDGS's tanh ordinal loss, the hinge loss across frames ("Ours"), the
-order-sign helper and the ordinal-accuracy metric.
+"""Depth-order losses (seed 004): MoDGS's tanh ordinal loss, the hinge loss across frames ("Ours") and the
+ordinal-accuracy metric on pairs. The order sign is :func:`flow3d.depth.depth_order_sign` (re-exported).
 
 Everything works on values already sampled at pixel pairs: ``(P,)`` or ``(B, P)`` tensors, element i
 of ``*_a`` and ``*_b`` forming pair i. Memory is linear in P (no P x P matrices).
@@ -16,16 +16,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from flow3d.depth import Kind, depth_order_sign, kind_sign
 from flow3d.losses.reduce import as_weight, check_same, check_tensor, masked_mean
 
-Kind = Literal["depth", "disparity"]
-_KIND_SIGN = {"depth": 1, "disparity": -1}
+__all__ = ["HingeOrdinalLoss", "ModgsOrdinalLoss", "depth_order_sign", "hinge_ordinal_loss", "modgs_ordinal_loss",
+           "ordinal_accuracy"]
 
-
-def _kind_sign(kind: str, arg: str, fn: str) -> int:
-    if kind not in _KIND_SIGN:
-        raise ValueError(f"{fn}: {arg} must be 'depth' or 'disparity', got {kind!r}")
-    return _KIND_SIGN[kind]
 
 
 def _check_pairs(fn: str, ref_name: str, ref: Tensor, **others: Tensor | None) -> None:
@@ -33,41 +29,6 @@ def _check_pairs(fn: str, ref_name: str, ref: Tensor, **others: Tensor | None) -
     for name, t in others.items():
         if t is not None:
             check_same(name, t, ref_name, ref, fn=fn)
-
-
-def depth_order_sign(
-    values_a: Tensor,  # (...,)
-    values_b: Tensor,  # (...,)
-    kind: Kind,
-    min_rel_diff: float = 0.0,
-) -> Tensor:
-    """Sign of the DEPTH difference ``depth(a) - depth(b)`` as int8: +1 a farther, -1 a nearer, 0 unknown.
-
-    Args:
-        values_a, values_b: (...,) depths or disparities (same shape), e.g. a prior sampled at pairs.
-        kind: ``"depth"`` or ``"disparity"``; for disparity the sign of ``a - b`` is flipped.
-        min_rel_diff: pairs with ``|a - b| / max(|a|, |b|) < min_rel_diff`` get 0 (unreliable). This
-            ratio is the same whether computed on depths or on their inverses, so the rule does not
-            depend on ``kind``.
-
-    Exact ties and pairs with a non-finite value get 0. No gradient.
-    """
-    fn = "depth_order_sign"
-    check_tensor("values_a", values_a, fn=fn, floating=False)
-    check_same("values_b", values_b, "values_a", values_a, fn=fn)
-    s = _kind_sign(kind, "kind", fn)
-    if min_rel_diff < 0:
-        raise ValueError(f"{fn}: min_rel_diff must be >= 0, got {min_rel_diff}")
-    a, b = values_a.detach(), values_b.detach()
-    if not a.is_floating_point():
-        a, b = a.double(), b.double()
-    diff = a - b
-    sign = torch.sign(diff) * s
-    keep = torch.isfinite(a) & torch.isfinite(b)
-    if min_rel_diff > 0:
-        scale = torch.maximum(a.abs(), b.abs())
-        keep &= diff.abs() >= min_rel_diff * scale
-    return torch.where(keep, sign, torch.zeros_like(sign)).to(torch.int8)
 
 
 def modgs_ordinal_loss(
@@ -81,6 +42,7 @@ def modgs_ordinal_loss(
     alpha: float = 100.0,
     min_gap_frac: float = 0.1,
     mask: Tensor | None = None,  # (P,) or (B, P) bool or float weights
+    prior_range: Tensor | float | None = None,  # scalar, (1,) or (B, 1)
 ) -> Tensor:
     """MoDGS ordinal loss: mean over kept pairs of ``|tanh(alpha * (D_hat_a - D_hat_b)) - R|``.
 
@@ -89,16 +51,21 @@ def modgs_ordinal_loss(
     ``pred_kind="disparity"`` the rendered difference is negated, which preserves its sign).
 
     Pair filter (MoDGS's rule): a pair is kept only when ``|prior_a - prior_b| >= min_gap_frac *
-    (max - min)`` of the prior over the valid sampled points (per row for ``(B, P)`` inputs), measured
-    on the prior's values as given. MoDGS uses 0.1 on prior depth. The rule is invariant to positive
-    affine maps of the prior (and to flipping kind with ``x -> -x``), but not to ``1/x``: a disparity
-    prior and its inverse drop slightly different near-ties. Exact ties are always dropped.
+    prior_range``. MoDGS (``get_depth_order_loss``, "tanh_threshold") uses 0.1 on prior DEPTH with
+    ``prior_range = max - min`` of the depth over all masked pixels of the frame: pass that range as
+    ``prior_range``. Without it, the range is taken over the valid sampled points (per row for
+    ``(B, P)`` inputs). The rule is measured on the prior's values as given: it is invariant to positive
+    affine maps of the prior (and to flipping kind with ``x -> -x``), but not to ``1/x`` -- a disparity
+    prior and its inverse drop different pairs, so give MoDGS's term the prior as depth. Exact ties are
+    always dropped.
 
     Args:
         pred_a, pred_b: rendered values at the two ends of each pair. MoDGS uses ``alpha = 100`` on raw
             rendered depth, so ``alpha`` has units of 1 / scene unit: rescale it with the scene.
         prior_a, prior_b: prior values (depth or disparity, ``prior_kind``) at the same pairs.
         mask: optional pair weights (bool or float >= 0), e.g. validity of both pixels.
+        prior_range: max - min of the prior over the pixels the pairs were drawn from (scalar, or (B, 1)
+            per row); None = over the sampled points.
 
     Returns:
         Scalar in [0, 2]: the weighted mean over kept pairs (over all rows together); a differentiable
@@ -108,8 +75,8 @@ def modgs_ordinal_loss(
     _check_pairs(fn, "pred_a", pred_a, pred_b=pred_b, prior_a=prior_a, prior_b=prior_b, mask=mask)
     check_tensor("pred_a", pred_a, fn=fn)
     check_tensor("pred_b", pred_b, fn=fn)
-    s_pred = _kind_sign(pred_kind, "pred_kind", fn)
-    _kind_sign(prior_kind, "prior_kind", fn)
+    s_pred = kind_sign(pred_kind, "pred_kind", fn)
+    kind_sign(prior_kind, "prior_kind", fn)
     if min_gap_frac < 0:
         raise ValueError(f"{fn}: min_gap_frac must be >= 0, got {min_gap_frac}")
     w = as_weight(mask, pred_a, fn=fn)
@@ -122,11 +89,13 @@ def modgs_ordinal_loss(
     R = depth_order_sign(pa, pb, prior_kind).to(pred_a.dtype)
     keep = (w > 0) & (R != 0)
     if min_gap_frac > 0:
-        used = w > 0
-        big = torch.finfo(pa.dtype).max
-        hi = torch.maximum(torch.where(used, pa, -big), torch.where(used, pb, -big)).amax(-1, keepdim=True)
-        lo = torch.minimum(torch.where(used, pa, big), torch.where(used, pb, big)).amin(-1, keepdim=True)
-        keep &= (pa - pb).abs() >= min_gap_frac * (hi - lo)
+        if prior_range is None:
+            used = w > 0
+            big = torch.finfo(pa.dtype).max
+            hi = torch.maximum(torch.where(used, pa, -big), torch.where(used, pb, -big)).amax(-1, keepdim=True)
+            lo = torch.minimum(torch.where(used, pa, big), torch.where(used, pb, big)).amin(-1, keepdim=True)
+            prior_range = hi - lo
+        keep &= (pa - pb).abs() >= min_gap_frac * torch.as_tensor(prior_range, dtype=pa.dtype, device=pa.device)
     diff = (pred_a - pred_b) * s_pred
     per_pair = (torch.tanh(alpha * diff) - R).abs()
     return masked_mean(per_pair, w * keep.to(w.dtype))
@@ -165,7 +134,7 @@ def hinge_ordinal_loss(
     _check_pairs(fn, "pred_a", pred_a, pred_b=pred_b, order_sign=order_sign, mask=mask)
     check_tensor("pred_a", pred_a, fn=fn)
     check_tensor("pred_b", pred_b, fn=fn)
-    s_pred = _kind_sign(pred_kind, "pred_kind", fn)
+    s_pred = kind_sign(pred_kind, "pred_kind", fn)
     if normalize not in ("median", "none"):
         raise ValueError(f"{fn}: normalize must be 'median' or 'none', got {normalize!r}")
     w = as_weight(mask, pred_a, fn=fn)
@@ -199,7 +168,7 @@ def ordinal_accuracy(
     """
     fn = "ordinal_accuracy"
     _check_pairs(fn, "pred_a", pred_a, pred_b=pred_b, order_sign=order_sign, mask=mask)
-    _kind_sign(pred_kind, "pred_kind", fn)
+    kind_sign(pred_kind, "pred_kind", fn)
     s = order_sign.to(torch.int8)
     use = s != 0
     if mask is not None:

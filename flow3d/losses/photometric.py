@@ -2,33 +2,55 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> Tensor:
+def gaussian_kernel_1d(size: int, sigma: float, device=None, dtype=torch.float32) -> Tensor:
+    """(size,) normalised Gaussian weights centred on the middle tap (the SSIM window)."""
     coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2.0
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
+    return g / g.sum()
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> Tensor:
+    g = gaussian_kernel_1d(size, sigma, device, dtype)
     return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
 
 
-def ssim_map(img0: Tensor, img1: Tensor, window_size: int = 11, sigma: float = 1.5, data_range: float = 1.0) -> Tensor:
-    """Per-pixel SSIM (Wang et al. 2004) with a Gaussian window, 'same' zero padding as 3DGS uses.
+def ssim_map(
+    img0: Tensor,  # (B, C, H, W)
+    img1: Tensor,  # (B, C, H, W)
+    window_size: int = 11,
+    sigma: float = 1.5,
+    data_range: float = 1.0,
+    blur: Callable[[Tensor], Tensor] | None = None,
+    clip_moments: bool = False,
+) -> Tensor:
+    """Per-pixel SSIM (Wang et al. 2004): the project's one SSIM formula.
 
-    img0, img1: (B, C, H, W) in [0, data_range]. Returns (B, C, H, W); 1 where the images agree.
+    img0, img1: (B, C, H, W) in [0, data_range]. The local moments are ``blur`` of the images and of
+    their products; the default blur is a Gaussian window (``window_size``, ``sigma``) with 'same' zero
+    padding as 3DGS uses, so the map is (B, C, H, W). :func:`flow3d.eval.metrics.mssim_som` passes
+    Shape of Motion's masked 'valid' blur and ``clip_moments=True`` (variances clipped to >= 0, the
+    covariance to |cov| <= sqrt(var0 var1), as SoM's mSSIM). 1 where the images agree.
     """
     if img0.shape != img1.shape or img0.dim() != 4:
         raise ValueError(f"img0 and img1 must both be (B, C, H, W), got {tuple(img0.shape)} and {tuple(img1.shape)}")
-    C = img0.shape[1]
-    win = _gaussian_window(window_size, sigma, C, img0.device, img0.dtype)
-    pad = window_size // 2
-    mu0 = F.conv2d(img0, win, padding=pad, groups=C)
-    mu1 = F.conv2d(img1, win, padding=pad, groups=C)
-    s00 = F.conv2d(img0 * img0, win, padding=pad, groups=C) - mu0**2
-    s11 = F.conv2d(img1 * img1, win, padding=pad, groups=C) - mu1**2
-    s01 = F.conv2d(img0 * img1, win, padding=pad, groups=C) - mu0 * mu1
+    if blur is None:
+        C = img0.shape[1]
+        win = _gaussian_window(window_size, sigma, C, img0.device, img0.dtype)
+        blur = lambda z: F.conv2d(z, win, padding=window_size // 2, groups=C)  # noqa: E731
+    mu0, mu1 = blur(img0), blur(img1)
+    s00 = blur(img0 * img0) - mu0**2
+    s11 = blur(img1 * img1) - mu1**2
+    s01 = blur(img0 * img1) - mu0 * mu1
+    if clip_moments:
+        s00, s11 = s00.clamp(min=0.0), s11.clamp(min=0.0)
+        s01 = torch.sign(s01) * torch.minimum(torch.sqrt(s00 * s11), s01.abs())
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
     return ((2 * mu0 * mu1 + c1) * (2 * s01 + c2)) / ((mu0**2 + mu1**2 + c1) * (s00 + s11 + c2))

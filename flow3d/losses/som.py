@@ -187,9 +187,9 @@ def z_acceleration_loss(
     t+1 mapped by ``w2cs[t]`` as Shape of Motion's ``z_acc`` term does. ``a_t = x[t-1] - 2 x[t] + x[t+1]``
     and ``r_t = x[t] / |x[t]|`` is the viewing ray at the middle time (safe at the origin). Only the
     acceleration along the ray (the depth direction a monocular video does not constrain) is penalised.
-    (Shape of Motion's shipped code squares the ray components of the two velocities instead; its
-    commented-out line is this acceleration form.) Units: scene units per frame^2. T < 3: a
-    differentiable 0.
+    (Shape of Motion's shipped code squares the ray components of the two velocities instead, see
+    :func:`ray_velocity_loss`; its commented-out line is this acceleration form.) Units: scene units per
+    frame^2. T < 3: a differentiable 0.
     """
     fn = "z_acceleration_loss"
     check_tensor("points_cam", points_cam, fn=fn)
@@ -211,3 +211,35 @@ def z_acceleration_loss(
         raise ValueError(f"{fn}: mask has shape {tuple(mask.shape)}; expected {tuple(along.shape)} (middle frames) "
                          f"or {tuple(points_cam.shape[:-1])} for points_cam {tuple(points_cam.shape)}")
     return masked_mean(along, mask.to(along.dtype).clamp_min(0.0))
+
+
+def _unit_rays(points_cam: Tensor) -> Tensor:
+    """Unit viewing rays x / |x| (..., 3) of camera-frame points (a zero vector stays zero, finite gradient)."""
+    nrm = safe_norm(points_cam, dim=-1)[..., None]
+    return points_cam / torch.where(nrm > 0, nrm, torch.ones_like(nrm))
+
+
+def ray_velocity_loss(points_cam: Tensor) -> Tensor:  # (..., T, 3)
+    """Shape of Motion's shipped ``compute_z_acc_loss``: squared velocity along the viewing ray.
+
+    ``points_cam`` (..., T, 3): each point's positions at T consecutive times, all in the SAME camera
+    frame (OpenCV axes, camera centre at the origin), as for :func:`z_acceleration_loss`. For every middle
+    time t, ``r_t = x[t] / |x[t]|`` and
+
+        loss = mean_t (((x[t] - x[t-1]) . r_t)^2) + mean_t (((x[t+1] - x[t]) . r_t)^2),
+
+    the means running over the points and the T-2 middle times. It penalises motion in depth (not only
+    its change), which is what SoM trains with although its name says acceleration. Units: scene
+    units^2 per frame^2. T < 3: a differentiable 0.
+    """
+    fn = "ray_velocity_loss"
+    check_tensor("points_cam", points_cam, fn=fn)
+    if points_cam.dim() < 2 or points_cam.shape[-1] != 3:
+        raise ValueError(f"{fn}: points_cam must be (..., T, 3), got shape {tuple(points_cam.shape)}")
+    if points_cam.shape[-2] < 3:
+        return zero_like_loss(points_cam)
+    mid = points_cam[..., 1:-1, :]
+    ray = _unit_rays(mid)
+    before = ((mid - points_cam[..., :-2, :]) * ray).sum(-1)  # (..., T-2)
+    after = ((points_cam[..., 2:, :] - mid) * ray).sum(-1)
+    return (before**2).mean() + (after**2).mean()

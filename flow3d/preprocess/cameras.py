@@ -39,7 +39,7 @@ from flow3d.cameras import CameraEstimateConfig, GeoDepthConfig, estimate_camera
 from flow3d.cameras.io import write_npy
 from flow3d.cameras.loader import CAMERA_DIR, GEODEPTH_DIR
 from flow3d.data import io as data_io
-from flow3d.flow.io import atomic_write_bytes
+from flow3d.fileio import write_bytes
 from flow3d.log import get_logger, setup_logging
 from flow3d.preprocess.flow import find_frames, find_masks
 
@@ -117,7 +117,7 @@ def preprocess_cameras(cfg: CamerasPreprocessConfig) -> dict:
         buf = _io.BytesIO()
         np.savez_compressed(buf, xy=est.tracks.xy, visible=est.obs_visible, points=est.points, point_ok=est.point_ok,
                             angle_deg=est.point_angle_deg, rms_px=est.point_rms_px, img_wh=np.array(est.img_wh))
-        atomic_write_bytes(out_root / CAMERA_DIR / f"{cfg.seq_name}_points.npz", buf.getvalue())
+        write_bytes(out_root / CAMERA_DIR / f"{cfg.seq_name}_points.npz", buf.getvalue())
         summary.update(points=est.info["num_points"], rms_px=est.info["rms_final_px"], scale_from=est.info["scale_from"])
         if cfg.depth_cue:
             disp, ok = geometric_depth(est, masks, (H0, W0), cfg.geodepth)

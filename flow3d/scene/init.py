@@ -16,7 +16,6 @@ import roma
 import torch
 from torch import Tensor
 
-from flow3d.data.sequence import safe_inverse
 from flow3d.geometry import bilinear_sample, unproject_pixels
 from flow3d.log import get_logger
 from flow3d.losses import se3_smoothness_loss
@@ -46,30 +45,16 @@ class InitConfig:
     """Background points beyond this quantile of prior depth (per frame) are dropped (sky, far noise)."""
 
 
-def prior_depth_from_disp(prior_disp: Tensor, prior_valid: Tensor, min_disp: float = 1e-4) -> tuple[Tensor, Tensor]:
-    """z-depth (..., H, W) = 1 / disparity where valid and disparity > ``min_disp``; 0 elsewhere."""
-    depth, finite_pos = safe_inverse(prior_disp)
-    valid = prior_valid & finite_pos & (prior_disp > min_disp)
-    return torch.where(valid, depth, torch.zeros_like(depth)), valid
-
-
 def lift_tracks(seq, frame_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """World points (M, T, 3), validity (M, T) and confidence (M, T) of the tracks, using the prior depth.
-
-    Only frames in ``frame_ids`` count (the training split); elsewhere validity is False.
-    """
-    M, T = seq.tracks_visible.shape
-    depth, depth_valid = prior_depth_from_disp(seq.prior_disp, seq.prior_valid)
-    # (T, 1, H, W) sampled at each frame's track positions (T, M, 2)
-    xy = seq.tracks_xy.transpose(0, 1)
-    z = bilinear_sample(depth[:, None], xy)[..., 0]  # (T, M)
-    zvalid = bilinear_sample(depth_valid[:, None].float(), xy)[..., 0] > 0.999
-    c2ws = torch.linalg.inv(seq.w2cs)
-    pts = unproject_pixels(xy, z, seq.Ks, c2ws)  # (T, M, 3)
-    in_split = torch.zeros(T, dtype=torch.bool)
+    """World points (M, T, 3), validity (M, T) and confidence (M, T) of the tracks lifted with the prior
+    (:meth:`flow3d.data.VideoSequence.lift_tracks`). An entry is valid when the track is visible there,
+    the prior is valid around it, and both its frame and its query frame are in ``frame_ids`` (the
+    training split)."""
+    pts, depth_ok = seq.lift_tracks()
+    in_split = torch.zeros(seq.num_frames, dtype=torch.bool)
     in_split[frame_ids] = True
-    valid = seq.tracks_visible.transpose(0, 1) & zvalid & (z > 0) & in_split[:, None] & in_split[seq.tracks_query_t][None, :]
-    return pts.transpose(0, 1), valid.transpose(0, 1), seq.tracks_conf * valid.transpose(0, 1)
+    valid = seq.tracks_visible & depth_ok & in_split[None, :] & in_split[seq.tracks_query_t][:, None]
+    return pts, valid, seq.tracks_conf * valid
 
 
 def interpolate_missing(x: Tensor, valid: Tensor) -> Tensor:
@@ -195,7 +180,7 @@ def _densify_foreground(seq, can_t: int, tracks_fg: GaussianParams, cfg: InitCon
     Gaussians with back-projected prior depth. Each new Gaussian takes the basis weights of its 3 nearest
     fitted track Gaussians (inverse-distance blend of their logits). Every Gaussian's size is its pixel
     footprint at its depth: half the spacing between samples."""
-    depth, dvalid = prior_depth_from_disp(seq.prior_disp[can_t], seq.prior_valid[can_t])
+    depth, dvalid = seq.prior_depth()[can_t], seq.prior_valid[can_t]
     m = dvalid & (seq.fg_masks[can_t] > 0.5) & seq.valid_masks[can_t]
     n_tracks = tracks_fg.num_gaussians
     n_new = max(0, cfg.num_fg - n_tracks)
@@ -256,7 +241,7 @@ def _fit_motion_to_tracks(fg: GaussianParams, bases: MotionBases, pts: Tensor, v
 def _init_background(seq, cfg: InitConfig, generator: torch.Generator | None) -> GaussianParams | None:
     if cfg.num_bg <= 0:
         return None
-    depth, dvalid = prior_depth_from_disp(seq.prior_disp, seq.prior_valid)
+    depth, dvalid = seq.prior_depth(), seq.prior_valid
     bg_mask = dvalid & (seq.fg_masks < 0.5) & seq.valid_masks
     T, H, W = depth.shape
     frames = seq.train_ids

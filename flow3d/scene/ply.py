@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flow3d.flow.io import atomic_write_bytes
+from flow3d.fileio import write_bytes
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -111,7 +111,7 @@ def write_splat_ply(path: str | Path, splats: Splats) -> int:
     vertex = np.empty(N, dtype=[(name, "<f4") for name in SPLAT_PROPERTIES])
     for i, name in enumerate(SPLAT_PROPERTIES):
         vertex[name] = data[:, i]
-    atomic_write_bytes(path, _ply_bytes(vertex))
+    write_bytes(path, _ply_bytes(vertex))
     return N
 
 
@@ -163,7 +163,7 @@ def write_point_ply(path: str | Path, xyz: Tensor, rgb: Tensor) -> int:
         vertex[k] = xyz[:, i].numpy()
     for i, k in enumerate(("red", "green", "blue")):
         vertex[k] = rgb8[:, i]
-    atomic_write_bytes(path, _ply_bytes(vertex))
+    write_bytes(path, _ply_bytes(vertex))
     return len(xyz)
 
 

@@ -5,9 +5,10 @@ A dataclass of thresholds plus a ``state`` dict that the caller owns (and checkp
 parameters; ours runs the same rules per group ("fg", "bg") because only the foreground carries motion
 coefficients and the two groups are concatenated in every render.
 
-Per step, :meth:`DensifyStrategy.step_post_backward` accumulates the screen-space gradient norm of each
-Gaussian's projected centre (``means2d.grad``, scaled to NDC-like units as gsplat does) over the renders in
-which it was visible. Every ``refine_every`` steps: Gaussians with a mean gradient above ``grow_grad2d`` are
+Per step, as in gsplat's strategies, the caller passes ``info`` (the renders' ``means2d``, ``radii`` and
+``img_wh``) twice: :meth:`DensifyStrategy.step_pre_backward` asks autograd to keep ``means2d.grad``, and
+:meth:`DensifyStrategy.step_post_backward` accumulates the screen-space gradient norm of each Gaussian's
+projected centre (scaled to NDC-like units as gsplat does) over the renders in which it was visible. Every ``refine_every`` steps: Gaussians with a mean gradient above ``grow_grad2d`` are
 duplicated if small and split in two if large; those with opacity below ``prune_opa`` or larger than
 ``prune_scale3d`` (times the scene extent) are removed. Every ``reset_every`` steps opacities are clamped
 down to ``2 * prune_opa``. Optimiser moments follow every change (new rows start at zero).
@@ -84,13 +85,25 @@ class DensifyStrategy:
     def initialize_state(self) -> dict:
         return {"grad2d": {}, "count": {}}
 
-    def step_post_backward(self, model, optimizers, state: dict, step: int, means2d: list[Tensor], radii: list[Tensor], img_wh: tuple[int, int]) -> None:
+    def step_pre_backward(self, model, optimizers, state: dict, step: int, info: dict) -> None:
+        """Before ``loss.backward()``: keep the gradient of every render's ``means2d`` (a non-leaf tensor).
+
+        info: ``{"means2d": [(1, N, 2), ...], "radii": [(1, N) or (1, N, 2), ...], "img_wh": (W, H)}``, one
+        entry per rendered frame."""
+        if step > self.cfg.refine_stop:
+            return
+        for m2d in info["means2d"]:
+            if m2d.requires_grad:
+                m2d.retain_grad()
+
+    def step_post_backward(self, model, optimizers, state: dict, step: int, info: dict) -> None:
+        """After the optimiser step: accumulate gradient statistics; grow, prune and reset on schedule."""
         cfg = self.cfg
         if step > cfg.refine_stop:
             return
         sizes = {"fg": model.num_fg, "bg": model.num_bg}
-        W, H = img_wh
-        for m2d, r in zip(means2d, radii):
+        W, H = info["img_wh"]
+        for m2d, r in zip(info["means2d"], info["radii"]):
             if m2d.grad is None:
                 continue
             g = m2d.grad.detach()[0].clone()  # (N, 2)

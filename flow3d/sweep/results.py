@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from flow3d.flow.io import atomic_write_bytes
+from flow3d.fileio import write_bytes
 
 FIXED_COLUMNS = ("run", "data", "seed", "status", "trial_seconds", "s_per_step")
 TAIL_COLUMNS = ("work_dir", "log", "error")
@@ -77,7 +77,7 @@ def write_results_csv(rows: Sequence[dict], path: str | Path) -> Path:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     w.writerows(cells)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    write_bytes(path, buf.getvalue().encode())
     return Path(path)
 
 
@@ -157,7 +157,7 @@ def format_summary(rows: Sequence[dict], metrics: Sequence[str], title: str = "S
 
 
 def write_summary(rows: Sequence[dict], metrics: Sequence[str], path: str | Path, **kwargs) -> Path:
-    atomic_write_bytes(path, format_summary(rows, metrics, **kwargs).encode())
+    write_bytes(path, format_summary(rows, metrics, **kwargs).encode())
     return Path(path)
 
 
@@ -197,7 +197,7 @@ def plot_summary(rows: Sequence[dict], metrics: Sequence[str], path: str | Path)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
     return Path(path)
 
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from flow3d.flow.io import atomic_write_bytes
+from flow3d.fileio import write_bytes
 from flow3d.sweep.spec import Trial
 
 _LIBC = None
@@ -70,7 +70,7 @@ def read_status(trial: Trial) -> Optional[dict]:
 
 
 def write_status(trial: Trial, status: dict) -> None:
-    atomic_write_bytes(trial.status_path, (json.dumps(status, indent=2) + "\n").encode())
+    write_bytes(trial.status_path, (json.dumps(status, indent=2) + "\n").encode())
 
 
 def trial_state(trial: Trial) -> str:

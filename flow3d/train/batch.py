@@ -68,7 +68,7 @@ def sample_batch(seq, batch_size: int, num_targets: int, num_track_samples: int,
     target_xy = seq.tracks_xy[track_idx][:, :, target_ts]  # (B, P, B_t, 2)
     vis = usable[track_idx][:, :, target_ts] & query_valid[..., None]
     weight = seq.tracks_conf[track_idx][:, :, target_ts] * vis
-    # prior disparity of each target frame at the tracked positions
+    # prior disparity of each target frame at the tracked positions; valid where all four pixels are
     Bt = len(target_ts)
     xy_t = target_xy.permute(2, 0, 1, 3).reshape(Bt, -1, 2)  # (B_t, B*P, 2)
     disp = bilinear_sample(seq.prior_disp[target_ts][:, None], xy_t)[..., 0]
@@ -79,7 +79,7 @@ def sample_batch(seq, batch_size: int, num_targets: int, num_track_samples: int,
         valid_masks=seq.valid_masks[ts], prior_disp=seq.prior_disp[ts], prior_valid=seq.prior_valid[ts],
         target_ts=target_ts, target_w2cs=seq.w2cs[target_ts], target_Ks=seq.Ks[target_ts],
         query_xy=query_xy, query_valid=query_valid, target_xy=target_xy, target_weight=weight,
-        target_prior_disp=unflat(disp), target_prior_valid=unflat(dvalid) & (unflat(disp) > 0),
+        target_prior_disp=unflat(disp), target_prior_valid=unflat(dvalid),
     )
 
 

@@ -3,7 +3,6 @@ checkpoints. ``run_training.py`` builds a :class:`flow3d.config.TrainConfig` and
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -12,17 +11,22 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from flow3d.checkpoint import load_checkpoint, save_checkpoint
 from flow3d.config import TrainConfig, save_config
+from flow3d.depth import disp_to_depth
+from flow3d.device import pick_device
+from flow3d.fileio import write_json
 from flow3d.log import get_logger
 from flow3d.losses.photometric import psnr
 from flow3d.scene.camera_refine import camera_refine_state, make_camera_refine
 from flow3d.scene.init import initialize_scene
-from flow3d.scene.model import SceneModel
+from flow3d.scene.model import RenderOutput, SceneModel
 from flow3d.scene.strategy import DensifyStrategy
 from flow3d.train import depth_order
 from flow3d.train.batch import batch_to, sample_batch
-from flow3d.train.checkpoint import load_checkpoint, save_checkpoint
-from flow3d.train.terms import StepContext, compute_terms, weighted_total, weights_of
+from flow3d.train.context import StepContext
+from flow3d.train.neighbors import prepare_neighbor_flows
+from flow3d.train.terms import active_terms, check_weights, compute_terms, needs_of, weighted_total
 
 logger = get_logger(__name__)
 
@@ -31,14 +35,6 @@ LR_FIELDS = {  # parameter name -> OptimConfig field
     "colors": "lr_colors", "motion_coefs": "lr_motion_coefs", "rots": "lr_bases_rots", "transls": "lr_bases_transls",
 }
 DECAYING = {"means", "rots", "transls"}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False")
-    return torch.device(name)
 
 
 def named_params(model: SceneModel) -> dict[str, torch.nn.Parameter]:
@@ -70,54 +66,47 @@ def scene_extent(model: SceneModel) -> float:
     return float((pts - centre).norm(dim=-1).quantile(0.9).clamp_min(1e-3).detach())
 
 
-def sanitize_sequence(seq) -> None:
-    """Mask non-finite or non-positive prior disparities (in place) and log how many there were."""
-    bad = ~torch.isfinite(seq.prior_disp) | (seq.prior_disp <= 0)
-    n_bad = int((bad & seq.prior_valid).sum())
-    if n_bad:
-        logger.warning("depth prior: %d pixels are NaN/Inf or non-positive; they are masked out", n_bad)
-    seq.prior_valid = seq.prior_valid & ~bad
-    seq.prior_disp = torch.where(bad, torch.zeros_like(seq.prior_disp), seq.prior_disp)
-
-
 class Trainer:
+    """Owns the run: the sequence, the model and its optimisers, the densification state, the RNGs."""
+
     def __init__(self, cfg: TrainConfig, seq=None):
         self.cfg = cfg
         self.work_dir = Path(cfg.work_dir)
         self.device = pick_device(cfg.device)
-        self.seq = seq if seq is not None else cfg.data.load()
-        sanitize_sequence(self.seq)
+        self.weights = check_weights(cfg.losses)  # before anything slow: a config error stops here
+        self.terms = active_terms(self.weights)
+        self.needs = needs_of(self.terms)
+        self.seq = seq if seq is not None else cfg.data.load()  # its prior validity was decided on loading
+        # Seeding, once, here at the start; a resumed run restores both generators from its checkpoint.
+        torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.weights = weights_of(cfg.losses)
         self.step = 0
         self.nonfinite_in_row = 0
         self.timing = {"render": 0.0, "losses": 0.0, "backward_optim": 0.0, "steps": 0}
+        self._camera_state = None  # --optim.refine-cameras: the corrections of a resumed run
         last = self.work_dir / "checkpoints" / "last.ckpt"
-        self._camera_state = None
         if last.is_file():
             self._resume(last)
         else:
-            torch.manual_seed(cfg.seed)
-            model, can_t = initialize_scene(self.seq, cfg.init, self.generator)
-            self.model = model.to(self.device)
-            self.canonical_t = can_t
-            self.optimizers, self.schedulers = make_optimizers(self.model, cfg)
-            self.strategy = DensifyStrategy(cfg.densify, scene_extent(self.model))
-            self.strategy_state = self.strategy.initialize_state()
+            self._initialize()
         self.all_w2cs = self.seq.w2cs.to(self.device)
         self.cam_refine = self.cam_opt = None
         if cfg.optim.refine_cameras:
             self.cam_refine, self.cam_opt = make_camera_refine(
                 self.seq.num_frames, self.seq.train_ids, cfg.optim.lr_cameras, self.device, self._camera_state)
         self.writer = None
-        # shared across steps (each step's extras is a shallow copy): frames already reported as pair-less
-        self.extras = {"all_w2cs": self.all_w2cs, "empty_pairs_logged": set()}
-        active = {k for k, w in self.weights.items() if w != 0}
-        self.render_neighbors = bool(active & depth_order.NEEDS_NEIGHBOR_RENDER)
-        if active & depth_order.NEEDS_FLOW:
-            self.extras["neighbor_flows"] = depth_order.prepare_neighbor_flows(self.seq, cfg.losses.order, self.work_dir)
-        if "depth_aware_scale" in active:
-            self.extras["k_obj"] = depth_order.calibrate_k_obj(self.seq)
+        self.reported: set = set()  # (term, frame) pairs already warned about, shared across steps
+        self.neighbor_flows = (prepare_neighbor_flows(self.seq, cfg.losses.order, self.work_dir)
+                               if "flow" in self.needs else None)
+        self.k_obj = depth_order.calibrate_k_obj(self.seq) if "k_obj" in self.needs else None
+
+    def _initialize(self) -> None:
+        model, can_t = initialize_scene(self.seq, self.cfg.init, self.generator)
+        self.model = model.to(self.device)
+        self.canonical_t = can_t
+        self.optimizers, self.schedulers = make_optimizers(self.model, self.cfg)
+        self.strategy = DensifyStrategy(self.cfg.densify, scene_extent(self.model))
+        self.strategy_state = self.strategy.initialize_state()
 
     # ------------------------------------------------------------------------------------ checkpoints
     def _payload(self) -> dict:
@@ -152,93 +141,108 @@ class Trainer:
         self.strategy_state = payload["strategy_state"]
         self.canonical_t = payload["canonical_t"]
         self.step = int(payload["step"])
-        self._camera_state = payload.get("camera_refine")
         torch.set_rng_state(payload["rng"]["torch"])
         self.generator.set_state(payload["rng"]["generator"])
+        self._camera_state = payload.get("camera_refine")
         logger.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------------------------------ steps
     def train_step(self) -> dict[str, Tensor] | None:
-        """One optimisation step; returns the unweighted terms and 'total', or None when skipped."""
-        cfg = self.cfg
+        """One optimisation step: render -> loss terms -> optimiser step.
+
+        Returns the unweighted terms with 'total' and 'psnr' (detached, for logging), or None when the
+        step was skipped because the loss was not finite."""
         t0 = time.perf_counter()
-        batch = batch_to(
-            sample_batch(self.seq, cfg.batch_size, cfg.num_targets, cfg.losses.num_track_samples, self.generator),
-            self.device,
-        )
+        batch = batch_to(sample_batch(self.seq, self.cfg.batch_size, self.cfg.num_targets,
+                                      self.cfg.losses.num_track_samples, self.generator), self.device)
         if self.cam_refine is not None:
             batch = self.cam_refine.refine_batch(batch)
         all_w2cs = self.current_w2cs()
-        need_tracks = self.weights.get("track", 0) != 0 or self.weights.get("mapped_depth", 0) != 0
-        out = self.model.render(
-            batch.ts, batch.w2cs, batch.Ks, batch.img_wh,
-            target_ts=batch.target_ts if need_tracks else None,
-            target_w2cs=batch.target_w2cs if need_tracks else None,
-            bg_color=torch.tensor(cfg.bg_color, device=self.device),
-            backend=cfg.render_backend,
-        )
-        means2d, radii = list(out.means2d), list(out.radii)
-        extras = dict(self.extras, step=self.step, all_w2cs=all_w2cs)
-        if self.render_neighbors:
-            flows = self.extras["neighbor_flows"]
-            next_ts = torch.tensor([flows[t].next_t if t in flows else t for t in batch.ts.tolist()], device=self.device)
-            nxt = self.model.render(
-                next_ts, all_w2cs[next_ts], self.seq.Ks[next_ts.cpu()].to(self.device), batch.img_wh,
-                bg_color=torch.tensor(cfg.bg_color, device=self.device), backend=cfg.render_backend,
-            )
-            extras["next_out"] = nxt
-            means2d += nxt.means2d
-            radii += nxt.radii
-        for m2d in means2d:
-            if m2d.requires_grad:
-                m2d.retain_grad()
+        out, next_out = self._render(batch, all_w2cs)
         t1 = time.perf_counter()
-        ctx = StepContext(batch, out, self.model, cfg.losses, self.generator, extras=extras)
-        terms = compute_terms(ctx, self.weights)
-        total = weighted_total(terms, self.weights)
+        values = compute_terms(self._context(batch, out, next_out, all_w2cs), self.terms)
+        total = weighted_total(values, self.weights)
         t2 = time.perf_counter()
         if not torch.isfinite(total):
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
-            self.nonfinite_in_row += 1
-            logger.warning("step %d: non-finite loss in %s; step skipped (%d in a row)", self.step, bad, self.nonfinite_in_row)
-            if self.nonfinite_in_row >= cfg.max_nonfinite_steps:
-                raise RuntimeError(
-                    f"{self.nonfinite_in_row} consecutive steps had a non-finite loss (last: terms {bad}); "
-                    "check the depth prior and the learning rates"
-                )
-            for o in self._all_optimizers():
-                o.zero_grad(set_to_none=True)
-            self.step += 1
+            self._skip(values)
             return None
+        self._optimise(total, [r for r in (out, next_out) if r is not None], batch.img_wh)
+        self._add_timing(t0, t1, t2)
+        self._last_out, self._last_batch = out, batch
+        logged = {k: v.detach() for k, v in values.items()}
+        logged["total"] = total.detach()
+        logged["psnr"] = psnr(out.img.detach(), batch.imgs).mean()
+        return logged
+
+    def _render(self, batch, all_w2cs: Tensor) -> tuple[RenderOutput, RenderOutput | None]:
+        """The batch's frames (with the track channels when a term needs tracks) and, when a term needs
+        them, their flow neighbours."""
+        cfg, tracks = self.cfg, "tracks" in self.needs
+        bg = torch.tensor(cfg.bg_color, device=self.device)
+        out = self.model.render(
+            batch.ts, batch.w2cs, batch.Ks, batch.img_wh,
+            target_ts=batch.target_ts if tracks else None, target_w2cs=batch.target_w2cs if tracks else None,
+            bg_color=bg, backend=cfg.render_backend,
+        )
+        if "neighbor_render" not in self.needs:
+            return out, None
+        flows = self.neighbor_flows
+        next_ts = torch.tensor([flows[t].next_t if t in flows else t for t in batch.ts.tolist()], device=self.device)
+        next_out = self.model.render(next_ts, all_w2cs[next_ts], self.seq.Ks[next_ts.cpu()].to(self.device),
+                                     batch.img_wh, bg_color=bg, backend=cfg.render_backend)
+        return out, next_out
+
+    def _context(self, batch, out: RenderOutput, next_out: RenderOutput | None, all_w2cs: Tensor) -> StepContext:
+        return StepContext(
+            batch=batch, out=out, model=self.model, cfg=self.cfg.losses, generator=self.generator, step=self.step,
+            all_w2cs=all_w2cs, next_out=next_out, neighbor_flows=self.neighbor_flows, k_obj=self.k_obj,
+            reported=self.reported,
+        )
+
+    def _optimise(self, total: Tensor, renders: list[RenderOutput], img_wh: tuple[int, int]) -> None:
+        """Backward, one Adam step per parameter, densification, learning-rate schedules."""
         self.nonfinite_in_row = 0
+        info = {"means2d": [m for r in renders for m in r.means2d], "radii": [x for r in renders for x in r.radii],
+                "img_wh": img_wh}
+        self.strategy.step_pre_backward(self.model, self.optimizers, self.strategy_state, self.step, info)
         total.backward()
         for o in self._all_optimizers():
             o.step()
-        self.strategy.step_post_backward(
-            self.model, self.optimizers, self.strategy_state, self.step, means2d, radii, batch.img_wh
-        )
+        self.strategy.step_post_backward(self.model, self.optimizers, self.strategy_state, self.step, info)
         for o in self._all_optimizers():
             o.zero_grad(set_to_none=True)
         for s in self.schedulers.values():
             s.step()
-        t3 = time.perf_counter()
-        self.timing["render"] += t1 - t0
-        self.timing["losses"] += t2 - t1
-        self.timing["backward_optim"] += t3 - t2
-        self.timing["steps"] += 1
         self.step += 1
-        terms = {k: v.detach() for k, v in terms.items()}  # values for logging only
-        terms["total"] = total.detach()
-        terms["psnr"] = psnr(out.img.detach(), batch.imgs).mean()
-        self._last_out, self._last_batch = out, batch
-        return terms
+
+    def _skip(self, values: dict[str, Tensor]) -> None:
+        """A non-finite loss: nothing is updated; too many in a row stop the run with a clear error."""
+        bad = [k for k, v in values.items() if not torch.isfinite(v)]
+        self.nonfinite_in_row += 1
+        logger.warning("step %d: non-finite loss in %s; step skipped (%d in a row)", self.step, bad, self.nonfinite_in_row)
+        if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
+            raise RuntimeError(
+                f"{self.nonfinite_in_row} consecutive steps had a non-finite loss (last: terms {bad}); "
+                "check the depth prior and the learning rates"
+            )
+        for o in self._all_optimizers():
+            o.zero_grad(set_to_none=True)
+        self.step += 1
 
     def _all_optimizers(self) -> list:
+        """The scene's optimisers and, with --optim.refine-cameras, the cameras' (kept out of the dict that the
+        densification strategy resizes)."""
         return list(self.optimizers.values()) + ([self.cam_opt] if self.cam_opt is not None else [])
 
     def current_w2cs(self) -> Tensor:
         """(T, 4, 4) cameras of every frame, with the learned corrections when --optim.refine-cameras is on."""
         return self.all_w2cs if self.cam_refine is None else self.cam_refine.all_w2cs(self.all_w2cs)
+
+    def _add_timing(self, t0: float, t1: float, t2: float) -> None:
+        self.timing["render"] += t1 - t0
+        self.timing["losses"] += t2 - t1
+        self.timing["backward_optim"] += time.perf_counter() - t2
+        self.timing["steps"] += 1
 
     # ----------------------------------------------------------------------------------------- logging
     def _log(self, terms: dict[str, Tensor]) -> None:
@@ -256,8 +260,7 @@ class Trainer:
             return
         out, b = self._last_out, self._last_batch
         depth = out.depth[0, ..., 0].detach()
-        prior = b.prior_disp[0]
-        prior_depth = torch.where(prior > 1e-6, 1.0 / prior.clamp_min(1e-6), torch.zeros_like(prior))
+        prior_depth, _ = disp_to_depth(b.prior_disp[0], b.prior_valid[0])
         norm = lambda d: (d - d.min()) / (d.max() - d.min()).clamp_min(1e-8)  # noqa: E731
         panel = torch.cat(
             [out.img[0].detach().clamp(0, 1), norm(depth)[..., None].expand(-1, -1, 3), norm(prior_depth)[..., None].expand(-1, -1, 3)],
@@ -316,9 +319,8 @@ class Trainer:
             "val_psnr": self.eval_psnr(self.seq.val_ids),
             "train_psnr": self.eval_psnr(self.seq.train_ids[: min(4, len(self.seq.train_ids))]),
         }
-        tmp = self.work_dir / "train_stats.json.tmp"
-        tmp.write_text(json.dumps(stats, indent=2, default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else x))
-        tmp.replace(self.work_dir / "train_stats.json")
+        write_json(self.work_dir / "train_stats.json", stats,
+                   default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else x)
         if self.writer is not None:
             self.writer.close()
         logger.info(

@@ -1,7 +1,7 @@
 """The interactive viewer behind ``python -m flow3d.view``: a viser server that renders a trained scene.
 
 The viewer owns the UI state (time, play, what to show, the clients' cameras) and asks the trained run
-for one thing only: "render this camera at this time" (:meth:`flow3d.scene.load.TrainedRun.render`).
+for one thing only: "render this camera at this time" (:meth:`flow3d.vis.load.TrainedRun.render`).
 Each connected browser gets a render thread. While its camera moves (or time plays) the thread renders
 at the resolution that the measured render times allow at ``target_fps`` (:class:`RenderCost`); once the camera has been
 still for ``settle_s`` it renders once more at the full ``max_res``. Renders are serialised by one lock
@@ -156,7 +156,7 @@ class SceneViewer:
     """A viser server showing a trained run: time slider and play, training-camera frustums (click one to
     look through it), RGB / depth / foreground, dynamic / static Gaussians on or off.
 
-    ``run`` is a :class:`flow3d.scene.load.TrainedRun`, ``seq`` its training video (cameras and images).
+    ``run`` is a :class:`flow3d.vis.load.TrainedRun`, ``seq`` its training video (cameras and images).
     ``max_res`` bounds the longer side of a render; ``target_fps`` is the frame rate aimed at while the
     camera moves. Call :meth:`stop` to shut the server down.
     """

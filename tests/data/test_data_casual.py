@@ -46,9 +46,9 @@ def root(layout, tmp_path):
 
 @pytest.fixture(autouse=True)
 def _no_memo():
-    data_cache._MEMO.clear()
+    data_cache.clear_memo()
     yield
-    data_cache._MEMO.clear()
+    data_cache.clear_memo()
 
 
 def cfg(root: Path, **kw) -> CustomDataConfig:
@@ -106,7 +106,7 @@ def test_cache_avoids_decoding(layout, tmp_path, monkeypatch):
     c = CustomDataConfig(seq_name=SEQ, root_dir=str(layout), cache_dir=str(tmp_path / "c"), missing_tracks="none")
     first = c.load()
     assert len(list((tmp_path / "c").glob("*.npz"))) == 1
-    data_cache._MEMO.clear()
+    data_cache.clear_memo()
 
     def boom(*a, **k):
         raise AssertionError("decoded an image despite the cache")
@@ -117,7 +117,7 @@ def test_cache_avoids_decoding(layout, tmp_path, monkeypatch):
         assert torch.equal(getattr(first, k), getattr(second, k)), k
     assert first.scene_scale == second.scene_scale
     # is_train does not change what is loaded, so it shares the cache
-    data_cache._MEMO.clear()
+    data_cache.clear_memo()
     third = CustomDataConfig(seq_name=SEQ, root_dir=str(layout), cache_dir=str(tmp_path / "c"), missing_tracks="none", is_train=False).load()
     assert torch.equal(third.images, first.images)
 

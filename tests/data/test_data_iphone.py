@@ -57,9 +57,9 @@ def _write_fixture(d: Path, n_train: int = 4, with_val: bool = True) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_memo():
-    data_cache._MEMO.clear()
+    data_cache.clear_memo()
     yield
-    data_cache._MEMO.clear()
+    data_cache.clear_memo()
 
 
 def test_iphone_fixture_loads(tmp_path):

@@ -60,9 +60,9 @@ def _reprojection_error_mm(seq, a: int, b: int) -> float:
 
 @pytest.fixture(autouse=True)
 def _no_memo():
-    data_cache._MEMO.clear()
+    data_cache.clear_memo()
     yield
-    data_cache._MEMO.clear()
+    data_cache.clear_memo()
 
 
 @pytest.mark.parametrize("normalize", [False, pytest.param(True, marks=pytest.mark.slow)])

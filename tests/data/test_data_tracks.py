@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from flow3d.data import safe_inverse, split_frames, tapir_to_visibility, visibility_to_tapir
+from flow3d.data import split_frames, tapir_to_visibility, visibility_to_tapir
 from flow3d.data.normalize import compute_scene_norm, rotation_between
 from flow3d.data.tracks import dense_tracks_from_pairs
 
@@ -59,15 +59,6 @@ def test_split_endonerf():
     assert split_frames(5, 0)[1].numel() == 0
     with pytest.raises(ValueError, match="val_every"):
         split_frames(5, 1)
-
-
-def test_safe_inverse_and_gradient():
-    x = torch.tensor([2.0, 0.0, -1.0, float("nan"), float("inf")], requires_grad=True)
-    inv, valid = safe_inverse(x)
-    assert valid.tolist() == [True, False, False, False, False]
-    assert inv.tolist() == [0.5, 0.0, 0.0, 0.0, 0.0]
-    inv.sum().backward()
-    assert torch.isfinite(x.grad).all() and x.grad[0] == -0.25
 
 
 def test_scene_norm_recipe():

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from flow3d.depth import disp_to_depth
 from flow3d.eval.metrics import (
     LpipsScorer,
     Unavailable,
     depth_metrics,
-    disparity_to_depth,
+    depth_order_accuracy,
     image_metrics,
     keypoint_pck,
     masked_psnr,
     masked_ssim,
     mssim_som,
-    ordinal_accuracy,
     prior_depth_metrics,
     temporal_consistency,
     tracking_metrics,
@@ -277,7 +277,7 @@ def test_depth_metrics_no_valid_pixels_is_nan_with_note():
 
 def test_prior_disparity_conversion_and_metrics():
     disp = torch.tensor([[[0.5, 0.0, -1.0, float("inf")]]])
-    depth, ok = disparity_to_depth(disp)
+    depth, ok = disp_to_depth(disp)
     assert ok.tolist() == [[[True, False, False, False]]]
     assert depth.tolist() == [[[2.0, 0.0, 0.0, 0.0]]]
     gt = 1.0 + torch.rand(2, 5, 5, dtype=torch.float64)
@@ -310,30 +310,30 @@ def test_ordinal_accuracy_monotone_reversed_and_kind():
     gt = torch.linspace(1.0, 5.0, 400).reshape(1, 20, 20)
     pred_good = 2.0 * gt**2  # monotone in gt
     pred_bad = 10.0 - gt  # reversed
-    assert ordinal_accuracy(pred_good, gt, "depth", num_pairs=2000).aggregate["accuracy"] == 1.0
-    assert ordinal_accuracy(pred_bad, gt, "depth", num_pairs=2000).aggregate["accuracy"] == 0.0
+    assert depth_order_accuracy(pred_good, gt, "depth", num_pairs=2000).aggregate["accuracy"] == 1.0
+    assert depth_order_accuracy(pred_bad, gt, "depth", num_pairs=2000).aggregate["accuracy"] == 0.0
     disp = 1.0 / gt  # disparity of the same scene: a correct depth agrees with it under kind="disparity"
-    assert ordinal_accuracy(pred_good, disp, "disparity", num_pairs=2000).aggregate["accuracy"] == 1.0
-    assert ordinal_accuracy(pred_good, disp, "depth", num_pairs=2000).aggregate["accuracy"] == 0.0
+    assert depth_order_accuracy(pred_good, disp, "disparity", num_pairs=2000).aggregate["accuracy"] == 1.0
+    assert depth_order_accuracy(pred_good, disp, "depth", num_pairs=2000).aggregate["accuracy"] == 0.0
     with pytest.raises(ValueError, match="kind"):
-        ordinal_accuracy(pred_good, gt, "inverse_depth")
+        depth_order_accuracy(pred_good, gt, "inverse_depth")
 
 
 def test_ordinal_accuracy_skips_near_ties_seeded_and_partial():
     ref = torch.ones(1, 10, 10)
     ref[0, :5] = 2.0  # two flat regions: within-region pairs are ties
     pred = torch.rand(1, 10, 10) + torch.where(ref > 1.5, 5.0, 0.0)  # correct across regions, random within
-    r = ordinal_accuracy(pred, ref, "depth", num_pairs=3000, tie_threshold=0.05, seed=3)
+    r = depth_order_accuracy(pred, ref, "depth", num_pairs=3000, tie_threshold=0.05, seed=3)
     assert r.aggregate["accuracy"] == 1.0  # all within-region (random-order) pairs were ties, skipped
     assert 1000 < r.aggregate["num_pairs"] < 2000  # about half the pairs cross regions
-    r2 = ordinal_accuracy(pred, ref, "depth", num_pairs=3000, tie_threshold=0.05, seed=3)
+    r2 = depth_order_accuracy(pred, ref, "depth", num_pairs=3000, tie_threshold=0.05, seed=3)
     assert r2.aggregate["num_pairs"] == r.aggregate["num_pairs"]
     # half of the reference swapped: about half of the cross pairs are wrong
     ref2 = ref.clone()
     ref2[0, :5, :5] = 0.5
-    acc = ordinal_accuracy(pred, ref2, "depth", num_pairs=4000).aggregate["accuracy"]
+    acc = depth_order_accuracy(pred, ref2, "depth", num_pairs=4000).aggregate["accuracy"]
     assert 0.3 < acc < 0.8
-    none = ordinal_accuracy(pred, torch.ones(1, 10, 10), "depth")
+    none = depth_order_accuracy(pred, torch.ones(1, 10, 10), "depth")
     assert math.isnan(none.aggregate["accuracy"]) and "near-tie" in none.notes["accuracy"]
 
 
@@ -418,7 +418,13 @@ def test_keypoint_pck_hand_values():
     assert r.aggregate["threshold_px"] == pytest.approx(5.0)
     torch.testing.assert_close(r.per_frame["pck"], torch.tensor([2 / 3, 0.0]))
     assert r.aggregate["pck"] == pytest.approx((2 / 3 + 0.0) / 2)
+    # Shape of Motion counts a pair without visible keypoints as 0 (correct / clamp(total, 1e-8)), in the mean
+    vis3 = torch.cat([vis, torch.zeros(1, 3, dtype=torch.bool)])
+    r3 = keypoint_pck(torch.cat([pred, pred[:1]]), torch.cat([gt, gt[:1]]), vis3, img_wh=(100, 60))
+    torch.testing.assert_close(r3.per_frame["pck"], torch.tensor([2 / 3, 0.0, 0.0]))
+    assert r3.aggregate["pck"] == pytest.approx((2 / 3 + 0.0 + 0.0) / 3)
+    assert r3.aggregate["num_empty_pairs"] == 1 and "count as 0" in r3.notes["pck"]
     empty = keypoint_pck(pred, gt, torch.zeros(2, 3, dtype=torch.bool), img_wh=(100, 60))
-    assert math.isnan(empty.aggregate["pck"]) and "no keypoint" in empty.notes["pck"]
+    assert empty.aggregate["pck"] == 0.0 and empty.aggregate["num_empty_pairs"] == 2
     with pytest.raises(ValueError, match="visible"):
         keypoint_pck(pred, gt, vis[:, :2], img_wh=(100, 60))

@@ -12,7 +12,7 @@ EXPECTED = {
     "pearson_depth_loss": ["pred", "prior", "mask", "patch_size", "num_patches", "patch_mode", "generator"],
     "depth_order_sign": ["values_a", "values_b", "kind", "min_rel_diff"],
     "modgs_ordinal_loss": ["pred_a", "pred_b", "prior_a", "prior_b", "prior_kind", "pred_kind", "alpha",
-                           "min_gap_frac", "mask"],
+                           "min_gap_frac", "mask", "prior_range"],
     "hinge_ordinal_loss": ["pred_a", "pred_b", "order_sign", "margin", "normalize"],
     "ordinal_accuracy": ["pred_a", "pred_b", "order_sign", "pred_kind"],
     "depth_consistency_loss": ["d_pred", "d_tgt", "mask", "conf_pred", "w_inside", "w_outside", "w_edge",

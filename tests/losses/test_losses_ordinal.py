@@ -86,6 +86,25 @@ class TestModgsOrdinalLoss:
             got = modgs_ordinal_loss(pred_a, pred_b, da, db, prior_kind="depth", alpha=3.0, min_gap_frac=frac)
             assert float(got) == pytest.approx(want, abs=1e-10)
 
+    def test_prior_range_from_all_masked_pixels(self):
+        # MoDGS takes the gap threshold from the depth range of ALL masked pixels, not of the sampled pairs.
+        pred_a = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+        pred_b = torch.tensor([1.02, 0.99, 1.0], dtype=torch.float64)
+        prior_a = torch.tensor([2.0, 3.0, 2.5], dtype=torch.float64)
+        prior_b = torch.tensor([2.4, 2.0, 2.45], dtype=torch.float64)
+        # sampled range 3 - 2 = 1 -> threshold 0.1 keeps pairs 0 and 1 (gaps 0.4, 1.0), drops pair 2 (0.05)
+        keep01 = (abs(math.tanh(-2.0) + 1) + abs(math.tanh(1.0) - 1)) / 2
+        got = modgs_ordinal_loss(pred_a, pred_b, prior_a, prior_b, prior_kind="depth", alpha=100.0)
+        assert float(got) == pytest.approx(keep01)
+        # the frame's depths span 0.5 .. 8.5: threshold 0.8 keeps pair 1 only
+        got = modgs_ordinal_loss(pred_a, pred_b, prior_a, prior_b, prior_kind="depth", alpha=100.0, prior_range=8.0)
+        assert float(got) == pytest.approx(abs(math.tanh(1.0) - 1))
+        # per row for (B, P) inputs
+        two = lambda x: torch.stack([x, x])  # noqa: E731
+        got = modgs_ordinal_loss(two(pred_a), two(pred_b), two(prior_a), two(prior_b), prior_kind="depth", alpha=100.0,
+                                 prior_range=torch.tensor([[1.0], [8.0]], dtype=torch.float64))
+        assert float(got) == pytest.approx((2 * keep01 + abs(math.tanh(1.0) - 1)) / 3)
+
     def test_correct_order_near_zero(self):
         _, _, da, db = _pairs()
         got = modgs_ordinal_loss(da, db, da, db, prior_kind="depth", alpha=1e4, min_gap_frac=0.1)

@@ -10,6 +10,7 @@ from flow3d.losses import (
     masked_l1_loss,
     masked_mse_loss,
     motion_acceleration_loss,
+    ray_velocity_loss,
     rgb_loss,
     se3_smoothness_loss,
     ssim_map,
@@ -170,10 +171,34 @@ class TestAccelerations:
         with pytest.raises(ValueError, match="mask has shape"):
             z_acceleration_loss(across, torch.ones(4))
 
+    def test_ray_velocity_is_soms_shipped_z_acc(self):
+        t = torch.arange(5, dtype=torch.float64)
+        along = torch.stack([torch.zeros_like(t), torch.zeros_like(t), 5 + t**2], -1)  # on the optical axis
+        # middle frames 1, 2, 3: velocities before 1, 3, 5 and after 3, 5, 7 (all along the ray)
+        assert float(ray_velocity_loss(along)) == pytest.approx((1 + 9 + 25) / 3 + (9 + 25 + 49) / 3)
+        across = torch.stack([t**2, torch.zeros_like(t), torch.full_like(t, 5.0)], -1)[None]
+        # ray r_k = (k^2, 0, 5) / sqrt(k^4 + 25); velocity (2k - 1, 0, 0) before, (2k + 1, 0, 0) after
+        before = [((2 * k - 1) * k**2) ** 2 / (k**4 + 25) for k in (1, 2, 3)]
+        after = [((2 * k + 1) * k**2) ** 2 / (k**4 + 25) for k in (1, 2, 3)]
+        assert float(ray_velocity_loss(across)) == pytest.approx(sum(before) / 3 + sum(after) / 3)
+        # unlike the acceleration form, uniform motion in depth is penalised
+        uniform = torch.stack([torch.zeros_like(t), torch.zeros_like(t), 5 + 2 * t], -1)
+        assert float(z_acceleration_loss(uniform)) == pytest.approx(0.0, abs=1e-12)
+        assert float(ray_velocity_loss(uniform)) == pytest.approx(8.0)
+        side = torch.stack([t - 2, torch.zeros_like(t), torch.zeros_like(t)], -1)  # x[2] is the camera centre
+        pts = side.clone().requires_grad_(True)
+        loss = ray_velocity_loss(pts)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(pts.grad).all()
+        assert float(ray_velocity_loss(along[:2])) == 0.0
+        with pytest.raises(ValueError, match="points_cam must be"):
+            ray_velocity_loss(along[..., :2])
+
     def test_gradcheck(self):
         x = torch.rand(2, 5, 3, dtype=torch.float64, requires_grad=True) + 1.0
         assert torch.autograd.gradcheck(motion_acceleration_loss, (x,))
         assert torch.autograd.gradcheck(z_acceleration_loss, (x,))
+        assert torch.autograd.gradcheck(ray_velocity_loss, (x,))
 
 
 class TestRgbLoss:

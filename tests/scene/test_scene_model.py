@@ -122,10 +122,13 @@ def test_strategy_grows_high_gradient_and_prunes_transparent():
     opts = {f"fg.{k}": torch.optim.Adam([p], lr=0.1) for k, p in fg.params.items()}
     strat = DensifyStrategy(DensifyConfig(refine_start=0, refine_every=1, reset_every=0, grow_grad2d=0.1, grow_scale3d=0.01), 1.0)
     state = strat.initialize_state()
-    means2d = torch.zeros(1, 6, 2, requires_grad=True)
+    leaf = torch.zeros(1, 6, 2, requires_grad=True)
+    means2d = leaf * 1.0  # a non-leaf, like a render's means2d: its grad is kept only on request
+    info = {"means2d": [means2d], "radii": [torch.ones(1, 6, dtype=torch.int32)], "img_wh": (4, 4)}
+    strat.step_pre_backward(_Model(fg), opts, state, 1, info)
     (means2d * torch.tensor([[1.0], [0], [1], [1], [0], [1]])).sum().backward()  # grads on 0, 2, 3, 5
-    radii = torch.ones(1, 6, dtype=torch.int32)
-    strat.step_post_backward(_Model(fg), opts, state, 1, [means2d], [radii], (4, 4))
+    assert means2d.grad is not None  # kept by step_pre_backward (gsplat's retain_grad)
+    strat.step_post_backward(_Model(fg), opts, state, 1, info)
     # 6, +2 duplicated (0 and 2), split 3 and 5 (each replaced by two copies: +2), then the two
     # transparent copies of 5 are pruned (-2)
     assert (fg.get_opacities() > 0.005).all()
@@ -144,6 +147,7 @@ def test_growth_stops_at_the_cap_keeping_the_largest_gradients():
     means2d = torch.zeros(1, 6, 2, requires_grad=True)
     (means2d * torch.tensor([[1.0], [3.0], [2.0], [0], [0], [0.5]])).sum().backward()  # 4 above threshold
     means_before = fg.get_means().detach().clone()
-    strat.step_post_backward(_Model(fg), opts, state, 1, [means2d], [torch.ones(1, 6, dtype=torch.int32)], (4, 4))
+    info = {"means2d": [means2d], "radii": [torch.ones(1, 6, dtype=torch.int32)], "img_wh": (4, 4)}
+    strat.step_post_backward(_Model(fg), opts, state, 1, info)
     assert fg.num_gaussians == 8  # room for 2 of the 4 candidates
     torch.testing.assert_close(fg.get_means()[6:], means_before[[1, 2]])  # the two largest gradients

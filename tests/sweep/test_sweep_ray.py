@@ -143,7 +143,7 @@ def _kill_training_once_checkpointed(trial, killed: dict, stop: threading.Event)
 
 
 def test_killed_trial_resumes_and_failing_trials_do_not_stop_the_others(ray_address, tmp_path):
-    from flow3d.train.checkpoint import load_checkpoint
+    from flow3d.checkpoint import load_checkpoint
 
     spec_doc = {"runs": {"small": SMALL + ["--save-every", "2"]}, "data": {"ok": SMALL_DATA, "bad": BAD_DATA},
                 "seeds": [0, 1], "max_steps": 6, "val_args": ["--no-video", "--max-track-queries", "2"]}

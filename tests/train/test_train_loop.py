@@ -1,5 +1,6 @@
 """The trainer on a tiny synthetic scene: it learns, it resumes exactly, it survives bad priors."""
 
+import dataclasses
 import logging
 
 import pytest
@@ -27,12 +28,8 @@ def _cfg(tmp_path, *extra):
     return parse_args(["--work-dir", str(tmp_path)] + TINY + list(extra) + DATA)
 
 
-def _clone(seq):
-    return seq.to("cpu")  # a fresh copy (the trainer sanitises its sequence in place)
-
-
 def test_training_lowers_the_loss_and_raises_psnr(tmp_path, tiny_seq):
-    tr = Trainer(_cfg(tmp_path, "--max-steps", "100"), seq=_clone(tiny_seq))
+    tr = Trainer(_cfg(tmp_path, "--max-steps", "100"), seq=tiny_seq)
     psnr0 = tr.eval_psnr(tiny_seq.train_ids)
     losses = []
     for _ in range(100):
@@ -46,16 +43,16 @@ def test_training_lowers_the_loss_and_raises_psnr(tmp_path, tiny_seq):
 
 
 def test_resume_continues_with_the_same_step_parameters_and_optimiser_state(tmp_path, tiny_seq):
-    straight = Trainer(_cfg(tmp_path / "a", "--max-steps", "30"), seq=_clone(tiny_seq))
+    straight = Trainer(_cfg(tmp_path / "a", "--max-steps", "30"), seq=tiny_seq)
     for _ in range(30):
         straight.train_step()
 
-    first = Trainer(_cfg(tmp_path / "b", "--max-steps", "30"), seq=_clone(tiny_seq))
+    first = Trainer(_cfg(tmp_path / "b", "--max-steps", "30"), seq=tiny_seq)
     for _ in range(15):  # interrupted half-way
         first.train_step()
     first.save(numbered=True)
     assert (tmp_path / "b" / "checkpoints" / "model_15.ckpt").is_file()
-    resumed = Trainer(_cfg(tmp_path / "b", "--max-steps", "30"), seq=_clone(tiny_seq))
+    resumed = Trainer(_cfg(tmp_path / "b", "--max-steps", "30"), seq=tiny_seq)
     assert resumed.step == 15
     for _ in range(15):
         resumed.train_step()
@@ -73,21 +70,27 @@ def test_resume_continues_with_the_same_step_parameters_and_optimiser_state(tmp_
 
 
 def test_nan_in_the_prior_is_masked_and_logged(tmp_path, tiny_seq, caplog):
-    seq = _clone(tiny_seq)
-    seq.prior_disp[:, :5, :5] = float("nan")
-    seq.prior_disp[0, 10, 10] = float("inf")
+    """A sequence decides its prior's validity once, on construction (every loader ends there)."""
+    bad = tiny_seq.prior_disp.clone()
+    bad[:, :5, :5] = float("nan")
+    bad[0, 10, 10] = float("inf")
+    bad[1, 10, 10] = -1.0
     with caplog.at_level(logging.WARNING, logger="flow3d"):
-        tr = Trainer(_cfg(tmp_path, "--max-steps", "5"), seq=seq)
-    assert any("NaN/Inf" in r.message and str(8 * 25 + 1) in r.message for r in caplog.records)
+        seq = dataclasses.replace(tiny_seq, prior_disp=bad)
+    assert any("NaN/Inf" in r.message and str(8 * 25 + 2) in r.message for r in caplog.records)
+    assert not seq.prior_valid[:, :5, :5].any() and (seq.prior_disp[:, :5, :5] == 0).all()
+    assert not tiny_seq.prior_disp.isnan().any()  # the loaded sequence was not touched
+    tr = Trainer(_cfg(tmp_path, "--max-steps", "5"), seq=seq)
     for _ in range(5):
         terms = tr.train_step()
         assert terms is not None and torch.isfinite(terms["total"])
 
 
 def test_non_finite_steps_are_skipped_then_stop_with_a_clear_error(tmp_path, tiny_seq, monkeypatch, caplog):
-    tr = Trainer(_cfg(tmp_path, "--max-steps", "10", "--max-nonfinite-steps", "3"), seq=_clone(tiny_seq))
+    tr = Trainer(_cfg(tmp_path, "--max-steps", "10", "--max-nonfinite-steps", "3"), seq=tiny_seq)
     before = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
-    monkeypatch.setitem(T.TERMS, "mask", lambda ctx: torch.tensor(float("nan")))
+    nan = lambda ctx: torch.tensor(float("nan"))  # noqa: E731
+    tr.terms = tuple(dataclasses.replace(t, fn=nan) if t.name == "mask" else t for t in tr.terms)
     with caplog.at_level(logging.WARNING, logger="flow3d"):
         assert tr.train_step() is None
         assert tr.train_step() is None
@@ -98,17 +101,30 @@ def test_non_finite_steps_are_skipped_then_stop_with_a_clear_error(tmp_path, tin
         tr.train_step()
 
 
-def test_a_term_with_weight_zero_is_not_computed():
+def test_the_terms_table_matches_the_weight_fields_and_skips_weight_zero():
+    from flow3d.config import LossConfig
+
+    weights = T.check_weights(LossConfig())
+    assert set(weights) == {t.name for t in T.TERMS}
+    assert all(t.weight in {f.name for f in dataclasses.fields(LossConfig)} for t in T.TERMS)
+    # a weight field without a term (e.g. a misspelt one) and a term without a field are errors
+    typo = dataclasses.make_dataclass("TypoLossConfig", [("w_smooth_track", float, 1.0)], bases=(LossConfig,))
+    with pytest.raises(ValueError, match=r"weight fields \['w_smooth_track'\] that no loss term reads"):
+        T.check_weights(typo())
+    extra = T.TERMS + (T.Term("probe", lambda ctx: torch.tensor(1.0), "w_probe"),)
+    with pytest.raises(ValueError, match=r"loss terms \['probe'\] have no weight field"):
+        T.check_weights(LossConfig(), extra)
+    with pytest.raises(ValueError, match="listed twice"):
+        T.check_weights(LossConfig(), T.TERMS + T.TERMS[:1])
+    # weight 0: not in the active set, so never called
     called = []
-    T.TERMS["_probe"] = lambda ctx: called.append(1) or torch.tensor(1.0)
-    try:
-        assert "_probe" not in T.compute_terms(None, {"_probe": 0.0})
-        assert called == []
-        assert float(T.compute_terms(None, {"_probe": 2.0})["_probe"]) == 1.0 and called == [1]
-        with pytest.raises(ValueError, match="every loss weight is zero"):
-            T.weighted_total({}, {})
-    finally:
-        T.TERMS.pop("_probe")
+    probes = (T.Term("a", lambda ctx: called.append("a") or torch.tensor(1.0), "w_a"),
+              T.Term("b", lambda ctx: called.append("b") or torch.tensor(2.0), "w_b"))
+    active = T.active_terms({"a": 0.0, "b": 3.0}, probes)
+    values = T.compute_terms(None, active)
+    assert called == ["b"] and float(T.weighted_total(values, {"a": 0.0, "b": 3.0})) == 6.0
+    with pytest.raises(ValueError, match="every loss weight is zero"):
+        T.weighted_total({}, {})
 
 
 def test_users_command_runs_end_to_end(tmp_path):

@@ -25,7 +25,7 @@ def work_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(work_dir):
     """(TrainedRun, VideoSequence) of ``work_dir``'s last checkpoint on the CPU."""
-    from flow3d.scene.load import load_trained_run
+    from flow3d.vis.load import load_trained_run
 
     run = load_trained_run(work_dir, "last", device="cpu")
     return run, run.load_sequence()

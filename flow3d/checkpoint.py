@@ -1,23 +1,21 @@
-"""Checkpoints: written to a temporary name and renamed, loaded on any device with clear errors."""
+"""Checkpoints: written atomically (:mod:`flow3d.fileio`), resolved from a step or ``last``, loaded on any
+device with clear errors. Used by the trainer (save, resume) and by every command that reads a work dir."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
+
+from flow3d.fileio import torch_save
 
 CKPT_RE = re.compile(r"^model_(\d+)\.ckpt$")
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     """``torch.save`` to ``path`` atomically (a crash never leaves a half-written checkpoint)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    torch_save(path, payload)
 
 
 def available_steps(ckpt_dir: Path) -> list[int]:

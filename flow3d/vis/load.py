@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flow3d.checkpoint import load_checkpoint, resolve_checkpoint
 from flow3d.config import TrainConfig, load_config
-from flow3d.data.sequence import VideoSequence
+from flow3d.data import VideoSequence
+from flow3d.device import pick_device
 from flow3d.log import get_logger
 from flow3d.scene.gaussians import GaussianParams
 from flow3d.scene.model import SceneModel
-from flow3d.train.checkpoint import load_checkpoint, resolve_checkpoint
-from flow3d.train.trainer import pick_device
 
 logger = get_logger(__name__)
 
