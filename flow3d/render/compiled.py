@@ -16,6 +16,7 @@ and source by ``torch.utils.cpp_extension`` (needs a C++ compiler and ninja) int
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -23,6 +24,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -84,13 +86,28 @@ def _missing_tool() -> str | None:
     return None
 
 
-def _build_and_load(build_dir: Path) -> None:
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """Serialise builders of one library across processes with ``flock``: the OS drops the lock when its
+    holder dies, so a build killed half-way (Ctrl-C, kill -9, a test timeout) never blocks later processes
+    (torch's own lock file would stay behind and make every later ``load`` wait forever)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; concurrent first builds then each build privately (below)
+        yield
+        return
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _compile(name: str, build_dir: Path) -> None:
+    """Build and load the library in ``build_dir`` with torch's cpp_extension, quietly."""
     from torch.utils.cpp_extension import load
 
-    name = build_dir.name
-    build_dir.mkdir(parents=True, exist_ok=True)
-    if not (build_dir / f"{name}.so").exists():
-        logger.info("building the compiled CPU rasterizer (once per machine and torch version; about a minute) in %s", build_dir)
     # torch's own build warnings (e.g. "compiler not compatible") would add lines to our one-line verdict
     torch_log = logging.getLogger("torch.utils.cpp_extension")
     level = torch_log.level
@@ -109,6 +126,32 @@ def _build_and_load(build_dir: Path) -> None:
             )
     finally:
         torch_log.setLevel(level)
+
+
+def _build_and_load(build_dir: Path) -> None:
+    """Load ``build_dir/<name>.so``, building it first when missing.
+
+    The build runs in a private temporary folder beside ``build_dir`` under an ``flock``; the finished
+    library is moved into place with one atomic rename, so another process sees either no library or a
+    whole one, and a killed build leaves only a temporary folder (removed by the next build)."""
+    name = build_dir.name
+    library = build_dir / f"{name}.so"
+    if not library.exists():
+        build_dir.parent.mkdir(parents=True, exist_ok=True)
+        with _build_lock(build_dir.parent / f"{name}.lock"):
+            for stale in build_dir.parent.glob(f".{name}-build-*"):  # left by a killed build
+                shutil.rmtree(stale, ignore_errors=True)
+            if not library.exists():
+                logger.info("building the compiled CPU rasterizer (once per machine and torch version; about a minute) in %s", build_dir)
+                tmp = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=build_dir.parent))
+                try:
+                    _compile(name, tmp)  # also loads the library (from tmp; the mapping survives the rename)
+                    build_dir.mkdir(exist_ok=True)
+                    os.replace(tmp / f"{name}.so", library)
+                    return
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    torch.ops.load_library(str(library))
 
 
 def load_extension() -> bool:

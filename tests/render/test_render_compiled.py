@@ -287,3 +287,48 @@ def test_disabled_compiled_backend_falls_back_without_building(tmp_path):
     assert r.returncode == 0, r.stderr
     assert sum("disabled by FLOW3D_DISABLE_COMPILED" in ln for ln in r.stderr.splitlines()) == 1, r.stderr
     assert not (tmp_path / "ext").exists()  # nothing was built
+
+
+def test_killed_build_never_blocks_the_next_one(tmp_path, monkeypatch):
+    """A builder killed half-way (its flock held, its temporary folder and torch's own ``lock`` file left
+    behind) must not make the next process wait: the OS drops the flock with the dead process, the stale
+    folder is removed, and the finished library appears by one rename in the final folder."""
+    from flow3d.render import compiled
+
+    name = "flow3d_raster_test0000"
+    root = tmp_path / "ext"
+    root.mkdir()
+    stale = root / f".{name}-build-dead"
+    stale.mkdir()
+    (stale / "lock").write_text("")  # torch's baton of the killed build
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import fcntl, sys, time
+            fh = open({str(root / (name + '.lock'))!r}, "a+b")
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            print("locked", flush=True)
+            time.sleep(600)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        holder.kill()  # kill -9 while holding the build lock
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    compiled_in, loaded = [], []
+
+    def fake_compile(n, build_dir):
+        compiled_in.append(build_dir)
+        (build_dir / f"{n}.so").write_bytes(b"library")
+
+    monkeypatch.setattr(compiled, "_compile", fake_compile)
+    monkeypatch.setattr(compiled.torch.ops, "load_library", lambda p: loaded.append(p))
+    compiled._build_and_load(root / name)  # would hang forever on a stale lock
+    assert len(compiled_in) == 1 and compiled_in[0].parent == root and compiled_in[0].name.startswith(f".{name}-build-")
+    assert (root / name / f"{name}.so").read_bytes() == b"library"
+    assert not stale.exists() and not compiled_in[0].exists()  # no temporary folder left
+    compiled._build_and_load(root / name)  # second process: loads the finished library, builds nothing
+    assert len(compiled_in) == 1 and loaded == [str(root / name / f"{name}.so")]
