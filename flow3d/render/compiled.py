@@ -136,22 +136,28 @@ def _build_and_load(build_dir: Path) -> None:
     whole one, and a killed build leaves only a temporary folder (removed by the next build)."""
     name = build_dir.name
     library = build_dir / f"{name}.so"
-    if not library.exists():
-        build_dir.parent.mkdir(parents=True, exist_ok=True)
-        with _build_lock(build_dir.parent / f"{name}.lock"):
-            for stale in build_dir.parent.glob(f".{name}-build-*"):  # left by a killed build
-                shutil.rmtree(stale, ignore_errors=True)
-            if not library.exists():
-                logger.info("building the compiled CPU rasterizer (once per machine and torch version; about a minute) in %s", build_dir)
-                tmp = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=build_dir.parent))
-                try:
-                    _compile(name, tmp)  # also loads the library (from tmp; the mapping survives the rename)
-                    build_dir.mkdir(exist_ok=True)
-                    os.replace(tmp / f"{name}.so", library)
-                    return
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-    torch.ops.load_library(str(library))
+    if library.exists():
+        try:
+            torch.ops.load_library(str(library))
+            return
+        except (OSError, RuntimeError) as err:  # e.g. a library truncated by an older, killed build
+            logger.warning("cannot load %s (%s): rebuilding it", library, _short_reason(err))
+            library.unlink(missing_ok=True)
+    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(build_dir.parent / f"{name}.lock"):
+        for stale in build_dir.parent.glob(f".{name}-build-*"):  # left by a killed build
+            shutil.rmtree(stale, ignore_errors=True)
+        if not library.exists():
+            logger.info("building the compiled CPU rasterizer (once per machine and torch version; about a minute) in %s", build_dir)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=build_dir.parent))
+            try:
+                _compile(name, tmp)  # also loads the library (from tmp; the mapping survives the rename)
+                build_dir.mkdir(exist_ok=True)
+                os.replace(tmp / f"{name}.so", library)
+                return
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    torch.ops.load_library(str(library))  # built meanwhile by another process
 
 
 def load_extension() -> bool:

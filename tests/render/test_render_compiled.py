@@ -301,6 +301,8 @@ def test_killed_build_never_blocks_the_next_one(tmp_path, monkeypatch):
     stale = root / f".{name}-build-dead"
     stale.mkdir()
     (stale / "lock").write_text("")  # torch's baton of the killed build
+    (root / name).mkdir()
+    (root / name / "lock").write_text("")  # torch's baton left in the final folder by an older layout's build
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import fcntl, sys, time
@@ -332,3 +334,25 @@ def test_killed_build_never_blocks_the_next_one(tmp_path, monkeypatch):
     assert not stale.exists() and not compiled_in[0].exists()  # no temporary folder left
     compiled._build_and_load(root / name)  # second process: loads the finished library, builds nothing
     assert len(compiled_in) == 1 and loaded == [str(root / name / f"{name}.so")]
+
+
+def test_a_library_that_does_not_load_is_rebuilt_once(tmp_path, monkeypatch):
+    """A truncated library (an older build killed while linking) is replaced, not a permanent fallback."""
+    from flow3d.render import compiled
+
+    name = "flow3d_raster_test0001"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / f"{name}.so").write_bytes(b"trunc")
+    compiled_in, loaded = [], []
+
+    def fake_load(path):
+        if Path(path).read_bytes() == b"trunc":
+            raise OSError(f"{path}: file too short")
+        loaded.append(path)
+
+    monkeypatch.setattr(compiled, "_compile", lambda n, d: (compiled_in.append(d), (d / f"{n}.so").write_bytes(b"whole")))
+    monkeypatch.setattr(compiled.torch.ops, "load_library", fake_load)
+    compiled._build_and_load(tmp_path / name)
+    assert len(compiled_in) == 1 and (tmp_path / name / f"{name}.so").read_bytes() == b"whole"
+    compiled._build_and_load(tmp_path / name)
+    assert len(compiled_in) == 1 and loaded == [str(tmp_path / name / f"{name}.so")]
