@@ -29,9 +29,8 @@ def data_args(root: Path, *extra: str) -> list[str]:
 
 
 def child_env(**extra: str) -> dict:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "FLOW3D_DEBUG"}
     env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra})
-    env.pop("FLOW3D_DEBUG", None)
     return env
 
 
