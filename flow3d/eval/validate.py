@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from flow3d.checkpoint import load_checkpoint, resolve_checkpoint
 from flow3d.config import config_to_dict, load_config
-from flow3d.data import DataConfig, SyntheticDataConfig
+from flow3d.data import DataConfig, SyntheticDataConfig, check_same_content
 from flow3d.depth import disp_to_depth, is_valid
 from flow3d.device import pick_device
 from flow3d.eval.metrics import (
@@ -374,6 +374,7 @@ def evaluate(cfg: ValConfig) -> ValResult:
     bg = torch.tensor(train_cfg.bg_color, device=device, dtype=torch.float32)
 
     seq = cfg.data.load()
+    check_same_content(payload.get("data"), seq, ckpt_path)  # the data it was trained on (recorded since issue 14)
     if payload.get("camera_refine") is not None:  # cameras corrected during training (--optim.refine-cameras)
         from flow3d.scene.camera_refine import apply_to_sequence
 

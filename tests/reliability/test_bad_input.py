@@ -160,6 +160,14 @@ def test_run_val_cfg_with_out_of_range_value(work):
     main_error(run_val.main, ["--work-dir", str(work), "--no-video"], "cfg.yaml", "max_steps")
 
 
+def test_run_val_on_other_images_is_one_error(work, clip_root, tmp_path):
+    moved = shutil.copytree(clip_root, tmp_path / "moved")
+    png = moved / "images" / SEQ / "00002.png"
+    cv2.imwrite(str(png), 255 - cv2.imread(str(png)))
+    argv = ["--work-dir", str(work), "--no-video", *data_args(moved, "--data.is-train", "False")]
+    main_error(run_val.main, argv, "last.ckpt", "does not match the data", "frame 2")
+
+
 def test_run_val_missing_step(work):
     main_error(run_val.main, ["--work-dir", str(work), "--model", "999", "--no-video"], "model_999.ckpt")
 
