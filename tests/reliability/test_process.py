@@ -204,11 +204,11 @@ def _dead_pid() -> int:
 
 def test_stale_temporaries_removed_and_corrupt_cache_rebuilt(work, trained, clip_root, tmp_path, caplog):
     cache = tmp_path / "cache"
-    cache.mkdir()
-    entries = sorted(Path(data_cache.default_cache_dir()).glob("clip_*.npz"))
-    assert entries, "the trained fixture wrote a cache entry"
-    broken = cache / entries[0].name
-    broken.write_bytes(entries[0].read_bytes()[:300])  # BadZipFile on reading
+    data = data_args(clip_root, "--data.cache-dir", str(cache))
+    data_cache.clear_memo()  # an earlier case may hold this clip in memory
+    run_training.parse_args(["--work-dir", str(work), *data]).data.load()  # writes the cache entry
+    (broken,) = cache.glob("clip_*.npz")
+    broken.write_bytes(broken.read_bytes()[:300])  # BadZipFile on reading
     tag = owner_tag().rsplit("-", 1)[0] + f"-{_dead_pid()}"
     stale = [cache / f".clip_x.{tag}.abcd.tmp.npz", work / "checkpoints" / f".last.{tag}.efgh.tmp.ckpt",
              work / f".train_stats.{tag}.ijkl.tmp.json"]
@@ -218,8 +218,7 @@ def test_stale_temporaries_removed_and_corrupt_cache_rebuilt(work, trained, clip
     live.write_bytes(b"in progress")
     data_cache.clear_memo()
     with caplog.at_level(logging.WARNING, logger="flow3d"):
-        stats = run_training.main(["--work-dir", str(work), *FAST, "--max-steps", "6", "--save-every", "0",
-                                   *data_args(clip_root, "--data.cache-dir", str(cache))])
+        stats = run_training.main(["--work-dir", str(work), *FAST, "--max-steps", "6", "--save-every", "0", *data])
     assert stats["steps"] == 6
     assert not any(p.exists() for p in stale) and live.exists()
     msgs = " ".join(r.getMessage() for r in caplog.records)
