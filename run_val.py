@@ -7,12 +7,12 @@
 in OUT/cfg.yaml is used (``--data.*`` options still override it). Everything is written to
 OUT/val/<step>/ (metrics.json, per_frame.csv, per_frame.png, depth.mp4, contact_sheet.png, depth/ with
 --save-depth); the flows of the temporal-consistency metric are cached in OUT/flow_cache/.
+Errors are one line (exit code 1); --debug (or FLOW3D_DEBUG=1) shows the traceback.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 # torch's OpenMP threads otherwise spin against OpenCV's thread pool (see run_training.py).
 # Must be set before torch is imported.
@@ -21,19 +21,25 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from flow3d.log import setup_logging  # noqa: E402
 
 
-def main(argv: list[str] | None = None):
+def _main(argv: list[str]):
     from flow3d.eval.report import format_table
     from flow3d.eval.validate import evaluate, parse_val_args
 
-    cfg = parse_val_args(sys.argv[1:] if argv is None else argv, description=__doc__)
+    cfg = parse_val_args(argv, description=__doc__)
     setup_logging()
-    try:
-        result = evaluate(cfg)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    result = evaluate(cfg)
     print(f"step {result.step}, {result.notes.get('num_views', '')}: {result.out_dir}")
     print(format_table(result.aggregate, result.notes))
     return result
+
+
+def main(argv: list[str] | None = None):
+    """The command (``argv`` defaults to ``sys.argv[1:]``); returns the evaluation result. Failures leave
+    through ``SystemExit`` with one ``error: ...`` line (:func:`flow3d.cli.run_main`; ``--debug`` shows the
+    traceback)."""
+    from flow3d.cli import run_main
+
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

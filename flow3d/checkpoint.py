@@ -1,14 +1,21 @@
 """Checkpoints: written atomically (:mod:`flow3d.fileio`), resolved from a step or ``last``, loaded on any
-device with clear errors. Used by the trainer (save, resume) and by every command that reads a work dir."""
+device with clear errors. Used by the trainer (save, resume) and by every command that reads a work dir.
+
+A training resumes from :func:`resume_point`: ``last.ckpt``, or the newest intact ``model_<step>.ckpt``
+when ``last.ckpt`` is unreadable (it is then kept aside as ``last.ckpt.unreadable``) or missing."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from flow3d.fileio import torch_save
+from flow3d.fileio import set_aside, torch_save
+from flow3d.log import get_logger
+
+logger = get_logger(__name__)
 
 CKPT_RE = re.compile(r"^model_(\d+)\.ckpt$")
 
@@ -48,3 +55,41 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not isinstance(payload, dict) or "model" not in payload or "step" not in payload:
         raise ValueError(f"checkpoint {path} is not a flow3d checkpoint (expected a dict with 'model' and 'step')")
     return payload
+
+
+def resume_point(ckpt_dir: Path) -> Optional[tuple[Path, dict]]:
+    """(path, payload) of the checkpoint a training in ``ckpt_dir`` resumes from, or None for a new training.
+
+    ``last.ckpt`` when it loads. When it is unreadable (truncated, corrupt) or missing while numbered
+    checkpoints exist, the newest ``model_<step>.ckpt`` that loads, with a warning naming both files; an
+    unreadable ``last.ckpt`` is renamed ``last.ckpt.unreadable`` (kept for the user, never read again).
+    ``ValueError`` when checkpoints exist but none loads.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    last = ckpt_dir / "last.ckpt"
+    problem = None
+    if last.is_file():
+        try:
+            return last, load_checkpoint(last)
+        except ValueError as e:
+            problem = str(e)
+    steps = available_steps(ckpt_dir)
+    if problem is None and not steps:
+        return None
+    for step in reversed(steps):
+        path = ckpt_dir / f"model_{step}.ckpt"
+        try:
+            payload = load_checkpoint(path)
+        except ValueError as e:
+            logger.warning("%s", e)
+            continue
+        if problem is not None:
+            aside = set_aside(last, "unreadable")
+            logger.warning("%s; resuming from %s (step %d), the newest intact checkpoint; the unreadable file is kept as %s",
+                           problem, path, int(payload["step"]), aside.name)
+        else:
+            logger.warning("no %s: resuming from %s (step %d), the newest intact checkpoint", last, path, int(payload["step"]))
+        return path, payload
+    what = f"{problem}, and no" if problem is not None else "no"
+    raise ValueError(f"{what} intact model_<step>.ckpt is left in {ckpt_dir} to resume from: move the folder away "
+                     "to start a new training")

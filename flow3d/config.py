@@ -12,18 +12,22 @@ A preset is a YAML file of nested overrides of :class:`TrainConfig`'s defaults, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
 from flow3d.data import DataConfig, SyntheticDataConfig
 from flow3d.fileio import write_text
+from flow3d.log import get_logger
 from flow3d.scene.init import InitConfig
 from flow3d.scene.strategy import DensifyConfig
+
+logger = get_logger(__name__)
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -315,27 +319,197 @@ def config_to_dict(obj) -> Any:
     return obj
 
 
+DATA_FIELDS_NOT_RECORDED = ("is_train", "cache_dir", "use_cache", "root_dir", "data_dir")
+"""Data config fields that do not change what is loaded (the split scored, the cache, where the files are:
+moving the data folder keeps a training resumable; its content is checked instead)."""
+
+
+def data_config_record(data_cfg) -> dict:
+    """The data config as a checkpoint records it: the subcommand (``kind``) and every field that changes the
+    loaded data (:func:`flow3d.data.check_data_config` compares it at resume)."""
+    return {k: v for k, v in config_to_dict(data_cfg).items() if k not in DATA_FIELDS_NOT_RECORDED}
+
+
+END_MARKER = "# end of the flow3d config"
+"""The last line :func:`save_config` writes: a ``cfg.yaml`` without it was cut short (or is older than it)."""
+
+
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    """Write ``cfg`` as YAML to ``path`` atomically (read back with :func:`load_config`)."""
-    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """Write ``cfg`` as YAML to ``path`` atomically, ending with :data:`END_MARKER` (read back with
+    :func:`load_config`)."""
+    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False) + END_MARKER + "\n")
+
+
+def missing_fields(data: dict, cls=None, prefix: str = "") -> list[str]:
+    """Dotted names of the fields of ``cls`` (default :class:`TrainConfig`; nested configs and the data
+    subcommand named by ``data.kind`` included) that the mapping ``data`` lacks."""
+    cls = cls or TrainConfig
+    out = []
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        if f.name not in data and f.name.replace("_", "-") not in data:
+            out.append(name)
+            continue
+        value = data.get(f.name, data.get(f.name.replace("_", "-")))
+        tp = hints[f.name]
+        if f.name == "data" and cls is TrainConfig and isinstance(value, dict):
+            kind = data_kinds().get(value.get("kind"))
+            out += missing_fields(value, kind, name + ".") if kind else [name + ".kind"]
+        elif _is_dataclass_type(tp) and isinstance(value, dict):
+            out += missing_fields(value, tp, name + ".")
+    return out
 
 
 def load_config(path: Path) -> TrainConfig:
-    """Read a ``cfg.yaml`` written by :func:`save_config`."""
+    """Read a ``cfg.yaml`` written by :func:`save_config`; its values are range-checked (:func:`validate_config`).
+
+    A file cut short is an error naming the missing fields. A complete file written by an older flow3d
+    (it ends with :data:`END_MARKER` but lacks newer fields) gets their defaults, with a warning naming them.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-    return apply_overrides(TrainConfig(), data, where=str(path))
+    missing = missing_fields(data)
+    if missing:
+        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
+        if text.rstrip().endswith(END_MARKER):
+            logger.warning("config file %s lacks %d field(s) of this flow3d version; using their defaults: %s",
+                           path, len(missing), shown)
+        else:
+            raise ValueError(
+                f"config file {path} is cut short: missing field(s) {shown} (the file was truncated or edited; "
+                "restore it, or write it again with run_training.py)"
+            )
+    cfg = apply_overrides(TrainConfig(), data, where=str(path))
+    validate_config(cfg, where=f"config file {path}")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------- range checks
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An allowed range of a number: ``lo``/``hi`` bounds (None = open-ended), ``*_open`` for a strict bound."""
+
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def ok(self, x: float) -> bool:
+        if not math.isfinite(x):
+            return False
+        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
+            return False
+        return self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return "a finite number"
+
+
+ANY = Rule()
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Rule(0), Rule(1), Rule(0, lo_open=True)
+FRACTION, QUANTILE, UNIT = Rule(0, 1, hi_open=True), Rule(0, 1, lo_open=True), Rule(0, 1)
+ANGLE = Rule(0, 180, lo_open=True, hi_open=True)
+
+RULES: dict[str, Rule] = {
+    # training
+    "max_steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "num_targets": AT_LEAST_1, "seed": AT_LEAST_0,
+    "save_every": AT_LEAST_0, "log_every": AT_LEAST_1, "image_every": AT_LEAST_0, "max_nonfinite_steps": AT_LEAST_1,
+    "bg_color": UNIT,
+    # init, densify, optim
+    "num_fg": AT_LEAST_1, "num_bg": AT_LEAST_0, "num_motion_bases": AT_LEAST_1, "init_fit_steps": AT_LEAST_0,
+    "init_fit_lr": POSITIVE, "init_opacity": Rule(0, 1, lo_open=True, hi_open=True),
+    "refine_start": AT_LEAST_0, "refine_stop": AT_LEAST_0, "refine_every": AT_LEAST_1, "reset_every": AT_LEAST_0,
+    "grow_grad2d": AT_LEAST_0, "grow_scale3d": AT_LEAST_0, "prune_opa": FRACTION, "prune_scale3d": AT_LEAST_0,
+    "max_gaussians": AT_LEAST_1, "lr_final_factor": POSITIVE,
+    # losses and depth order
+    "track_gap_tau": AT_LEAST_0, "num_track_samples": AT_LEAST_1, "num_smooth_samples": AT_LEAST_1,
+    "num_pairs": AT_LEAST_1, "local_radius": AT_LEAST_1, "min_rel_diff": FRACTION, "neighbor_stride": AT_LEAST_1,
+    "hinge_margin": ANY, "modgs_alpha": POSITIVE, "modgs_min_gap_frac": FRACTION, "modgs_num_pairs": AT_LEAST_1,
+    "pearson_patch_size": AT_LEAST_0, "pearson_num_patches": AT_LEAST_1, "depth_aware_warmup": AT_LEAST_0,
+    # data
+    "val_every": AT_LEAST_0, "num_frames": AT_LEAST_1, "width": Rule(8), "height": Rule(8), "num_objects": AT_LEAST_0,
+    "num_instruments": AT_LEAST_0, "tissue_pull": ANY, "fov_deg": ANGLE, "camera_motion": AT_LEAST_0,
+    "track_grid_step": AT_LEAST_1, "track_query_stride": AT_LEAST_1, "track_noise_px": AT_LEAST_0,
+    "prior_scale_drift": ANY, "prior_shift_drift": ANY, "prior_blur_px": AT_LEAST_0, "prior_noise": AT_LEAST_0,
+    "max_tracks_per_query": AT_LEAST_0, "start": AT_LEAST_0, "end": Rule(-1), "depth_png_scale": POSITIVE,
+    "constant_depth": POSITIVE, "focal_length": POSITIVE, "default_fov_deg": ANGLE, "flow_grid_step": AT_LEAST_1,
+    "flow_query_stride": AT_LEAST_1, "downscale": AT_LEAST_1, "factor": AT_LEAST_1, "depth_scale": POSITIVE,
+    "prior_png_scale": POSITIVE,
+}
+"""Allowed range of every number of the config tree, by field name. Names not listed here take the rule of
+their pattern (:func:`rule_for`); a test checks that every numeric field has one."""
+
+
+def rule_for(name: str) -> Optional[Rule]:
+    """The rule of a field: :data:`RULES`, else loss weights ``w_*`` and learning rates ``lr_*`` >= 0,
+    ``*_quantile`` in (0, 1]; None for a field without one."""
+    if name in RULES:
+        return RULES[name]
+    if name.startswith(("w_", "lr_")):
+        return AT_LEAST_0
+    if name.endswith("_quantile"):
+        return QUANTILE
+    return None
+
+
+def flag_name(path: str) -> str:
+    """``losses.w_rgb`` -> ``--losses.w-rgb`` (the command-line flag of a config field)."""
+    return "--" + path.replace("_", "-")
+
+
+def _range_errors(obj, prefix: str) -> list[tuple[str, str]]:
+    """(dotted field, what is wrong) for every number of the dataclass ``obj`` (recursively) outside its rule."""
+    errors = []
+    for f in dataclasses.fields(obj):
+        value, path = getattr(obj, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            errors += _range_errors(value, path + ".")
+            continue
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        rule = rule_for(f.name)
+        if not numbers or rule is None:
+            continue
+        bad = [v for v in numbers if not rule.ok(float(v))]
+        if bad:
+            errors.append((path, f"must be {rule}, got {value!r}"))
+    data = getattr(obj, "data", None) if not prefix else None
+    end, start = getattr(data, "end", None), getattr(data, "start", None)
+    if isinstance(end, int) and isinstance(start, int) and end != -1 and end <= start:
+        errors.append(("data.end", f"must be -1 (to the last frame) or > --data.start ({start}), got {end}"))
+    return errors
+
+
+def validate_config(cfg: TrainConfig, where: Optional[str] = None) -> TrainConfig:
+    """Range-check every number of ``cfg`` (:data:`RULES`); one ``ValueError`` naming each field outside
+    its range, as a flag (``--max-steps must be >= 1, got -5``) or, with ``where``, as a field of that file.
+    Returns ``cfg``. Called by ``run_training.py`` before anything loads, and by :func:`load_config`."""
+    errors = _range_errors(cfg, "")
+    if not errors:
+        return cfg
+    parts = [f"{flag_name(p) if where is None else p} {msg}" for p, msg in errors]
+    raise ValueError((f"{where}: " if where else "") + "; ".join(parts))
 
 
 __all__ = [
     "TrainConfig", "LossConfig", "DepthOrderConfig", "OptimConfig", "InitConfig", "DensifyConfig", "DataConfig",
     "load_preset", "apply_overrides", "save_config", "load_config", "config_to_dict", "available_presets",
+    "validate_config", "missing_fields", "data_config_record", "rule_for", "flag_name", "RULES", "END_MARKER",
 ]

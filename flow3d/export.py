@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from flow3d.cli import run_main
 from flow3d.fileio import write_bytes
 from flow3d.log import get_logger, setup_logging
 from flow3d.scene.model import SceneModel
@@ -184,18 +184,21 @@ def _write_trajectories(path: Path, model: SceneModel, seq, min_opacity: float) 
     return {"file": path.name, "num_gaussians": int(means.shape[0]), "num_frames": int(means.shape[1])}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _main(argv: list[str]) -> dict:
     import tyro
 
-    cfg = tyro.cli(ExportConfig, args=sys.argv[1:] if argv is None else argv, description=__doc__)
+    cfg = tyro.cli(ExportConfig, args=argv, description=__doc__)
     setup_logging()
-    try:
-        summary = export(cfg)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    summary = export(cfg)
     n = len(summary["per_frame"])
     print(f"exported {n} frame(s) (step {summary['step']}) to {cfg.out_dir}")
     return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The command (``argv`` defaults to ``sys.argv[1:]``). Failures leave through ``SystemExit`` with one
+    ``error: ...`` line (:func:`flow3d.cli.run_main`; ``--debug`` or ``FLOW3D_DEBUG=1`` shows the traceback)."""
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ The mp4 is written atomically.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Optional
@@ -30,6 +29,7 @@ import numpy as np
 from torch import Tensor
 from tqdm import tqdm
 
+from flow3d.cli import run_main
 from flow3d.eval.video import colorize_depth, depth_range_for_video, depth_video_frame, to_uint8_rgb, write_video
 from flow3d.log import get_logger, setup_logging
 from flow3d.vis.camera_paths import (
@@ -172,17 +172,20 @@ def render_video(cfg: VideoConfig) -> Path:
     return write_video(out, video_frames(run, plan, depth_range), fps=cfg.fps)
 
 
-def main(argv: list[str] | None = None) -> Path:
+def _main(argv: list[str]) -> Path:
     import tyro
 
-    cfg = tyro.cli(VideoConfig, args=sys.argv[1:] if argv is None else argv, description=__doc__)
+    cfg = tyro.cli(VideoConfig, args=argv, description=__doc__)
     setup_logging()
-    try:
-        path = render_video(cfg)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    path = render_video(cfg)
     print(f"wrote {path}")
     return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """The command (``argv`` defaults to ``sys.argv[1:]``). Failures leave through ``SystemExit`` with one
+    ``error: ...`` line (:func:`flow3d.cli.run_main`; ``--debug`` or ``FLOW3D_DEBUG=1`` shows the traceback)."""
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ machines too (by default only this one). Stop with Ctrl+C.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from flow3d.cli import run_main
 from flow3d.log import get_logger, setup_logging
 
 logger = get_logger("flow3d.view")  # not __name__: "__main__" under python -m
@@ -61,14 +61,17 @@ def start_viewer(cfg: ViewConfig):
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command (``argv`` defaults to ``sys.argv[1:]``). Failures leave through ``SystemExit`` with one
+    ``error: ...`` line (:func:`flow3d.cli.run_main`; ``--debug`` or ``FLOW3D_DEBUG=1`` shows the traceback)."""
+    run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> None:
     import tyro
 
-    cfg = tyro.cli(ViewConfig, args=sys.argv[1:] if argv is None else argv, description=__doc__)
+    cfg = tyro.cli(ViewConfig, args=argv, description=__doc__)
     setup_logging()
-    try:
-        viewer = start_viewer(cfg)
-    except (ValueError, OSError) as e:
-        raise SystemExit(f"error: {e}") from None
+    viewer = start_viewer(cfg)
     host = "localhost" if cfg.host in ("127.0.0.1", "0.0.0.0") else cfg.host
     print(f"viewer of {cfg.work_dir} (step {viewer.run.step}) at http://{host}:{viewer.port}  (Ctrl+C to stop)", flush=True)
     try:

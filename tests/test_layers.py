@@ -3,8 +3,9 @@
 Read from the source with ``ast`` (every ``import`` counts, also the ones inside functions), so the test
 sees what a reader sees, not only what happens to be imported at start-up. The layers, lowest first:
 
-    base        log, geometry, depth, fileio, device      (import nothing of flow3d but each other's
-                checkpoint                                  lower entries)
+    base        log, geometry, depth, fileio, device,     (import nothing of flow3d but each other's
+                errors, cli                                 lower entries)
+                checkpoint, workdir
     libraries   losses, render, flow                       (independent of each other)
     cameras     camera estimation from the video (uses flow: static tracks)
     data        the loaders (may use flow: chained tracks; cameras: poses when the file is missing)
@@ -28,8 +29,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "flow3d"
 
 RANKS = {
-    "flow3d": 0, "log": 0, "geometry": 0, "depth": 0, "fileio": 0, "device": 0,
-    "checkpoint": 1,
+    "flow3d": 0, "log": 0, "geometry": 0, "depth": 0, "fileio": 0, "device": 0, "errors": 0, "cli": 0,
+    "checkpoint": 1, "workdir": 1,
     "losses": 2, "render": 2, "flow": 2,
     "cameras": 3,
     "data": 4,
@@ -39,7 +40,7 @@ RANKS = {
     "train": 8, "vis": 8,
     "benchmarks": 9, "export": 9, "render_video": 9, "view": 9, "sweep": 9,
 }
-BASE = {"flow3d", "log", "geometry", "depth", "fileio", "device"}  # leaf modules; may import each other
+BASE = {"flow3d", "log", "geometry", "depth", "fileio", "device", "errors", "cli"}  # leaf modules; may import each other
 
 
 def _modules() -> dict[str, Path]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from flow3d.data.sequence import HeldOutViews, VideoSequence
-from flow3d.fileio import np_savez
+from flow3d.fileio import np_savez, remove_stale_temporaries
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -62,21 +62,38 @@ def clear_memo() -> None:
 def cached_sequence(key: str, path: Optional[Path], build: Callable[[], VideoSequence], use_disk: bool = True) -> VideoSequence:
     """The one cache protocol of the loaders: the in-process memo, else the ``.npz`` at ``path``, else
     ``build()`` (then written to ``path``). ``path`` None or ``use_disk`` False skips the disk. The memo
-    keeps one sequence (they are large)."""
+    keeps one sequence (they are large).
+
+    Temporaries left in the cache folder by a killed write are removed; a cache file that cannot be read
+    (truncated, not a zip, missing arrays) is discarded with a warning naming it, and the sequence is built
+    again from its inputs."""
     seq = _MEMO.get(key)
     if seq is not None:
         return seq
     disk = path is not None and use_disk
-    if disk and path.exists():
-        logger.info("loading cached sequence %s", path)
-        seq = load_sequence(path)
-    else:
+    if disk:
+        for p in remove_stale_temporaries(path.parent):
+            logger.warning("removed %s, left in the data cache by an interrupted write", p)
+    seq = _read_cache_entry(path) if disk and path.exists() else None
+    if seq is None:
         seq = build()
         if disk:
             save_sequence(path, seq)
     _MEMO.clear()
     _MEMO[key] = seq
     return seq
+
+
+def _read_cache_entry(path: Path) -> Optional[VideoSequence]:
+    """The sequence cached at ``path``, or None (the file then discarded with a warning) when it is unreadable."""
+    logger.info("loading cached sequence %s", path)
+    try:
+        return load_sequence(path)
+    except Exception as e:  # noqa: BLE001 - any failure to read a cache entry means: rebuild it
+        logger.warning("data cache file %s is unreadable (%s: %s); discarding it and building the sequence again "
+                       "from its inputs", path, type(e).__name__, e)
+        path.unlink(missing_ok=True)  # a cache entry, rebuilt below: nothing of the user's is lost
+        return None
 
 
 def save_sequence(path: Path, seq: VideoSequence) -> None:

@@ -37,11 +37,34 @@ def list_files(folder: Path, exts: Sequence[str], what: str) -> list[Path]:
     return files
 
 
+JPEG_TAIL = 4096
+"""Bytes at the end of a JPEG file searched for its end-of-image marker (``FF D9``)."""
+
+
+def check_jpeg_complete(path: Path) -> None:
+    """``ValueError`` naming ``path`` when a ``.jpg``/``.jpeg`` file lacks its end-of-image marker near its end:
+    a truncated JPEG (a copy cut short, a full disk), which ``cv2.imread`` would decode to a half-grey image with
+    only a libjpeg message. Inside JPEG data ``FF`` is followed by ``00`` or a restart marker, so ``FF D9`` in the
+    last bytes is the end marker (trailing padding after it is allowed)."""
+    if Path(path).suffix.lower() not in (".jpg", ".jpeg"):
+        return
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - JPEG_TAIL))
+        tail = f.read()
+    if b"\xff\xd9" not in tail:
+        raise ValueError(f"image {path} is truncated or corrupt (no JPEG end marker): replace the file, or remove "
+                         "the frame")
+
+
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3). Grey images are repeated, alpha dropped, 16-bit scaled to 8-bit."""
+    """RGB uint8 (H, W, 3). Grey images are repeated, alpha dropped, 16-bit scaled to 8-bit. A truncated JPEG
+    is an error naming the file (:func:`check_jpeg_complete`); a truncated PNG fails to decode (also an error)."""
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ValueError(f"cannot read image {path} (missing, empty or not an image)")
+        raise ValueError(f"cannot read image {path} (missing, empty, truncated or not an image)")
+    check_jpeg_complete(path)
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif img.dtype != np.uint8:

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from flow3d.checkpoint import load_checkpoint, resolve_checkpoint
 from flow3d.config import config_to_dict, load_config
-from flow3d.data import DataConfig, SyntheticDataConfig
+from flow3d.data import DataConfig, SyntheticDataConfig, check_same_content
 from flow3d.depth import disp_to_depth, is_valid
 from flow3d.device import pick_device
 from flow3d.eval.metrics import (
@@ -145,16 +145,38 @@ def parse_val_args(argv: list[str], description: str | None = None) -> ValConfig
     work_dir = _argv_value(argv, "--work-dir")
     default_data = SyntheticDataConfig()
     if work_dir is not None and (Path(work_dir) / "cfg.yaml").is_file():
-        try:
-            default_data = load_config(Path(work_dir) / "cfg.yaml").data
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
+        default_data = load_config(Path(work_dir) / "cfg.yaml").data  # a bad file: ValueError, one line in the CLI
         if not any(a.startswith("data:") for a in argv) and any(a.startswith("--data.") for a in argv):
             argv = [f"data:{config_to_dict(default_data)['kind']}"] + argv
-    default = ValConfig(work_dir=work_dir if work_dir is not None else tyro.MISSING, data=default_data)
+    cls = _val_config_with_data_default(default_data)
+    default = cls(work_dir=work_dir if work_dir is not None else tyro.MISSING, data=default_data)
     return tyro.cli(
-        ValConfig, default=default, args=argv, description=description,
+        cls, default=default, args=argv, description=description,
         config=(tyro.conf.CascadeSubcommandArgs,),
+    )
+
+
+def _val_config_with_data_default(default_data) -> type:
+    """:class:`ValConfig` whose ``data`` subcommand of ``default_data``'s kind has ``default_data`` as its default.
+
+    tyro matches a default instance to a subcommand by its type; ``DavisDataConfig`` is a subclass of
+    ``CustomDataConfig`` with the same fields, so a saved ``data:davis`` config was taken for ``data:custom``
+    and ``data:davis`` asked again for ``--data.seq-name``/``--data.root-dir``. Naming the default in the
+    subcommand's own settings makes the match exact."""
+    import dataclasses
+    import typing
+
+    import tyro
+
+    members = []
+    for member in typing.get_args(DataConfig):  # Annotated[<config class>, subcommand("<kind>")]
+        cls, *marks = typing.get_args(member)
+        if type(default_data) is cls:
+            name = config_to_dict(default_data)["kind"]
+            marks = [tyro.conf.subcommand(name, default=default_data)]
+        members.append(typing.Annotated[(cls, *marks)])
+    return dataclasses.make_dataclass(
+        "ValConfig", [("data", typing.Union[tuple(members)], dataclasses.field(default_factory=lambda: default_data))], bases=(ValConfig,)
     )
 
 
@@ -352,6 +374,7 @@ def evaluate(cfg: ValConfig) -> ValResult:
     bg = torch.tensor(train_cfg.bg_color, device=device, dtype=torch.float32)
 
     seq = cfg.data.load()
+    check_same_content(payload.get("data"), seq, ckpt_path)  # the data it was trained on (recorded since issue 14)
     if payload.get("camera_refine") is not None:  # cameras corrected during training (--optim.refine-cameras)
         from flow3d.scene.camera_refine import apply_to_sequence
 

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from flow3d.fileio import write_bytes, write_json
+from flow3d.fileio import remove_stale_temporaries, write_bytes, write_json
 from flow3d.flow.consistency import FB_RULES, fb_mask_and_confidence
 from flow3d.flow.estimate import check_image_pair, estimate_flow
 from flow3d.log import get_logger
@@ -127,6 +127,8 @@ class FlowCache:
         text = json.dumps(settings, sort_keys=True, default=str)
         folder = self.cache_dir / f"{self.backend}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
         sidecar = folder / "settings.json"
+        for p in remove_stale_temporaries(folder):
+            logger.warning("removed %s, left in the flow cache by an interrupted write", p)
         if not sidecar.is_file():
             others = sorted(p.name for p in self.cache_dir.glob("*/settings.json")) if self.cache_dir.is_dir() else []
             if others:

@@ -35,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 
+from flow3d.cli import run_main
 from flow3d.cameras import CameraEstimateConfig, GeoDepthConfig, estimate_cameras, geometric_depth, write_camera_file
 from flow3d.cameras.io import write_npy
 from flow3d.cameras.loader import CAMERA_DIR, GEODEPTH_DIR
@@ -133,17 +134,20 @@ def preprocess_cameras(cfg: CamerasPreprocessConfig) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _main(argv: list[str]) -> dict:
     import tyro
 
     setup_logging()
     cfg = tyro.cli(CamerasPreprocessConfig, args=argv)
-    try:
-        summary = preprocess_cameras(cfg)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    summary = preprocess_cameras(cfg)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}, indent=2))
     return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The command (``argv`` defaults to ``sys.argv[1:]``). Failures leave through ``SystemExit`` with one
+    ``error: ...`` line (:func:`flow3d.cli.run_main`; ``--debug`` or ``FLOW3D_DEBUG=1`` shows the traceback)."""
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+from flow3d.cli import run_main
 from flow3d.log import get_logger, setup_logging
 
 logger = get_logger(__name__)
@@ -85,14 +86,17 @@ def convert(args: ConvertArgs) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command (``argv`` defaults to ``sys.argv[1:]``). Failures leave through ``SystemExit`` with one
+    ``error: ...`` line (:func:`flow3d.cli.run_main`; ``--debug`` or ``FLOW3D_DEBUG=1`` shows the traceback)."""
+    run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> None:
     import tyro  # noqa: PLC0415
 
     setup_logging()
     args = tyro.cli(ConvertArgs, args=argv)
-    try:
-        root = convert(args)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    root = convert(args)
     print(f"wrote {root}; train with: run_training.py --work-dir W data:custom --data.seq-name {args.seq_name} "
           f"--data.root-dir {root} --data.is-train True" + (f" --data.depth-type {args.depth_type}" if args.depth_type != "aligned_depth_anything" else ""))
 

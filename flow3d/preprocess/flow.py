@@ -36,6 +36,8 @@ import imageio.v3 as iio
 import numpy as np
 from tqdm import tqdm
 
+from flow3d.cli import run_main
+from flow3d.data import io as data_io
 from flow3d.flow import FlowCache, tracks_from_flow, write_som_tracks
 from flow3d.log import get_logger, setup_logging
 
@@ -110,13 +112,9 @@ def find_masks(root_dir: str | os.PathLike, seq_name: str, frames: list[Path]) -
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB (gray frames are repeated, alpha dropped)."""
-    img = iio.imread(path)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
-    if img.dtype != np.uint8:
-        raise ValueError(f"{path}: expected an 8-bit image, got {img.dtype}")
-    return np.ascontiguousarray(img[..., :3])
+    """(H, W, 3) uint8 RGB (gray frames are repeated, alpha dropped); :func:`flow3d.data.io.read_image`, so a
+    truncated or corrupt image is an error naming the file."""
+    return data_io.read_image(Path(path))
 
 
 def load_mask(path: Path) -> np.ndarray:
@@ -199,17 +197,20 @@ def _tracks(cfg, frames, mask_files, cache, tracks_dir: Path, options: dict, hw)
             "tracks_visible_fraction": visible}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _main(argv: list[str]) -> dict:
     import tyro
 
     setup_logging()
     cfg = tyro.cli(FlowPreprocessConfig, args=argv)
-    try:
-        summary = preprocess_flow(cfg)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    summary = preprocess_flow(cfg)
     logger.info("done: %s", json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in summary.items()}))
     return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The command (``argv`` defaults to ``sys.argv[1:]``). Failures leave through ``SystemExit`` with one
+    ``error: ...`` line (:func:`flow3d.cli.run_main`; ``--debug`` or ``FLOW3D_DEBUG=1`` shows the traceback)."""
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from flow3d.cli import run_main
 from flow3d.data.synthetic import SyntheticDataConfig
 
 
@@ -68,15 +69,18 @@ def write(args: WriteArgs) -> str:
     return f"wrote {seq.num_frames} frames of {seq.img_wh[0]}x{seq.img_wh[1]} ({args.data.scene} scene, {args.layout} layout) to {root}\nload it with: {how}"
 
 
-def main(argv: list[str] | None = None) -> None:
+def _main(argv: list[str]) -> None:
     from flow3d.log import setup_logging  # noqa: PLC0415
 
     setup_logging()
     args = tyro.cli(WriteArgs, args=argv)
-    try:
-        print(write(args))
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    print(write(args))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command (``argv`` defaults to ``sys.argv[1:]``). Failures leave through ``SystemExit`` with one
+    ``error: ...`` line (:func:`flow3d.cli.run_main`; ``--debug`` or ``FLOW3D_DEBUG=1`` shows the traceback)."""
+    run_main(_main, argv)
 
 
 if __name__ == "__main__":

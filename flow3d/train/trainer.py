@@ -1,9 +1,26 @@
 """The training loop: data -> initial scene -> steps (render, loss terms, optimiser, densification) ->
-checkpoints. ``run_training.py`` builds a :class:`flow3d.config.TrainConfig` and calls :func:`train`."""
+checkpoints. ``run_training.py`` builds a :class:`flow3d.config.TrainConfig` and calls :func:`train`.
+
+Reliability, in the order a run meets it:
+
+- :func:`train` checks the work dir (a file, or not writable: one error) and locks it
+  (:class:`flow3d.workdir.WorkDirLock`: a second training in the same folder refuses at once), before the
+  data loads.
+- A run resumes from ``checkpoints/last.ckpt`` (or the newest intact ``model_<step>.ckpt``,
+  :func:`flow3d.checkpoint.resume_point`). The checkpoint records the data it was trained on; other data is
+  one error: the data options before anything loads, the content (frame count, size, thumbnails, cameras)
+  once it has loaded (:mod:`flow3d.data.fingerprint`).
+- The learning rates are a pure function of (step, max_steps) (:func:`lr_factor`), so a run resumed with a
+  larger ``--max-steps`` follows the new schedule exactly.
+- SIGINT (Ctrl-C) or SIGTERM stops at the next step boundary, saves ``last.ckpt`` at that step and raises
+  :class:`flow3d.errors.Interrupted` (the CLI exits with 130 / 143); a second signal aborts at once (every
+  file on disk stays whole: writes are atomic).
+"""
 
 from __future__ import annotations
 
-import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -11,11 +28,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from flow3d.checkpoint import load_checkpoint, save_checkpoint
-from flow3d.config import TrainConfig, save_config
+from flow3d.checkpoint import resume_point, save_checkpoint
+from flow3d.config import TrainConfig, data_config_record, save_config, validate_config
+from flow3d.data import check_data_config, check_same_content, content_record
 from flow3d.depth import disp_to_depth
 from flow3d.device import pick_device
-from flow3d.fileio import write_json
+from flow3d.errors import Interrupted, TrainingError, signal_name
+from flow3d.fileio import remove_stale_temporaries, write_json
 from flow3d.log import get_logger
 from flow3d.losses.photometric import psnr
 from flow3d.scene.camera_refine import camera_refine_state, make_camera_refine
@@ -27,6 +46,7 @@ from flow3d.train.batch import batch_to, sample_batch
 from flow3d.train.context import StepContext
 from flow3d.train.neighbors import prepare_neighbor_flows
 from flow3d.train.terms import active_terms, check_weights, compute_terms, needs_of, weighted_total
+from flow3d.workdir import WorkDirLock, prepare_work_dir
 
 logger = get_logger(__name__)
 
@@ -48,16 +68,63 @@ def named_params(model: SceneModel) -> dict[str, torch.nn.Parameter]:
     return out
 
 
-def make_optimizers(model: SceneModel, cfg: TrainConfig):
-    optimizers, schedulers = {}, {}
+def make_optimizers(model: SceneModel, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    """One Adam per parameter, at the learning rates of step 0 (:func:`set_learning_rates`)."""
+    optimizers = {}
     for key, p in named_params(model).items():
         pname = key.split(".", 1)[1]
-        opt = torch.optim.Adam([p], lr=getattr(cfg.optim, LR_FIELDS[pname]), eps=1e-15)
-        optimizers[key] = opt
-        if pname in DECAYING:
-            gamma = cfg.optim.lr_final_factor ** (1.0 / max(cfg.max_steps, 1))
-            schedulers[key] = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
-    return optimizers, schedulers
+        optimizers[key] = torch.optim.Adam([p], lr=getattr(cfg.optim, LR_FIELDS[pname]), eps=1e-15)
+    set_learning_rates(optimizers, cfg, 0)
+    return optimizers
+
+
+def lr_factor(step: int, max_steps: int, final_factor: float) -> float:
+    """Factor of the decaying learning rates (means, bases) at ``step``: ``final_factor ** (step / max_steps)``,
+    held at ``final_factor`` from ``max_steps`` on.
+
+    A pure function of (step, max_steps), not a scheduler's state: a run resumed with a larger
+    ``--max-steps`` follows the new schedule from its step on, and ends with exactly the learning rates of a
+    straight run of the new length (the steps before the resume keep the rates they had)."""
+    return final_factor ** (min(step, max_steps) / max(max_steps, 1))
+
+
+def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], cfg: TrainConfig, step: int) -> None:
+    """Set every optimiser's learning rate for ``step``: the configured rate, times :func:`lr_factor` for the
+    decaying parameters."""
+    factor = lr_factor(step, cfg.max_steps, cfg.optim.lr_final_factor)
+    for key, opt in optimizers.items():
+        pname = key.split(".", 1)[1]
+        lr = getattr(cfg.optim, LR_FIELDS[pname]) * (factor if pname in DECAYING else 1.0)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+class StopRequest:
+    """SIGINT and SIGTERM during training: the first one asks the loop to stop at the next step boundary
+    (``signum`` is then set); a second one raises :class:`flow3d.errors.Interrupted` at once. Installed in the
+    main thread only; the previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise Interrupted(signum, f"aborted by a second {signal_name(signum)}; the files on disk are whole: "
+                                      "run the same command again to resume from the last checkpoint")
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
 
 def scene_extent(model: SceneModel) -> float:
@@ -76,7 +143,11 @@ class Trainer:
         self.weights = check_weights(cfg.losses)  # before anything slow: a config error stops here
         self.terms = active_terms(self.weights)
         self.needs = needs_of(self.terms)
+        resume = resume_point(self.work_dir / "checkpoints")  # an unusable checkpoint or other data stop here
+        if resume is not None:
+            check_data_config(resume[1].get("data"), data_config_record(cfg.data), resume[0])
         self.seq = seq if seq is not None else cfg.data.load()  # its prior validity was decided on loading
+        self.data_record = {"config": data_config_record(cfg.data), **content_record(self.seq)}
         # Seeding, once, here at the start; a resumed run restores both generators from its checkpoint.
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -84,9 +155,9 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.timing = {"render": 0.0, "losses": 0.0, "backward_optim": 0.0, "steps": 0}
         self._camera_state = None  # --optim.refine-cameras: the corrections of a resumed run
-        last = self.work_dir / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            self._resume(last)
+        if resume is not None:
+            check_same_content(resume[1].get("data"), self.seq, resume[0])
+            self._resume(*resume)
         else:
             self._initialize()
         self.all_w2cs = self.seq.w2cs.to(self.device)
@@ -104,7 +175,7 @@ class Trainer:
         model, can_t = initialize_scene(self.seq, self.cfg.init, self.generator)
         self.model = model.to(self.device)
         self.canonical_t = can_t
-        self.optimizers, self.schedulers = make_optimizers(self.model, self.cfg)
+        self.optimizers = make_optimizers(self.model, self.cfg)
         self.strategy = DensifyStrategy(self.cfg.densify, scene_extent(self.model))
         self.strategy_state = self.strategy.initialize_state()
 
@@ -114,7 +185,7 @@ class Trainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "data": self.data_record,
             "strategy_state": self.strategy_state,
             "scene_extent": self.strategy.scene_extent,
             "canonical_t": self.canonical_t,
@@ -122,21 +193,23 @@ class Trainer:
             "camera_refine": None if self.cam_refine is None else camera_refine_state(self.cam_refine, self.cam_opt),
         }
 
-    def save(self, numbered: bool) -> None:
+    def save(self, numbered: bool) -> Path:
+        """Write ``model_<step>.ckpt`` (when ``numbered``) and ``last.ckpt``; returns the path of ``last.ckpt``."""
         payload = self._payload()
         ckpt_dir = self.work_dir / "checkpoints"
         if numbered:
             save_checkpoint(ckpt_dir / f"model_{self.step}.ckpt", payload)
         save_checkpoint(ckpt_dir / "last.ckpt", payload)
+        return ckpt_dir / "last.ckpt"
 
-    def _resume(self, path: Path) -> None:
-        payload = load_checkpoint(path, map_location="cpu")
+    def _resume(self, path: Path, payload: dict) -> None:
+        """Continue from checkpoint ``payload`` (read from ``path``): model, optimisers, densification, RNGs.
+        Checkpoints of older versions (with learning-rate scheduler states) load too: the rates follow the step."""
         self.model = SceneModel.from_state_dict(payload["model"]).to(self.device)
-        self.optimizers, self.schedulers = make_optimizers(self.model, self.cfg)
+        self.optimizers = make_optimizers(self.model, self.cfg)
         for k, o in self.optimizers.items():
             o.load_state_dict(payload["optimizers"][k])
-        for k, s in self.schedulers.items():
-            s.load_state_dict(payload["schedulers"][k])
+        set_learning_rates(self.optimizers, self.cfg, int(payload["step"]))
         self.strategy = DensifyStrategy(self.cfg.densify, payload["scene_extent"])
         self.strategy_state = payload["strategy_state"]
         self.canonical_t = payload["canonical_t"]
@@ -211,9 +284,8 @@ class Trainer:
         self.strategy.step_post_backward(self.model, self.optimizers, self.strategy_state, self.step, info)
         for o in self._all_optimizers():
             o.zero_grad(set_to_none=True)
-        for s in self.schedulers.values():
-            s.step()
         self.step += 1
+        set_learning_rates(self.optimizers, self.cfg, self.step)
 
     def _skip(self, values: dict[str, Tensor]) -> None:
         """A non-finite loss: nothing is updated; too many in a row stop the run with a clear error."""
@@ -221,13 +293,14 @@ class Trainer:
         self.nonfinite_in_row += 1
         logger.warning("step %d: non-finite loss in %s; step skipped (%d in a row)", self.step, bad, self.nonfinite_in_row)
         if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
-            raise RuntimeError(
+            raise TrainingError(
                 f"{self.nonfinite_in_row} consecutive steps had a non-finite loss (last: terms {bad}); "
                 "check the depth prior and the learning rates"
             )
         for o in self._all_optimizers():
             o.zero_grad(set_to_none=True)
         self.step += 1
+        set_learning_rates(self.optimizers, self.cfg, self.step)
 
     def _all_optimizers(self) -> list:
         """The scene's optimisers and, with --optim.refine-cameras, the cameras' (kept out of the dict that the
@@ -286,29 +359,50 @@ class Trainer:
         return sum(vals) / len(vals)
 
     def fit(self) -> dict:
+        """Train from the current step to ``max_steps``; returns the stats also written to train_stats.json.
+
+        SIGINT / SIGTERM: saves ``last.ckpt`` at the step boundary and raises :class:`flow3d.errors.Interrupted`."""
         cfg = self.cfg
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.work_dir, self.work_dir / "checkpoints"):
+            for p in remove_stale_temporaries(folder):
+                logger.warning("removed %s, left by an interrupted write", p)
         save_config(cfg, self.work_dir / "cfg.yaml")
         start = self.step
         t_start = time.perf_counter()
         bar = tqdm(total=cfg.max_steps, initial=start, desc="train", dynamic_ncols=True)
-        while self.step < cfg.max_steps:
-            terms = self.train_step()
-            bar.update(1)
-            if terms is None:
-                continue
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                bar.set_postfix(loss=f"{float(terms['total']):.4f}", psnr=f"{float(terms['psnr']):.2f}",
-                                n=self.model.num_fg + self.model.num_bg)
-                self._log(terms)
-            if cfg.image_every > 0 and self.step % cfg.image_every == 0:
-                self._log_images()
-            if cfg.save_every > 0 and self.step % cfg.save_every == 0:
-                self.save(numbered=True)
-        bar.close()
-        self.save(numbered=True)
-        wall = time.perf_counter() - t_start
+        with StopRequest() as stop:
+            while self.step < cfg.max_steps and stop.signum is None:
+                self._fit_step(bar)
+            bar.close()
+            last = self.save(numbered=stop.signum is None)  # interrupted: last.ckpt at this step only
+        if stop.signum is not None:
+            raise Interrupted(stop.signum, f"interrupted by {signal_name(stop.signum)} at step {self.step}: saved {last}; "
+                                           "run the same command again to resume")
+        return self._finish(start, time.perf_counter() - t_start)
+
+    def _fit_step(self, bar) -> None:
+        """One step of :meth:`fit` with its logging and periodic checkpoints."""
+        cfg = self.cfg
+        terms = self.train_step()
+        bar.update(1)
+        if terms is None:
+            return
+        if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            bar.set_postfix(loss=f"{float(terms['total']):.4f}", psnr=f"{float(terms['psnr']):.2f}",
+                            n=self.model.num_fg + self.model.num_bg)
+            self._log(terms)
+        if cfg.image_every > 0 and self.step % cfg.image_every == 0:
+            self._log_images()
+        if cfg.save_every > 0 and self.step % cfg.save_every == 0:
+            self.save(numbered=True)
+
+    def _finish(self, start: int, wall: float) -> dict:
+        """train_stats.json (valid JSON: null where a value is not finite) and the closing log line."""
         n = max(self.timing["steps"], 1)
+        if len(self.seq.val_ids) == 0:
+            logger.info("no held-out frame (%d frames, --data.val-every %s): val_psnr is null in train_stats.json",
+                        self.seq.num_frames, getattr(self.cfg.data, "val_every", "?"))
         stats = {
             "steps": self.step,
             "steps_this_run": self.step - start,
@@ -316,19 +410,23 @@ class Trainer:
             "seconds_per_step": {k: self.timing[k] / n for k in ("render", "losses", "backward_optim")},
             "num_fg": self.model.num_fg,
             "num_bg": self.model.num_bg,
-            "val_psnr": self.eval_psnr(self.seq.val_ids),
+            "val_psnr": self.eval_psnr(self.seq.val_ids) if len(self.seq.val_ids) else None,
             "train_psnr": self.eval_psnr(self.seq.train_ids[: min(4, len(self.seq.train_ids))]),
         }
-        write_json(self.work_dir / "train_stats.json", stats,
-                   default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else x)
+        write_json(self.work_dir / "train_stats.json", stats)
         if self.writer is not None:
             self.writer.close()
+        held_out = "none" if stats["val_psnr"] is None else f"{stats['val_psnr']:.2f} dB"
         logger.info(
-            "done: %d steps in %.1f s; held-out PSNR %.2f dB; per step: render %.3f s, losses %.3f s, backward+optim %.3f s",
-            self.step, wall, stats["val_psnr"], *stats["seconds_per_step"].values(),
+            "done: %d steps in %.1f s; held-out PSNR %s; per step: render %.3f s, losses %.3f s, backward+optim %.3f s",
+            self.step, wall, held_out, *stats["seconds_per_step"].values(),
         )
         return stats
 
 
 def train(cfg: TrainConfig) -> dict:
-    return Trainer(cfg).fit()
+    """Train (or resume) in ``cfg.work_dir``; see the module docstring for what is checked first."""
+    validate_config(cfg)
+    work_dir = prepare_work_dir(cfg.work_dir)  # a file, or a folder that cannot be written: one error, first
+    with WorkDirLock(work_dir):
+        return Trainer(cfg).fit()
