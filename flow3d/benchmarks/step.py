@@ -80,10 +80,9 @@ HEADER = f"{'':>24} {'N':>7} {'render':>8} {'losses':>8} {'bwd+opt':>10} {'s/ste
 
 
 @contextmanager
-def _timers():
+def _timers(trainer):
     """Wall-time accumulators around the parts of a step outside the rasterizer (forward parts only)."""
     import flow3d.scene.model as model_mod
-    import flow3d.train.terms as terms_mod
     import flow3d.train.trainer as trainer_mod
     from flow3d.scene.strategy import DensifyStrategy
 
@@ -107,19 +106,18 @@ def _timers():
         (torch.optim.Adam, "step", torch.optim.Adam.step),
         (DensifyStrategy, "step_post_backward", DensifyStrategy.step_post_backward),
     ]
-    labels = ["sample_batch (incl. usable-track mask)", "rasterization (forward, all calls)",
-              "motion-basis blending (forward)", "Adam.step (one per parameter)", "densification step_post_backward"]
+    labels = ["sample_batch", "rasterization (forward, all calls)",
+              "motion-basis blending (forward)", "Adam.step", "densification step_post_backward"]
     for (obj, name, fn), label in zip(saved, labels):
         setattr(obj, name, wrap(label, fn))
-    terms = dict(terms_mod.TERMS)
-    for name, fn in terms.items():
-        terms_mod.TERMS[name] = wrap(f"loss term {name}", fn)
+    terms = trainer.terms
+    trainer.terms = tuple(dataclasses.replace(t, fn=wrap(f"loss term {t.name}", t.fn)) for t in terms)
     try:
         yield acc
     finally:
         for obj, name, fn in saved:
             setattr(obj, name, fn)
-        terms_mod.TERMS.update(terms)
+        trainer.terms = terms
 
 
 def profile_demo(cfg: TrainConfig, seq, steps: int) -> None:
@@ -131,7 +129,7 @@ def profile_demo(cfg: TrainConfig, seq, steps: int) -> None:
     for _ in range(2):
         trainer.train_step()
     trainer.timing = {k: 0.0 for k in PARTS} | {"steps": 0}
-    with _timers() as acc:
+    with _timers(trainer) as acc:
         t0 = time.perf_counter()
         for _ in range(steps):
             trainer.train_step()
