@@ -64,12 +64,15 @@ class SceneModel(nn.Module):
     def num_bg(self) -> int:
         return 0 if self.bg is None else self.bg.num_gaussians
 
-    def fg_means_quats_at(self, ts: Tensor) -> tuple[Tensor, Tensor]:
-        """Foreground centres (N, B, 3) and wxyz quaternions (N, B, 4) at frames ``ts`` (B,)."""
-        R, t = self.bases.compute_transforms(ts, self.fg.get_coefs())
+    def fg_means_quats_at(self, ts: Tensor, num_quats: int | None = None) -> tuple[Tensor, Tensor]:
+        """Foreground centres (N, B, 3) and wxyz quaternions (N, B', 4) at frames ``ts`` (B,).
+
+        ``num_quats``: quaternions only for the first B' = ``num_quats`` frames (default all): callers that
+        need the centres at more frames (the track targets) blend every frame's bases in one call."""
+        R, t = self.bases.compute_transforms(ts, self.fg.get_coefs())  # (N, B, 3, 3), (N, B, 3)
         # R @ mean as a broadcast product: einsum would run a batched matmul of N*B 3x3 matrices (slow on the CPU)
         means = (R * self.fg.get_means()[:, None, None, :]).sum(-1) + t
-        q_motion = roma.rotmat_to_unitquat(R)  # xyzw
+        q_motion = roma.rotmat_to_unitquat(R[:, :num_quats])  # xyzw
         q_can = quat_wxyz_to_xyzw(self.fg.get_quats())[:, None].expand_as(q_motion)
         quats = quat_xyzw_to_wxyz(roma.quat_product(q_motion, q_can))
         return means, quats
@@ -93,7 +96,10 @@ class SceneModel(nn.Module):
         """
         W, H = img_wh
         B = ts.shape[0]
-        fg_means, fg_quats = self.fg_means_quats_at(ts)  # (N, B, 3), (N, B, 4)
+        # the frames' and the targets' centres from one blend of the bases
+        all_ts = ts if target_ts is None else torch.cat([ts, target_ts.to(ts.device)])
+        all_means, fg_quats = self.fg_means_quats_at(all_ts, num_quats=B)  # (N, B [+ B_t], 3), (N, B, 4)
+        fg_means = all_means[:, :B]  # (N, B, 3)
         n_fg = self.num_fg
         ones = fg_means.new_ones(n_fg, 1)
         parts_scales = [self.fg.get_scales()]
@@ -113,7 +119,7 @@ class SceneModel(nn.Module):
         if target_ts is not None:
             if target_w2cs is None or target_w2cs.shape[0] != target_ts.shape[0]:
                 raise ValueError("target_w2cs must be given with one camera per target time")
-            fg_targets, _ = self.fg_means_quats_at(target_ts)  # (N, B_t, 3)
+            fg_targets = all_means[:, B:]  # (N, B_t, 3)
             if self.bg is not None:
                 bg_targets = self.bg.get_means()[:, None].expand(-1, target_ts.shape[0], -1)
                 fg_targets = torch.cat([fg_targets, bg_targets])
