@@ -9,8 +9,8 @@
    128x96 (the track grid spacing grows with the width), for both backends unless
    ``--skip-torch-sizes``, so that the cost can be read as a function of the pixel count.
 3. ``--profile``: torch.profiler over a few demo steps with the compiled rasterizer, plus timers around
-   the parts outside the rasterizer (batch sampling with its usable-track mask, motion-basis blending,
-   each loss term, the per-parameter Adam steps, densification statistics).
+   the parts outside the rasterizer (batch sampling, motion-basis blending, each loss term, the
+   per-parameter Adam steps, densification statistics).
 4. ``--full``: trains the whole demo (all steps) with both backends and prints wall time and held-out
    PSNR (several minutes).
 
@@ -44,7 +44,7 @@ def demo_config(work_dir: Path, backend: str, width: int | None = None, height: 
     cfg = apply_overrides(TrainConfig(), load_preset("cpu_demo"), where="preset cpu_demo")
     data = cfg.data
     if width is not None:
-        # the same number of 2D tracks as at 128x96: scene init gathers one full-size mask per track
+        # the same number of 2D tracks (hence Gaussians and track-term cost) as at 128x96
         grid = max(data.track_grid_step, round(data.track_grid_step * width / 128))
         data = dataclasses.replace(data, width=width, height=height, track_grid_step=grid)
     order = dataclasses.replace(cfg.losses.order, flow_cache_dir=str(work_dir / "flow_cache"))

@@ -80,3 +80,20 @@ def test_training_is_deterministic_on_the_cpu(tmp_path, tiny_seq):  # noqa: F811
     assert states[0].keys() == states[1].keys()
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k]), k
+
+
+def test_smoothness_triplet_blends_only_the_sampled_gaussians_like_the_full_blend():
+    from types import SimpleNamespace
+
+    from flow3d.train.som_terms import _fg_sample_triplet
+
+    model = _model(n=9, T=6)
+    ctx = SimpleNamespace(cache={}, model=model, generator=torch.Generator().manual_seed(5),
+                          cfg=SimpleNamespace(num_smooth_samples=4))
+    means, ts = _fg_sample_triplet(ctx)
+    g = torch.Generator().manual_seed(5)  # the same draws, in the same order
+    t = int(torch.randint(1, 5, (1,), generator=g))
+    sel = torch.randperm(9, generator=g)[:4]
+    assert ts.tolist() == [t - 1, t, t + 1]
+    full, _ = model.fg_means_quats_at(ts)  # (N, 3, 3) every Gaussian
+    torch.testing.assert_close(means, full[sel])
