@@ -3,7 +3,8 @@
 1. The README demo configuration (``--preset cpu_demo data:synthetic``) with the compiled CPU rasterizer
    (``render_backend="cpu"``) and the PyTorch one (``"torch"``) in the same run: s/step split as the
    trainer times it (render = batch sampling + rendering; losses; backward + optimiser +
-   densification), after ``--warmup`` steps, and the speed-up.
+   densification), after ``--warmup`` steps; the process CPU time per step (all threads: with
+   ``--threads 1`` the steadiest measure on a shared machine); and the speed-up.
 2. The same configuration at ``--sizes`` (default 128x96, 320x256, 640x512) with the Gaussian count
    of the initial scene (no densification happens in the measured steps) and the track count of
    128x96 (the track grid spacing grows with the width), for both backends unless
@@ -60,11 +61,14 @@ def time_steps(cfg: TrainConfig, seq, steps: int, warmup: int):
     for _ in range(warmup):
         trainer.train_step()
     trainer.timing = {k: 0.0 for k in PARTS} | {"steps": 0}
+    cpu0 = time.process_time()
     for _ in range(steps):
         trainer.train_step()
+    cpu = time.process_time() - cpu0
     n = max(trainer.timing["steps"], 1)
     per = {k: trainer.timing[k] / n for k in PARTS}
     per["total"] = sum(per.values())
+    per["cpu"] = cpu / n  # process CPU seconds per step, all threads: steadier than wall time on a shared machine
     return trainer, per
 
 
@@ -72,11 +76,12 @@ def _row(label: str, per: dict, n_gauss: int, ref: dict | None = None) -> str:
     speed = f"x{ref['total'] / per['total']:.2f}" if ref else ""
     return (
         f"{label:>24} {n_gauss:>7} {per['render']:8.3f} {per['losses']:8.3f} {per['backward_optim']:10.3f} "
-        f"{per['total']:8.3f} {speed:>8}"
+        f"{per['total']:8.3f} {per['cpu']:10.3f} {speed:>8}"
     )
 
 
-HEADER = f"{'':>24} {'N':>7} {'render':>8} {'losses':>8} {'bwd+opt':>10} {'s/step':>8} {'speed-up':>8}"
+HEADER = (f"{'':>24} {'N':>7} {'render':>8} {'losses':>8} {'bwd+opt':>10} {'s/step':>8} {'CPU-s/step':>10} "
+          f"{'speed-up':>8}")
 
 
 @contextmanager

@@ -97,3 +97,35 @@ def test_smoothness_triplet_blends_only_the_sampled_gaussians_like_the_full_blen
     assert ts.tolist() == [t - 1, t, t + 1]
     full, _ = model.fg_means_quats_at(ts)  # (N, 3, 3) every Gaussian
     torch.testing.assert_close(means, full[sel])
+
+
+def test_track_channels_are_the_target_positions_in_the_target_cameras(monkeypatch):
+    """The colours handed to the rasterizer: per Gaussian, its centre at each target time in that target's
+    camera (geometry.transform_points as the reference), fg then bg, target after target."""
+    import flow3d.scene.model as model_mod
+    from flow3d.geometry import transform_points
+
+    model = _model(n=5, T=6)
+    g = torch.Generator().manual_seed(2)
+    model.bg = GaussianParams(torch.randn(4, 3, generator=g), torch.randn(4, 4, generator=g), torch.full((4, 3), 0.05),
+                              torch.full((4,), 0.5), torch.rand(4, 3, generator=g))
+    seen = []
+
+    def fake_rasterization(means, quats, scales, opacities, colors, viewmats, Ks, W, H, **kw):
+        seen.append(colors.detach())
+        C = viewmats.shape[0]
+        return (torch.zeros(C, H, W, colors.shape[-1] + 1), torch.zeros(C, H, W, 1),
+                {"means2d": torch.zeros(C, means.shape[0], 2), "radii": torch.zeros(C, means.shape[0])})
+
+    monkeypatch.setattr(model_mod, "rasterization", fake_rasterization)
+    target_ts = torch.tensor([4, 0, 2])
+    w2cs = torch.eye(4).repeat(3, 1, 1)
+    w2cs[:, :3, :3] = roma.random_rotmat(3)
+    w2cs[:, :3, 3] = torch.randn(3, 3, generator=g)
+    K = torch.tensor([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]]).expand(2, 3, 3)
+    model.render(torch.tensor([1, 3]), torch.eye(4).expand(2, 4, 4), K, (16, 12), target_ts=target_ts, target_w2cs=w2cs)
+    pts = torch.cat([model.fg_means_quats_at(target_ts)[0], model.bg.get_means()[:, None].expand(-1, 3, -1)])  # (9, 3, 3)
+    want = transform_points(w2cs, pts.transpose(0, 1)).transpose(0, 1).reshape(9, 9)  # (N, B_t*3)
+    assert len(seen) == 2
+    for colors in seen:
+        torch.testing.assert_close(colors[:, 4:], want)
