@@ -3,14 +3,15 @@
 1. The README demo configuration (``--preset cpu_demo data:synthetic``) with the compiled CPU rasterizer
    (``render_backend="cpu"``) and the PyTorch one (``"torch"``) in the same run: s/step split as the
    trainer times it (render = batch sampling + rendering; losses; backward + optimiser +
-   densification), after ``--warmup`` steps, and the speed-up.
+   densification), after ``--warmup`` steps; the process CPU time per step (all threads: with
+   ``--threads 1`` the steadiest measure on a shared machine); and the speed-up.
 2. The same configuration at ``--sizes`` (default 128x96, 320x256, 640x512) with the Gaussian count
    of the initial scene (no densification happens in the measured steps) and the track count of
    128x96 (the track grid spacing grows with the width), for both backends unless
    ``--skip-torch-sizes``, so that the cost can be read as a function of the pixel count.
 3. ``--profile``: torch.profiler over a few demo steps with the compiled rasterizer, plus timers around
-   the parts outside the rasterizer (batch sampling with its usable-track mask, motion-basis blending,
-   each loss term, the per-parameter Adam steps, densification statistics).
+   the parts outside the rasterizer (batch sampling, motion-basis blending, each loss term, the
+   per-parameter Adam steps, densification statistics).
 4. ``--full``: trains the whole demo (all steps) with both backends and prints wall time and held-out
    PSNR (several minutes).
 
@@ -44,7 +45,7 @@ def demo_config(work_dir: Path, backend: str, width: int | None = None, height: 
     cfg = apply_overrides(TrainConfig(), load_preset("cpu_demo"), where="preset cpu_demo")
     data = cfg.data
     if width is not None:
-        # the same number of 2D tracks as at 128x96: scene init gathers one full-size mask per track
+        # the same number of 2D tracks (hence Gaussians and track-term cost) as at 128x96
         grid = max(data.track_grid_step, round(data.track_grid_step * width / 128))
         data = dataclasses.replace(data, width=width, height=height, track_grid_step=grid)
     order = dataclasses.replace(cfg.losses.order, flow_cache_dir=str(work_dir / "flow_cache"))
@@ -60,11 +61,14 @@ def time_steps(cfg: TrainConfig, seq, steps: int, warmup: int):
     for _ in range(warmup):
         trainer.train_step()
     trainer.timing = {k: 0.0 for k in PARTS} | {"steps": 0}
+    cpu0 = time.process_time()
     for _ in range(steps):
         trainer.train_step()
+    cpu = time.process_time() - cpu0
     n = max(trainer.timing["steps"], 1)
     per = {k: trainer.timing[k] / n for k in PARTS}
     per["total"] = sum(per.values())
+    per["cpu"] = cpu / n  # process CPU seconds per step, all threads: steadier than wall time on a shared machine
     return trainer, per
 
 
@@ -72,18 +76,18 @@ def _row(label: str, per: dict, n_gauss: int, ref: dict | None = None) -> str:
     speed = f"x{ref['total'] / per['total']:.2f}" if ref else ""
     return (
         f"{label:>24} {n_gauss:>7} {per['render']:8.3f} {per['losses']:8.3f} {per['backward_optim']:10.3f} "
-        f"{per['total']:8.3f} {speed:>8}"
+        f"{per['total']:8.3f} {per['cpu']:10.3f} {speed:>8}"
     )
 
 
-HEADER = f"{'':>24} {'N':>7} {'render':>8} {'losses':>8} {'bwd+opt':>10} {'s/step':>8} {'speed-up':>8}"
+HEADER = (f"{'':>24} {'N':>7} {'render':>8} {'losses':>8} {'bwd+opt':>10} {'s/step':>8} {'CPU-s/step':>10} "
+          f"{'speed-up':>8}")
 
 
 @contextmanager
-def _timers():
+def _timers(trainer):
     """Wall-time accumulators around the parts of a step outside the rasterizer (forward parts only)."""
     import flow3d.scene.model as model_mod
-    import flow3d.train.terms as terms_mod
     import flow3d.train.trainer as trainer_mod
     from flow3d.scene.strategy import DensifyStrategy
 
@@ -107,19 +111,18 @@ def _timers():
         (torch.optim.Adam, "step", torch.optim.Adam.step),
         (DensifyStrategy, "step_post_backward", DensifyStrategy.step_post_backward),
     ]
-    labels = ["sample_batch (incl. usable-track mask)", "rasterization (forward, all calls)",
-              "motion-basis blending (forward)", "Adam.step (one per parameter)", "densification step_post_backward"]
+    labels = ["sample_batch", "rasterization (forward, all calls)",
+              "motion-basis blending (forward)", "Adam.step", "densification step_post_backward"]
     for (obj, name, fn), label in zip(saved, labels):
         setattr(obj, name, wrap(label, fn))
-    terms = dict(terms_mod.TERMS)
-    for name, fn in terms.items():
-        terms_mod.TERMS[name] = wrap(f"loss term {name}", fn)
+    terms = trainer.terms
+    trainer.terms = tuple(dataclasses.replace(t, fn=wrap(f"loss term {t.name}", t.fn)) for t in terms)
     try:
         yield acc
     finally:
         for obj, name, fn in saved:
             setattr(obj, name, fn)
-        terms_mod.TERMS.update(terms)
+        trainer.terms = terms
 
 
 def profile_demo(cfg: TrainConfig, seq, steps: int) -> None:
@@ -131,7 +134,7 @@ def profile_demo(cfg: TrainConfig, seq, steps: int) -> None:
     for _ in range(2):
         trainer.train_step()
     trainer.timing = {k: 0.0 for k in PARTS} | {"steps": 0}
-    with _timers() as acc:
+    with _timers(trainer) as acc:
         t0 = time.perf_counter()
         for _ in range(steps):
             trainer.train_step()

@@ -16,9 +16,16 @@ def gaussian_kernel_1d(size: int, sigma: float, device=None, dtype=torch.float32
     return g / g.sum()
 
 
-def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> Tensor:
-    g = gaussian_kernel_1d(size, sigma, device, dtype)
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+def _separable_gaussian_blur(z: Tensor, size: int, sigma: float) -> Tensor:
+    """Gaussian blur of every channel of ``z`` (B, C, H, W) with 'same' zero padding -> (B, C, H, W).
+
+    Two 1D passes (rows, then columns): equal to the 2D window ``g g^T`` with zero padding, at 2k
+    instead of k^2 multiply-adds per pixel.
+    """
+    C = z.shape[1]
+    g = gaussian_kernel_1d(size, sigma, z.device, z.dtype)
+    z = F.conv2d(z, g.view(1, 1, 1, size).expand(C, 1, 1, size), padding=(0, size // 2), groups=C)
+    return F.conv2d(z, g.view(1, 1, size, 1).expand(C, 1, size, 1), padding=(size // 2, 0), groups=C)
 
 
 def ssim_map(
@@ -33,21 +40,21 @@ def ssim_map(
     """Per-pixel SSIM (Wang et al. 2004): the project's one SSIM formula.
 
     img0, img1: (B, C, H, W) in [0, data_range]. The local moments are ``blur`` of the images and of
-    their products; the default blur is a Gaussian window (``window_size``, ``sigma``) with 'same' zero
-    padding as 3DGS uses, so the map is (B, C, H, W). :func:`flow3d.eval.metrics.mssim_som` passes
-    Shape of Motion's masked 'valid' blur and ``clip_moments=True`` (variances clipped to >= 0, the
-    covariance to |cov| <= sqrt(var0 var1), as SoM's mSSIM). 1 where the images agree.
+    their products (one call on the five stacked moments, so ``blur`` must act per channel); the default
+    blur is a separable Gaussian window (``window_size``, ``sigma``) with 'same' zero padding as 3DGS
+    uses, so the map is (B, C, H, W). :func:`flow3d.eval.metrics.mssim_som` passes Shape of Motion's
+    masked 'valid' blur and ``clip_moments=True`` (variances clipped to >= 0, the covariance to
+    |cov| <= sqrt(var0 var1), as SoM's mSSIM). 1 where the images agree.
     """
     if img0.shape != img1.shape or img0.dim() != 4:
         raise ValueError(f"img0 and img1 must both be (B, C, H, W), got {tuple(img0.shape)} and {tuple(img1.shape)}")
     if blur is None:
-        C = img0.shape[1]
-        win = _gaussian_window(window_size, sigma, C, img0.device, img0.dtype)
-        blur = lambda z: F.conv2d(z, win, padding=window_size // 2, groups=C)  # noqa: E731
-    mu0, mu1 = blur(img0), blur(img1)
-    s00 = blur(img0 * img0) - mu0**2
-    s11 = blur(img1 * img1) - mu1**2
-    s01 = blur(img0 * img1) - mu0 * mu1
+        blur = lambda z: _separable_gaussian_blur(z, window_size, sigma)  # noqa: E731
+    # the five local moments in one blur call: (B, 5C, H, W) -> five (B, C, H, W)
+    mu0, mu1, e00, e11, e01 = blur(torch.cat([img0, img1, img0 * img0, img1 * img1, img0 * img1], dim=1)).chunk(5, dim=1)
+    s00 = e00 - mu0**2
+    s11 = e11 - mu1**2
+    s01 = e01 - mu0 * mu1
     if clip_moments:
         s00, s11 = s00.clamp(min=0.0), s11.clamp(min=0.0)
         s01 = torch.sign(s01) * torch.minimum(torch.sqrt(s00 * s11), s01.abs())

@@ -57,6 +57,24 @@ def lift_tracks(seq, frame_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return pts, valid, seq.tracks_conf * valid
 
 
+def mask_at_query(masks: Tensor, tracks_xy: Tensor, query_t: Tensor) -> Tensor:
+    """Each track's mask value at its query pixel: masks (T, H, W), tracks_xy (M, T, 2), query_t (M,) -> (M,).
+
+    Bilinear, as :func:`flow3d.geometry.bilinear_sample`. Every frame's mask is read at the tracks whose
+    query frame it is, so memory is O(T H W + M), not one full-size mask per track (161 GB at 640x512 with
+    the default track grid).
+    """
+    M = query_t.shape[0]
+    out = torch.zeros(M, dtype=masks.dtype if masks.is_floating_point() else torch.float32, device=masks.device)
+    if M == 0:
+        return out
+    xy_q = tracks_xy[torch.arange(M), query_t]  # (M, 2)
+    for t in torch.unique(query_t).tolist():
+        sel = torch.nonzero(query_t == t)[:, 0]
+        out[sel] = bilinear_sample(masks[t][None, None].to(out.dtype), xy_q[sel][None])[0, :, 0]
+    return out
+
+
 def interpolate_missing(x: Tensor, valid: Tensor) -> Tensor:
     """Fill invalid entries of trajectories (M, T, D) by linear interpolation between the nearest valid
     frames before and after; before the first / after the last valid frame the nearest value is held.
@@ -131,9 +149,7 @@ def initialize_scene(seq, cfg: InitConfig, generator: torch.Generator | None = N
     train_ids = seq.train_ids
     pts, valid, conf = lift_tracks(seq, train_ids)
     # Foreground tracks: the track point lies in the foreground mask of its query frame.
-    q = seq.tracks_query_t
-    xy_q = seq.tracks_xy[torch.arange(len(q)), q]  # (M, 2)
-    fg_at_query = bilinear_sample(seq.fg_masks[q][:, None], xy_q[:, None])[:, 0, 0] > 0.5
+    fg_at_query = mask_at_query(seq.fg_masks, seq.tracks_xy, seq.tracks_query_t) > 0.5
     counts = valid[fg_at_query].sum(0)
     if counts.max() < 3:
         raise ValueError(

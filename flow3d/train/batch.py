@@ -41,19 +41,37 @@ def _choice(ids: Tensor, n: int, generator: torch.Generator) -> Tensor:
     return ids[torch.randint(len(ids), (n,), generator=generator)]
 
 
-def sample_batch(seq, batch_size: int, num_targets: int, num_track_samples: int, generator: torch.Generator) -> Batch:
+@dataclass
+class UsableTracks:
+    """Which tracks a step may sample in each frame: visible there, with a query frame in the training split.
+
+    Built once per sequence (:meth:`of`) and reused every step."""
+
+    mask: Tensor  # (M, T) bool
+    per_frame: list[Tensor]  # T entries: (n_t,) indices of the usable tracks in frame t
+
+    @classmethod
+    def of(cls, seq) -> "UsableTracks":
+        train = torch.zeros(seq.tracks_visible.shape[1], dtype=torch.bool)
+        train[seq.train_ids] = True
+        mask = seq.tracks_visible & train[seq.tracks_query_t][:, None]  # query frame in the train split too
+        return cls(mask=mask, per_frame=[torch.nonzero(mask[:, t])[:, 0] for t in range(mask.shape[1])])
+
+
+def sample_batch(seq, batch_size: int, num_targets: int, num_track_samples: int, generator: torch.Generator,
+                 usable: UsableTracks | None = None) -> Batch:
     """Frames and targets are drawn from the training split; track points are the tracks visible in each
-    frame (all query frames' tracks count), sampled without replacement where there are enough."""
+    frame (all query frames' tracks count), sampled without replacement where there are enough.
+
+    ``usable``: :meth:`UsableTracks.of` ``(seq)``, built here when not given (pass it to avoid the rebuild)."""
+    if usable is None:
+        usable = UsableTracks.of(seq)
     ts = _choice(seq.train_ids, batch_size, generator)
     target_ts = _choice(seq.train_ids, num_targets, generator)
     P = num_track_samples
-    H, W = seq.images.shape[1:3]
-    train = torch.zeros(seq.tracks_visible.shape[1], dtype=torch.bool)
-    train[seq.train_ids] = True
-    usable = seq.tracks_visible & train[seq.tracks_query_t][:, None]  # query frame in the train split too
     qxy, qvalid = [], []
     for t in ts.tolist():
-        vis = torch.nonzero(usable[:, t])[:, 0]
+        vis = usable.per_frame[t]
         if len(vis) == 0:
             idx = torch.zeros(P, dtype=torch.long)
             ok = torch.zeros(P, dtype=torch.bool)
@@ -66,7 +84,7 @@ def sample_batch(seq, batch_size: int, num_targets: int, num_track_samples: int,
     query_valid = torch.stack(qvalid)
     query_xy = seq.tracks_xy[track_idx, ts[:, None]]  # (B, P, 2)
     target_xy = seq.tracks_xy[track_idx][:, :, target_ts]  # (B, P, B_t, 2)
-    vis = usable[track_idx][:, :, target_ts] & query_valid[..., None]
+    vis = usable.mask[track_idx][:, :, target_ts] & query_valid[..., None]
     weight = seq.tracks_conf[track_idx][:, :, target_ts] * vis
     # prior disparity of each target frame at the tracked positions; valid where all four pixels are
     Bt = len(target_ts)

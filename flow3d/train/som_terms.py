@@ -96,10 +96,11 @@ def _fg_sample_triplet(ctx: StepContext) -> tuple[Tensor, Tensor]:
         T = model.num_frames
         t = int(torch.randint(1, T - 1, (1,), generator=ctx.generator))
         ts = torch.arange(t - 1, t + 2, device=model.fg.get_means().device)
-        R, tr = model.bases.compute_transforms(ts, model.fg.get_coefs())
         n = model.num_fg
         sel = torch.randperm(n, generator=ctx.generator)[: ctx.cfg.num_smooth_samples].to(ts.device)
-        means = torch.einsum("nbij,nj->nbi", R[sel], model.fg.get_means()[sel]) + tr[sel]
+        R, tr = model.bases.compute_transforms(ts, model.fg.get_coefs()[sel])  # only the sampled Gaussians
+        # R @ mean as a broadcast product (a batched matmul of S*3 3x3 matrices is slow on the CPU)
+        means = (R * model.fg.get_means()[sel][:, None, None, :]).sum(-1) + tr  # (S, 3, 3)
         ctx.cache["triplet"] = (means, ts)
     return ctx.cache["triplet"]
 

@@ -42,7 +42,7 @@ from flow3d.scene.init import initialize_scene
 from flow3d.scene.model import RenderOutput, SceneModel
 from flow3d.scene.strategy import DensifyStrategy
 from flow3d.train import depth_order
-from flow3d.train.batch import batch_to, sample_batch
+from flow3d.train.batch import UsableTracks, batch_to, sample_batch
 from flow3d.train.context import StepContext
 from flow3d.train.neighbors import prepare_neighbor_flows
 from flow3d.train.terms import active_terms, check_weights, compute_terms, needs_of, weighted_total
@@ -69,11 +69,14 @@ def named_params(model: SceneModel) -> dict[str, torch.nn.Parameter]:
 
 
 def make_optimizers(model: SceneModel, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-    """One Adam per parameter, at the learning rates of step 0 (:func:`set_learning_rates`)."""
+    """One Adam per parameter (the densification strategy resizes each parameter with its moments), at the
+    learning rates of step 0 (:func:`set_learning_rates`). Adam runs its fused kernel (one call per parameter
+    instead of a dozen element-wise ops; deterministic on the CPU), except on devices without one (MPS)."""
     optimizers = {}
     for key, p in named_params(model).items():
         pname = key.split(".", 1)[1]
-        optimizers[key] = torch.optim.Adam([p], lr=getattr(cfg.optim, LR_FIELDS[pname]), eps=1e-15)
+        fused = p.device.type in ("cpu", "cuda")
+        optimizers[key] = torch.optim.Adam([p], lr=getattr(cfg.optim, LR_FIELDS[pname]), eps=1e-15, fused=fused)
     set_learning_rates(optimizers, cfg, 0)
     return optimizers
 
@@ -148,6 +151,7 @@ class Trainer:
             check_data_config(resume[1].get("data"), data_config_record(cfg.data), resume[0])
         self.seq = seq if seq is not None else cfg.data.load()  # its prior validity was decided on loading
         self.data_record = {"config": data_config_record(cfg.data), **content_record(self.seq)}
+        self.usable_tracks = UsableTracks.of(self.seq)  # once per sequence, not per step
         # Seeding, once, here at the start; a resumed run restores both generators from its checkpoint.
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -227,7 +231,7 @@ class Trainer:
         step was skipped because the loss was not finite."""
         t0 = time.perf_counter()
         batch = batch_to(sample_batch(self.seq, self.cfg.batch_size, self.cfg.num_targets,
-                                      self.cfg.losses.num_track_samples, self.generator), self.device)
+                                      self.cfg.losses.num_track_samples, self.generator, self.usable_tracks), self.device)
         if self.cam_refine is not None:
             batch = self.cam_refine.refine_batch(batch)
         all_w2cs = self.current_w2cs()

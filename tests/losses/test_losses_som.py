@@ -223,3 +223,24 @@ class TestRgbLoss:
         assert loss.item() == 0.0 and torch.isfinite(x.grad).all()
         with pytest.raises(ValueError, match="mask has shape"):
             rgb_loss(a, b, m[0])
+
+
+def test_ssim_separable_blur_matches_the_2d_window_and_gradcheck():
+    """The default (separable, five moments in one call) against the 2D 11x11 window applied per moment."""
+    import torch.nn.functional as F
+
+    from flow3d.losses.photometric import gaussian_kernel_1d
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(2, 3, 13, 17, generator=g, dtype=torch.float64)
+    b = torch.rand(2, 3, 13, 17, generator=g, dtype=torch.float64)
+    k = gaussian_kernel_1d(11, 1.5, dtype=torch.float64)
+    win2d = (k[:, None] * k[None, :]).expand(1, 1, 11, 11)
+
+    def blur_2d(z):  # each channel on its own, the 2D window with zero padding
+        return torch.cat([F.conv2d(z[:, c : c + 1], win2d, padding=5) for c in range(z.shape[1])], dim=1)
+
+    torch.testing.assert_close(ssim_map(a, b), ssim_map(a, b, blur=blur_2d))
+    x = a[:1, :, :7, :9].clone().requires_grad_(True)
+    y = b[:1, :, :7, :9].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p, q: ssim_map(p, q, window_size=5), (x, y))

@@ -151,3 +151,22 @@ def test_growth_stops_at_the_cap_keeping_the_largest_gradients():
     strat.step_post_backward(_Model(fg), opts, state, 1, info)
     assert fg.num_gaussians == 8  # room for 2 of the 4 candidates
     torch.testing.assert_close(fg.get_means()[6:], means_before[[1, 2]])  # the two largest gradients
+
+
+def test_mask_at_query_matches_a_full_mask_gather_per_track():
+    """The reference is the old gather (one full-size mask per track), fine at this size."""
+    from flow3d.geometry import bilinear_sample
+    from flow3d.scene.init import mask_at_query
+
+    g = torch.Generator().manual_seed(3)
+    T, H, W, M = 5, 7, 9, 40
+    masks = (torch.rand(T, H, W, generator=g) > 0.5).float()
+    xy = torch.rand(M, T, 2, generator=g) * torch.tensor([W - 1.0, H - 1.0])
+    xy[:4] = xy[:4].round()  # on pixel centres too
+    q = torch.randint(0, T, (M,), generator=g)
+    q[0] = 2  # a frame with one query at least
+    xy_q = xy[torch.arange(M), q]
+    ref = bilinear_sample(masks[q][:, None], xy_q[:, None])[:, 0, 0]
+    torch.testing.assert_close(mask_at_query(masks, xy, q), ref)
+    torch.testing.assert_close(mask_at_query(masks.bool(), xy, q), ref)
+    assert mask_at_query(masks, xy[:0], q[:0]).shape == (0,)
