@@ -87,6 +87,9 @@ class ValConfig:
     """Checkpoint to evaluate: a step number (checkpoints/model_<step>.ckpt) or 'last'."""
     data: DataConfig = field(default_factory=SyntheticDataConfig)
     """The sequence (default: the data config saved in cfg.yaml); --data.is-train False scores held-out frames."""
+    out_name: str = "val"
+    """Results go to WORK_DIR/<out_name>/<step>/ (e.g. ``val_train`` to keep a held-out ``val`` beside a score
+    of the training frames)."""
     save_depth: bool = False
     """Export the rendered z-depth of each scored view as depth/<frame>.npy (float32, scene units)."""
     save_renders: bool = False
@@ -334,6 +337,8 @@ class ValResult:
 
 def evaluate(cfg: ValConfig) -> ValResult:
     """Evaluate ``cfg.model`` of ``cfg.work_dir`` on the views ``cfg.data`` selects; see the module docstring."""
+    if not cfg.out_name or Path(cfg.out_name).name != cfg.out_name or cfg.out_name in (".", ".."):
+        raise ValueError(f"--out-name must be a plain folder name, got {cfg.out_name!r}")
     work_dir = Path(cfg.work_dir)
     if not work_dir.is_dir():
         raise ValueError(f"--work-dir {work_dir} is not a folder")
@@ -380,8 +385,8 @@ def evaluate(cfg: ValConfig) -> ValResult:
         by_t = {v.t: v for v in views}
         video_views = [by_t.get(t) or _video_view(seq, t, False) for t in range(seq.num_frames)]
 
-    out_dir = work_dir / "val" / str(step)
-    staging = work_dir / "val" / f".{step}.partial-{os.getpid()}"
+    out_dir = work_dir / cfg.out_name / str(step)
+    staging = work_dir / cfg.out_name / f".{step}.partial-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
