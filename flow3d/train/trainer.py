@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from flow3d.checkpoint import load_checkpoint, save_checkpoint
 from flow3d.config import TrainConfig, save_config
+from flow3d.data import apply_prior_drift, estimate_prior_drift
 from flow3d.depth import disp_to_depth
 from flow3d.device import pick_device
 from flow3d.fileio import write_json
@@ -66,6 +67,14 @@ def scene_extent(model: SceneModel) -> float:
     return float((pts - centre).norm(dim=-1).quantile(0.9).clamp_min(1e-3).detach())
 
 
+def align_prior(seq, mode: str):
+    """``seq`` with its prior's drift over time removed (``--prior-align``; deterministic, so a resumed run
+    gets the same prior)."""
+    if mode == "none":
+        return seq
+    return apply_prior_drift(seq, estimate_prior_drift(seq, fit=mode))
+
+
 class Trainer:
     """Owns the run: the sequence, the model and its optimisers, the densification state, the RNGs."""
 
@@ -76,7 +85,7 @@ class Trainer:
         self.weights = check_weights(cfg.losses)  # before anything slow: a config error stops here
         self.terms = active_terms(self.weights)
         self.needs = needs_of(self.terms)
-        self.seq = seq if seq is not None else cfg.data.load()  # its prior validity was decided on loading
+        self.seq = align_prior(seq if seq is not None else cfg.data.load(), cfg.prior_align)  # validity decided on loading
         # Seeding, once, here at the start; a resumed run restores both generators from its checkpoint.
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
