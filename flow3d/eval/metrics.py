@@ -27,6 +27,7 @@ from flow3d.depth import disp_to_depth, is_valid
 from flow3d.flow.pairs import sample_pixel_pairs
 from flow3d.geometry import bilinear_sample, inside_image, pixel_grid
 from flow3d.log import get_logger
+from flow3d.losses.consistency import fit_scale_shift
 from flow3d.losses.ordinal import ordinal_accuracy
 from flow3d.losses.photometric import gaussian_kernel_1d, ssim_map
 from flow3d.losses.photometric import psnr as _psnr
@@ -350,23 +351,69 @@ def depth_valid_mask(gt_depth: Tensor, pred_depth: Tensor | None = None, valid: 
     return ok
 
 
+DepthAlignment = Literal["sequence", "frame", "sequence_scale_shift", "frame_scale_shift", "none"]
+DEPTH_ALIGNMENTS: tuple[str, ...] = ("sequence", "frame", "sequence_scale_shift", "frame_scale_shift", "none")
+
+#: aligned disparity is clamped below at this fraction of the smallest valid ground-truth disparity (a depth
+#: cap of 10x the farthest true depth), so a scale-and-shift that sends a pixel's disparity to <= 0 counts
+#: as a large, finite error
+_DISP_FLOOR_FRAC = 0.1
+
+
+def _align_depth(pred: Tensor, gt: Tensor, w: Tensor, alignment: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(aligned depth (T, H, W), scale (T,), shift (T,)) of ``pred`` onto ``gt`` under weights ``w``.
+
+    "sequence" / "frame": ``s * pred`` with the least-squares depth scale; "*_scale_shift": the least-squares
+    ``s / pred + t`` onto ``1 / gt`` (DISPARITY), turned back into depth; "none": pred. Fits in float64.
+    ``pred`` and ``gt`` hold harmless values (not 0) where ``w`` is 0."""
+    T = pred.shape[0]
+    if alignment == "none":
+        return pred, pred.new_ones(T), pred.new_zeros(T)
+    dims = (0, 1, 2) if alignment.startswith("sequence") else (1, 2)
+    p64, g64, w64 = pred.double(), gt.double(), w.double()
+    if alignment in ("sequence", "frame"):
+        s, t, ok = fit_scale_shift(p64, g64, w64, dims, "scale")
+        aligned = p64 * s
+    else:
+        inv_p = torch.where(w64 > 0, 1.0 / p64, torch.zeros_like(p64))
+        inv_g = torch.where(w64 > 0, 1.0 / g64, torch.zeros_like(g64))
+        s, t, ok = fit_scale_shift(inv_p, inv_g, w64, dims, "scale_shift")
+        floor = _DISP_FLOOR_FRAC * inv_g[w64 > 0].min() if bool((w64 > 0).any()) else 1.0
+        aligned = 1.0 / (s * inv_p + t).clamp_min(floor)
+    nan = torch.full_like(s, float("nan"))
+    s, t = torch.where(ok, s, nan), torch.where(ok, t, nan)
+    return aligned.to(pred.dtype), s.reshape(-1).expand(T).to(pred.dtype), t.reshape(-1).expand(T).to(pred.dtype)
+
+
 def depth_metrics(
     pred_depth: Tensor,
     gt_depth: Tensor,
     valid: Tensor | None = None,
-    alignment: Literal["sequence", "frame", "none"] = "sequence",
+    alignment: DepthAlignment = "sequence",
 ) -> MetricResult:
-    """AbsRel, RMSE and delta<1.25 of a depth sequence against ground truth after a least-squares scale.
+    """AbsRel, RMSE and delta<1.25 of a depth sequence against ground truth after a least-squares alignment.
 
     pred_depth, gt_depth: (T, H, W) z-depth; valid: (T, H, W) bool or None. Pixels count where gt is
-    valid (:func:`depth_valid_mask`), pred is finite, and ``valid``.
-    alignment: "sequence" -- ONE scale s = argmin_s sum (s * pred - gt)^2 over the valid pixels of all
-    frames, s = sum(pred * gt) / sum(pred^2); "frame" -- that scale per frame; "none" -- s = 1.
-    Per frame (T,): abs_rel = mean |s pred - gt| / gt; rmse = sqrt(mean (s pred - gt)^2) (gt units);
-    delta1 = fraction with max(s pred / gt, gt / (s pred)) < 1.25 (s pred <= 0 counts as a miss);
-    scale (the s used); num_valid. Frames without valid pixels are NaN.
+    valid (:func:`depth_valid_mask`), pred is finite and positive, and ``valid``.
+    alignment (the fits are :func:`flow3d.losses.fit_scale_shift` over the valid pixels):
+
+    * ``"sequence"`` -- ONE depth scale s = argmin_s sum (s * pred - gt)^2 over all frames,
+      s = sum(pred * gt) / sum(pred^2): measures the depth up to the global scale a monocular method
+      cannot know, so a wrong per-frame offset or a stretched range counts;
+    * ``"frame"`` -- that scale per frame;
+    * ``"sequence_scale_shift"`` -- ONE scale and shift of DISPARITY, (s, t) = argmin sum (s / pred + t -
+      1 / gt)^2 over all frames; depth = 1 / (s / pred + t). Measures shape: a stretched but otherwise
+      right surface scores well, a depth that drifts from frame to frame does not;
+    * ``"frame_scale_shift"`` -- that scale and shift per frame;
+    * ``"none"`` -- s = 1.
+
+    Aligned disparities below 0.1 x the smallest ground-truth disparity are clamped there (depth capped at
+    10 x the farthest true depth), so a negative aligned disparity is a large finite error.
+    Per frame (T,): abs_rel = mean |d - gt| / gt; rmse = sqrt(mean (d - gt)^2) (gt units); delta1 = fraction
+    with max(d / gt, gt / d) < 1.25 (d <= 0 counts as a miss); scale and shift (the fit: depth scale and 0,
+    or disparity scale and shift); num_valid. Frames without valid pixels are NaN.
     Aggregates: the mean over frames with valid pixels (each frame weighs the same, as per-image
-    PSNR does).
+    PSNR does); for the sequence alignments also the fitted ``scale`` (and ``shift``).
     """
     if pred_depth.dim() != 3 or pred_depth.shape != gt_depth.shape:
         raise ValueError(
@@ -374,24 +421,16 @@ def depth_metrics(
         )
     if valid is not None and valid.shape != gt_depth.shape:
         raise ValueError(f"valid must be (T, H, W) = {tuple(gt_depth.shape)}, got {tuple(valid.shape)}")
-    if alignment not in ("sequence", "frame", "none"):
-        raise ValueError(f"alignment must be one of 'sequence', 'frame', 'none', got {alignment!r}")
+    if alignment not in DEPTH_ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {', '.join(map(repr, DEPTH_ALIGNMENTS))}, got {alignment!r}")
     ok = depth_valid_mask(gt_depth, pred_depth, valid)
+    if alignment.endswith("scale_shift"):
+        ok = ok & is_valid(pred_depth)  # its disparity is fitted
     w = ok.to(pred_depth.dtype)
-    pred = torch.where(ok, pred_depth, torch.zeros_like(pred_depth))
+    pred = torch.where(ok, pred_depth, torch.ones_like(pred_depth))
     gt = torch.where(ok, gt_depth, torch.ones_like(gt_depth))
     dims = (1, 2)
-    num = (pred * gt * w).sum(dim=dims)  # (T,)
-    den = (pred * pred * w).sum(dim=dims)
-    if alignment == "sequence":
-        tot_den = den.sum()
-        s = num.sum() / tot_den if tot_den > 0 else den.new_tensor(float("nan"))
-        scale = s.expand(pred.shape[0]).clone()
-    elif alignment == "frame":
-        scale = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(den, float("nan")))
-    else:
-        scale = torch.ones_like(den)
-    aligned = pred * scale[:, None, None]
+    aligned, scale, shift = _align_depth(pred, gt, w, alignment)
     err = aligned - gt
     count = w.sum(dim=dims)
     abs_rel = _masked_mean_or_nan(err.abs() / gt, w, dims)
@@ -400,11 +439,16 @@ def depth_metrics(
     ratio = torch.where(pos, torch.maximum(aligned / gt, gt / torch.where(pos, aligned, torch.ones_like(aligned))), torch.full_like(aligned, float("inf")))
     delta1 = _masked_mean_or_nan((ratio < 1.25).to(w.dtype), w, dims)
     scale = torch.where(count > 0, scale, torch.full_like(scale, float("nan")))
-    res = MetricResult(per_frame={"abs_rel": abs_rel, "rmse": rmse, "delta1": delta1, "scale": scale, "num_valid": count})
+    shift = torch.where(count > 0, shift, torch.full_like(shift, float("nan")))
+    res = MetricResult(per_frame={"abs_rel": abs_rel, "rmse": rmse, "delta1": delta1, "scale": scale, "shift": shift,
+                                  "num_valid": count})
     for k in ("abs_rel", "rmse", "delta1"):
         res.aggregate[k] = _nanmean(res.per_frame[k])
-    if alignment == "sequence":
-        res.aggregate["scale"] = float(scale[count > 0][0]) if bool((count > 0).any()) else float("nan")
+    if alignment.startswith("sequence"):
+        any_ok = bool((count > 0).any())
+        res.aggregate["scale"] = float(scale[count > 0][0]) if any_ok else float("nan")
+        if alignment == "sequence_scale_shift":
+            res.aggregate["shift"] = float(shift[count > 0][0]) if any_ok else float("nan")
     if not bool((count > 0).any()):
         res.notes["abs_rel"] = "no valid ground-truth depth pixel"
     return res
@@ -414,13 +458,14 @@ def prior_depth_metrics(
     prior_disp: Tensor,
     gt_depth: Tensor,
     valid: Tensor | None = None,
-    alignment: Literal["sequence", "frame", "none"] = "sequence",
+    alignment: DepthAlignment = "sequence",
 ) -> MetricResult:
     """:func:`depth_metrics` of a monocular prior given as disparity (T, H, W).
 
     The prior is turned into depth with :func:`flow3d.depth.disp_to_depth` (its validity rule) and then
-    aligned with the same single scale as the model's depth, so the "raw prior" row of an ablation table
-    is comparable. No disparity shift is estimated.
+    aligned exactly as the model's depth, so the "raw prior" row of an ablation table is comparable:
+    ``"sequence"`` fits one depth scale (no disparity shift), ``"sequence_scale_shift"`` one scale and shift
+    of the prior's disparity itself.
     """
     if prior_disp.shape != gt_depth.shape:
         raise ValueError(f"prior_disp must have gt_depth's shape {tuple(gt_depth.shape)}, got {tuple(prior_disp.shape)}")

@@ -87,6 +87,9 @@ class ValConfig:
     """Checkpoint to evaluate: a step number (checkpoints/model_<step>.ckpt) or 'last'."""
     data: DataConfig = field(default_factory=SyntheticDataConfig)
     """The sequence (default: the data config saved in cfg.yaml); --data.is-train False scores held-out frames."""
+    out_name: str = "val"
+    """Results go to WORK_DIR/<out_name>/<step>/ (e.g. ``val_train`` to keep a held-out ``val`` beside a score
+    of the training frames)."""
     save_depth: bool = False
     """Export the rendered z-depth of each scored view as depth/<frame>.npy (float32, scene units)."""
     save_renders: bool = False
@@ -356,6 +359,8 @@ class ValResult:
 
 def evaluate(cfg: ValConfig) -> ValResult:
     """Evaluate ``cfg.model`` of ``cfg.work_dir`` on the views ``cfg.data`` selects; see the module docstring."""
+    if not cfg.out_name or Path(cfg.out_name).name != cfg.out_name or cfg.out_name in (".", ".."):
+        raise ValueError(f"--out-name must be a plain folder name, got {cfg.out_name!r}")
     work_dir = Path(cfg.work_dir)
     if not work_dir.is_dir():
         raise ValueError(f"--work-dir {work_dir} is not a folder")
@@ -403,8 +408,8 @@ def evaluate(cfg: ValConfig) -> ValResult:
         by_t = {v.t: v for v in views}
         video_views = [by_t.get(t) or _video_view(seq, t, False) for t in range(seq.num_frames)]
 
-    out_dir = work_dir / "val" / str(step)
-    staging = work_dir / "val" / f".{step}.partial-{os.getpid()}"
+    out_dir = work_dir / cfg.out_name / str(step)
+    staging = work_dir / cfg.out_name / f".{step}.partial-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
@@ -473,7 +478,12 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
         agg.update({"depth_" + k: seq_res.aggregate[k] for k in depth_keys})
         agg["depth_scale"] = seq_scale = seq_res.aggregate["scale"]
         agg.update({f"depth_{k}_frame": frm_res.aggregate[k] for k in depth_keys})
-        notes["depth_abs_rel"] = "one LSQ scale per sequence (*_frame: per frame)"
+        ss_res = depth_metrics(rd, gt, valid, alignment="sequence_scale_shift")
+        cols.update({f"depth_{k}_scale_shift": [float(x) for x in ss_res.per_frame[k]] for k in depth_keys})
+        agg.update({f"depth_{k}_scale_shift": ss_res.aggregate[k] for k in depth_keys})
+        agg["depth_disp_scale"], agg["depth_disp_shift"] = ss_res.aggregate["scale"], ss_res.aggregate["shift"]
+        notes["depth_abs_rel"] = "one LSQ depth scale per sequence: absolute depth up to scale (*_frame: per frame)"
+        notes["depth_abs_rel_scale_shift"] = "one LSQ scale + shift of disparity per sequence: shape"
         notes["depth_rmse"] = "scene units" if seq.scene_scale == 1 else f"scene units (x {seq.scene_scale:g} = original)"
         pd = torch.stack([v.prior_disp for v in sv]) if sv[0].prior_disp is not None else None
         if pd is not None:
@@ -483,17 +493,18 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
             cols.update(_as_rows(p_seq.per_frame, "prior_", depth_keys))
             agg.update({"prior_" + k: p_seq.aggregate[k] for k in depth_keys})
             agg.update({f"prior_{k}_frame": p_frm.aggregate[k] for k in depth_keys})
-            notes["prior_abs_rel"] = "raw prior 1/disp, same alignment"
+            p_ss = prior_depth_metrics(pd, gt, pvalid, alignment="sequence_scale_shift")
+            cols.update({f"prior_{k}_scale_shift": [float(x) for x in p_ss.per_frame[k]] for k in depth_keys})
+            agg.update({f"prior_{k}_scale_shift": p_ss.aggregate[k] for k in depth_keys})
+            notes["prior_abs_rel"] = "raw prior 1/disp, one LSQ depth scale per sequence"
+            notes["prior_abs_rel_scale_shift"] = "raw prior disparity, one LSQ scale + shift per sequence"
         else:
             why = Unavailable("no depth prior for these views")
-            agg.update({"prior_" + k: why for k in depth_keys})
-            agg.update({f"prior_{k}_frame": why for k in depth_keys})
+            agg.update({f"prior_{k}{a}": why for k in depth_keys for a in ("", "_frame", "_scale_shift")})
     else:
         why = Unavailable("no ground-truth depth in this dataset")
-        agg.update({"depth_" + k: why for k in depth_keys})
-        agg.update({f"depth_{k}_frame": why for k in depth_keys})
-        agg.update({"prior_" + k: why for k in depth_keys})
-        agg.update({f"prior_{k}_frame": why for k in depth_keys})
+        for who in ("depth", "prior"):
+            agg.update({f"{who}_{k}{a}": why for k in depth_keys for a in ("", "_frame", "_scale_shift")})
 
     # ---- depth order
     if sv[0].prior_disp is not None:
@@ -542,7 +553,8 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
 
     per_frame = [{k: cols[k][j] for k in cols} for j in range(ns)]
     files["metrics"], files["per_frame"] = write_metrics(out, per_frame, agg, notes)
-    plot_keys = [k for k in ("psnr", "ssim", "fg_psnr", "lpips", "depth_abs_rel", "depth_abs_rel_frame", "prior_abs_rel",
+    plot_keys = [k for k in ("psnr", "ssim", "fg_psnr", "lpips", "depth_abs_rel", "depth_abs_rel_frame",
+                             "depth_abs_rel_scale_shift", "prior_abs_rel", "prior_abs_rel_scale_shift",
                              "ordinal_acc_prior", "ordinal_acc_gt", "temporal_consistency", "temporal_consistency_gt",
                              "track_epe") if k in cols]
     plot_rows = [{"frame": cols["frame"][j], **{k: cols[k][j] for k in plot_keys if not isinstance(cols[k][j], Unavailable)}}

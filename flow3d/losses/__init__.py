@@ -25,6 +25,7 @@ from flow3d.losses.consistency import (
     depth_gradients,
     dilate,
     erode,
+    fit_scale_shift,
 )
 from flow3d.losses.depth_scale import (
     DepthScaleLossInfo,
@@ -58,7 +59,7 @@ from flow3d.losses.som import (
 
 __all__ = [
     "DepthConsistencyLoss", "DepthConsistencyTerms", "align_to_target", "boundary_band",
-    "depth_consistency_loss", "depth_gradients", "dilate", "erode",
+    "depth_consistency_loss", "depth_gradients", "dilate", "erode", "fit_scale_shift",
     "DepthScaleLossInfo", "depth_aware_scale_loss", "estimate_k_obj_from_dataset", "focal_mm_to_px",
     "roi_depth_stat",
     "G2MonoDepthLoss", "g2_monodepth_loss", "robust_standardize", "sobel_xy",

@@ -86,21 +86,23 @@ def depth_gradients(depth: Tensor) -> tuple[Tensor, Tensor]:
     return dx, dy
 
 
-def align_to_target(pred: Tensor, tgt: Tensor, weight: Tensor, mode: str) -> Tensor:
-    """Per-image least-squares ``s * pred (+ t)`` fit to ``tgt`` under ``weight``; all (B, 1, H, W).
+def fit_scale_shift(
+    pred: Tensor, tgt: Tensor, weight: Tensor, dims: tuple[int, ...], mode: str = "scale_shift",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted least-squares ``s, t = argmin sum_dims weight * (s * pred + t - tgt)^2``.
 
-    ``mode``: ``"none"``, ``"scale"`` or ``"scale_shift"``. Differentiable (closed form). Images whose
-    system is degenerate (no valid pixel, or constant pred for scale_shift) are left unchanged.
+    ``pred``, ``tgt``, ``weight`` share one shape; the sums run over ``dims`` (kept as size-1 dims, so the
+    results broadcast against ``pred``). ``mode``: ``"scale"`` (t = 0) or ``"scale_shift"``. Closed form,
+    differentiable. Returns ``(s, t, ok)``: where the system is degenerate (no weight, or a constant
+    ``pred`` for ``"scale_shift"``) ``ok`` is False and ``s = 1, t = 0``.
     """
-    if mode == "none":
-        return pred
-    dims = (1, 2, 3)
+    if mode not in ("scale", "scale_shift"):
+        raise ValueError(f"fit_scale_shift: mode must be 'scale' or 'scale_shift', got {mode!r}")
     a00 = (weight * pred * pred).sum(dims, keepdim=True)
     b0 = (weight * pred * tgt).sum(dims, keepdim=True)
     if mode == "scale":
         ok = a00 > 0
-        s = torch.where(ok, safe_div(b0, a00), torch.ones_like(a00))
-        return s * pred
+        return torch.where(ok, safe_div(b0, a00), torch.ones_like(a00)), torch.zeros_like(a00), ok
     a01 = (weight * pred).sum(dims, keepdim=True)
     a11 = weight.sum(dims, keepdim=True)
     b1 = (weight * tgt).sum(dims, keepdim=True)
@@ -109,6 +111,19 @@ def align_to_target(pred: Tensor, tgt: Tensor, weight: Tensor, mode: str) -> Ten
     det_safe = torch.where(ok, det, torch.ones_like(det))
     s = torch.where(ok, (a11 * b0 - a01 * b1) / det_safe, torch.ones_like(det))
     t = torch.where(ok, (a00 * b1 - a01 * b0) / det_safe, torch.zeros_like(det))
+    return s, t, ok
+
+
+def align_to_target(pred: Tensor, tgt: Tensor, weight: Tensor, mode: str) -> Tensor:
+    """Per-image least-squares ``s * pred (+ t)`` fit to ``tgt`` under ``weight``; all (B, 1, H, W).
+
+    ``mode``: ``"none"``, ``"scale"`` or ``"scale_shift"`` (:func:`fit_scale_shift`). Differentiable (closed
+    form). Images whose system is degenerate (no valid pixel, or constant pred for scale_shift) are left
+    unchanged.
+    """
+    if mode == "none":
+        return pred
+    s, t, _ = fit_scale_shift(pred, tgt, weight, (1, 2, 3), mode)
     return s * pred + t
 
 

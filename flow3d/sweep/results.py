@@ -25,7 +25,8 @@ _LOWER = ("abs_rel", "rmse", "lpips", "temporal_consistency", "epe", "s_per_step
 _HIGHER = ("psnr", "ssim", "delta1", "ordinal_acc", "within", "delta_avg", "pck")
 #: rows that score the depth prior / the ground truth itself, shown under the runs: name -> column -> metric
 REFERENCE_ROWS = {
-    "prior (reference)": {"depth_abs_rel": "prior_abs_rel", "depth_rmse": "prior_rmse", "depth_delta1": "prior_delta1"},
+    "prior (reference)": {"depth_abs_rel": "prior_abs_rel", "depth_rmse": "prior_rmse", "depth_delta1": "prior_delta1",
+                          "depth_abs_rel_scale_shift": "prior_abs_rel_scale_shift"},
     "gt (reference)": {"temporal_consistency": "temporal_consistency_gt"},
 }
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from flow3d.checkpoint import resume_point, save_checkpoint
 from flow3d.config import TrainConfig, data_config_record, save_config, validate_config
-from flow3d.data import check_data_config, check_same_content, content_record
+from flow3d.data import apply_prior_drift, check_data_config, check_same_content, content_record, estimate_prior_drift
 from flow3d.depth import disp_to_depth
 from flow3d.device import pick_device
 from flow3d.errors import Interrupted, TrainingError, signal_name
@@ -136,6 +136,14 @@ def scene_extent(model: SceneModel) -> float:
     return float((pts - centre).norm(dim=-1).quantile(0.9).clamp_min(1e-3).detach())
 
 
+def align_prior(seq, mode: str):
+    """``seq`` with its prior's drift over time removed (``--prior-align``; deterministic, so a resumed run
+    gets the same prior)."""
+    if mode == "none":
+        return seq
+    return apply_prior_drift(seq, estimate_prior_drift(seq, fit=mode))
+
+
 class Trainer:
     """Owns the run: the sequence, the model and its optimisers, the densification state, the RNGs."""
 
@@ -149,8 +157,9 @@ class Trainer:
         resume = resume_point(self.work_dir / "checkpoints")  # an unusable checkpoint or other data stop here
         if resume is not None:
             check_data_config(resume[1].get("data"), data_config_record(cfg.data), resume[0])
-        self.seq = seq if seq is not None else cfg.data.load()  # its prior validity was decided on loading
-        self.data_record = {"config": data_config_record(cfg.data), **content_record(self.seq)}
+        seq = seq if seq is not None else cfg.data.load()  # its prior validity was decided on loading
+        self.data_record = {"config": data_config_record(cfg.data), **content_record(seq)}
+        self.seq = align_prior(seq, cfg.prior_align)
         self.usable_tracks = UsableTracks.of(self.seq)  # once per sequence, not per step
         # Seeding, once, here at the start; a resumed run restores both generators from its checkpoint.
         torch.manual_seed(cfg.seed)

@@ -269,6 +269,77 @@ def test_depth_metrics_different_scales_per_frame_and_bad_input():
         depth_metrics(pred[0], gt[0])
 
 
+def _lstsq_disp_absrel(pred: np.ndarray, gt: np.ndarray, per_frame: bool) -> tuple[list[float], list, list]:
+    """Slow reference: numpy lstsq of [1/pred, 1] onto 1/gt (over all frames, or per frame), AbsRel per frame."""
+    frames = [np.arange(len(gt))] if not per_frame else [[t] for t in range(len(gt))]
+    absrel, fits = [None] * len(gt), [None] * len(gt)
+    for ids in frames:
+        ok = gt[ids] > 0
+        A = np.stack([1.0 / pred[ids][ok], np.ones(ok.sum())], -1)
+        (s, t), *_ = np.linalg.lstsq(A, 1.0 / gt[ids][ok], rcond=None)
+        for i in ids:
+            m = gt[i] > 0
+            d = 1.0 / (s / pred[i][m] + t)
+            absrel[i] = float(np.mean(np.abs(d - gt[i][m]) / gt[i][m]))
+            fits[i] = (s, t)
+    return absrel, [f[0] for f in fits], [f[1] for f in fits]
+
+
+def test_depth_metrics_scale_shift_of_disparity_against_lstsq_reference():
+    g = torch.Generator().manual_seed(0)
+    gt = 1.0 + torch.rand(3, 6, 7, generator=g, dtype=torch.float64)
+    gt[0, 0, :3] = 0.0  # invalid
+    pred = gt * (1.0 + 0.1 * torch.rand(3, 6, 7, generator=g, dtype=torch.float64))
+    for alignment, per_frame in (("sequence_scale_shift", False), ("frame_scale_shift", True)):
+        r = depth_metrics(pred, gt, alignment=alignment)
+        absrel, s, t = _lstsq_disp_absrel(pred.numpy(), gt.numpy(), per_frame)
+        np.testing.assert_allclose(r.per_frame["abs_rel"].numpy(), absrel, rtol=1e-9)
+        np.testing.assert_allclose(r.per_frame["scale"].numpy(), s, rtol=1e-9)
+        np.testing.assert_allclose(r.per_frame["shift"].numpy(), t, rtol=1e-9, atol=1e-12)
+    assert r.per_frame["num_valid"].tolist() == [42 - 3, 42, 42]
+
+
+def test_depth_metrics_scale_shift_separates_shape_from_offset():
+    gt = 1.0 + torch.rand(4, 6, 7, dtype=torch.float64)
+    # A disparity-affine copy of the truth (stretched range, right shape): perfect after a scale and shift of
+    # disparity, wrong after a depth scale.
+    stretched = 1.0 / (2.0 / gt - 0.6)
+    assert depth_metrics(stretched, gt, alignment="sequence").aggregate["abs_rel"] > 0.05
+    r = depth_metrics(stretched, gt, alignment="sequence_scale_shift")
+    assert r.aggregate["abs_rel"] < 1e-9
+    assert r.aggregate["scale"] == pytest.approx(0.5) and r.aggregate["shift"] == pytest.approx(0.3)
+    # A depth whose disparity drifts per frame: one scale-and-shift per sequence cannot undo it, one per frame can.
+    a = torch.tensor([0.8, 0.9, 1.1, 1.2], dtype=torch.float64)[:, None, None]
+    drifting = 1.0 / (a / gt + (a - 1.0) * 0.5)
+    assert depth_metrics(drifting, gt, alignment="sequence_scale_shift").aggregate["abs_rel"] > 0.03
+    assert depth_metrics(drifting, gt, alignment="frame_scale_shift").aggregate["abs_rel"] < 1e-9
+    # The raw prior is scored the same way, on its own disparity.
+    p = prior_depth_metrics(2.0 / gt - 0.6, gt, alignment="sequence_scale_shift")
+    assert p.aggregate["abs_rel"] < 1e-9 and p.aggregate["scale"] == pytest.approx(0.5)
+
+
+def test_depth_metrics_scale_shift_clamps_negative_aligned_disparity():
+    gt = torch.tensor([1.0, 1.0, 1.0, 2.0], dtype=torch.float64).reshape(1, 1, 4)
+    pred = torch.tensor([1.0, 1.0, 1.0, 0.1], dtype=torch.float64).reshape(1, 1, 4)  # 1/pred: 1, 1, 1, 10
+    r = depth_metrics(pred, gt, alignment="sequence_scale_shift")
+    # lstsq of (1, 1, 1, 10) onto (1, 1, 1, 0.5): s = -1/18, t = 19/18, so pixel 4's aligned disparity is
+    # 19/18 - 10/18 = 0.5 exactly and the others 1: perfect
+    assert r.aggregate["abs_rel"] == pytest.approx(0.0, abs=1e-12)
+    # true disparities 5..1 (ten pixels each) and one of 1; predicted disparities 1..5 and 8: the fit has a
+    # negative scale (about -0.88, shift 5.69) and sends the last pixel to disparity -1.36 < 0
+    gt_disp = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0] * 10 + [1.0], dtype=torch.float64)
+    pred_disp = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0] * 10 + [8.0], dtype=torch.float64)
+    r2 = depth_metrics((1 / pred_disp).reshape(1, 1, -1), (1 / gt_disp).reshape(1, 1, -1), alignment="sequence_scale_shift")
+    assert math.isfinite(r2.aggregate["abs_rel"]) and math.isfinite(r2.aggregate["rmse"])
+    s, t = r2.aggregate["scale"], r2.aggregate["shift"]
+    assert s == pytest.approx(-0.88188976) and s * 8 + t < 0
+    # the pixel sent to disparity <= 0 is clamped at 0.1 x the smallest true disparity (depth 10 here)
+    d = 1.0 / (s * pred_disp + t).clamp_min(0.1 * 1.0)
+    assert d[-1] == pytest.approx(10.0)
+    ref = float(((d - 1 / gt_disp).abs() * gt_disp).mean())
+    assert r2.aggregate["abs_rel"] == pytest.approx(ref, rel=1e-9)
+
+
 def test_depth_metrics_no_valid_pixels_is_nan_with_note():
     r = depth_metrics(torch.ones(2, 3, 3), torch.zeros(2, 3, 3))
     assert math.isnan(r.aggregate["abs_rel"]) and "no valid" in r.notes["abs_rel"]

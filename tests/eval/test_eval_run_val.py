@@ -33,7 +33,9 @@ TRAIN_ARGS = [
 EXPECTED_NUMERIC = [
     "psnr", "ssim", "fg_psnr", "fg_ssim", "bg_psnr", "bg_ssim",
     "depth_abs_rel", "depth_rmse", "depth_delta1", "depth_scale", "depth_abs_rel_frame", "depth_rmse_frame",
-    "depth_delta1_frame", "prior_abs_rel", "prior_rmse", "prior_delta1", "ordinal_acc_prior", "ordinal_acc_gt",
+    "depth_delta1_frame", "depth_abs_rel_scale_shift", "depth_rmse_scale_shift", "depth_delta1_scale_shift",
+    "depth_disp_scale", "depth_disp_shift", "prior_abs_rel", "prior_rmse", "prior_delta1", "prior_abs_rel_scale_shift",
+    "prior_rmse_scale_shift", "prior_delta1_scale_shift", "ordinal_acc_prior", "ordinal_acc_gt",
     "temporal_consistency", "temporal_consistency_gt", "track_epe", "track_within_1", "track_within_2",
     "track_within_4", "track_within_8", "track_within_16", "track_delta_avg", "track_num_points", "num_views", "step",
 ]
@@ -150,6 +152,16 @@ def test_depth_export_round_trips_and_absrel_matches(val_run, seq, work_dir):
     s_f = [(d[i][ok[i]] * gt[i][ok[i]]).sum() / (d[i][ok[i]] ** 2).sum() for i in range(len(frames))]
     absrel_f = [np.mean(np.abs(s_f[i] * d[i][ok[i]] - gt[i][ok[i]]) / gt[i][ok[i]]) for i in range(len(frames))]
     assert doc["aggregate"]["depth_abs_rel_frame"] == pytest.approx(np.mean(absrel_f), rel=1e-4)
+    # One scale and shift of disparity for the sequence (numpy lstsq), for the model and for the raw prior.
+    for who, disp in (("depth", 1.0 / np.where(ok, d, 1.0)), ("prior", seq.prior_disp[frames].numpy().astype(np.float64))):
+        use = ok & np.isfinite(disp) & (disp > 0)  # the fit skips pixels rendered at depth 0 (is_valid)
+        A = np.stack([disp[use], np.ones(use.sum())], -1)
+        (a, b), *_ = np.linalg.lstsq(A, 1.0 / gt[use], rcond=None)
+        ref = [np.mean(np.abs(1.0 / (a * disp[i][use[i]] + b) - gt[i][use[i]]) / gt[i][use[i]]) for i in range(len(frames))]
+        assert doc["aggregate"][f"{who}_abs_rel_scale_shift"] == pytest.approx(np.mean(ref), rel=1e-4)
+        if who == "depth":
+            assert doc["aggregate"]["depth_disp_scale"] == pytest.approx(a, rel=1e-4)
+            assert doc["aggregate"]["depth_disp_shift"] == pytest.approx(b, rel=1e-3, abs=1e-6)
 
 
 def test_video_and_contact_sheet(val_run):
