@@ -425,7 +425,10 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
     agg: dict[str, Any] = {}
     notes: dict[str, str] = {}
     # ---- images
-    for k in ("psnr", "ssim", "lpips", "fg_psnr", "fg_ssim", "fg_lpips", "bg_psnr", "bg_ssim", "bg_lpips", "mpsnr", "mssim"):
+    for k in ("psnr", "ssim", "lpips", "ssim_endo", "lpips_endo", "fg_psnr", "fg_ssim", "fg_lpips", "bg_psnr",
+              "bg_ssim", "bg_lpips", "mpsnr", "mssim"):
+        if k.endswith("_endo") and not any(not bool(v.valid.all()) for v in sv):
+            continue  # nothing ignored: the EndoNeRF-family numbers equal ssim / lpips
         if k in image_cols:
             cols[k] = image_cols[k]
         elif k.startswith(("fg_", "bg_")):
@@ -436,6 +439,8 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
     agg.update(img_agg)
     notes.update(img_notes)
     notes.setdefault("psnr", "dB, mean over views")
+    if "ssim_endo" in agg:
+        notes.setdefault("ssim_endo", "EndoNeRF-family protocol: both images x tissue mask, whole-image SSIM")
 
     # ---- depth vs ground truth
     valid = torch.stack([v.valid for v in sv])
@@ -450,7 +455,8 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
         agg.update({"depth_" + k: seq_res.aggregate[k] for k in depth_keys})
         agg["depth_scale"] = seq_scale = seq_res.aggregate["scale"]
         agg.update({f"depth_{k}_frame": frm_res.aggregate[k] for k in depth_keys})
-        notes["depth_abs_rel"] = "one LSQ scale per sequence (*_frame: per frame)"
+        notes["depth_abs_rel"] = f"vs {seq.gt_depth_source} depth, one LSQ scale per sequence (*_frame: per frame)"
+        agg["depth_reference"] = seq.gt_depth_source
         notes["depth_rmse"] = "scene units" if seq.scene_scale == 1 else f"scene units (x {seq.scene_scale:g} = original)"
         pd = torch.stack([v.prior_disp for v in sv]) if sv[0].prior_disp is not None else None
         if pd is not None:

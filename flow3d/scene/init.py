@@ -323,6 +323,10 @@ def _fit_motion_to_tracks(fg: GaussianParams, bases: MotionBases, pts: Tensor, v
 
 
 def _init_background(seq, cfg: InitConfig, generator: torch.Generator | None) -> GaussianParams | None:
+    if bool(((seq.fg_masks[seq.train_ids] > 0.5) | ~seq.valid_masks[seq.train_ids]).all()):
+        logger.info("init: every valid pixel is foreground (e.g. deforming tissue under a static endoscope): "
+                    "no background Gaussians; every Gaussian moves on the motion bases")
+        return None
     if cfg.num_bg <= 0:
         return None
     depth, dvalid = seq.prior_depth(), seq.prior_valid
@@ -346,11 +350,7 @@ def _init_background(seq, cfg: InitConfig, generator: torch.Generator | None) ->
         pts_all.append(unproject_pixels(xy, z, seq.Ks[t], c2ws[t]))
         rgb_all.append(seq.images[t][ij[:, 0], ij[:, 1]])
     if not pts_all:
-        if bool(((seq.fg_masks[frames] > 0.5) | ~seq.valid_masks[frames]).all()):
-            logger.info("init: every valid pixel is foreground (e.g. deforming tissue under a static endoscope): "
-                        "no background Gaussians; every Gaussian moves on the motion bases")
-        else:
-            logger.warning("init: no background pixels with a valid prior depth; the scene has no background Gaussians")
+        logger.warning("init: no background pixels with a valid prior depth; the scene has no background Gaussians")
         return None
     pts, rgb = torch.cat(pts_all), torch.cat(rgb_all)
     # samples of overlapping frames interleave: size each by its neighbours, not by its frame's spacing
