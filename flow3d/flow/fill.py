@@ -40,5 +40,8 @@ def fill_ignored(images: np.ndarray, ignore: np.ndarray | None) -> np.ndarray:
         if ign[t].all():
             out[t] = 128
             continue
-        out[t] = cv2.inpaint(np.ascontiguousarray(imgs[t]), ign[t].astype(np.uint8), INPAINT_RADIUS_PX, cv2.INPAINT_TELEA)
+        # zero the ignored pixels first: OpenCV's Telea reads some of them (at the image border), so the
+        # inpainting would otherwise depend on what they held
+        src = np.where(ign[t][..., None], np.uint8(0), imgs[t])
+        out[t] = cv2.inpaint(np.ascontiguousarray(src), ign[t].astype(np.uint8), INPAINT_RADIUS_PX, cv2.INPAINT_TELEA)
     return out[0] if single else out

@@ -168,7 +168,7 @@ def initialize_scene(seq, cfg: InitConfig, generator: torch.Generator | None = N
     )
 
     means_can = pts[:, can_t]
-    colors = bilinear_sample(seq.images[can_t].permute(2, 0, 1)[None], seq.tracks_xy[idx, can_t][None])[0]
+    colors = _valid_colors(seq.images[can_t], seq.valid_masks[can_t], seq.tracks_xy[idx, can_t])
     N = len(idx)
     fg = GaussianParams(
         means_can,
@@ -182,6 +182,16 @@ def initialize_scene(seq, cfg: InitConfig, generator: torch.Generator | None = N
     fg = _densify_foreground(seq, can_t, fg, bases, cfg, generator)
     bg = _init_background(seq, cfg, generator)
     return SceneModel(fg, bases, bg), can_t
+
+
+def _valid_colors(image: Tensor, valid: Tensor, xy: Tensor) -> Tensor:
+    """Colours (P, 3) of ``image`` (H, W, 3) at ``xy`` (P, 2) OpenCV pixels, read bilinearly from its valid
+    pixels only (``valid`` (H, W) bool; the weights renormalised over them): an ignored pixel's value never
+    enters, not even with a tiny weight."""
+    img = torch.where(valid[..., None], image, torch.zeros_like(image))
+    chans = torch.cat([img, valid[..., None].to(image.dtype)], dim=-1).permute(2, 0, 1)[None]  # (1, 4, H, W)
+    s = bilinear_sample(chans, xy[None])[0]  # (P, 4)
+    return s[:, :3] / s[:, 3:].clamp_min(1e-6)
 
 
 def _densify_foreground(seq, can_t: int, tracks_fg: GaussianParams, bases: MotionBases, cfg: InitConfig,
