@@ -151,3 +151,13 @@ def test_growth_stops_at_the_cap_keeping_the_largest_gradients():
     strat.step_post_backward(_Model(fg), opts, state, 1, info)
     assert fg.num_gaussians == 8  # room for 2 of the 4 candidates
     torch.testing.assert_close(fg.get_means()[6:], means_before[[1, 2]])  # the two largest gradients
+
+
+def test_densification_centre_on_ignored_pixels():
+    """gsplat pixel convention: pixel (i, j) covers [j, j+1) x [i, i+1); outside the image is not ignored."""
+    from flow3d.scene.strategy import centre_on_ignored
+
+    valid = torch.ones(4, 5, dtype=torch.bool)
+    valid[1, 2] = False
+    m2d = torch.tensor([[2.0, 1.0], [2.99, 1.99], [3.0, 1.5], [2.5, 0.99], [-1.0, 1.5], [2.5, 7.0]])
+    assert centre_on_ignored(m2d, valid).tolist() == [True, True, False, False, False, False]
