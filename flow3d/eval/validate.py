@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from flow3d.checkpoint import load_checkpoint, resolve_checkpoint
 from flow3d.config import config_to_dict, load_config
-from flow3d.data import DataConfig, SyntheticDataConfig
+from flow3d.data import DataConfig, SyntheticDataConfig, touches_ignored
 from flow3d.depth import disp_to_depth, is_valid
 from flow3d.device import pick_device
 from flow3d.eval.metrics import (
@@ -69,8 +69,8 @@ from flow3d.eval.video import (
     write_video,
 )
 from flow3d.fileio import replace_dir
-from flow3d.flow import FlowCache
-from flow3d.geometry import bilinear_sample, project_points
+from flow3d.flow import FlowCache, fill_ignored
+from flow3d.geometry import bilinear_sample, pixel_grid, project_points
 from flow3d.log import get_logger
 from flow3d.scene.model import SceneModel
 
@@ -570,9 +570,16 @@ def _temporal(cfg, model, seq, sv, rd, rendered, device, bg, backend) -> tuple[d
             tc.append(float("nan"))
             tc_gt.append(float("nan"))
             continue
-        fr = cache.get(v.t, n, _to_u8(seq.images[v.t]), _to_u8(seq.images[n]))
+        ign_t, ign_n = ~seq.valid_masks[v.t], ~seq.valid_masks[n]  # (H, W) ignored pixels (instruments)
+        # flow on frames with ignored pixels inpainted (it does not depend on them); a pixel whose flow lands
+        # on an ignored pixel of frame n is not scored
+        fr = cache.get(v.t, n, fill_ignored(_to_u8(seq.images[v.t]), ign_t.numpy()),
+                       fill_ignored(_to_u8(seq.images[n]), ign_n.numpy()))
         flow = torch.from_numpy(fr.flow)[None]
-        ok = torch.from_numpy(fr.valid)[None] & v.valid[None]
+        H, W = ign_t.shape
+        dest = (pixel_grid(H, W) + flow[0]).reshape(-1, 1, 2)  # (H*W, 1, 2) positions in frame n
+        lands_ignored = touches_ignored(ign_n[None], dest).reshape(1, H, W)
+        ok = torch.from_numpy(fr.valid)[None] & v.valid[None] & ~lands_ignored
         if n not in rendered:
             rendered[n] = _render_view(model, _video_view(seq, n, False), device, bg, backend)["depth"]
         d_next = torch.from_numpy(rendered[n])

@@ -270,3 +270,16 @@ def test_endonerf_layout_scores_tissue_pixels_and_names_the_stereo_reference(tmp
         valid = seq.valid_masks[t].numpy().astype(np.float64)
         assert valid.min() == 0  # an instrument is in view
         assert r["psnr"] == pytest.approx(_psnr(pred, seq.images[t].numpy(), valid), abs=0.02)
+    # every metric ignores what the instrument pixels hold: overwrite them with noise on disk, score again
+    noisy = tmp_path / "tissue_noisy"
+    shutil.copytree(root, noisy)
+    rng = np.random.default_rng(0)
+    for img_path, mask_path in zip(sorted((noisy / "images").glob("*.png")), sorted((noisy / "masks").glob("*.png"))):
+        img, inst = imageio.imread(img_path), imageio.imread(mask_path) > 127
+        img[inst] = rng.integers(0, 256, (int(inst.sum()), img.shape[-1]), dtype=np.uint8)
+        imageio.imwrite(img_path, img)
+    data2 = ["data:endonerf", "--data.root-dir", str(noisy), "--data.depth-scale", "1000", "--data.use-cache", "False"]
+    doc2 = json.loads((run_val.main(["--work-dir", str(work), "--model", "last", *data2, "--data.is-train", "False"])
+                       .out_dir / "metrics.json").read_text())
+    assert doc2["aggregate"] == agg
+    assert doc2["per_frame"] == [{k: v for k, v in r.items()} for r in doc["per_frame"]]
