@@ -17,7 +17,7 @@ from flow3d.data.endonerf import EndoNeRFDataConfig
 from flow3d.data.fingerprint import check_data_config, check_same_content, content_record
 from flow3d.data.iphone import IPhoneDataConfig
 from flow3d.data.prior_align import PriorDrift, apply_prior_drift, estimate_prior_drift
-from flow3d.data.sequence import BgPoints, HeldOutViews, Tracks3D, VideoSequence
+from flow3d.data.sequence import BgPoints, HeldOutViews, Tracks3D, VideoSequence, touches_ignored
 from flow3d.data.split import split_frames
 from flow3d.data.synthetic import SyntheticDataConfig, make_synthetic_sequence, write_custom_layout
 from flow3d.data.tracks import tapir_to_visibility, visibility_to_tapir
@@ -35,5 +35,5 @@ DataConfig = Union[
 __all__ = [
     "BgPoints", "check_data_config", "check_same_content", "content_record", "CustomDataConfig", "PriorDrift", "apply_prior_drift", "estimate_prior_drift", "DataConfig", "DavisDataConfig", "EndoNeRFDataConfig", "HeldOutViews", "IPhoneDataConfig",
     "SyntheticDataConfig", "Tracks3D", "VideoSequence", "make_synthetic_sequence", "split_frames",
-    "tapir_to_visibility", "visibility_to_tapir", "write_custom_layout",
+    "tapir_to_visibility", "touches_ignored", "visibility_to_tapir", "write_custom_layout",
 ]

@@ -26,7 +26,7 @@ from flow3d.log import get_logger
 logger = get_logger(__name__)
 
 _MEMO: dict[str, VideoSequence] = {}
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: flow tracks are chained on frames whose ignored pixels are inpainted
 
 
 def default_cache_dir() -> Path:

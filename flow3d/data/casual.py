@@ -39,6 +39,7 @@ from flow3d.data.endoscopy import count_stopped, read_depth_folder, read_ignore_
 from flow3d.data.sequence import VideoSequence
 from flow3d.data.split import split_frames
 from flow3d.data.tracks import dense_tracks_from_pairs
+from flow3d.flow import fill_ignored
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -416,9 +417,10 @@ def flow_tracks(cfg, images: np.ndarray, masks: np.ndarray, queries: list[int], 
     """2D tracks chained from optical flow (:func:`flow3d.flow.tracks_from_flow`) as the dense arrays of
     :func:`flow3d.data.tracks.dense_tracks_from_pairs`. ``cfg`` gives ``flow_grid_step``, ``flow_backend``,
     ``max_tracks_per_query`` and ``seed``; images (T, H, W, 3) uint8, masks (T, H, W) bool foreground.
-    With ``ignore`` (T, H, W) bool, queries never start on an ignored pixel and a track ends where it
-    lands on one (:func:`flow3d.data.endoscopy.stop_tracks_on_ignored`)."""
-    pairs = _tracks_from_flow(cfg, images, masks if ignore is None else masks & ~ignore, queries, cache_dir)
+    With ``ignore`` (T, H, W) bool, the flow is estimated on frames whose ignored pixels are inpainted
+    (:func:`flow3d.flow.fill_ignored`: it does not depend on their values), queries never start on an
+    ignored pixel and a track ends where it lands on one (:func:`flow3d.data.endoscopy.stop_tracks_on_ignored`)."""
+    pairs = _tracks_from_flow(cfg, fill_ignored(images, ignore), masks if ignore is None else masks & ~ignore, queries, cache_dir)
     if ignore is not None:
         stopped = stop_tracks_on_ignored(pairs, ignore)
         logger.info("flow tracks: %d entries ended on ignored pixels", count_stopped(pairs, stopped))

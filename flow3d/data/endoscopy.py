@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from flow3d.data import io
-from flow3d.geometry import bilinear_sample
+from flow3d.data.sequence import touches_ignored
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -109,12 +109,12 @@ def stop_tracks_on_ignored(pairs: Mapping[tuple[int, int], np.ndarray], ignore: 
     """End TAPIR-format tracks ``{(q, t): (P, 4)}`` where they land on an ignored pixel.
 
     Walking away from each query frame q (forwards, then backwards), a track ends at the first frame
-    where it is unknown already or where any of the up-to-four pixels its bilinear sample mixes is
-    ignored with a weight above 1e-3 (``ignore`` (T, H, W) bool). From that frame on it reads as unknown (occlusion and distance
+    where it is unknown already or where it touches an ignored pixel (``ignore`` (T, H, W) bool; the rule of
+    :func:`flow3d.data.sequence.touches_ignored`). From that frame on it reads as unknown (occlusion and distance
     logits ``+unknown_logit``: confidence 0) at the position where it ended, as chained flow tracks do
     (:mod:`flow3d.flow.tracks`). Query entries (q, q) are unchanged. Returns a new dict.
     """
-    ign = torch.from_numpy(np.ascontiguousarray(ignore)).float()[:, None]  # (T, 1, H, W)
+    ign = torch.from_numpy(np.ascontiguousarray(ignore)).to(torch.bool)  # (T, H, W)
     T = ign.shape[0]
     out = {k: np.array(v, dtype=np.float32, copy=True) for k, v in pairs.items()}
     for q in sorted({q for q, _ in pairs}):
@@ -127,8 +127,8 @@ def stop_tracks_on_ignored(pairs: Mapping[tuple[int, int], np.ndarray], ignore: 
                 if (q, t) not in out:
                     break
                 arr = out[(q, t)]  # (P, 4), edited in place
-                xy = torch.from_numpy(arr[None, :, :2]).float()
-                on_ignored = bilinear_sample(ign[t : t + 1], xy)[0, :, 0].numpy() > 1e-3  # > 0 up to grid_sample's rounding
+                xy = torch.from_numpy(arr[:, None, :2]).float()  # (P, 1, 2)
+                on_ignored = touches_ignored(ign[t : t + 1], xy)[:, 0].numpy()
                 ends = alive & (on_ignored | (arr[:, 2] >= 0))
                 end_xy[ends] = arr[ends, :2]
                 alive &= ~ends

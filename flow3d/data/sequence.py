@@ -5,8 +5,10 @@ Conventions follow the glossary in :mod:`flow3d`. Everything lives on the CPU in
 said); the trainer moves what it needs with :meth:`VideoSequence.to`.
 
 Ignored pixels (e.g. surgical instruments): a pixel to ignore is ``valid_masks == False``. There is no
-separate ignore field: every loss term and metric already skips invalid pixels. ``fg_masks`` stays the
-dynamic-foreground mask; on endoscopy data it is 1 on all tissue (it all deforms) and 0 on instruments.
+separate ignore field: every loss term and metric skips invalid pixels, and the sequence itself applies
+the mask to what was derived from the pixels (on construction): the prior is invalid there and track
+entries there are unknown. ``fg_masks`` stays the dynamic-foreground mask; on endoscopy data it is 1 on
+all tissue (it all deforms) and 0 on instruments.
 
 Split: ``train_ids`` / ``val_ids`` index frames ``0..T-1`` (see :func:`flow3d.data.split.split_frames`).
 The trainer must use only train frames: images, masks and depth priors of train frames, and track
@@ -104,8 +106,15 @@ class VideoSequence:
     frame_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        """The one place where prior pixels are judged: ``prior_valid`` keeps only pixels that also pass
-        :func:`flow3d.depth.is_valid` (finite, > ``flow3d.depth.EPS``), and invalid disparities become 0.
+        """The one place where prior pixels and track entries are judged.
+
+        * ``prior_valid`` keeps only pixels that pass :func:`flow3d.depth.is_valid` (finite, >
+          ``flow3d.depth.EPS``) and are not ignored (``valid_masks``: the prior at an instrument is the
+          instrument's, not the tissue's); the disparity is 0 wherever ``prior_valid`` is False.
+        * A track entry that touches an ignored pixel (:func:`touches_ignored`) is neither visible nor
+          confidently occluded (confidence 0); a track whose query point touches one (a point on an
+          instrument) is unknown in every frame.
+
         Every loader ends by constructing the sequence, so this runs once per load (again, as a no-op,
         for copies); nothing downstream re-decides validity, and nothing mutates a sequence."""
         ok = self.prior_valid.to(torch.bool) & depth_lib.is_valid(self.prior_disp)
@@ -113,8 +122,24 @@ class VideoSequence:
         if n_bad:
             logger.warning("depth prior of %s: %d pixels are NaN/Inf or <= %g; they are masked out (prior_valid=False)",
                            self.name, n_bad, depth_lib.EPS)
-        self.prior_valid = ok
-        self.prior_disp = torch.where(ok, self.prior_disp, torch.zeros_like(self.prior_disp))
+        valid = self.valid_masks.to(torch.bool)
+        self.prior_valid = ok & valid
+        self.prior_disp = torch.where(self.prior_valid, self.prior_disp, torch.zeros_like(self.prior_disp))
+        if not bool(valid.all()) and self.tracks_xy.shape[0] > 0:
+            self._mask_tracks_on_ignored(~valid)
+
+    def _mask_tracks_on_ignored(self, ignore: Tensor) -> None:
+        """Track entries on ignored pixels become unknown; tracks starting on one become unknown everywhere."""
+        on_ignored = touches_ignored(ignore, self.tracks_xy)  # (M, T)
+        M = self.tracks_xy.shape[0]
+        starts_ignored = on_ignored[torch.arange(M), self.tracks_query_t]  # (M,)
+        unknown = on_ignored | starts_ignored[:, None]
+        n_vis = int((unknown & self.tracks_visible).sum())
+        if n_vis or bool(starts_ignored.any()):
+            logger.info("tracks of %s: %d tracks start on ignored pixels and %d visible entries lie on ignored "
+                        "pixels; they are unknown (not visible, confidence 0)", self.name, int(starts_ignored.sum()), n_vis)
+        self.tracks_visible = self.tracks_visible & ~unknown
+        self.tracks_conf = torch.where(unknown, torch.zeros_like(self.tracks_conf), self.tracks_conf)
 
     # ---- basic properties -------------------------------------------------------------------------
     @property
@@ -298,6 +323,19 @@ class VideoSequence:
         T, H, W = depth.shape
         grid = pixel_grid(H, W, dtype=depth.dtype).reshape(1, -1, 2).expand(T, -1, -1)
         return unproject_pixels(grid, depth.reshape(T, -1), self.Ks, self.c2ws).reshape(T, H, W, 3)
+
+
+def touches_ignored(ignore: Tensor, xy: Tensor) -> Tensor:
+    """Whether a bilinear read at each track entry touches an ignored pixel: (M, T) bool.
+
+    ignore: (T, H, W) bool; xy: (M, T, 2) OpenCV pixels, entry (m, t) in frame t. An entry touches an
+    ignored pixel when any of the (up to four) pixels that :func:`flow3d.geometry.bilinear_sample` mixes
+    there is ignored with a weight above 1e-3 (positions outside the image read the border). The one rule
+    for "a track lands on an ignored pixel" (also :func:`flow3d.data.endoscopy.stop_tracks_on_ignored`).
+    """
+    ign = ignore.to(torch.float32)[:, None]  # (T, 1, H, W)
+    w = bilinear_sample(ign, xy.transpose(0, 1).to(torch.float32))[..., 0]  # (T, M)
+    return (w > 1e-3).transpose(0, 1).contiguous()
 
 
 def erode(mask: Tensor, radius: int) -> Tensor:

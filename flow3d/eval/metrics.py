@@ -29,7 +29,7 @@ from flow3d.geometry import bilinear_sample, inside_image, pixel_grid
 from flow3d.log import get_logger
 from flow3d.losses.consistency import fit_scale_shift
 from flow3d.losses.ordinal import ordinal_accuracy
-from flow3d.losses.photometric import gaussian_kernel_1d, ssim_map
+from flow3d.losses.photometric import gaussian_kernel_1d, ssim_map, zero_outside
 from flow3d.losses.photometric import psnr as _psnr
 
 logger = get_logger(__name__)
@@ -296,13 +296,20 @@ def image_metrics(
     """All image metrics for a batch of frames, following Shape of Motion's validator.
 
     pred, target: (B, H, W, 3) in [0, 1]; masks: (B, H, W) or None. ``valid_mask`` (pixels with image
-    content) multiplies every mask; ``covisible_mask`` (seen in training views; iPhone) too, as SoM.
+    content; 0 on ignored pixels such as endoscopy instruments) multiplies every mask; ``covisible_mask``
+    (seen in training views; iPhone) too, as SoM.
     Keys, each (B,) or :class:`Unavailable`:
         psnr, ssim                     whole image (times valid/covisible masks when given)
         mpsnr, mssim                   SoM mPSNR / mSSIM (:func:`mssim_som`) -- only with a covisible mask
         fg_psnr, fg_ssim, bg_psnr, bg_ssim   masked to foreground / background (only with fg_mask)
         lpips (and fg_lpips, bg_lpips)  from ``lpips``; :class:`Unavailable` when no scorer/weights
-    ``ssim`` and the fg/bg SSIMs are :func:`masked_ssim` (mean of the SSIM map over the mask).
+        ssim_endo, lpips_endo          only with ``valid_mask``: the EndoNeRF-family protocol (EndoGaussian's
+                                       and Deform3DGS's ``metrics.py``): both images times the tissue mask,
+                                       then the whole-image SSIM / LPIPS (the zeroed pixels count, as SSIM 1)
+    ``ssim`` and the fg/bg SSIMs are :func:`masked_ssim`-like means of the SSIM map over the mask. With a
+    ``valid_mask``, pred and target are first set to 0 on its invalid pixels (:func:`zero_outside`), so no
+    metric depends on what an ignored pixel holds in either image (not even through an SSIM window).
+    PSNR over the valid pixels is EndoGaussian's masked PSNR (MSE over the mask's pixels).
     """
     _check_images(pred, target, None)
     base = None
@@ -310,11 +317,16 @@ def image_metrics(
         if mk is not None:
             mk = _check_images(pred, target, mk)
             base = mk if base is None else base * mk
+    if valid_mask is not None:
+        pred, target = zero_outside(pred, valid_mask), zero_outside(target, valid_mask)
     smap = ssim_map(pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2))  # (B, 3, H, W), computed once
     out: dict[str, Tensor | Unavailable] = {
         "psnr": masked_psnr(pred, target, base),
         "ssim": _mean_of_map(smap, base),
     }
+    if valid_mask is not None:
+        out["ssim_endo"] = smap.mean(dim=(1, 2, 3))
+        out["lpips_endo"] = Unavailable("no LpipsScorer given") if lpips is None else lpips(pred, target, None)
     if covisible_mask is not None:
         out["mpsnr"] = out["psnr"]
         out["mssim"] = mssim_som(pred, target, base)

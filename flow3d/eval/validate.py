@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from flow3d.checkpoint import load_checkpoint, resolve_checkpoint
 from flow3d.config import config_to_dict, load_config
-from flow3d.data import DataConfig, SyntheticDataConfig, check_same_content
+from flow3d.data import DataConfig, SyntheticDataConfig, check_same_content, touches_ignored
 from flow3d.depth import disp_to_depth, is_valid
 from flow3d.device import pick_device
 from flow3d.eval.metrics import (
@@ -69,8 +69,8 @@ from flow3d.eval.video import (
     write_video,
 )
 from flow3d.fileio import replace_dir
-from flow3d.flow import FlowCache
-from flow3d.geometry import bilinear_sample, project_points
+from flow3d.flow import FlowCache, fill_ignored
+from flow3d.geometry import bilinear_sample, pixel_grid, project_points
 from flow3d.log import get_logger
 from flow3d.scene.model import SceneModel
 
@@ -453,7 +453,10 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
     agg: dict[str, Any] = {}
     notes: dict[str, str] = {}
     # ---- images
-    for k in ("psnr", "ssim", "lpips", "fg_psnr", "fg_ssim", "fg_lpips", "bg_psnr", "bg_ssim", "bg_lpips", "mpsnr", "mssim"):
+    for k in ("psnr", "ssim", "lpips", "ssim_endo", "lpips_endo", "fg_psnr", "fg_ssim", "fg_lpips", "bg_psnr",
+              "bg_ssim", "bg_lpips", "mpsnr", "mssim"):
+        if k.endswith("_endo") and not any(not bool(v.valid.all()) for v in sv):
+            continue  # nothing ignored: the EndoNeRF-family numbers equal ssim / lpips
         if k in image_cols:
             cols[k] = image_cols[k]
         elif k.startswith(("fg_", "bg_")):
@@ -464,6 +467,8 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
     agg.update(img_agg)
     notes.update(img_notes)
     notes.setdefault("psnr", "dB, mean over views")
+    if "ssim_endo" in agg:
+        notes.setdefault("ssim_endo", "EndoNeRF-family protocol: both images x tissue mask, whole-image SSIM")
 
     # ---- depth vs ground truth
     valid = torch.stack([v.valid for v in sv])
@@ -482,8 +487,9 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
         cols.update({f"depth_{k}_scale_shift": [float(x) for x in ss_res.per_frame[k]] for k in depth_keys})
         agg.update({f"depth_{k}_scale_shift": ss_res.aggregate[k] for k in depth_keys})
         agg["depth_disp_scale"], agg["depth_disp_shift"] = ss_res.aggregate["scale"], ss_res.aggregate["shift"]
-        notes["depth_abs_rel"] = "one LSQ depth scale per sequence: absolute depth up to scale (*_frame: per frame)"
+        notes["depth_abs_rel"] = f"vs {seq.gt_depth_source} depth, one LSQ depth scale per sequence: absolute depth up to scale (*_frame: per frame)"
         notes["depth_abs_rel_scale_shift"] = "one LSQ scale + shift of disparity per sequence: shape"
+        agg["depth_reference"] = seq.gt_depth_source
         notes["depth_rmse"] = "scene units" if seq.scene_scale == 1 else f"scene units (x {seq.scene_scale:g} = original)"
         pd = torch.stack([v.prior_disp for v in sv]) if sv[0].prior_disp is not None else None
         if pd is not None:
@@ -599,9 +605,16 @@ def _temporal(cfg, model, seq, sv, rd, rendered, device, bg, backend) -> tuple[d
             tc.append(float("nan"))
             tc_gt.append(float("nan"))
             continue
-        fr = cache.get(v.t, n, _to_u8(seq.images[v.t]), _to_u8(seq.images[n]))
+        ign_t, ign_n = ~seq.valid_masks[v.t], ~seq.valid_masks[n]  # (H, W) ignored pixels (instruments)
+        # flow on frames with ignored pixels inpainted (it does not depend on them); a pixel whose flow lands
+        # on an ignored pixel of frame n is not scored
+        fr = cache.get(v.t, n, fill_ignored(_to_u8(seq.images[v.t]), ign_t.numpy()),
+                       fill_ignored(_to_u8(seq.images[n]), ign_n.numpy()))
         flow = torch.from_numpy(fr.flow)[None]
-        ok = torch.from_numpy(fr.valid)[None] & v.valid[None]
+        H, W = ign_t.shape
+        dest = (pixel_grid(H, W) + flow[0]).reshape(-1, 1, 2)  # (H*W, 1, 2) positions in frame n
+        lands_ignored = touches_ignored(ign_n[None], dest).reshape(1, H, W)
+        ok = torch.from_numpy(fr.valid)[None] & v.valid[None] & ~lands_ignored
         if n not in rendered:
             rendered[n] = _render_view(model, _video_view(seq, n, False), device, bg, backend)["depth"]
         d_next = torch.from_numpy(rendered[n])

@@ -7,11 +7,13 @@
 * :class:`FlowCache` -> :class:`FlowResult` -- flows + fb masks kept on disk per settings.
 * :func:`sample_pixel_pairs` -> :class:`PixelPairs` -- pixel pairs among fb-consistent pixels.
 * :func:`tracks_from_flow` / :func:`write_som_tracks` -- tracks chained from flow, Shape of Motion format.
+* :func:`fill_ignored` -- frames with ignored pixels (instruments) inpainted before flow is estimated.
 """
 
 from flow3d.flow.cache import FlowCache, FlowResult
 from flow3d.flow.consistency import FB_RULES, fb_confidence, fb_consistency_mask, fb_mask_and_confidence
 from flow3d.flow.estimate import DIS_PRESETS, FLOW_BACKENDS, estimate_flow
+from flow3d.flow.fill import fill_ignored
 from flow3d.flow.io import read_flo, write_flo
 from flow3d.flow.pairs import PixelPairs, sample_pixel_pairs
 from flow3d.flow.tracks import TRACK_LOGIT, query_grid, som_track_name, tracks_from_flow, write_som_tracks
@@ -28,6 +30,7 @@ __all__ = [
     "fb_confidence",
     "fb_consistency_mask",
     "fb_mask_and_confidence",
+    "fill_ignored",
     "query_grid",
     "read_flo",
     "sample_pixel_pairs",

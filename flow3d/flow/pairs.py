@@ -31,6 +31,11 @@ class PixelPairs:
     def __len__(self) -> int:
         return int(self.xy_a.shape[0])
 
+    def subset(self, keep: Tensor) -> "PixelPairs":
+        """The pairs where ``keep`` (P,) bool is True (every field that is set)."""
+        pick = lambda x: None if x is None else x[keep.to(x.device)]  # noqa: E731
+        return PixelPairs(self.xy_a[keep], self.xy_b[keep], pick(self.xy_a_next), pick(self.xy_b_next), pick(self.order))
+
 
 def _check_map(x: Tensor | None, name: str, shape: tuple, bool_required: bool = False) -> None:
     if x is None:

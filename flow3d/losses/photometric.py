@@ -82,20 +82,32 @@ def psnr(img0: Tensor, img1: Tensor, mask: Tensor | None = None, data_range: flo
     return 10.0 * torch.log10(data_range**2 / mse)
 
 
+def zero_outside(img: Tensor, mask: Tensor) -> Tensor:
+    """``img`` (B, H, W, C) with 0 wherever ``mask`` (B, H, W) or (B, H, W, 1) (bool or weights) is not > 0.
+
+    Before an SSIM window is slid over both images, filling their masked-out pixels with the same constant
+    makes every SSIM value independent of what those pixels held (in either image): an ignored pixel then
+    acts exactly like the zero padding outside the image border.
+    """
+    keep = mask.reshape(img.shape[:-1] + (1,)) > 0
+    return torch.where(keep, img, torch.zeros_like(img))
+
+
 def rgb_loss(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
     """``0.8 * L1 + 0.2 * (1 - SSIM)`` between rendered and target images (3DGS / Shape of Motion mix).
 
     pred, gt: (B, H, W, C) channel-last in [0, 1], as the renderer returns them. mask: None, or
-    (B, H, W) / (B, H, W, 1) bool or float weights; both terms are then weighted means over the mask
-    (SSIM is computed on the full images, its per-pixel map averaged under the mask). Scalar; an empty
-    mask gives a differentiable 0.
+    (B, H, W) / (B, H, W, 1) bool or float weights; both terms are then weighted means over the mask.
+    The pixels outside the mask (weight 0, e.g. an instrument) are set to 0 in BOTH images before the
+    SSIM windows are slid (:func:`zero_outside`), so the loss and its gradient do not depend on their
+    values in either image. Scalar; an empty mask gives a differentiable 0.
     """
     if pred.dim() != 4 or gt.shape != pred.shape:
         raise ValueError(f"rgb_loss: pred and gt must both be (B, H, W, C), got {tuple(pred.shape)} and {tuple(gt.shape)}")
     gt = gt.to(pred.dtype)
-    l1 = (pred - gt).abs()
-    s_map = ssim_map(pred.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     if mask is None:
+        l1 = (pred - gt).abs()
+        s_map = ssim_map(pred.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2))
         return 0.8 * l1.mean() + 0.2 * (1.0 - s_map.mean())
     if mask.shape not in (pred.shape[:-1], pred.shape[:-1] + (1,)):
         raise ValueError(
@@ -103,6 +115,9 @@ def rgb_loss(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
             f"{tuple(pred.shape[:-1])} or {tuple(pred.shape[:-1]) + (1,)}"
         )
     w = mask.reshape(pred.shape[:-1] + (1,)).to(pred.dtype).clamp_min(0.0).expand_as(pred)
+    pred, gt = zero_outside(pred, w[..., :1]), zero_outside(gt, w[..., :1])
+    l1 = (pred - gt).abs()
+    s_map = ssim_map(pred.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     n = w.sum()
     n_safe = torch.where(n > 0, n, torch.ones_like(n))
     loss = 0.8 * (l1 * w).sum() / n_safe + 0.2 * ((1.0 - s_map) * w).sum() / n_safe

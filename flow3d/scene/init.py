@@ -1,11 +1,19 @@
 """Initialisation as Shape of Motion does it, from 2D tracks lifted to 3D with the depth prior.
 
 1. lift the visible 2D track points of the training frames with the prior depth and the cameras;
-2. pick the canonical frame with the most visible tracks;
+2. pick the canonical frame with the most visible tracks (track entries on ignored pixels are not visible,
+   so on endoscopy data this favours frames where the instruments hide little tissue);
 3. cluster the tracks' motion relative to the canonical frame into K groups (k-means);
 4. fit each basis per frame by weighted Procrustes (``roma.rigid_points_registration``);
 5. refine bases, basis weights and canonical means on the 3D tracks for a few hundred steps;
-6. place background Gaussians on back-projected background prior depth.
+6. fill the canonical frame's foreground with back-projected prior depth; foreground that ignored pixels
+   (instruments) hide in the canonical frame comes from the other frames where it is visible, carried
+   back to the canonical time by the inverse of its fitted motion;
+7. place background Gaussians on back-projected background prior depth.
+
+The tissue setting (endoscopy): when every valid pixel is foreground -- deforming tissue under a static
+endoscope, no static background -- there are no background Gaussians, and every Gaussian moves on the
+motion bases. That is the intended mode for such data, not a failure: the log says so.
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ from dataclasses import dataclass
 
 import roma
 import torch
+from scipy.spatial import cKDTree
 from torch import Tensor
 
-from flow3d.geometry import bilinear_sample, unproject_pixels
+from flow3d.geometry import bilinear_sample, project_points, unproject_pixels
 from flow3d.log import get_logger
 from flow3d.losses import se3_smoothness_loss
 from flow3d.scene.gaussians import GaussianParams
@@ -175,7 +184,7 @@ def initialize_scene(seq, cfg: InitConfig, generator: torch.Generator | None = N
     )
 
     means_can = pts[:, can_t]
-    colors = bilinear_sample(seq.images[can_t].permute(2, 0, 1)[None], seq.tracks_xy[idx, can_t][None])[0]
+    colors = _valid_colors(seq.images[can_t], seq.valid_masks[can_t], seq.tracks_xy[idx, can_t])
     N = len(idx)
     fg = GaussianParams(
         means_can,
@@ -186,16 +195,30 @@ def initialize_scene(seq, cfg: InitConfig, generator: torch.Generator | None = N
         coef_logits,
     )
     _fit_motion_to_tracks(fg, bases, pts, valid, conf, cfg)
-    fg = _densify_foreground(seq, can_t, fg, cfg, generator)
+    fg = _densify_foreground(seq, can_t, fg, bases, cfg, generator)
     bg = _init_background(seq, cfg, generator)
     return SceneModel(fg, bases, bg), can_t
 
 
-def _densify_foreground(seq, can_t: int, tracks_fg: GaussianParams, cfg: InitConfig, generator) -> GaussianParams:
+def _valid_colors(image: Tensor, valid: Tensor, xy: Tensor) -> Tensor:
+    """Colours (P, 3) of ``image`` (H, W, 3) at ``xy`` (P, 2) OpenCV pixels, read bilinearly from its valid
+    pixels only (``valid`` (H, W) bool; the weights renormalised over them): an ignored pixel's value never
+    enters, not even with a tiny weight."""
+    img = torch.where(valid[..., None], image, torch.zeros_like(image))
+    chans = torch.cat([img, valid[..., None].to(image.dtype)], dim=-1).permute(2, 0, 1)[None]  # (1, 4, H, W)
+    s = bilinear_sample(chans, xy[None])[0]  # (P, 4)
+    return s[:, :3] / s[:, 3:].clamp_min(1e-6)
+
+
+def _densify_foreground(seq, can_t: int, tracks_fg: GaussianParams, bases: MotionBases, cfg: InitConfig,
+                        generator) -> GaussianParams:
     """Tracks are sparse (a grid of queries); fill the canonical frame's foreground up to ``num_fg``
     Gaussians with back-projected prior depth. Each new Gaussian takes the basis weights of its 3 nearest
     fitted track Gaussians (inverse-distance blend of their logits). Every Gaussian's size is its pixel
-    footprint at its depth: half the spacing between samples."""
+    footprint at its depth: half the spacing between samples.
+
+    Foreground hidden in the canonical frame behind ignored pixels (an instrument) is filled from the other
+    training frames where it is visible (:func:`_hidden_foreground`), at the same density."""
     depth, dvalid = seq.prior_depth()[can_t], seq.prior_valid[can_t]
     m = dvalid & (seq.fg_masks[can_t] > 0.5) & seq.valid_masks[can_t]
     n_tracks = tracks_fg.num_gaussians
@@ -203,24 +226,26 @@ def _densify_foreground(seq, can_t: int, tracks_fg: GaussianParams, cfg: InitCon
     ij = torch.nonzero(m)
     if n_new == 0 or len(ij) == 0:
         return tracks_fg
-    ij = ij[torch.randperm(len(ij), generator=generator)[:n_new]]
+    n_hidden_px = int((~seq.valid_masks[can_t]).sum())
+    rate = min(1.0, n_new / float(len(ij) + n_hidden_px))  # samples per pixel, visible and hidden alike
+    ij = ij[torch.randperm(len(ij), generator=generator)[: max(1, round(rate * len(ij)))]]
     xy = ij.flip(-1).to(depth.dtype)
     z = depth[ij[:, 0], ij[:, 1]]
-    fx = seq.Ks[can_t, 0, 0]
     new_means = unproject_pixels(xy, z, seq.Ks[can_t], torch.linalg.inv(seq.w2cs[can_t]))
+    fx = seq.Ks[can_t, 0, 0]
     with torch.no_grad():
         t_means = tracks_fg.get_means()
-        d, nn_idx = torch.cdist(new_means, t_means).topk(min(3, n_tracks), largest=False)
-        w = 1.0 / d.clamp_min(1e-6)
-        w = w / w.sum(-1, keepdim=True)
-        new_logits = (tracks_fg.params["motion_coefs"][nn_idx] * w[..., None]).sum(1)
+        new_logits = _blend_logits(new_means, t_means, tracks_fg.params["motion_coefs"])
+        rgb = seq.images[can_t][ij[:, 0], ij[:, 1]]
         spacing_px = (m.sum() / (len(ij) + n_tracks)).sqrt()
+        hid = _hidden_foreground(seq, can_t, tracks_fg, bases, rate, generator)
+        new_means, new_logits, rgb = (torch.cat([a, b]) for a, b in zip((new_means, new_logits, rgb), hid[:3]))
+        z = torch.cat([z, hid[3]])
         new_size = z * spacing_px / fx * 0.5
         # the track Gaussians get the footprint size too (their depth is their camera z at can_t)
         t_z = (t_means @ seq.w2cs[can_t, :3, :3].T + seq.w2cs[can_t, :3, 3])[:, 2].clamp_min(1e-3)
         t_size = t_z * spacing_px / fx * 0.5
-        rgb = seq.images[can_t][ij[:, 0], ij[:, 1]]
-        N = n_tracks + len(ij)
+        N = n_tracks + new_means.shape[0]
         return GaussianParams(
             torch.cat([t_means, new_means]),
             torch.tensor([1.0, 0, 0, 0]).expand(N, 4),
@@ -229,6 +254,75 @@ def _densify_foreground(seq, can_t: int, tracks_fg: GaussianParams, cfg: InitCon
             torch.cat([tracks_fg.get_colors(), rgb.clamp(0.01, 0.99)]),
             torch.cat([tracks_fg.params["motion_coefs"], new_logits]),
         )
+
+
+def _blend_logits(points: Tensor, track_points: Tensor, track_logits: Tensor, k: int = 3) -> Tensor:
+    """Motion-coefficient logits (P, K) of ``points`` (P, 3): inverse-distance blend of those of their ``k``
+    nearest ``track_points`` (N, 3) (scipy's cKDTree: no P x N distance matrix)."""
+    k = min(k, track_points.shape[0])
+    d, nn_idx = cKDTree(track_points.double().numpy()).query(points.double().numpy(), k=k)
+    d = torch.from_numpy(d).to(points.dtype).reshape(points.shape[0], k)
+    nn_idx = torch.from_numpy(nn_idx).long().reshape(points.shape[0], k)
+    w = 1.0 / d.clamp_min(1e-6)
+    w = w / w.sum(-1, keepdim=True)
+    return (track_logits[nn_idx] * w[..., None]).sum(1)
+
+
+def _hidden_foreground(seq, can_t: int, tracks_fg: GaussianParams, bases: MotionBases, rate: float,
+                       generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Canonical Gaussians for foreground that ignored pixels hide in the canonical frame ``can_t``.
+
+    The other training frames are visited from the nearest in time. In each, every valid foreground pixel
+    with a valid prior is lifted with the prior; it takes the blended motion of its nearest track Gaussians
+    at that frame's time (:func:`_blend_logits`), and that motion is inverted to carry it back to the
+    canonical time. The ignored canonical pixels it lands on that no earlier frame reached are claimed, one
+    point each, and a ``rate`` fraction of those points becomes Gaussians: the hidden foreground is sampled
+    at the density of the rest. Returns canonical means (P, 3), logits (P, K), colours (P, 3) and
+    canonical-camera depths (P,).
+    """
+    H, W = seq.valid_masks.shape[1:]
+    hidden = ~seq.valid_masks[can_t]  # (H, W)
+    claimed = torch.zeros(H, W, dtype=torch.bool)
+    depth, coefs = seq.prior_depth(), tracks_fg.get_coefs()
+    out: list[list[Tensor]] = [[], [], [], []]
+    for t in sorted((t for t in seq.train_ids.tolist() if t != can_t), key=lambda t: (abs(t - can_t), t)):
+        if bool((claimed | ~hidden).all()):
+            break
+        cand = torch.nonzero(seq.valid_masks[t] & seq.prior_valid[t] & (seq.fg_masks[t] > 0.5))  # (P, 2) (y, x)
+        X_t = unproject_pixels(cand.flip(-1).to(depth.dtype), depth[t][cand[:, 0], cand[:, 1]], seq.Ks[t],
+                               torch.linalg.inv(seq.w2cs[t]))  # (P, 3) world points at time t
+        R, tr = bases.compute_transforms(torch.tensor([t]), coefs)  # (N, 1, 3, 3), (N, 1, 3)
+        tracks_t = (R[:, 0] @ tracks_fg.get_means()[..., None])[..., 0] + tr[:, 0]
+        logits = _blend_logits(X_t, tracks_t, tracks_fg.params["motion_coefs"])
+        R_p, tr_p = bases.compute_transforms(torch.tensor([t]), torch.softmax(logits, dim=-1))
+        X_can = (R_p[:, 0].transpose(-1, -2) @ (X_t - tr_p[:, 0])[..., None])[..., 0]  # the motion, inverted
+        xy, z = project_points(X_can, seq.Ks[can_t], seq.w2cs[can_t])
+        px = xy.round().long()
+        inside = (px[:, 0] >= 0) & (px[:, 0] < W) & (px[:, 1] >= 0) & (px[:, 1] < H) & (z > 0)
+        flat = px[:, 1].clamp(0, H - 1) * W + px[:, 0].clamp(0, W - 1)
+        new = torch.nonzero(inside & (hidden & ~claimed).reshape(-1)[flat])[:, 0]
+        if len(new) == 0:
+            continue
+        pix, first = _first_per_value(flat[new])  # one point per newly reached pixel
+        claimed.view(-1)[pix] = True
+        sel = new[first][torch.rand(len(first), generator=generator) < rate]
+        for lst, val in zip(out, (X_can[sel], logits[sel], seq.images[t][cand[sel, 0], cand[sel, 1]], z[sel])):
+            lst.append(val)
+    if not out[0]:
+        K = tracks_fg.params["motion_coefs"].shape[1]
+        return torch.zeros(0, 3), torch.zeros(0, K), torch.zeros(0, 3), torch.zeros(0)
+    res = tuple(torch.cat(v) for v in out)
+    logger.info("init: %d foreground Gaussians for what ignored pixels hide in canonical frame %d, from other "
+                "frames (%d of its %d ignored pixels reached)", res[0].shape[0], can_t, int(claimed.sum()), int(hidden.sum()))
+    return res
+
+
+def _first_per_value(values: Tensor) -> tuple[Tensor, Tensor]:
+    """Distinct values (U,) of a 1-D long tensor and the index of the first occurrence of each (U,)."""
+    uniq, inv = torch.unique(values, return_inverse=True)
+    first = torch.full((len(uniq),), len(values), dtype=torch.long)
+    first = first.scatter_reduce(0, inv, torch.arange(len(values)), reduce="amin")
+    return uniq, first
 
 
 def _fit_motion_to_tracks(fg: GaussianParams, bases: MotionBases, pts: Tensor, valid: Tensor, conf: Tensor, cfg: InitConfig) -> None:
@@ -255,6 +349,10 @@ def _fit_motion_to_tracks(fg: GaussianParams, bases: MotionBases, pts: Tensor, v
 
 
 def _init_background(seq, cfg: InitConfig, generator: torch.Generator | None) -> GaussianParams | None:
+    if bool(((seq.fg_masks[seq.train_ids] > 0.5) | ~seq.valid_masks[seq.train_ids]).all()):
+        logger.info("init: every valid pixel is foreground (e.g. deforming tissue under a static endoscope): "
+                    "no background Gaussians; every Gaussian moves on the motion bases")
+        return None
     if cfg.num_bg <= 0:
         return None
     depth, dvalid = seq.prior_depth(), seq.prior_valid

@@ -6,9 +6,12 @@ parameters; ours runs the same rules per group ("fg", "bg") because only the for
 coefficients and the two groups are concatenated in every render.
 
 Per step, as in gsplat's strategies, the caller passes ``info`` (the renders' ``means2d``, ``radii`` and
-``img_wh``) twice: :meth:`DensifyStrategy.step_pre_backward` asks autograd to keep ``means2d.grad``, and
+``img_wh``, and optionally ``valid``: each render's valid-pixel mask) twice:
+:meth:`DensifyStrategy.step_pre_backward` asks autograd to keep ``means2d.grad``, and
 :meth:`DensifyStrategy.step_post_backward` accumulates the screen-space gradient norm of each Gaussian's
-projected centre (scaled to NDC-like units as gsplat does) over the renders in which it was visible. Every ``refine_every`` steps: Gaussians with a mean gradient above ``grow_grad2d`` are
+projected centre (scaled to NDC-like units as gsplat does) over the renders in which it was visible. A
+render does not count for a Gaussian whose projected centre lies on an ignored pixel of that frame (an
+instrument): no loss sees those pixels, so its zero gradient there must not dilute its mean. Every ``refine_every`` steps: Gaussians with a mean gradient above ``grow_grad2d`` are
 duplicated if small and split in two if large; those with opacity below ``prune_opa`` or larger than
 ``prune_scale3d`` (times the scene extent) are removed. Every ``reset_every`` steps opacities are clamped
 down to ``2 * prune_opa``. Optimiser moments follow every change (new rows start at zero).
@@ -77,6 +80,19 @@ def update_param_with_optimizer(
             opt.state[new] = {k: (state_fn(name, v) if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in st.items()}
 
 
+def centre_on_ignored(means2d: Tensor, valid: Tensor) -> Tensor:
+    """(N,) bool: the projected centre lies on a pixel where ``valid`` (H, W) bool is False.
+
+    means2d: (N, 2) in gsplat's pixel coordinates (pixel (i, j) covers [j, j+1) x [i, i+1)). Centres
+    outside the image are not on an ignored pixel.
+    """
+    H, W = valid.shape
+    ij = torch.floor(means2d).long()  # (N, 2) as (x, y)
+    inside = (ij[:, 0] >= 0) & (ij[:, 0] < W) & (ij[:, 1] >= 0) & (ij[:, 1] < H)
+    on = valid[ij[:, 1].clamp(0, H - 1), ij[:, 0].clamp(0, W - 1)]
+    return inside & ~on
+
+
 class DensifyStrategy:
     def __init__(self, cfg: DensifyConfig, scene_extent: float):
         self.cfg = cfg
@@ -89,7 +105,7 @@ class DensifyStrategy:
         """Before ``loss.backward()``: keep the gradient of every render's ``means2d`` (a non-leaf tensor).
 
         info: ``{"means2d": [(1, N, 2), ...], "radii": [(1, N) or (1, N, 2), ...], "img_wh": (W, H)}``, one
-        entry per rendered frame."""
+        entry per rendered frame, and optionally ``"valid": [(H, W) bool, ...]`` (False = ignored pixel)."""
         if step > self.cfg.refine_stop:
             return
         for m2d in info["means2d"]:
@@ -103,7 +119,8 @@ class DensifyStrategy:
             return
         sizes = {"fg": model.num_fg, "bg": model.num_bg}
         W, H = info["img_wh"]
-        for m2d, r in zip(info["means2d"], info["radii"]):
+        valids = info.get("valid") or [None] * len(info["means2d"])
+        for m2d, r, valid in zip(info["means2d"], info["radii"], valids):
             if m2d.grad is None:
                 continue
             g = m2d.grad.detach()[0].clone()  # (N, 2)
@@ -111,6 +128,8 @@ class DensifyStrategy:
             g[:, 1] *= H / 2.0
             norms = g.norm(dim=-1)
             vis = (r[0] > 0).reshape(r.shape[1], -1).all(dim=-1)
+            if valid is not None:
+                vis = vis & ~centre_on_ignored(m2d.detach()[0], valid)
             start = 0
             for name in GROUPS:
                 n = sizes[name]

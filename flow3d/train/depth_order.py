@@ -2,9 +2,10 @@
 :mod:`flow3d.train.terms`, with what each needs; weight 0 = not computed). Flow neighbours come from
 :mod:`flow3d.train.neighbors`, options from :class:`flow3d.config.DepthOrderConfig`.
 
-* ``hinge_ordinal`` — pairs sampled in frame t among fb-consistent pixels, order from the prior of t (or
-  the detached rendering of t), carried by flow into the neighbour, hinge on the neighbour's rendered depth
-  at the sub-pixel positions (seed 004 "Ours").
+* ``hinge_ordinal`` — pairs sampled in frame t among fb-consistent valid pixels, order from the prior of t
+  (or the detached rendering of t), carried by flow into the neighbour (a pair landing on an ignored pixel
+  of the neighbour is dropped), hinge on the neighbour's rendered depth at the sub-pixel positions (seed
+  004 "Ours").
 * ``modgs_ordinal`` — same-frame pairs, order from the prior, tanh loss on rendered depth (MoDGS).
 * ``pearson`` — 1 - Pearson correlation of rendered and prior disparity per frame.
 * ``depth_consistency`` (seed 001), ``g2_monodepth`` (seed 002), ``scale_adaptive`` (seed 003), all on
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from flow3d import losses as L
+from flow3d.data import touches_ignored
 from flow3d.depth import depth_order_sign, disp_to_depth
 from flow3d.flow import sample_pixel_pairs
 from flow3d.geometry import bilinear_sample
@@ -45,6 +47,16 @@ def _note_empty(ctx: StepContext, term: str, t: int) -> None:
                        "order in the region); it is skipped", term, t)
 
 
+def _drop_pairs_landing_on_ignored(pairs, next_valid: Tensor | None):
+    """Pairs whose flow-carried points both land clear of the neighbour's ignored pixels (the bilinear read
+    of the neighbour's rendered depth touches none: :func:`flow3d.data.touches_ignored`)."""
+    if next_valid is None or len(pairs) == 0 or bool(next_valid.all()):
+        return pairs
+    xy = torch.stack([pairs.xy_a_next, pairs.xy_b_next])[:, :, None]  # (2, P, 1, 2)
+    hit = touches_ignored(~next_valid[None], xy.reshape(-1, 1, 2)).reshape(2, -1)  # (2, P)
+    return pairs.subset(~hit.any(0))
+
+
 def hinge_ordinal_term(ctx: StepContext) -> Tensor:
     b, cfg = ctx.batch, ctx.cfg.order
     flows, next_out = ctx.neighbor_flows, ctx.next_out
@@ -59,6 +71,7 @@ def hinge_ordinal_term(ctx: StepContext) -> Tensor:
             region=region_mask(b.fg_masks[i].cpu(), cfg.region), prior=b.prior_disp[i].cpu(), prior_kind="disparity",
             min_rel_diff=cfg.min_rel_diff, flow=nf.flow, generator=ctx.generator,
         )
+        pairs = _drop_pairs_landing_on_ignored(pairs, nf.next_valid)
         if len(pairs) == 0:
             _note_empty(ctx, "hinge_ordinal", t)
             continue
@@ -144,8 +157,8 @@ def scale_adaptive_term(ctx: StepContext) -> Tensor:
 def calibrate_k_obj(seq) -> float:
     """Seed 000: k_obj from the training frames' foreground masks and prior disparity (inv_depth mode)."""
     ids = seq.train_ids
-    masks = seq.fg_masks[ids][:, None]
-    disp = seq.prior_disp[ids][:, None]  # 0 where the prior is invalid (VideoSequence)
+    masks = (seq.fg_masks * seq.valid_masks)[ids][:, None]  # ignored pixels are not part of any object
+    disp = seq.prior_disp[ids][:, None]  # 0 where the prior is invalid or ignored (VideoSequence)
     k = L.estimate_k_obj_from_dataset(masks, disp, seq.Ks[ids, 0, 0], depth_mode="inv_depth")
     logger.info("depth-aware scale: k_obj = %.4g calibrated on %d training frames", float(k), len(ids))
     return float(k)
@@ -155,7 +168,8 @@ def depth_aware_scale_term(ctx: StepContext) -> Tensor:
     b = ctx.batch
     if ctx.step < ctx.cfg.order.depth_aware_warmup:
         return ctx.out.fg.sum() * 0.0
-    disp = b.prior_disp[:, None]  # 0 where the prior is invalid
+    # the depth statistic reads only valid prior pixels (NaN elsewhere, also on ignored pixels)
+    disp = torch.where(b.prior_valid, b.prior_disp, torch.full_like(b.prior_disp, float("nan")))[:, None]
     loss, _ = L.depth_aware_scale_loss(ctx.out.fg.permute(0, 3, 1, 2), disp, b.Ks[:, 0, 0], ctx.k_obj,
                                        depth_mode="inv_depth")
     return loss

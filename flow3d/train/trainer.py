@@ -252,12 +252,14 @@ class Trainer:
         if not torch.isfinite(total):
             self._skip(values)
             return None
-        self._optimise(total, [r for r in (out, next_out) if r is not None], batch.img_wh)
+        valid = list(batch.valid_masks) + (list(self.seq.valid_masks[self._next_ts(batch)].to(self.device))
+                                           if next_out is not None else [])
+        self._optimise(total, [r for r in (out, next_out) if r is not None], batch.img_wh, valid)
         self._add_timing(t0, t1, t2)
         self._last_out, self._last_batch = out, batch
         logged = {k: v.detach() for k, v in values.items()}
         logged["total"] = total.detach()
-        logged["psnr"] = psnr(out.img.detach(), batch.imgs).mean()
+        logged["psnr"] = psnr(out.img.detach(), batch.imgs, batch.valid_masks[..., None]).mean()
         return logged
 
     def _render(self, batch, all_w2cs: Tensor) -> tuple[RenderOutput, RenderOutput | None]:
@@ -272,11 +274,15 @@ class Trainer:
         )
         if "neighbor_render" not in self.needs:
             return out, None
-        flows = self.neighbor_flows
-        next_ts = torch.tensor([flows[t].next_t if t in flows else t for t in batch.ts.tolist()], device=self.device)
+        next_ts = self._next_ts(batch).to(self.device)
         next_out = self.model.render(next_ts, all_w2cs[next_ts], self.seq.Ks[next_ts.cpu()].to(self.device),
                                      batch.img_wh, bg_color=bg, backend=cfg.render_backend)
         return out, next_out
+
+    def _next_ts(self, batch) -> Tensor:
+        """(B,) long on the CPU: each batch frame's flow neighbour (itself when it has none)."""
+        flows = self.neighbor_flows
+        return torch.tensor([flows[t].next_t if t in flows else t for t in batch.ts.tolist()])
 
     def _context(self, batch, out: RenderOutput, next_out: RenderOutput | None, all_w2cs: Tensor) -> StepContext:
         return StepContext(
@@ -285,11 +291,12 @@ class Trainer:
             reported=self.reported,
         )
 
-    def _optimise(self, total: Tensor, renders: list[RenderOutput], img_wh: tuple[int, int]) -> None:
-        """Backward, one Adam step per parameter, densification, learning-rate schedules."""
+    def _optimise(self, total: Tensor, renders: list[RenderOutput], img_wh: tuple[int, int], valid: list[Tensor]) -> None:
+        """Backward, one Adam step per parameter, densification, learning-rate schedules. ``valid``: each
+        rendered frame's (H, W) valid mask, in the order of the renders' frames (densification statistics)."""
         self.nonfinite_in_row = 0
         info = {"means2d": [m for r in renders for m in r.means2d], "radii": [x for r in renders for x in r.radii],
-                "img_wh": img_wh}
+                "img_wh": img_wh, "valid": valid}
         self.strategy.step_pre_backward(self.model, self.optimizers, self.strategy_state, self.step, info)
         total.backward()
         for o in self._all_optimizers():
@@ -356,7 +363,8 @@ class Trainer:
 
     @torch.no_grad()
     def eval_psnr(self, ids: Tensor) -> float:
-        """Mean PSNR of the frames ``ids`` rendered from their cameras (held-out frames for validation)."""
+        """Mean PSNR over the valid pixels (``valid_masks``: not over ignored ones) of the frames ``ids``
+        rendered from their cameras (held-out frames for validation)."""
         if len(ids) == 0:
             return float("nan")
         vals = []
@@ -368,7 +376,8 @@ class Trainer:
                 (self.seq.images.shape[2], self.seq.images.shape[1]),
                 bg_color=torch.tensor(self.cfg.bg_color, device=self.device), backend=self.cfg.render_backend,
             )
-            vals.append(float(psnr(out.img, self.seq.images[t : t + 1].to(self.device))))
+            valid = self.seq.valid_masks[t : t + 1, ..., None].to(self.device)  # (1, H, W, 1)
+            vals.append(float(psnr(out.img, self.seq.images[t : t + 1].to(self.device), valid)))
         return sum(vals) / len(vals)
 
     def fit(self) -> dict:

@@ -99,9 +99,9 @@ def test_reads_back_the_tissue_scene(tissue, endo_root):
     assert 0.03 < (~ok).float().mean() < 0.15
     rel = ((seq.gt_depth - tissue.gt_depth).abs() / tissue.gt_depth)[ok]
     assert 0.004 < rel.median() < 0.012
-    # the default prior is that stereo depth, holes masked
-    assert torch.equal(seq.prior_valid, ok)
-    torch.testing.assert_close(seq.prior_disp[ok], 1.0 / seq.gt_depth[ok], rtol=1e-6, atol=0)
+    # the default prior is that stereo depth, holes and instruments (ignored pixels) masked
+    assert torch.equal(seq.prior_valid, ok & seq.valid_masks)
+    torch.testing.assert_close(seq.prior_disp[seq.prior_valid], 1.0 / seq.gt_depth[seq.prior_valid], rtol=1e-6, atol=0)
     # the written monocular-like prior, read as disparity, is the scene's drifting prior
     mono = cfg(endo_root, prior_dir="mono_disp", prior_kind="disparity").load()
     torch.testing.assert_close(mono.prior_disp, tissue.prior_disp, rtol=0, atol=0)
@@ -146,8 +146,9 @@ def test_mask_polarity_depth_scale_and_bit_depths(tmp_path, dtype, scale):
     expected = torch.full((3, 6, 8), 1.5)
     expected[:, 0, 0] = 0.0  # a hole
     torch.testing.assert_close(seq.gt_depth, expected)
-    assert not seq.prior_valid[:, 0, 0].any() and seq.prior_valid.sum() == 3 * 47
-    torch.testing.assert_close(seq.prior_disp[seq.prior_valid], torch.full((3 * 47,), 1 / 1.5))
+    # the prior (the stereo depth) is invalid at its hole and on the instrument (ignored pixels)
+    assert torch.equal(seq.prior_valid, (expected > 0) & ~inst) and seq.prior_valid.sum() == 3 * 42
+    torch.testing.assert_close(seq.prior_disp[seq.prior_valid], torch.full((3 * 42,), 1 / 1.5))
     torch.testing.assert_close(seq.images[1], torch.full((6, 8, 3), 101 / 255))
 
 
@@ -164,8 +165,9 @@ def test_prior_dir_kinds_and_scales(tmp_path):
         for t in range(3):
             write(root / folder / f"{t:03d}", t)
         seq = cfg(root, prior_dir=folder, prior_kind=kind, prior_png_scale=10000.0).load()
-        torch.testing.assert_close(seq.prior_disp, torch.from_numpy(1.0 / depth).float(), rtol=2e-4, atol=0)
-        assert seq.prior_valid.all() and seq.gt_depth_source == "stereo" and seq.gt_depth is not None
+        v = seq.valid_masks  # the prior is masked on the instrument (ignored pixels)
+        torch.testing.assert_close(seq.prior_disp[v], torch.from_numpy(1.0 / depth).float()[v], rtol=2e-4, atol=0)
+        assert torch.equal(seq.prior_valid, v) and seq.gt_depth_source == "stereo" and seq.gt_depth is not None
 
 
 def test_read_value_map_accepts_grey_rgb_and_rejects_colour(tmp_path):

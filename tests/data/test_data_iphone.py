@@ -74,7 +74,9 @@ def test_iphone_fixture_loads(tmp_path):
         torch.testing.assert_close(seq.w2cs[i, :3, :3] @ c + seq.w2cs[i, :3, 3], torch.zeros(3), atol=1e-6, rtol=0)
         torch.testing.assert_close(seq.w2cs[i, :3, :3], torch.from_numpy(_rot_y(0.05 * i)).float())
     assert not seq.valid_masks[:, 0, 0].any() and seq.valid_masks[:, 1:, 1:].all()
-    torch.testing.assert_close(seq.prior_depth()[2], torch.full((12, 16), 2.2))
+    expected = torch.full((12, 16), 2.2)
+    expected[0, 0] = 0.0  # no image content (alpha 0): the prior is invalid there too
+    torch.testing.assert_close(seq.prior_depth()[2], expected)
     assert seq.fg_masks[0, 3:9, 4:12].eq(1).all() and seq.fg_masks.sum() == 4 * 48
     # the val split is other cameras: held-out views, and every video frame trains
     assert seq.val_ids.numel() == 0 and seq.train_ids.tolist() == [0, 1, 2, 3]
@@ -92,7 +94,7 @@ def test_iphone_without_val_split_uses_every_nth_frame_and_normalises(tmp_path):
     seq = IPhoneDataConfig(data_dir=str(d), depth_type="lidar", use_cache=False).load()
     assert seq.val_views is None and seq.val_ids.tolist() == [1, 9]
     assert seq.scene_scale > 0
-    torch.testing.assert_close(seq.prior_depth()[0][seq.prior_valid[0]] * seq.scene_scale, torch.full((192,), 2.0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seq.prior_depth()[0][seq.prior_valid[0]] * seq.scene_scale, torch.full((191,), 2.0), rtol=1e-5, atol=1e-5)
 
 
 def test_iphone_bad_inputs(tmp_path):

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from flow3d.depth import disp_to_depth
 from flow3d.eval.metrics import (
@@ -499,3 +501,60 @@ def test_keypoint_pck_hand_values():
     assert empty.aggregate["pck"] == 0.0 and empty.aggregate["num_empty_pairs"] == 2
     with pytest.raises(ValueError, match="visible"):
         keypoint_pck(pred, gt, vis[:, :2], img_wh=(100, 60))
+
+
+def _instrument_mask(B: int = 2, H: int = 24, W: int = 20) -> Tensor:
+    valid = torch.ones(B, H, W)
+    valid[:, 6:14, 5:11] = 0  # an "instrument" inside the image
+    valid[1, :, -3:] = 0  # and one touching the border
+    return valid
+
+
+def test_image_metrics_ignore_invalid_pixels_of_both_images():
+    """Ignored pixels (valid_mask 0) change no metric, whatever either image holds there (SSIM windows
+    included); the control without the mask shows those values do matter otherwise."""
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(2, 24, 20, 3, generator=g), torch.rand(2, 24, 20, 3, generator=g)
+    valid = _instrument_mask()
+    pred2, target2 = pred.clone(), target.clone()
+    noise = torch.rand(2, 24, 20, 3, generator=g)
+    pred2[valid == 0] = noise[valid == 0]
+    target2[valid == 0] = noise.flip(0)[valid == 0]
+    a = image_metrics(pred, target, fg_mask=valid, valid_mask=valid)
+    b = image_metrics(pred2, target2, fg_mask=valid, valid_mask=valid)
+    for k in ("psnr", "ssim", "ssim_endo", "fg_psnr", "fg_ssim"):
+        assert torch.equal(a[k], b[k]), k
+    c = image_metrics(pred, target, fg_mask=valid)
+    d = image_metrics(pred2, target2, fg_mask=valid)
+    assert not torch.equal(c["ssim"], d["ssim"]) and not torch.equal(c["psnr"], d["psnr"])
+    assert not torch.equal(c["fg_ssim"], d["fg_ssim"])  # the SSIM windows see the ignored pixels
+
+
+def test_image_metrics_endonerf_protocol_against_hand_reference():
+    """PSNR over valid pixels = EndoGaussian's masked PSNR (MSE over the mask's pixels); ssim_endo = the
+    whole-image mean SSIM of both images times the mask (checked with a per-pixel loop over the window)."""
+    g = torch.Generator().manual_seed(1)
+    pred, target = torch.rand(1, 14, 13, 3, generator=g, dtype=torch.float64), torch.rand(1, 14, 13, 3, generator=g, dtype=torch.float64)
+    valid = torch.ones(1, 14, 13, dtype=torch.float64)
+    valid[0, 3:8, 4:9] = 0
+    out = image_metrics(pred, target, valid_mask=valid)
+    m = valid[0].bool()
+    mse = ((pred[0][m] - target[0][m]) ** 2).mean()
+    torch.testing.assert_close(out["psnr"][0], -10 * torch.log10(mse))
+    # slow reference SSIM: 11x11 Gaussian window (sigma 1.5), zero padding, C1 = 0.01^2, C2 = 0.03^2
+    x, y = (pred[0] * valid[0, ..., None]).permute(2, 0, 1), (target[0] * valid[0, ..., None]).permute(2, 0, 1)
+    k = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
+    k = k / k.sum()
+    w2 = k[:, None] * k[None, :]
+    xp, yp = F.pad(x, (5, 5, 5, 5)), F.pad(y, (5, 5, 5, 5))
+    vals = []
+    for c in range(3):
+        for i in range(14):
+            for j in range(13):
+                px, py = xp[c, i:i + 11, j:j + 11], yp[c, i:i + 11, j:j + 11]
+                mx, my = (w2 * px).sum(), (w2 * py).sum()
+                vx, vy = (w2 * px * px).sum() - mx**2, (w2 * py * py).sum() - my**2
+                cxy = (w2 * px * py).sum() - mx * my
+                vals.append(((2 * mx * my + 1e-4) * (2 * cxy + 9e-4)) / ((mx**2 + my**2 + 1e-4) * (vx + vy + 9e-4)))
+    torch.testing.assert_close(out["ssim_endo"][0], torch.stack(vals).mean())
+    assert isinstance(out["lpips_endo"], Unavailable)

@@ -224,6 +224,39 @@ class TestRgbLoss:
         with pytest.raises(ValueError, match="mask has shape"):
             rgb_loss(a, b, m[0])
 
+    def test_pixels_outside_the_mask_never_matter_also_inside_ssim_windows(self):
+        """An ignored pixel (mask False) acts as zero padding in both images: the loss and its gradient are
+        bit-identical whatever either image holds there, including at valid pixels whose 11x11 SSIM window
+        reaches into the ignored region; a slow reference (zero-filled images, mean over the mask) agrees."""
+        g = torch.Generator().manual_seed(1)
+        a = torch.rand(2, 20, 24, 3, generator=g, dtype=torch.float64)
+        b = torch.rand(2, 20, 24, 3, generator=g, dtype=torch.float64)
+        m = torch.ones(2, 20, 24, dtype=torch.bool)
+        m[:, 6:12, 8:15] = False  # an "instrument" in the middle: many windows straddle it
+        a2, b2 = a.clone(), b.clone()
+        a2[~m] = torch.rand(int((~m).sum()), 3, generator=g, dtype=torch.float64)
+        b2[~m] = 1e6  # absurd values under the mask
+        grads = []
+        for x0, y in ((a, b), (a2, b2)):
+            x = x0.clone().requires_grad_(True)
+            loss = rgb_loss(x, y, m)
+            loss.backward()
+            grads.append((loss.detach(), x.grad))
+        assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+        assert (grads[0][1][~m] == 0).all()  # no gradient reaches a rendered ignored pixel
+        af, bf = torch.where(m[..., None], a, 0.0), torch.where(m[..., None], b, 0.0)
+        smap = ssim_map(af.permute(0, 3, 1, 2), bf.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        want = 0.8 * (af - bf).abs()[m].mean() + 0.2 * (1 - smap[m].mean())
+        torch.testing.assert_close(grads[0][0], want)
+        # control: without the mask the same change is visible
+        assert not torch.equal(rgb_loss(a, b), rgb_loss(a2, b2))
+
+    def test_masked_gradcheck(self):
+        g = torch.Generator().manual_seed(2)
+        a = torch.rand(1, 12, 12, 3, generator=g, dtype=torch.float64, requires_grad=True)
+        b = torch.rand(1, 12, 12, 3, generator=g, dtype=torch.float64)
+        m = torch.rand(1, 12, 12, generator=g, dtype=torch.float64) > 0.3
+        assert torch.autograd.gradcheck(lambda x: rgb_loss(x, b, m), (a,))
 
 def test_ssim_separable_blur_matches_the_2d_window_and_gradcheck():
     """The default (separable, five moments in one call) against the 2D 11x11 window applied per moment."""

@@ -170,3 +170,13 @@ def test_mask_at_query_matches_a_full_mask_gather_per_track():
     torch.testing.assert_close(mask_at_query(masks, xy, q), ref)
     torch.testing.assert_close(mask_at_query(masks.bool(), xy, q), ref)
     assert mask_at_query(masks, xy[:0], q[:0]).shape == (0,)
+
+
+def test_densification_centre_on_ignored_pixels():
+    """gsplat pixel convention: pixel (i, j) covers [j, j+1) x [i, i+1); outside the image is not ignored."""
+    from flow3d.scene.strategy import centre_on_ignored
+
+    valid = torch.ones(4, 5, dtype=torch.bool)
+    valid[1, 2] = False
+    m2d = torch.tensor([[2.0, 1.0], [2.99, 1.99], [3.0, 1.5], [2.5, 0.99], [-1.0, 1.5], [2.5, 7.0]])
+    assert centre_on_ignored(m2d, valid).tolist() == [True, True, False, False, False, False]

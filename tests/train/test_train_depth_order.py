@@ -168,3 +168,36 @@ def test_cross_frame_pairs_avoid_occluded_pixels(tmp_path, tiny_seq, monkeypatch
     # measured here: 9.3% of sampled points are truly occluded (or leave the frame) in the neighbour,
     # against 17.4% of all pixels (DIS on 128x96 frames misses thin occlusion borders)
     assert occ < 0.7 * base, (occ, base)
+
+
+def test_hinge_pairs_landing_on_the_neighbours_ignored_pixels_are_dropped():
+    """A flow-carried pair is kept only when both bilinear reads in the neighbour frame stay clear of its
+    ignored pixels; checked pair by pair against the four pixels around each point."""
+    from flow3d.flow.pairs import PixelPairs
+
+    H, W = 12, 16
+    next_valid = torch.ones(H, W, dtype=torch.bool)
+    next_valid[4:7, 5:9] = False  # the instrument in the neighbour frame
+    g = torch.Generator().manual_seed(3)
+    P = 400
+    xa, xb = torch.rand(P, 2, generator=g) * torch.tensor([W - 1, H - 1]), torch.rand(P, 2, generator=g) * torch.tensor([W - 1, H - 1])
+    xa[:5] = torch.tensor([5.0, 3.0])  # exactly on a valid pixel next to the instrument: kept (weight 0 across)
+    xb[:5] = torch.tensor([9.0, 5.5])  # right of it, on the valid column beside it
+    pairs = PixelPairs(xa.long(), xb.long(), xa, xb, torch.ones(P))
+    kept = depth_order._drop_pairs_landing_on_ignored(pairs, next_valid)
+
+    def clear(p):
+        x0, y0 = int(p[0].floor()), int(p[1].floor())
+        fx, fy = float(p[0] - x0), float(p[1] - y0)
+        for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+            x, y = min(x0 + dx, W - 1), min(y0 + dy, H - 1)
+            if w > 1e-3 and not next_valid[y, x]:
+                return False
+        return True
+
+    expect = torch.tensor([clear(a) and clear(b) for a, b in zip(xa, xb)])
+    assert 0 < int(expect.sum()) < P  # some pairs hit the instrument, some do not
+    torch.testing.assert_close(kept.xy_a_next, xa[expect])
+    torch.testing.assert_close(kept.xy_b_next, xb[expect])
+    assert bool(expect[:5].all())
+    assert depth_order._drop_pairs_landing_on_ignored(pairs, None) is pairs
