@@ -26,8 +26,12 @@ THUMB_TOLERANCE = 3.0
 """Largest mean absolute difference (0-255) of a frame's thumbnails that still counts as the same image."""
 
 
-def thumbnails(images: torch.Tensor) -> torch.Tensor:
-    """(T, 8, 8, 3) uint8 area averages of ``images`` (T, H, W, 3) in [0, 1]."""
+def thumbnails(images: torch.Tensor, valid_masks: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(T, 8, 8, 3) uint8 area averages of ``images`` (T, H, W, 3) in [0, 1], with ignored pixels
+    (``valid_masks`` (T, H, W) False, e.g. instruments) zero-filled: what training never sees does not
+    identify the data."""
+    if valid_masks is not None:
+        images = images * valid_masks[..., None].to(images.dtype)
     x = images.permute(0, 3, 1, 2).float()  # (T, 3, H, W)
     small = F.adaptive_avg_pool2d(x, (THUMB, THUMB))  # (T, 3, 8, 8)
     return (small.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
@@ -39,7 +43,7 @@ def content_record(seq) -> dict[str, Any]:
         "num_frames": int(seq.num_frames),
         "img_wh": [int(v) for v in seq.img_wh],
         "train_ids": [int(t) for t in seq.train_ids.tolist()],
-        "thumbnails": thumbnails(seq.images),
+        "thumbnails": thumbnails(seq.images, seq.valid_masks),
         "w2cs": seq.w2cs.detach().float().cpu().clone(),
         "Ks": seq.Ks.detach().float().cpu().clone(),
     }
