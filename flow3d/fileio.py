@@ -212,6 +212,12 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def move_into_place(finished: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put the finished file ``finished`` (written elsewhere on the same file system, e.g. by a compiler) at
+    ``target`` with one rename: readers see the old file or the whole new one, never a part."""
+    os.replace(finished, target)
+
+
 def replace_dir(staging: str | os.PathLike, target: str | os.PathLike) -> None:
     """Put the finished folder ``staging`` in place of ``target`` (which may not exist).
 

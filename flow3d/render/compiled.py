@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from flow3d.fileio import move_into_place
 from flow3d.log import get_logger
 from flow3d.render.tile_raster import TilePlan
 
@@ -153,7 +154,7 @@ def _build_and_load(build_dir: Path) -> None:
             try:
                 _compile(name, tmp)  # also loads the library (from tmp; the mapping survives the rename)
                 build_dir.mkdir(exist_ok=True)
-                os.replace(tmp / f"{name}.so", library)
+                move_into_place(tmp / f"{name}.so", library)
                 return
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
