@@ -153,7 +153,9 @@ def test_depth_export_round_trips_and_absrel_matches(val_run, seq, work_dir):
     absrel_f = [np.mean(np.abs(s_f[i] * d[i][ok[i]] - gt[i][ok[i]]) / gt[i][ok[i]]) for i in range(len(frames))]
     assert doc["aggregate"]["depth_abs_rel_frame"] == pytest.approx(np.mean(absrel_f), rel=1e-4)
     # One scale and shift of disparity for the sequence (numpy lstsq), for the model and for the raw prior.
-    for who, disp in (("depth", 1.0 / np.where(ok, d, 1.0)), ("prior", seq.prior_disp[frames].numpy().astype(np.float64))):
+    with np.errstate(divide="ignore"):  # pixels rendered at depth 0 give inf, dropped by `use` below
+        rendered_disp = 1.0 / np.where(ok, d, 1.0)
+    for who, disp in (("depth", rendered_disp), ("prior", seq.prior_disp[frames].numpy().astype(np.float64))):
         use = ok & np.isfinite(disp) & (disp > 0)  # the fit skips pixels rendered at depth 0 (is_valid)
         A = np.stack([disp[use], np.ones(use.sum())], -1)
         (a, b), *_ = np.linalg.lstsq(A, 1.0 / gt[use], rcond=None)
