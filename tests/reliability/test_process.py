@@ -4,6 +4,7 @@ through ``run_training.main`` in-process, checking that nothing is lost."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -40,6 +42,18 @@ def _start(work: Path, root: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@contextlib.contextmanager
+def _training(work: Path, root: Path, *extra: str) -> Iterator[subprocess.Popen]:
+    """A training in a subprocess (see :func:`_start`), killed on the way out if it still runs."""
+    proc = _start(work, root, *extra)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
     try:
         _, err = proc.communicate(timeout=timeout)
@@ -58,8 +72,7 @@ def _no_temporaries(folder: Path) -> None:
 @pytest.mark.slow  # two trainings in subprocesses, and a third run_training.py
 def test_sigint_saves_the_step_lock_refuses_a_second_run_and_sigterm_too(clip_root, tmp_path):
     work = tmp_path / "w"
-    proc = _start(work, clip_root)
-    try:
+    with _training(work, clip_root) as proc:
         _wait_for(work / "checkpoints" / "model_2.ckpt", proc)
         # case 5: a second training in the same work dir refuses at once, naming the first
         second = run_cli("run_training.py", "--work-dir", str(work), *FAST, "--max-steps", "10", *data_args(clip_root))
@@ -68,10 +81,6 @@ def test_sigint_saves_the_step_lock_refuses_a_second_run_and_sigterm_too(clip_ro
         # case 1: Ctrl-C saves last.ckpt at the current step and exits with 130
         proc.send_signal(signal.SIGINT)
         code, err = _finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert code == 130, err[-3000:]
     assert "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("interrupted by SIGINT")]
@@ -81,15 +90,10 @@ def test_sigint_saves_the_step_lock_refuses_a_second_run_and_sigterm_too(clip_ro
     _no_temporaries(work / "checkpoints")
 
     # the same command resumes from that step; SIGTERM (Ray, SLURM) does the same with 143
-    proc = _start(work, clip_root)
-    try:
+    with _training(work, clip_root) as proc:
         _wait_for(work / "checkpoints" / f"model_{step + (2 - step % 2) + 2}.ckpt", proc)
         proc.send_signal(signal.SIGTERM)
         code, err = _finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert code == 143, err[-3000:]
     assert "Traceback" not in err and "interrupted by SIGTERM" in err
     assert load_checkpoint(work / "checkpoints" / "last.ckpt")["step"] > step
@@ -98,16 +102,11 @@ def test_sigint_saves_the_step_lock_refuses_a_second_run_and_sigterm_too(clip_ro
 @pytest.mark.slow  # a training in a subprocess
 def test_second_sigint_aborts_at_once_and_leaves_whole_files(clip_root, tmp_path):
     work = tmp_path / "w"
-    proc = _start(work, clip_root)
-    try:
+    with _training(work, clip_root) as proc:
         _wait_for(work / "checkpoints" / "model_2.ckpt", proc)
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)
         code, err = _finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert code == 130, err[-3000:]
     assert "Traceback" not in err
     assert "SIGINT" in err.splitlines()[-1]
