@@ -68,14 +68,18 @@ def named_params(model: SceneModel) -> dict[str, torch.nn.Parameter]:
     return out
 
 
+_CPU_FUSED_ADAM = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4)
+"""torch has a fused CPU Adam from 2.4 on (the package supports torch >= 2.1)."""
+
+
 def make_optimizers(model: SceneModel, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
     """One Adam per parameter (the densification strategy resizes each parameter with its moments), at the
     learning rates of step 0 (:func:`set_learning_rates`). Adam runs its fused kernel (one call per parameter
-    instead of a dozen element-wise ops; deterministic on the CPU), except on devices without one (MPS)."""
+    instead of a dozen element-wise ops; deterministic on the CPU), except where torch has none (MPS; CPU before 2.4)."""
     optimizers = {}
     for key, p in named_params(model).items():
         pname = key.split(".", 1)[1]
-        fused = p.device.type in ("cpu", "cuda")
+        fused = p.device.type == "cuda" or (p.device.type == "cpu" and _CPU_FUSED_ADAM)
         optimizers[key] = torch.optim.Adam([p], lr=getattr(cfg.optim, LR_FIELDS[pname]), eps=1e-15, fused=fused)
     set_learning_rates(optimizers, cfg, 0)
     return optimizers
