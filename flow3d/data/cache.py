@@ -54,6 +54,31 @@ def cache_key(cfg: Any, exclude: Iterable[str] = (), extra: Any = None) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
 
+CACHE_NAME_PREFIX = 64
+"""Characters of a sequence's name kept at the start of its cache file names (the key after it identifies it)."""
+
+
+def cache_stem(name: str, key: str) -> str:
+    """``<name>_<key>`` with ``name`` cut to :data:`CACHE_NAME_PREFIX` characters: the key (:func:`cache_key`)
+    already hashes the whole name, and a file name stays under the 255-byte limit whatever the name's length."""
+    return f"{name[:CACHE_NAME_PREFIX]}_{key}"
+
+
+def cache_dir_usable(folder: Path) -> bool:
+    """Whether ``folder`` can hold the cache (created if missing, a file can be written in it); else one warning
+    naming it and the reason, and the caller loads without a disk cache (the data and the flow cache)."""
+    import tempfile  # noqa: PLC0415
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        return True
+    except OSError as e:
+        _skip_warning(Path(folder), e)
+        return False
+
+
 def clear_memo() -> None:
     """Forget the sequence kept in memory (the next load reads the disk cache or the inputs)."""
     _MEMO.clear()
@@ -66,22 +91,38 @@ def cached_sequence(key: str, path: Optional[Path], build: Callable[[], VideoSeq
 
     Temporaries left in the cache folder by a killed write are removed; a cache file that cannot be read
     (truncated, not a zip, missing arrays) is discarded with a warning naming it, and the sequence is built
-    again from its inputs."""
+    again from its inputs. A cache location that cannot be used (a file, no permission, a full disk) is skipped
+    with one warning: the cache only saves time, it never stops a run."""
     seq = _MEMO.get(key)
     if seq is not None:
         return seq
     disk = path is not None and use_disk
+    seq = None
     if disk:
-        for p in remove_stale_temporaries(path.parent):
-            logger.warning("removed %s, left in the data cache by an interrupted write", p)
-    seq = _read_cache_entry(path) if disk and path.exists() else None
+        try:
+            for p in remove_stale_temporaries(path.parent):
+                logger.warning("removed %s, left in the data cache by an interrupted write", p)
+            seq = _read_cache_entry(path) if path.exists() else None
+        except OSError as e:
+            _skip_warning(path, e)
+            disk = False
     if seq is None:
         seq = build()
         if disk:
-            save_sequence(path, seq)
+            try:
+                save_sequence(path, seq)
+            except OSError as e:
+                _skip_warning(path, e)
     _MEMO.clear()
     _MEMO[key] = seq
     return seq
+
+
+def _skip_warning(path: Path, e: OSError) -> None:
+    from flow3d.cli import describe  # noqa: PLC0415 - the one-line form of an OSError
+
+    logger.warning("the data cache %s cannot be used (%s): loading without it (set FLOW3D_CACHE_DIR or "
+                   "--data.cache-dir to a writable folder to keep loads fast)", path, describe(e))
 
 
 def _read_cache_entry(path: Path) -> Optional[VideoSequence]:

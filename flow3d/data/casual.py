@@ -33,7 +33,7 @@ from flow3d import depth as depth_lib
 from flow3d.cameras import loader as camload
 from flow3d.cameras.estimate import CameraEstimateConfig
 from flow3d.data import io
-from flow3d.data.cache import cache_key, cached_sequence, default_cache_dir, files_signature
+from flow3d.data.cache import cache_dir_usable, cache_key, cache_stem, cached_sequence, default_cache_dir, files_signature
 from flow3d.data.common import FileDataConfig, finish_file_sequence
 from flow3d.data.endoscopy import count_stopped, read_depth_folder, read_ignore_folder, stop_tracks_on_ignored
 from flow3d.data.sequence import VideoSequence
@@ -181,12 +181,15 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
     """Find the clip's files, then load it through the cache (:func:`flow3d.data.cache.cached_sequence`)."""
     inputs = _find_inputs(cfg)
     key = cache_key(cfg, exclude=("is_train", "cache_dir", "use_cache"), extra=inputs.signature())
-    cache_path = Path(cfg.cache_dir or default_cache_dir()) / f"{cfg.seq_name}_{key}.npz"
-    flow_dir = cache_path.parent / f"{cfg.seq_name}_{key}_flow"
-    return cached_sequence(key, cache_path, lambda: _read_sequence(cfg, inputs, flow_dir), use_disk=cfg.use_cache)
+    stem = cache_stem(cfg.seq_name, key)  # bounded: a 255-byte sequence name still makes a legal file name
+    cache_path = Path(cfg.cache_dir or default_cache_dir()) / f"{stem}.npz"
+    flow_dir = cache_path.parent / f"{stem}_flow"
+    disk = cfg.use_cache and cache_dir_usable(cache_path.parent)  # else one warning, and no disk cache at all
+    return cached_sequence(key, cache_path, lambda: _read_sequence(cfg, inputs, flow_dir if disk else None), use_disk=disk)
 
 
 def _find_inputs(cfg: CustomDataConfig) -> _Inputs:
+    io.check_seq_name(cfg.seq_name)
     root = Path(cfg.root_dir)
     if not root.is_dir():
         raise ValueError(f"root_dir not found: {root}")
@@ -249,7 +252,7 @@ def _find_depth(cfg: CustomDataConfig, root: Path, inp: _Inputs) -> None:
         )
 
 
-def _read_sequence(cfg: CustomDataConfig, inp: _Inputs, flow_dir: Path) -> VideoSequence:
+def _read_sequence(cfg: CustomDataConfig, inp: _Inputs, flow_dir: Optional[Path]) -> VideoSequence:
     """Read every input of the clip (images, masks, depth prior, cameras, tracks) into a sequence."""
     images, shape0 = _read_images(cfg, inp)  # (T, H, W, 3) uint8; shape0 = (H0, W0) before downscaling
     T, H, W = images.shape[:3]
@@ -257,7 +260,7 @@ def _read_sequence(cfg: CustomDataConfig, inp: _Inputs, flow_dir: Path) -> Video
     ignore = read_ignore_folder(inp.ignore_dir, inp.names, shape0, cfg.downscale) if inp.ignore_dir is not None else None
     gt_depth, gt_source = (read_depth_folder(inp.gt_dir, inp.names, shape0, cfg.downscale) if inp.gt_dir is not None
                            else (None, "ground truth"))
-    disp, disp_valid = _read_depth(cfg, inp, shape0, (T, H, W), masks)
+    disp, disp_valid = _read_depth(cfg, inp, shape0, (T, H, W), masks, ignore, gt_depth)
     w2cs, Ks, disp, disp_valid = _read_cameras(cfg, inp, shape0, images, masks, disp, disp_valid, flow_dir)
     train_ids, val_ids = split_frames(T, cfg.val_every)
     xy, vis, conf, qt = _read_tracks(cfg, inp, images, masks, ignore, train_ids, shape0, flow_dir)
@@ -283,10 +286,39 @@ def _read_images(cfg: CustomDataConfig, inp: _Inputs) -> tuple[np.ndarray, tuple
         im = io.read_image(inp.images[n])
         if shape0 is None:
             shape0 = im.shape[:2]
+            check_frame_size(shape0, cfg.downscale, inp.img_dir, _flow_needed(cfg, inp), cfg.flow_backend)
         elif im.shape[:2] != shape0:
             raise ValueError(f"image {inp.images[n]}: size (H, W) = {im.shape[:2]} differs from the first frame's {shape0}")
         imgs.append(io.resize_image(im, cfg.downscale))
     return np.stack(imgs), shape0
+
+
+def _flow_needed(cfg: CustomDataConfig, inp: _Inputs) -> Optional[str]:
+    """Why loading computes optical flow (tracks without a track folder, cameras estimated), or None."""
+    if inp.estimate_now:
+        return "the cameras are estimated from the video (no camera file)"
+    if inp.track_dir is None and cfg.missing_tracks == "flow":
+        return "the 2D tracks are chained from optical flow (no track folder)"
+    return None
+
+
+def check_frame_size(shape0: tuple[int, int], downscale: int, source: Path, flow_reason: Optional[str], backend: str = "dis",
+                     flag: str = "--data.downscale") -> tuple[int, int]:
+    """The loaded size (H, W) of frames of ``shape0`` shrunk by ``downscale``, checked when the first frame is read:
+    one error naming ``flag`` when no pixel is left, or when the frames are smaller than the optical flow that
+    loading runs (``flow_reason`` says why it does; None: it does not) accepts
+    (:func:`flow3d.flow.estimate.check_flow_size`)."""
+    h, w = io.check_downscaled_size(shape0, downscale, source, flag)
+    if flow_reason is not None:
+        from flow3d.flow.estimate import check_flow_size  # noqa: PLC0415
+
+        try:
+            check_flow_size(h, w, backend)
+        except ValueError as e:
+            shrunk = f" ({shape0[1]}x{shape0[0]} / {flag} {downscale})" if downscale > 1 else ""
+            raise ValueError(f"{source}: {e}{shrunk}; {flow_reason}. Use larger frames"
+                             + (f" or a smaller {flag}" if downscale > 1 else "")) from None
+    return h, w
 
 
 def _read_masks(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], thw: tuple[int, int, int]) -> np.ndarray:
@@ -297,17 +329,22 @@ def _read_masks(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], th
         raise ValueError(f"frame-count mismatch: masks folder {inp.mask_dir} has {len(mask_files)} masks, images "
                          f"folder {inp.img_dir} has {inp.n_all} frames")
     masks = np.zeros(thw, dtype=bool)
+    stats = io.MaskStats()
     for t, n in enumerate(inp.names):
         if n not in mask_files:
             raise ValueError(f"mask for frame {n!r} not found in {inp.mask_dir} (expected {n}.png)")
-        masks[t] = io.resize_nearest(io.read_mask(mask_files[n], shape0), cfg.downscale)
+        masks[t] = io.resize_nearest(io.read_mask(mask_files[n], shape0, stats), cfg.downscale)
+    io.log_mask_stats(stats, inp.mask_dir)
     if not masks.any():
         raise ValueError(f"masks folder {inp.mask_dir}: the foreground is empty in every frame (expected foreground pixels > 0)")
     return masks
 
 
-def _read_depth(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], thw: tuple[int, int, int], masks: np.ndarray):
-    """(T, H, W) float32 disparity and bool validity (:func:`flow3d.data.io.read_depth_as_disp`)."""
+def _read_depth(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], thw: tuple[int, int, int], masks: np.ndarray,
+                ignore: Optional[np.ndarray] = None, gt_depth: Optional[np.ndarray] = None):
+    """(T, H, W) float32 disparity and bool validity (:func:`flow3d.data.io.read_depth_as_disp`). Invalid prior
+    pixels are logged with counts: at INFO where they are expected (ignored pixels, e.g. instruments; pixels
+    where the reference depth is unknown too, e.g. the holes of a stereo prior), as a WARNING elsewhere."""
     if inp.geodepth_now:  # filled in with the cameras (_read_cameras)
         return np.zeros(thw, np.float32), np.zeros(thw, bool)
     if inp.depth_dir is None:
@@ -336,12 +373,28 @@ def _read_depth(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], th
     if inp.geodepth_read:  # the moving foreground has no triangulated depth: the placeholder of flow3d.cameras.loader
         disp, disp_valid, _ = camload.fill_foreground(disp, disp_valid, masks)
     elif bad_frames:
-        logger.warning(
-            "depth prior: %d pixels in %d of %d frames are NaN/Inf or <= %g and are masked out (prior_valid=False); first: %s",
-            sum(c for _, c in bad_frames), len(bad_frames), thw[0], depth_lib.EPS,
-            ", ".join(f"{n} ({c})" for n, c in bad_frames[:5]),
-        )
+        _log_invalid_prior(depth_dir, disp_valid, ignore, gt_depth, inp.names)
     return disp, disp_valid
+
+
+def _log_invalid_prior(depth_dir: Path, valid: np.ndarray, ignore: Optional[np.ndarray], gt_depth: Optional[np.ndarray],
+                       names: list[str]) -> None:
+    invalid = ~valid
+    expected = np.zeros_like(invalid)
+    if ignore is not None:
+        expected |= ignore
+    if gt_depth is not None:
+        expected |= gt_depth <= 0
+    n_exp, unexpected = int((invalid & expected).sum()), invalid & ~expected
+    if n_exp:
+        logger.info("depth prior %s: %d pixels without a value (NaN/Inf or <= %g) are ignored pixels or have no reference "
+                    "depth either, and are masked out (prior_valid=False)", depth_dir, n_exp, depth_lib.EPS)
+    per_frame = unexpected.reshape(len(unexpected), -1).sum(1)
+    if per_frame.any():
+        first = [f"{names[t]} ({int(per_frame[t])})" for t in np.flatnonzero(per_frame)[:5]]
+        logger.warning("depth prior %s: %d pixels in %d of %d frames are NaN/Inf or <= %g and are masked out "
+                       "(prior_valid=False); first: %s", depth_dir, int(per_frame.sum()), int((per_frame > 0).sum()),
+                       len(per_frame), depth_lib.EPS, ", ".join(first))
 
 
 def _read_cameras(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], images: np.ndarray, masks: np.ndarray,
@@ -398,8 +451,8 @@ def _read_tracks(cfg: CustomDataConfig, inp: _Inputs, images: np.ndarray, masks:
         logger.warning("no track folder under %s/%s: continuing without 2D tracks", root, cfg.track_type)
         return dense_tracks_from_pairs({}, T, [])
     queries = train_ids[:: max(cfg.flow_query_stride, 1)].tolist()
-    logger.warning("no track folder under %s/%s: building 2D tracks from optical flow (%s) for %d query frames",
-                   root, cfg.track_type, cfg.flow_backend, len(queries))
+    logger.info("no track folder under %s/%s: building 2D tracks from optical flow (%s) for %d query frames "
+                "(--data.missing-tracks flow, the default)", root, cfg.track_type, cfg.flow_backend, len(queries))
     return flow_tracks(cfg, images, masks, queries, flow_dir, ignore)
 
 

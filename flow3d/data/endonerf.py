@@ -18,7 +18,9 @@ forward) the second and third columns flip sign, as Deform3DGS's loader does:
 ``c2w_opencv = [M0, -M1, -M2, M3]``. Intrinsics at the loaded size (W', H'): ``fx = focal W' / W``,
 ``fy = focal H' / H``, principal point at the image centre ``((W' - 1) / 2, (H' - 1) / 2)`` in the
 OpenCV pixel-centre convention (where NeRF's rays and the Gaussian rasterisers put it; EndoGaussian and
-Deform3DGS back-project with ``(W // 2, H // 2)``, half a pixel off). The bounds are not used.
+Deform3DGS back-project with ``(W // 2, H // 2)``, half a pixel off). The bounds only check the depth's
+units: when most stereo depths (stored value / depth_scale) fall outside [near / 2, 2 far] of their frame,
+a warning gives the power-of-ten depth_scale that would put them inside (:func:`check_depth_scale`).
 
 What the :class:`~flow3d.data.sequence.VideoSequence` holds:
 
@@ -46,8 +48,8 @@ from tqdm import tqdm
 
 from flow3d import depth as depth_lib
 from flow3d.data import io
-from flow3d.data.cache import cache_key, cached_sequence, default_cache_dir, files_signature
-from flow3d.data.casual import flow_tracks
+from flow3d.data.cache import cache_dir_usable, cache_key, cache_stem, cached_sequence, default_cache_dir, files_signature
+from flow3d.data.casual import check_frame_size, flow_tracks
 from flow3d.data.common import FileDataConfig, finish_file_sequence
 from flow3d.data.endoscopy import read_ignore_mask, read_value_map
 from flow3d.data.sequence import VideoSequence
@@ -130,6 +132,45 @@ def read_poses_bounds(path: Path, num_frames: int, height: int, width: int) -> t
     return np.linalg.inv(c2w), Ks
 
 
+def read_bounds(path: Path) -> Optional[np.ndarray]:
+    """The (T, 2) near/far bounds of a ``poses_bounds.npy`` that :func:`read_poses_bounds` accepted, or None
+    when they are not usable (not positive, far <= near)."""
+    nf = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)[:, 15:17]
+    if not (np.isfinite(nf).all() and (nf[:, 0] > 0).all() and (nf[:, 1] > nf[:, 0]).all()):
+        return None
+    return nf
+
+
+BOUNDS_SLACK = 2.0
+"""A depth counts as inside its frame's bounds within [near / BOUNDS_SLACK, far * BOUNDS_SLACK]."""
+
+
+def check_depth_scale(depth: np.ndarray, near_far: Optional[np.ndarray], depth_scale: float, source: Path) -> Optional[float]:
+    """Warn when most valid depths (``depth`` (T, H, W), 0 = hole) fall outside their frame's bounds
+    (``near_far`` (T, 2) from poses_bounds.npy, with :data:`BOUNDS_SLACK`): the stored units are likely not
+    what ``depth_scale`` says. Returns the likely depth_scale (``depth_scale`` times the power of ten that
+    brings the median depth nearest the bounds' geometric mean), or None when the depth fits."""
+    if near_far is None or len(near_far) != len(depth):
+        return None
+    valid = depth > 0
+    if not valid.any():
+        return None
+    lo = (near_far[:, 0] / BOUNDS_SLACK)[:, None, None]
+    hi = (near_far[:, 1] * BOUNDS_SLACK)[:, None, None]
+    inside = float(((depth >= lo) & (depth <= hi) & valid).sum() / valid.sum())
+    if inside >= 0.5:
+        return None
+    med = float(np.median(depth[valid]))
+    mid = float(np.median(np.sqrt(near_far[:, 0] * near_far[:, 1])))
+    likely = depth_scale * 10.0 ** round(np.log10(med / mid))
+    logger.warning("stereo depth %s at depth_scale %g: median depth %.4g, but %s's near/far bounds are %.4g to %.4g "
+                   "(only %.0f%% of the depths fall between half the near and twice the far bound): the stored values "
+                   "are likely in other units; depth_scale %g would fit (--data.depth-scale, or --depth-scale of "
+                   "python -m flow3d.preprocess.endonerf)", source, depth_scale, med, POSES_FILE,
+                   float(near_far[:, 0].min()), float(near_far[:, 1].max()), 100.0 * inside, likely)
+    return likely
+
+
 def write_poses_bounds(path: Path, w2cs: np.ndarray, Ks: np.ndarray, img_hw: tuple[int, int], near_far: np.ndarray) -> None:
     """Inverse of :func:`read_poses_bounds` (square pixels, principal point at the image centre):
     ``w2cs`` (T, 4, 4), ``Ks`` (T, 3, 3), ``img_hw`` (H, W), ``near_far`` (T, 2). Written atomically."""
@@ -194,9 +235,11 @@ def load_endonerf(cfg: EndoNeRFDataConfig) -> VideoSequence:
     """Find the clip's files, then load it through the cache (:func:`flow3d.data.cache.cached_sequence`)."""
     files = _find_files(cfg)
     key = cache_key(cfg, exclude=("is_train", "cache_dir", "use_cache"), extra=files.signature())
-    cache_path = Path(cfg.cache_dir or default_cache_dir()) / f"endonerf_{files.root.name}_{key}.npz"
-    flow_dir = cache_path.parent / f"endonerf_{files.root.name}_{key}_flow"
-    return cached_sequence(key, cache_path, lambda: _read_sequence(cfg, files, flow_dir), use_disk=cfg.use_cache)
+    stem = cache_stem(f"endonerf_{files.root.name}", key)
+    cache_path = Path(cfg.cache_dir or default_cache_dir()) / f"{stem}.npz"
+    flow_dir = cache_path.parent / f"{stem}_flow"
+    disk = cfg.use_cache and cache_dir_usable(cache_path.parent)  # else one warning, and no disk cache at all
+    return cached_sequence(key, cache_path, lambda: _read_sequence(cfg, files, flow_dir if disk else None), use_disk=disk)
 
 
 def _find_files(cfg: EndoNeRFDataConfig) -> _Files:
@@ -220,10 +263,11 @@ def _find_files(cfg: EndoNeRFDataConfig) -> _Files:
     )
 
 
-def _read_sequence(cfg: EndoNeRFDataConfig, files: _Files, flow_dir: Path) -> VideoSequence:
+def _read_sequence(cfg: EndoNeRFDataConfig, files: _Files, flow_dir: Optional[Path]) -> VideoSequence:
     """Read images, instrument masks, cameras, the stereo depth, the prior and flow tracks into a sequence."""
     root, T = files.root, len(files.images)
-    images, shape0 = _read_images(files.images, cfg.downscale)
+    flow_reason = "the 2D tracks are chained from optical flow (--data.tracks flow)" if cfg.tracks == "flow" else None
+    images, shape0 = _read_images(files.images, cfg.downscale, flow_reason, cfg.flow_backend)
     H, W = images.shape[1:3]
     w2cs, Ks = read_poses_bounds(files.poses, T, H, W)
     ignore = np.stack([io.resize_nearest(read_ignore_mask(p, shape0), cfg.downscale) for p in files.masks])  # (T, H, W)
@@ -231,6 +275,7 @@ def _read_sequence(cfg: EndoNeRFDataConfig, files: _Files, flow_dir: Path) -> Vi
     if files.depth:
         stereo = np.stack([io.resize_nearest(_read_stereo_depth(p, shape0, cfg.depth_scale), cfg.downscale) for p in files.depth])
         logger.info("stereo depth %s: %.1f%% of pixels are holes (0) and are masked", root / "depth", 100.0 * (stereo <= 0).mean())
+        check_depth_scale(stereo, read_bounds(files.poses), cfg.depth_scale, root / "depth")
     disp, disp_valid = _read_prior(files.prior, cfg, shape0) if files.prior else _stereo_prior(stereo)
     if not disp_valid.any():
         raise ValueError(f"{root / (cfg.prior_dir or 'depth')}: no finite positive prior value in any frame")
@@ -255,13 +300,15 @@ def _read_sequence(cfg: EndoNeRFDataConfig, files: _Files, flow_dir: Path) -> Vi
     return finish_file_sequence(seq, cfg)
 
 
-def _read_images(files: list[Path], downscale: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Frames (T, H', W', 3) uint8 and the size (H, W) of the files; all frames must share it."""
+def _read_images(files: list[Path], downscale: int, flow_reason: Optional[str] = None, backend: str = "dis") -> tuple[np.ndarray, tuple[int, int]]:
+    """Frames (T, H', W', 3) uint8 and the size (H, W) of the files; all frames must share it. The loaded size is
+    checked on the first frame (:func:`flow3d.data.casual.check_frame_size`)."""
     imgs, shape0 = [], None
     for p in tqdm(files, desc="images", leave=False):
         im = io.read_image(p)
         if shape0 is None:
             shape0 = im.shape[:2]
+            check_frame_size(shape0, downscale, p.parent, flow_reason, backend)
         elif im.shape[:2] != shape0:
             raise ValueError(f"image {p}: size (H, W) = {im.shape[:2]} differs from the first frame's {shape0}")
         imgs.append(io.resize_image(im, downscale))

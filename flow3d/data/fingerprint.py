@@ -3,12 +3,16 @@
 
     record = {"config": <the data config's fields>, **content_record(seq)}   # saved in every checkpoint
     check_data_config(record, config_now, ckpt)   # before loading: the config fields that change the content
-    check_same_content(record, seq, ckpt)         # after loading: frame count, size, thumbnails, cameras
+    check_same_content(record, seq, ckpt)         # after loading: frame count, size, thumbnails, prior, tracks, cameras
 
 The content record is small and compared with tolerances, not hashed: frame count and size exactly, an 8x8
 thumbnail of every frame (a mean difference above 3 of 255 is another image; two JPEG decoders differ by at
-most 1), the cameras to 1e-3 and the training frames. A mismatch is one ``ValueError`` naming the first
-difference. A checkpoint written before these records existed is not checked.
+most 1), an 8x8 thumbnail of the depth prior of every frame (standardised per frame, so the per-frame scale
+and shift of ``--prior-align`` do not count), the number of 2D tracks and the mean of their visible
+positions, the cameras to 1e-3 and the training frames. A mismatch is one ``ValueError`` naming the first
+difference, in that order: the prior and the tracks come before the cameras, since the scene normalisation
+computes the cameras from them (a changed prior would otherwise read as "the cameras differ"). A checkpoint
+written before these records existed is not checked (and one without the prior or track record skips those).
 """
 
 from __future__ import annotations
@@ -24,6 +28,32 @@ THUMB = 8
 """Thumbnail side in pixels."""
 THUMB_TOLERANCE = 3.0
 """Largest mean absolute difference (0-255) of a frame's thumbnails that still counts as the same image."""
+PRIOR_TOLERANCE = 0.1
+"""Largest mean absolute difference of a frame's standardised prior thumbnails that counts as the same prior."""
+
+
+def prior_thumbnails(disp: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(T, 8, 8) float32: per cell the mean prior over its valid pixels, standardised per frame (zero mean, unit
+    standard deviation over the cells with a valid pixel; NaN in cells without one). A per-frame scale (> 0) and
+    shift of the prior leaves it unchanged."""
+    v = valid.float()[:, None]
+    d = torch.where(valid, disp.float(), torch.zeros_like(disp, dtype=torch.float32))[:, None]
+    num = F.adaptive_avg_pool2d(d, (THUMB, THUMB))[:, 0]
+    den = F.adaptive_avg_pool2d(v, (THUMB, THUMB))[:, 0]
+    cell = torch.where(den > 0, num / den.clamp_min(1e-12), torch.full_like(num, float("nan")))
+    flat = cell.reshape(len(cell), -1)
+    mean = flat.nanmean(1, keepdim=True)
+    std = ((flat - mean) ** 2).nanmean(1, keepdim=True).sqrt().clamp_min(1e-12)
+    return ((flat - mean) / std).reshape(cell.shape).contiguous()
+
+
+def tracks_summary(seq) -> list[float]:
+    """[number of tracks, mean x, mean y of their visible positions] (0s without tracks)."""
+    xy, vis = seq.tracks_xy, seq.tracks_visible
+    if xy is None or xy.shape[0] == 0 or not bool(vis.any()):
+        return [float(0 if xy is None else xy.shape[0]), 0.0, 0.0]
+    m = xy[vis].double().mean(0)
+    return [float(xy.shape[0]), float(m[0]), float(m[1])]
 
 
 def thumbnails(images: torch.Tensor, valid_masks: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -44,6 +74,8 @@ def content_record(seq) -> dict[str, Any]:
         "img_wh": [int(v) for v in seq.img_wh],
         "train_ids": [int(t) for t in seq.train_ids.tolist()],
         "thumbnails": thumbnails(seq.images, seq.valid_masks),
+        "prior": prior_thumbnails(seq.prior_disp, seq.prior_valid),
+        "tracks": tracks_summary(seq),
         "w2cs": seq.w2cs.detach().float().cpu().clone(),
         "Ks": seq.Ks.detach().float().cpu().clone(),
     }
@@ -69,12 +101,37 @@ def content_differences(old: dict, seq) -> Optional[str]:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         return (f"frame {bad[0]}{more} is not the image it was trained on "
                 f"(mean thumbnail difference {float(diff[bad[0]]):.1f} of 255)")
+    why = _prior_or_tracks_difference(old, new)
+    if why is not None:
+        return why
     for key in ("w2cs", "Ks"):
         if not torch.allclose(old[key].float(), new[key], rtol=1e-3, atol=1e-3):
             err = float((old[key].float() - new[key]).abs().max())
             return f"the cameras ({key}) differ from the ones it was trained on (largest difference {err:.3g})"
     if list(old["train_ids"]) != new["train_ids"]:
         return "the training frames differ (another --data.val-every?)"
+    return None
+
+
+def _prior_or_tracks_difference(old: dict, new: dict) -> Optional[str]:
+    if "prior" in old:
+        a, b = old["prior"].float(), new["prior"]
+        if a.shape != b.shape:
+            return "the depth prior differs from the one it was trained on"
+        both = torch.isfinite(a) & torch.isfinite(b)
+        one = torch.isfinite(a) ^ torch.isfinite(b)
+        diff = torch.where(both, (a - b).abs(), torch.zeros_like(a)).sum(dim=(1, 2)) / both.sum(dim=(1, 2)).clamp_min(1)
+        bad = torch.nonzero((diff > PRIOR_TOLERANCE) | one.any(dim=(1, 2))).flatten().tolist()
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            return (f"the depth prior of frame {bad[0]}{more} differs from the one it was trained on (mean "
+                    f"difference {float(diff[bad[0]]):.2f} standard deviations of its 8x8 thumbnail; another "
+                    "--data.depth-type or changed prior files?)")
+    if "tracks" in old:
+        (n0, *m0), (n1, *m1) = old["tracks"], new["tracks"]
+        if int(n0) != int(n1) or any(abs(a - b) > 1e-3 * max(1.0, abs(a)) for a, b in zip(m0, m1)):
+            return (f"the 2D tracks differ from the ones it was trained on ({int(n0)} tracks then, {int(n1)} now; "
+                    "changed track files or track options?)")
     return None
 
 
@@ -113,4 +170,4 @@ def check_data_config(record: Optional[dict], config_now: dict, ckpt: Path) -> N
 
 
 __all__ = ["check_data_config", "check_same_content", "config_differences", "content_differences", "content_record",
-           "thumbnails"]
+           "prior_thumbnails", "thumbnails", "tracks_summary"]

@@ -1,13 +1,23 @@
 """File readers for the casual-video layouts, each raising one clear ``ValueError`` naming the file.
 
-Pixel conventions: images are returned as uint8 (H, W, 3) RGB; masks as bool (H, W) (foreground where
-any channel > 0); depth files are converted to disparity with :func:`flow3d.depth.depth_to_disp`.
+Pixel conventions: images are returned as uint8 (H, W, 3) RGB; masks as bool (H, W) (see :func:`read_mask`:
+foreground at or above half of 255, a palette PNG's non-zero indices, 0/1 masks as they are); depth files are
+converted to disparity with :func:`flow3d.depth.depth_to_disp`.
+
+A JPEG that libjpeg decodes with a warning (corrupt entropy data, a file cut short and re-terminated) is an
+error naming the file: libjpeg fills what it could not decode with grey and only prints a line without the
+file's name on stderr, which :func:`imread` captures (:func:`decode_messages`).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Optional, Sequence
 
 import io as _io
 
@@ -58,13 +68,92 @@ def check_jpeg_complete(path: Path) -> None:
                          "the frame")
 
 
+SEQ_NAME_MAX_BYTES = 255
+"""Longest sequence name (bytes of UTF-8): one folder name on the usual file systems."""
+
+
+def check_seq_name(name: str, flag: str = "--data.seq-name") -> str:
+    """``name`` when it is a single path component (not empty, ``.`` or ``..``, no ``/`` or ``\\``, at most
+    :data:`SEQ_NAME_MAX_BYTES` bytes), else a ``ValueError`` naming ``flag``. Every command that takes a sequence
+    name checks it with this: a name that is a path would read, write or delete (``--overwrite``) outside the
+    sequence's folders."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"{flag} {name!r} must be a single folder name (not empty, '.' or '..', without '/' or "
+                         "'\\'): it names this sequence's own folders")
+    if len(name.encode()) > SEQ_NAME_MAX_BYTES:
+        raise ValueError(f"{flag} is {len(name.encode())} bytes long; it must be a single folder name of at most "
+                         f"{SEQ_NAME_MAX_BYTES} bytes")
+    return name
+
+
+def check_downscaled_size(hw: tuple[int, int], factor: int, source, flag: str = "--data.downscale") -> tuple[int, int]:
+    """(H // factor, W // factor) of frames of size ``hw`` (H, W), or a ``ValueError`` naming ``flag`` and
+    ``source`` (a file or folder) when that leaves no pixel."""
+    H, W = int(hw[0]), int(hw[1])
+    h, w = H // factor, W // factor
+    if h < 1 or w < 1:
+        raise ValueError(f"{flag} {factor} shrinks the {W}x{H} frames of {source} to {w}x{h} pixels; use a factor of "
+                         f"at most {min(H, W)}")
+    return h, w
+
+
+JPEG_CORRUPTION = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters", "Huffman",
+                   "Bogus", "Must resync", "Application transferred too")
+"""Starts of libjpeg's warnings that mean damaged pixel data (its other messages are about metadata)."""
+
+
+@contextmanager
+def decode_messages() -> Iterator[list[str]]:
+    """Capture what native decoders (libjpeg) print on stderr (file descriptor 2) within the block; the list
+    yielded receives the captured lines at the end of the block. Python's own ``sys.stderr`` is flushed first,
+    so nothing of ours is caught."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+    except (AttributeError, ValueError):  # no or closed stderr
+        pass
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (a daemon): nothing to capture
+        yield lines
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(ln.strip() for ln in tmp.read().decode(errors="replace").splitlines() if ln.strip())
+
+
+def imread(path: Path, what: str = "image", flags: int = cv2.IMREAD_UNCHANGED) -> Optional[np.ndarray]:
+    """``cv2.imread`` that turns a JPEG decode warning into a ``ValueError`` naming the file (``what`` says what
+    the file is); other messages of the decoder are logged with the file's name. None when OpenCV cannot read it."""
+    if Path(path).suffix.lower() not in (".jpg", ".jpeg"):
+        return cv2.imread(str(path), flags)
+    with decode_messages() as msgs:
+        img = cv2.imread(str(path), flags)
+    bad = [m for m in msgs if m.startswith(JPEG_CORRUPTION)]
+    if bad and img is not None:
+        raise ValueError(f"{what} {path} is corrupt: the JPEG decoder reports {bad[0]!r} (the pixels it could not "
+                         "decode would be grey); replace the file, or remove the frame")
+    for m in msgs:
+        if m not in bad:
+            logger.info("%s %s: the JPEG decoder says %r", what, path, m)
+    return img
+
+
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3). Grey images are repeated, alpha dropped, 16-bit scaled to 8-bit. A truncated JPEG
-    is an error naming the file (:func:`check_jpeg_complete`); a truncated PNG fails to decode (also an error)."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    """RGB uint8 (H, W, 3). Grey images are repeated, alpha dropped, 16-bit scaled to 8-bit. A truncated or
+    otherwise damaged JPEG is an error naming the file (:func:`check_jpeg_complete`, :func:`imread`); a
+    truncated PNG fails to decode (also an error)."""
+    if Path(path).is_file():
+        check_jpeg_complete(path)  # first: a file cut short gets the message that says so
+    img = imread(path, "image")
     if img is None:
         raise ValueError(f"cannot read image {path} (missing, empty, truncated or not an image)")
-    check_jpeg_complete(path)
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -82,7 +171,7 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_image_rgba(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """RGB uint8 (H, W, 3) and alpha > 0 as bool (H, W) (all True without an alpha channel)."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    img = imread(path, "image")
     if img is None:
         raise ValueError(f"cannot read image {path} (missing, empty or not an image)")
     alpha = np.ones(img.shape[:2], dtype=bool)
@@ -91,16 +180,96 @@ def read_image_rgba(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return read_image(path), alpha
 
 
-def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Foreground bool (H, W): any channel > 0. ``shape`` (H, W) is checked."""
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if m is None:
-        raise ValueError(f"cannot read mask {path} (missing, empty or not an image)")
-    if m.ndim == 3:
-        m = m.max(axis=-1)
+MASK_THRESHOLD = 128
+"""A mask pixel (0-255) is foreground at or above this: half of 255, so JPEG noise on either side of 0 and 255
+does not move the boundary (the old rule ``> 0`` made every noisy background pixel foreground)."""
+MID_BAND = (64, 191)
+"""Mask values this far from both 0 and 255. JPEG noise on a 0/255 mask stays outside it (measured: no pixel
+of the synthetic masks in it at quality 75 and 95, at 32x24 to 640x480, while 0.3-15% of pixels were neither 0
+nor 255): there the threshold at half cannot be wrong."""
+JPEG_NOISE_MID_FRACTION = 0.005
+"""JPEG masks with at most this fraction of pixels in :data:`MID_BAND` are 0/255 masks with compression noise
+(an info line with the counts); more, or any value other than 0/255 in a PNG, is a soft or odd mask (a
+warning with the counts)."""
+
+
+@dataclass
+class MaskStats:
+    """What :func:`read_mask` saw in a folder of masks, for one log line (:func:`log_mask_stats`)."""
+
+    files: int = 0
+    pixels: int = 0
+    jpeg_files: int = 0
+    label_files: int = 0  # PNG masks without a value >= MASK_THRESHOLD: 0/1 or object-index masks (foreground > 0)
+    odd: int = 0  # pixels neither 0 nor 255 in the thresholded masks
+    below_half: int = 0  # of those, pixels in (0, MASK_THRESHOLD): foreground under ``> 0``, background now
+    mid: int = 0  # of those, pixels in MID_BAND
+
+
+def _is_palette_png(path: Path) -> bool:
+    from PIL import Image  # noqa: PLC0415 - Pillow comes with imageio; only masks need it
+
+    try:
+        with Image.open(path) as im:
+            return im.mode == "P"
+    except Exception:  # noqa: BLE001 - not readable by Pillow: OpenCV reads it (or names it) below
+        return False
+
+
+def read_mask(path: Path, shape: tuple[int, int], stats: Optional[MaskStats] = None) -> np.ndarray:
+    """Foreground bool (H, W). ``shape`` (H, W) is checked.
+
+    * a palette PNG (DAVIS annotations): every non-zero palette index is foreground;
+    * a PNG without any value >= :data:`MASK_THRESHOLD` (a 0/1 mask, or object indices 1, 2, ...): > 0;
+    * otherwise (0/255 masks, JPEG masks, soft masks) the largest channel >= :data:`MASK_THRESHOLD` (half of
+      255; 16-bit masks are scaled to 8 bits first). ``stats`` counts what the threshold decided."""
+    path = Path(path)
+    is_png = path.suffix.lower() == ".png"
+    if is_png and _is_palette_png(path):
+        from PIL import Image  # noqa: PLC0415
+
+        with Image.open(path) as im:
+            m = np.asarray(im)
+        label = True
+    else:
+        m = imread(path, "mask")
+        if m is None:
+            raise ValueError(f"cannot read mask {path} (missing, empty or not an image)")
+        if m.ndim == 3:
+            m = m[..., :3].max(axis=-1)
+        if m.dtype == np.uint16:
+            m = (m.astype(np.float32) / 257.0).round().astype(np.uint8)
+        label = is_png and int(m.max(initial=0)) < MASK_THRESHOLD
     if m.shape != tuple(shape):
         raise ValueError(f"mask {path}: expected size (H, W) = {tuple(shape)} like the images, got {m.shape}")
-    return m > 0
+    if stats is not None:
+        stats.files += 1
+        stats.pixels += m.size
+        stats.jpeg_files += not is_png
+        stats.label_files += bool(label) and m.any()
+        if not label:
+            odd = (m != 0) & (m != 255)
+            stats.odd += int(odd.sum())
+            stats.below_half += int((odd & (m < MASK_THRESHOLD)).sum())
+            stats.mid += int(((m >= MID_BAND[0]) & (m <= MID_BAND[1])).sum())
+    return m > 0 if label else m >= MASK_THRESHOLD
+
+
+def log_mask_stats(stats: MaskStats, folder: Path) -> None:
+    """One line about the masks of ``folder`` that were not plain 0/255 (nothing when they all were)."""
+    if stats.label_files:
+        logger.info("masks %s: %d of %d files hold only values below %d (0/1 or object-index masks): foreground "
+                    "where > 0", folder, stats.label_files, stats.files, MASK_THRESHOLD)
+    if not stats.odd:
+        return
+    frac = stats.odd / max(stats.pixels, 1)
+    msg = ("masks %s: %d pixels (%.2f%%) in %d files are neither 0 nor 255; foreground is >= %d (half of 255), "
+           "so %d of them that are above 0 count as background")
+    args = (folder, stats.odd, 100.0 * frac, stats.files, MASK_THRESHOLD, stats.below_half)
+    if stats.jpeg_files == stats.files and stats.mid <= JPEG_NOISE_MID_FRACTION * stats.pixels:
+        logger.info(msg + " (JPEG compression noise; save masks as PNG to avoid it)", *args)
+    else:
+        logger.warning(msg + " (soft or re-encoded masks? save them as 0/255 PNG)", *args)
 
 
 def read_depth_as_disp(path: Path, fmt: DepthFormat, shape: tuple[int, int], png_scale: float = 1000.0) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +287,8 @@ def read_depth_as_disp(path: Path, fmt: DepthFormat, shape: tuple[int, int], png
         arr = np.asarray(arr)
         if arr.ndim == 3 and arr.shape[-1] == 1:
             arr = arr[..., 0]
-        if not np.issubdtype(arr.dtype, np.number):
-            raise ValueError(f"depth file {path}: expected a numeric (H, W) array, got dtype {arr.dtype}")
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(f"depth file {path}: expected a real-valued (H, W) array, got dtype {arr.dtype}")
     elif fmt == "depth_png":
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if arr is None:
@@ -157,7 +326,7 @@ def read_droid_recon(path: Path, num_frames: int, height: int, width: int) -> tu
     for key in ("traj_c2w", "img_shape", "intrinsics"):
         if key not in recon:
             raise ValueError(f"camera file {path}: missing field {key!r} (has {sorted(recon)})")
-    c2w = np.asarray(recon["traj_c2w"], dtype=np.float64)
+    c2w = _numbers(recon["traj_c2w"], path, "traj_c2w")
     if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
         raise ValueError(f"camera file {path}: field 'traj_c2w' must be (N, 4, 4), got {c2w.shape}")
     if c2w.shape[0] != num_frames:
@@ -168,10 +337,11 @@ def read_droid_recon(path: Path, num_frames: int, height: int, width: int) -> tu
     err = np.abs(R @ R.transpose(0, 2, 1) - np.eye(3)).max()
     if err > 1e-2:
         raise ValueError(f"camera file {path}: field 'traj_c2w' rotations are not orthonormal (max |R R^T - I| = {err:.3g})")
-    shape = np.asarray(recon["img_shape"]).reshape(-1)
-    intr = np.asarray(recon["intrinsics"], dtype=np.float64).reshape(-1)
-    if shape.size < 2:
-        raise ValueError(f"camera file {path}: field 'img_shape' must be (h, w), got {shape}")
+    shape = _numbers(recon["img_shape"], path, "img_shape").reshape(-1)
+    intr = _numbers(recon["intrinsics"], path, "intrinsics").reshape(-1)
+    if shape.size < 2 or not np.isfinite(shape[:2]).all() or (shape[:2] < 1).any():
+        raise ValueError(f"camera file {path}: field 'img_shape' must be the (h, w) in pixels of the images the "
+                         f"intrinsics refer to, both >= 1; got {recon['img_shape']!r}")
     if intr.size != 4 or not np.isfinite(intr).all() or intr[0] <= 0 or intr[1] <= 0:
         raise ValueError(f"camera file {path}: field 'intrinsics' must be 4 finite numbers (fx, fy, cx, cy) with fx, fy > 0, got {intr}")
     h, w = float(shape[0]), float(shape[1])
@@ -179,6 +349,17 @@ def read_droid_recon(path: Path, num_frames: int, height: int, width: int) -> tu
     fx, fy, cx, cy = intr
     K = np.array([[fx * sx, 0, (cx + 0.5) * sx - 0.5], [0, fy * sy, (cy + 0.5) * sy - 0.5], [0, 0, 1]])
     return np.linalg.inv(c2w), np.repeat(K[None], num_frames, axis=0)
+
+
+def _numbers(value, path: Path, field: str) -> np.ndarray:
+    """``value`` of the camera file's ``field`` as float64, or a ``ValueError`` naming both (text, None, ...)."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.dtype.kind != "f":
+        raise ValueError(f"camera file {path}: field {field!r} must hold numbers, got {value!r:.80}")
+    return arr
 
 
 def read_track_file(path: Path) -> np.ndarray:
@@ -192,9 +373,16 @@ def read_track_file(path: Path) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+UNKNOWN_LOGIT = 20.0
+"""Occlusion and distance logits of a track entry that is neither visible nor occluded (confidence 0)."""
+
+
 def read_track_dir(track_dir: Path, names: list[str]) -> dict[tuple[int, int], np.ndarray]:
     """Read the ``<q>_<t>.npy`` files of ``track_dir`` whose q and t are frame names of the clip ->
-    ``{(q_index, t_index): (P, 4)}`` (indices into ``names``; other files are ignored)."""
+    ``{(q_index, t_index): (P, 4)}`` (indices into ``names``; other files are ignored).
+
+    Rows holding NaN/Inf are masked out: NaN position, logits of an unknown entry (confidence 0), counted in one
+    warning; an error naming the folder when no row is finite."""
     index = {n: i for i, n in enumerate(names)}
     pairs = {}
     for p in sorted(Path(track_dir).glob("*.npy")):
@@ -203,6 +391,20 @@ def read_track_dir(track_dir: Path, names: list[str]) -> dict[tuple[int, int], n
             if stem[k] == "_" and stem[:k] in index and stem[k + 1:] in index:
                 pairs[(index[stem[:k]], index[stem[k + 1:]])] = read_track_file(p)
                 break
+    rows = bad = files = 0
+    for arr in pairs.values():
+        nonfinite = ~np.isfinite(arr).all(axis=1)
+        rows += len(arr)
+        if nonfinite.any():
+            bad += int(nonfinite.sum())
+            files += 1
+            arr[nonfinite, :2] = np.nan
+            arr[nonfinite, 2:] = UNKNOWN_LOGIT
+    if rows and bad == rows:
+        raise ValueError(f"track folder {track_dir}: every track entry holds NaN/Inf ({rows} rows)")
+    if bad:
+        logger.warning("track folder %s: %d of %d track entries (in %d files) hold NaN/Inf and are masked out "
+                       "(unknown: neither visible nor occluded)", track_dir, bad, rows, files)
     return pairs
 
 

@@ -386,6 +386,7 @@ def write_custom_layout(
     Returns ``root``.
     """
     root = Path(root)
+    io.check_seq_name(seq_name, "seq_name")
     if seq.scene_scale != 1.0 or not torch.equal(seq.scene_transform, torch.eye(4)):
         raise ValueError("write_custom_layout needs an un-normalised sequence (scene_scale 1, identity transform)")
     K0 = seq.Ks[0]

@@ -11,8 +11,9 @@ Layout::
 A cache made with other settings lives in another folder and is never reused silently (a log line
 says when other folders exist). A pair file stores both directions, so ``get(3, 4)`` and ``get(4, 3)``
 share it. Files are written to a temporary name and renamed, so an interrupted run leaves no corrupt
-file; an unreadable file, or one computed from other frames (CRC of the pixels differs), is recomputed
-with a warning.
+file; an unreadable file, one without the CRC of its frames, or one computed from other frames (CRC of
+the pixels differs), is recomputed with a warning. A cache folder that cannot be written (a file in the
+way, no permission, a full disk) is skipped with one warning: the flows are then computed in memory.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 
 from flow3d.fileio import remove_stale_temporaries, write_bytes, write_json
 from flow3d.flow.consistency import FB_RULES, fb_mask_and_confidence
-from flow3d.flow.estimate import check_image_pair, estimate_flow
+from flow3d.flow.estimate import check_flow_size, check_image_pair, estimate_flow
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -106,6 +107,7 @@ class FlowCache:
         self.fb_coeffs = {**FB_RULES[fb_rule], **fb_coeffs}
         self.check_images = check_images
         self._dirs: dict[tuple[int, int], Path] = {}
+        self._disk = True  # False once the folder turned out unusable (one warning)
 
     # -- layout ---------------------------------------------------------------------------------
     def settings(self, height: int, width: int) -> dict:
@@ -153,15 +155,30 @@ class FlowCache:
         if i == j:
             raise ValueError(f"i and j must differ, got i=j={i}")
         H, W = img_i.shape[:2]
-        path = self.path(i, j, H, W)
+        check_flow_size(H, W, self.backend, **self.options)
         forward = int(i) < int(j)  # the file stores (a -> b) and (b -> a) with a < b
         img_a, img_b = (img_i, img_j) if forward else (img_j, img_i)
-        data = self._load(path, img_a, img_b)
+        path = data = None
+        if self._disk:
+            try:
+                path = self.path(i, j, H, W)
+                data = self._load(path, img_a, img_b)
+            except OSError as e:
+                self._skip_disk(e)
         if data is None:
             data = self._compute(img_a, img_b)
-            self._store(path, data)
+            if self._disk and path is not None:
+                try:
+                    self._store(path, data)
+                except OSError as e:
+                    self._skip_disk(e)
         d = "ab" if forward else "ba"
         return FlowResult(data[f"flow_{d}"], data[f"valid_{d}"], data[f"conf_{d}"].astype(np.float32))
+
+    def _skip_disk(self, e: OSError) -> None:
+        self._disk = False
+        logger.warning("flow cache %s cannot be used (%s: %s): computing the flows without it", self.cache_dir,
+                       e.strerror or type(e).__name__, e.filename or e)
 
     def _compute(self, img_a: np.ndarray, img_b: np.ndarray) -> dict:
         flow_ab = estimate_flow(img_a, img_b, self.backend, **self.options)
@@ -186,8 +203,13 @@ class FlowCache:
             H, W = img_a.shape[:2]
             if data["flow_ab"].shape != (H, W, 2) or data["flow_ba"].shape != (H, W, 2):
                 raise ValueError(f"flow shape {data['flow_ab'].shape} does not match frames {(H, W)}")
+            missing = sorted({"flow_ab", "flow_ba", "valid_ab", "valid_ba", "conf_ab", "conf_ba", "crc"} - set(data))
+            if missing:
+                raise ValueError(f"no {', '.join(missing)} entry")
+            if data["crc"].shape != (2,):
+                raise ValueError(f"crc entry of shape {data['crc'].shape}, expected (2,)")
         except Exception as err:  # a damaged file is recomputed, not trusted
-            logger.warning("flow cache file %s is unreadable (%s); recomputing", path, err)
+            logger.warning("flow cache file %s is damaged (%s); recomputing", path, err)
             return None
         if self.check_images and [int(c) for c in data["crc"]] != [_image_crc(img_a), _image_crc(img_b)]:
             logger.warning("flow cache file %s was computed from other frames; recomputing", path)

@@ -16,6 +16,8 @@ Backends (``FLOW_BACKENDS``):
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Callable
 
 import cv2
@@ -94,6 +96,39 @@ def check_image_pair(img0, img1) -> None:
             raise ValueError(f"{name} must be a numpy uint8 array of shape (H, W, 3) (or (H, W) gray), got {desc}")
     if img0.shape != img1.shape:
         raise ValueError(f"img0 and img1 must have the same shape, got {img0.shape} and {img1.shape}")
+
+
+PROBE_BELOW = 64
+"""Frames with a side below this many pixels are probed by :func:`check_flow_size`; larger ones always pass."""
+
+
+@functools.lru_cache(maxsize=64)
+def _probe(backend: str, height: int, width: int, options: tuple) -> str | None:
+    img = np.zeros((height, width, 3), np.uint8)
+    try:
+        FLOW_BACKENDS[backend](img, img, **dict(options))
+    except cv2.error as e:
+        m = re.search(r"error: \([^)]*\) (.*?)(?: in function .*)?$", " ".join(str(e).split()))
+        return f"OpenCV says {m.group(1) if m else ' '.join(str(e).split())!r}"
+    return None
+
+
+def check_flow_size(height: int, width: int, backend: str = "dis", **options) -> None:
+    """A ``ValueError`` when frames of ``height`` x ``width`` are smaller than the flow ``backend`` accepts with
+    ``options``. OpenCV's DIS needs, at its default patch size 8, both sides >= 8 pixels and the longer >= 12
+    (measured on OpenCV 5.1: 8x12 and 12x8 pass, 8x11 and 11x11 fail; larger patches need more): small
+    frames are probed once with a blank pair (cached), so the rule is the installed OpenCV's, whatever the
+    options. RAFT pads small frames (:mod:`flow3d.flow.raft`)."""
+    if backend not in FLOW_BACKENDS:
+        raise ValueError(f"unknown flow backend {backend!r}; choose one of {sorted(FLOW_BACKENDS)}")
+    if height < 1 or width < 1:
+        raise ValueError(f"frames of {width}x{height} pixels have no pixel for the optical flow")
+    if backend == "raft" or min(height, width) >= PROBE_BELOW:
+        return
+    why = _probe(backend, int(height), int(width), tuple(sorted(options.items())))
+    if why is not None:
+        hint = " (DIS at its default patch size needs both sides >= 8 pixels and the longer >= 12)" if backend == "dis" else ""
+        raise ValueError(f"frames of {width}x{height} pixels are too small for the {backend} optical flow{hint}: {why}")
 
 
 def estimate_flow(img0: np.ndarray, img1: np.ndarray, backend: str = "dis", **options) -> np.ndarray:

@@ -40,6 +40,7 @@ from flow3d.cameras import CameraEstimateConfig, GeoDepthConfig, estimate_camera
 from flow3d.cameras.io import write_npy
 from flow3d.cameras.loader import CAMERA_DIR, GEODEPTH_DIR
 from flow3d.data import io as data_io
+from flow3d.data.casual import check_frame_size
 from flow3d.fileio import write_bytes
 from flow3d.log import get_logger, setup_logging
 from flow3d.preprocess.flow import find_frames, find_masks
@@ -71,10 +72,15 @@ class CamerasPreprocessConfig:
 
 
 def _load(cfg: CamerasPreprocessConfig):
+    data_io.check_seq_name(cfg.seq_name, "--seq-name")
     frames = find_frames(cfg.root_dir, cfg.seq_name)
     mask_files = find_masks(cfg.root_dir, cfg.seq_name, frames)
-    imgs = [data_io.read_image(p) for p in frames]
-    H0, W0 = imgs[0].shape[:2]
+    first = data_io.read_image(frames[0])
+    H0, W0 = first.shape[:2]
+    # before the other frames are read: the estimation chains optical flow on the shrunk frames
+    check_frame_size((H0, W0), cfg.downscale, frames[0].parent, "the cameras are estimated from optical flow",
+                     cfg.estimate.flow_backend, flag="--downscale")
+    imgs = [first] + [data_io.read_image(p) for p in frames[1:]]
     for p, im in zip(frames, imgs):
         if im.shape[:2] != (H0, W0):
             raise ValueError(f"image {p}: size {im.shape[:2]} differs from the first frame's {(H0, W0)}")
@@ -83,7 +89,9 @@ def _load(cfg: CamerasPreprocessConfig):
         logger.warning("no foreground masks found for %s: every pixel is treated as static", cfg.seq_name)
         masks = np.zeros(images.shape[:3], bool)
     else:
-        masks = np.stack([data_io.resize_nearest(data_io.read_mask(m, (H0, W0)), cfg.downscale) for m in mask_files])
+        stats = data_io.MaskStats()
+        masks = np.stack([data_io.resize_nearest(data_io.read_mask(m, (H0, W0), stats), cfg.downscale) for m in mask_files])
+        data_io.log_mask_stats(stats, mask_files[0].parent)
     prior = valid = None
     depth_dir = Path(cfg.root_dir) / cfg.depth_type / cfg.seq_name
     if depth_dir.is_dir():

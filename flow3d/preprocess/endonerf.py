@@ -14,7 +14,9 @@ and the prior) and writes, under ``R`` (every file atomically):
     gt_depth/SEQ/NAME.npy + source.txt  the stereo depth as the reference for run_val.py ("stereo")
 
 No track files: ``data:custom`` chains them from optical flow, avoiding the instruments. Existing
-output folders of SEQ are an error unless ``--overwrite`` (which deletes them first).
+output folders of SEQ are an error unless ``--overwrite`` (which deletes them first: only SEQ's own
+folders and camera file listed above, never another sequence's; ``--seq-name`` and ``--depth-type`` must
+each be a single folder name).
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ def convert(args: ConvertArgs) -> Path:
     from flow3d.data.endonerf import EndoNeRFDataConfig  # noqa: PLC0415 - keep --help fast
     from flow3d.data.synthetic import write_custom_layout  # noqa: PLC0415
 
+    from flow3d.data.io import check_seq_name  # noqa: PLC0415
+
+    check_seq_name(args.seq_name, "--seq-name")  # --overwrite deletes ROOT/<folder>/SEQ: SEQ must be one name
+    check_seq_name(args.depth_type, "--depth-type")
     root = Path(args.out_root)
     targets = [root / d / args.seq_name for d in ("images", "masks", "ignore_masks", args.depth_type, "gt_depth")]
     targets.append(root / "droid_recon" / f"{args.seq_name}.npy")

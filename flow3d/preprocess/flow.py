@@ -139,6 +139,7 @@ def preprocess_flow(cfg: FlowPreprocessConfig) -> dict:
         raise ValueError(f"strides must be positive integers, got {cfg.strides}")
     if cfg.grid_step < 1 or cfg.query_stride < 1:
         raise ValueError(f"grid_step and query_stride must be >= 1, got {cfg.grid_step}, {cfg.query_stride}")
+    data_io.check_seq_name(cfg.seq_name, "--seq-name")
     frames = find_frames(cfg.root_dir, cfg.seq_name)
     mask_files = find_masks(cfg.root_dir, cfg.seq_name, frames) if cfg.tracks else None
     out_root = Path(cfg.out_dir) if cfg.out_dir is not None else Path(cfg.root_dir)

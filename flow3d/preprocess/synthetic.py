@@ -58,6 +58,10 @@ def write(args: WriteArgs) -> str:
         raise ValueError("--normalize-scene True cannot be written: the layouts store original units")
     if args.layout == "endonerf" and args.data.scene != "tissue":
         raise ValueError("--layout endonerf needs --scene tissue (the objects scene has a moving camera and no instruments)")
+    if args.layout == "custom":
+        from flow3d.data.io import check_seq_name  # noqa: PLC0415
+
+        check_seq_name(args.seq_name, "--seq-name")
     seq = make_synthetic_sequence(args.data)
     if args.layout == "custom":
         root = write_custom_layout(seq, args.out_dir, args.seq_name, args.depth_type, args.track_type)
