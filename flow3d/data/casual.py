@@ -4,7 +4,7 @@ Layout under ``root_dir`` (``RES`` is ``res``, empty for custom; DAVIS also acce
 the flat ``JPEGImages/*.jpg`` directly under the root)::
 
     <image_type>/RES/SEQ/NAME.jpg|png      frames, sorted by name
-    <mask_type>/RES/SEQ/NAME.png           foreground where any channel > 0
+    <mask_type>/RES/SEQ/NAME.png           foreground >= 128 (palette / 0-1 / index PNGs: > 0), io.read_mask
     <depth_type>/RES/SEQ/NAME.npy|png      depth prior (see ``depth_format``)
     <camera_type>/SEQ.npy                  droid_recon dict: traj_c2w, img_shape, intrinsics, tstamps
     <track_type>/RES/SEQ/<q>_<t>.npy       (P, 4) TAPIR rows of query frame q located in frame t
@@ -62,7 +62,8 @@ class CustomDataConfig(FileDataConfig):
     image_type: str = "images"
     """Folder name of the frames."""
     mask_type: str = "masks"
-    """Folder name of the foreground masks (foreground where any channel > 0)."""
+    """Folder name of the foreground masks (foreground where the largest channel is >= 128, half of 255; a
+    palette PNG's non-zero indices; PNGs without a value >= 128, e.g. 0/1 masks: > 0)."""
     depth_type: str = "aligned_depth_anything"
     """Folder name of the depth prior."""
     depth_format: io.DepthFormat = "disp_npy"
@@ -117,7 +118,7 @@ class DavisDataConfig(CustomDataConfig):
     image_type: str = "JPEGImages"
     """Folder name of the frames."""
     mask_type: str = "Annotations"
-    """Folder name of the object masks (foreground where any channel > 0)."""
+    """Folder name of the object masks (a palette PNG's non-zero indices are foreground; see mask_type)."""
 
 
 # ------------------------------------------------------------------------------------------------

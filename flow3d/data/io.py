@@ -216,8 +216,8 @@ def _is_palette_png(path: Path) -> bool:
         return False
 
 
-def read_mask(path: Path, shape: tuple[int, int], stats: Optional[MaskStats] = None) -> np.ndarray:
-    """Foreground bool (H, W). ``shape`` (H, W) is checked.
+def read_mask(path: Path, shape: Optional[tuple[int, int]], stats: Optional[MaskStats] = None) -> np.ndarray:
+    """Foreground bool (H, W). ``shape`` (H, W) is checked (None: any size).
 
     * a palette PNG (DAVIS annotations): every non-zero palette index is foreground;
     * a PNG without any value >= :data:`MASK_THRESHOLD` (a 0/1 mask, or object indices 1, 2, ...): > 0;
@@ -240,7 +240,7 @@ def read_mask(path: Path, shape: tuple[int, int], stats: Optional[MaskStats] = N
         if m.dtype == np.uint16:
             m = (m.astype(np.float32) / 257.0).round().astype(np.uint8)
         label = is_png and int(m.max(initial=0)) < MASK_THRESHOLD
-    if m.shape != tuple(shape):
+    if shape is not None and m.shape != tuple(shape):
         raise ValueError(f"mask {path}: expected size (H, W) = {tuple(shape)} like the images, got {m.shape}")
     if stats is not None:
         stats.files += 1

@@ -125,7 +125,12 @@ def check_flow_size(height: int, width: int, backend: str = "dis", **options) ->
         raise ValueError(f"frames of {width}x{height} pixels have no pixel for the optical flow")
     if backend == "raft" or min(height, width) >= PROBE_BELOW:
         return
-    why = _probe(backend, int(height), int(width), tuple(sorted(options.items())))
+    key = tuple(sorted(options.items()))
+    try:
+        hash(key)
+    except TypeError:  # options that cannot key the probe's cache: the backend's own error stands
+        return
+    why = _probe(backend, int(height), int(width), key)
     if why is not None:
         hint = " (DIS at its default patch size needs both sides >= 8 pixels and the longer >= 12)" if backend == "dis" else ""
         raise ValueError(f"frames of {width}x{height} pixels are too small for the {backend} optical flow{hint}: {why}")
@@ -141,5 +146,6 @@ def estimate_flow(img0: np.ndarray, img1: np.ndarray, backend: str = "dis", **op
     if backend not in FLOW_BACKENDS:
         raise ValueError(f"unknown flow backend {backend!r}; choose one of {sorted(FLOW_BACKENDS)}")
     check_image_pair(img0, img1)
+    check_flow_size(img0.shape[0], img0.shape[1], backend, **options)  # one clear error, not OpenCV's
     flow = FLOW_BACKENDS[backend](img0, img1, **options)
     return np.ascontiguousarray(flow, dtype=np.float32)

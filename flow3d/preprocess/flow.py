@@ -32,7 +32,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-import imageio.v3 as iio
 import numpy as np
 from tqdm import tqdm
 
@@ -118,9 +117,9 @@ def load_rgb(path: Path) -> np.ndarray:
 
 
 def load_mask(path: Path) -> np.ndarray:
-    """(H, W) bool foreground: any non-zero value (DAVIS masks are 0/255 or palette indices)."""
-    m = iio.imread(path)
-    return m.reshape(*m.shape[:2], -1).max(axis=-1) > 0
+    """(H, W) bool foreground, as the loaders read masks (:func:`flow3d.data.io.read_mask`: a palette PNG's non-zero
+    indices, 0/1 or index PNGs > 0, otherwise at or above half of 255, so JPEG noise is not foreground)."""
+    return data_io.read_mask(Path(path), None)
 
 
 def backend_options(cfg: FlowPreprocessConfig) -> dict:
