@@ -28,6 +28,9 @@ THUMB = 8
 """Thumbnail side in pixels."""
 THUMB_TOLERANCE = 3.0
 """Largest mean absolute difference (0-255) of a frame's thumbnails that still counts as the same image."""
+TRACKS_TOLERANCE_PX = 0.05
+"""Largest change in pixels of the mean visible track position that counts as the same tracks (flow tracks
+recomputed by another OpenCV build move by far less)."""
 PRIOR_TOLERANCE = 0.1
 """Largest mean absolute difference of a frame's standardised prior thumbnails that counts as the same prior."""
 
@@ -129,7 +132,7 @@ def _prior_or_tracks_difference(old: dict, new: dict) -> Optional[str]:
                     "--data.depth-type or changed prior files?)")
     if "tracks" in old:
         (n0, *m0), (n1, *m1) = old["tracks"], new["tracks"]
-        if int(n0) != int(n1) or any(abs(a - b) > 1e-3 * max(1.0, abs(a)) for a, b in zip(m0, m1)):
+        if int(n0) != int(n1) or any(abs(a - b) > TRACKS_TOLERANCE_PX for a, b in zip(m0, m1)):
             return (f"the 2D tracks differ from the ones it was trained on ({int(n0)} tracks then, {int(n1)} now; "
                     "changed track files or track options?)")
     return None
