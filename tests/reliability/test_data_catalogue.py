@@ -101,6 +101,12 @@ def test_small_frames_in_the_trainers_flow_is_one_error(tmp_path, clip):
     main_error(run_training.main, _train(tmp_path / "w", clip, "--data.downscale", "3"), "10x8", "too small")
 
 
+def test_synthetic_8x8_that_the_config_rule_passes_is_one_error_at_the_flow(tmp_path):
+    argv = ["--work-dir", str(tmp_path / "w"), *FAST, "--max-steps", "2", "data:synthetic", "--data.width", "8",
+            "--data.height", "8", "--data.num-frames", "4", "--data.track-grid-step", "1"]
+    main_error(run_training.main, argv, "8x8", "too small", "optical flow")
+
+
 def test_preprocess_cameras_downscale(tmp_path, clip):
     argv = ["--root-dir", str(clip), "--seq-name", SEQ, "--out-dir", str(tmp_path / "o")]
     main_error(cameras_cli.main, [*argv, "--downscale", "1000"], "--downscale 1000", "0x0")
