@@ -280,6 +280,7 @@ def test_unusable_cache_folder_is_skipped_with_one_warning(tmp_path, clip, odd, 
     assert (tmp_path / "a_file").read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_training_with_an_unusable_cache_folder_goes_on(tmp_path, clip_root, monkeypatch, caplog):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
