@@ -238,15 +238,21 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
 
 
+def preset_path(name_or_path: str) -> Path:
+    """The file of a preset: ``configs/<name>.yaml`` for a name, else the path given."""
+    path = Path(name_or_path)
+    return CONFIGS_DIR / f"{name_or_path}.yaml" if not path.suffix else path
+
+
 def load_preset(name_or_path: str) -> dict:
     """The override dict of a preset: a name in ``configs/`` or a path to a YAML file."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CONFIGS_DIR / f"{name_or_path}.yaml"
+    path = preset_path(name_or_path)
     if not path.is_file():
         raise ValueError(f"preset {name_or_path!r} not found (looked for {path}); available: {available_presets()}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"preset {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"preset {path} must hold a mapping of overrides, got {type(data).__name__}")
     return data
@@ -682,7 +688,7 @@ def validate_config(cfg: TrainConfig, where: Optional[str] = None) -> TrainConfi
 
 __all__ = [
     "TrainConfig", "LossConfig", "DepthOrderConfig", "OptimConfig", "InitConfig", "DensifyConfig", "DataConfig",
-    "load_preset", "apply_overrides", "save_config", "load_config", "config_to_dict", "available_presets",
+    "load_preset", "preset_path", "apply_overrides", "save_config", "load_config", "config_to_dict", "available_presets",
     "validate_config", "missing_fields", "data_config_record", "rule_for", "flag_name", "RULES", "END_MARKER",
     "RESUME_SAFE", "resume_safe_fields", "resume_differences", "describe_changes", "config_history",
 ]

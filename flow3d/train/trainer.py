@@ -171,6 +171,7 @@ class Trainer:
         self.finished = resume is not None and self._is_finished(int(resume[1]["step"]))
         logger.info("device %s, render backend %s", self.device, describe_backend(cfg.render_backend, self.device))
         seq = seq if seq is not None else cfg.data.load()  # its prior validity was decided on loading
+        _log_split(cfg.data, seq)
         self.data_record = {"config": data_config_record(cfg.data), **content_record(seq)}
         self.seq = align_prior(seq, cfg.prior_align)
         self.usable_tracks = UsableTracks.of(self.seq)  # once per sequence, not per step
@@ -199,7 +200,7 @@ class Trainer:
         self.neighbor_flows = (prepare_neighbor_flows(self.seq, cfg.losses.order, self.work_dir)
                                if "flow" in self.needs else None)
         if self.neighbor_flows is not None and not self.neighbor_flows:
-            flow_terms = sorted(t for t in self.terms if "flow" in needs_of([t]))
+            flow_terms = sorted(t.name for t in self.terms if "flow" in needs_of((t,)))
             stride = cfg.losses.order.neighbor_stride
             logger.warning(
                 "%s %d: no training frame has a neighbour (%d training frames), so %s get no pixel pairs and do "
@@ -294,7 +295,18 @@ class Trainer:
 
     def _resume(self, path: Path, payload: dict) -> None:
         """Continue from checkpoint ``payload`` (read from ``path``): model, optimisers, densification, RNGs.
-        Checkpoints of older versions (with learning-rate scheduler states) load too: the rates follow the step."""
+        Checkpoints of older versions (with learning-rate scheduler states) load too: the rates follow the step.
+        A payload whose parts do not fit (another program's) is one ``ValueError`` naming the file."""
+        try:
+            self._restore(path, payload)
+        except (KeyError, TypeError, IndexError, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and not any(k in str(e) for k in ("state_dict", "size mismatch", "loading")):
+                raise
+            raise ValueError(f"checkpoint {path} cannot be resumed from ({type(e).__name__}: {' '.join(str(e).split())[:300]}): "
+                             "it was not written by this version of run_training.py; move it away, or give another "
+                             "--work-dir") from None
+
+    def _restore(self, path: Path, payload: dict) -> None:
         self.model = SceneModel.from_state_dict(payload["model"]).to(self.device)
         self.optimizers = make_optimizers(self.model, self.cfg)
         for k, o in self.optimizers.items():
@@ -390,14 +402,27 @@ class Trainer:
         self.nonfinite_in_row += 1
         logger.warning("step %d: non-finite loss in %s; step skipped (%d in a row)", self.step, bad, self.nonfinite_in_row)
         if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
-            raise TrainingError(
-                f"{self.nonfinite_in_row} consecutive steps had a non-finite loss (last: terms {bad}); "
-                "check the depth prior and the learning rates"
-            )
+            raise TrainingError(f"{self.nonfinite_in_row} consecutive steps had a non-finite loss ({self._nonfinite_advice(bad)})")
         for o in self._all_optimizers():
             o.zero_grad(set_to_none=True)
         self.step += 1
         set_learning_rates(self.optimizers, self.cfg, self.step)
+
+    def _nonfinite_advice(self, bad: list[str]) -> str:
+        """What the non-finite terms ``bad`` point at: weights too large (every term finite, their weighted sum
+        not), a diverged optimisation (the scene's parameters are not finite), or the terms' inputs."""
+        top = max(self.terms, key=lambda t: abs(self.weights[t.name]))
+        largest = f"the largest weight is {flag_name('losses.' + top.weight)} {self.weights[top.name]:g}"
+        if not bad or bad == ["total"]:
+            return (f"every term is finite but their weighted sum is not: a loss weight is too large ({largest}); "
+                    "lower it")
+        params = named_params(self.model)
+        diverged = sorted(k for k, p in params.items() if not bool(torch.isfinite(p.detach()).all()))
+        if diverged:
+            return (f"terms {bad}; the scene's parameters {diverged[:4]} are no longer finite: the optimisation "
+                    f"diverged; lower the learning rates (--optim.lr-*) or large loss weights ({largest})")
+        return (f"terms {bad} with finite parameters: check their inputs (the depth prior for the depth terms, the "
+                f"tracks for the track terms) and the learning rates")
 
     def _all_optimizers(self) -> list:
         """The scene's optimisers and, with --optim.refine-cameras, the cameras' (kept out of the dict that the
@@ -557,6 +582,18 @@ class Trainer:
             self.step, wall, held_out, *stats["seconds_per_step"].values(),
         )
         return stats
+
+
+def _log_split(data_cfg, seq) -> None:
+    """Training always fits the training frames; ``--data.is-train`` selects the split run_val.py scores. Said
+    once, as a warning when the command asks for the other split."""
+    n_train, n_val = len(seq.train_ids), len(seq.val_ids)
+    split = f"{n_train} training frames ({n_val} held out, --data.val-every {getattr(data_cfg, 'val_every', '?')})"
+    if getattr(data_cfg, "is_train", True) is False:
+        logger.warning("--data.is-train False does not change what trains: run_training.py always fits the %s; "
+                       "--data.is-train selects the frames run_val.py scores", split)
+    else:
+        logger.info("training on the %s", split)
 
 
 def _duration(seconds: float) -> str:
