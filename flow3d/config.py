@@ -466,14 +466,20 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+NOT_COMPARED = ("work_dir", "resume_with_changes")
+"""Fields a resume does not compare at all: where the run is (a copied or moved work dir resumes), and the
+request itself."""
+
+
 def resume_differences(old: dict, cfg: TrainConfig) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
     """(guarded, safe): the fields whose value in ``cfg`` differs from ``old`` (a checkpoint's
     :func:`config_to_dict`), as (dotted name, old value, new value), split into those that shape the model or
-    its optimisation and those marked :data:`RESUME_SAFE`. The data (checked apart) and fields that ``old``
-    lacks (an older version) are not compared."""
+    its optimisation and those marked :data:`RESUME_SAFE`. The data (checked apart), :data:`NOT_COMPARED` and
+    fields that ``old`` lacks (an older version) are not compared."""
     safe_names = resume_safe_fields()
-    old_flat = _flatten({k: v for k, v in old.items() if k not in ("data", "history")})
-    new_flat = _flatten({k: v for k, v in config_to_dict(cfg).items() if k != "data"})
+    skip = ("data", "history", *NOT_COMPARED)
+    old_flat = _flatten({k: v for k, v in old.items() if k not in skip})
+    new_flat = _flatten({k: v for k, v in config_to_dict(cfg).items() if k not in skip})
     guarded, safe = [], []
     for name, new in new_flat.items():
         if name not in old_flat or old_flat[name] == new:
