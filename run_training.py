@@ -6,6 +6,8 @@
 
 ``--preset NAME`` (a file in configs/, or a path to a YAML file; repeatable, applied left to right) sets
 defaults first; every other flag overrides them field by field. Re-running the same command resumes from WORK_DIR/checkpoints/last.ckpt.
+Options that shape the model or its optimisation must then be the checkpoint's (else one error naming them:
+use another --work-dir, or --resume-with-changes); --max-steps may grow, logging and saving may change.
 Ctrl-C (or SIGTERM) saves last.ckpt at the current step and exits with code 130 (143); a second Ctrl-C
 aborts at once. Errors are one line (exit code 1); --debug (or FLOW3D_DEBUG=1) shows the traceback.
 """

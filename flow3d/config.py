@@ -228,8 +228,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     losses: LossConfig = field(default_factory=LossConfig)
     resume_with_changes: bool = field(default=False, metadata=RESUME_SAFE)
-    """Resume although options that shape the model or its optimisation differ from the checkpoint's; the
-    change is recorded in cfg.yaml's ``history``. Without it such a change is an error."""
+    """Resume although options that shape the model or its optimisation differ from the checkpoint's (the change
+    is recorded in the history list of cfg.yaml); without it such a change is an error."""
 
 
 # ---------------------------------------------------------------------------------------------- presets

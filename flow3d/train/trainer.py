@@ -536,10 +536,12 @@ class Trainer:
         per_step = sum(times) / len(times)
         left = (self.cfg.max_steps - self.step) * per_step
         if left > self.LONG_CPU_RUN_S:
-            logger.warning(
-                "on the CPU this run takes about %s more (%.2f s/step over steps %d-%d, %d steps to go): its config "
-                "is sized for a GPU; for a CPU run in minutes use --preset cpu_demo (or --preset cpu_endonerf for "
-                "endoscopy)", _duration(left), per_step, start + 2, self.step, self.cfg.max_steps - self.step)
+            with tqdm.external_write_mode():  # a line of its own, not glued to the bar's
+                logger.warning(
+                    "on the CPU this run takes about %s more (%.2f s/step over steps %d-%d, %d steps to go): its "
+                    "config is sized for a GPU; for a CPU run in minutes use --preset cpu_demo (or --preset "
+                    "cpu_endonerf for endoscopy)", _duration(left), per_step, start + 2, self.step,
+                    self.cfg.max_steps - self.step)
 
     def _fit_step(self, bar) -> None:
         """One step of :meth:`fit` with its logging and periodic checkpoints."""
