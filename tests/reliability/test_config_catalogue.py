@@ -323,3 +323,13 @@ def test_run_val_splits_do_not_overwrite_each_other(work, caplog):
     # --out-name still picks the top folder
     other = run_val.main(["--work-dir", str(work), "--no-video", "--data.is-train", "False", "--out-name", "val_b"])
     assert other.out_dir == work / "val_b" / "4" / "heldout"
+
+
+# ------------------------------------------------------------------ --help keeps its example's line break
+def test_help_keeps_the_line_break_of_its_example(capsys):
+    with pytest.raises(SystemExit) as e:
+        run_training.main(["--help"])
+    assert e.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.rstrip().endswith("data:custom \\"))
+    assert lines[i + 1].strip().startswith("--data.seq-name pulling")
