@@ -236,11 +236,13 @@ class Trainer:
         guarded, safe = resume_differences(old, cfg)
         if guarded and not cfg.resume_with_changes:
             raise ValueError(
-                f"{path} (step {step}) was trained with other options than this command's: {describe_changes(guarded)}. "
+                f"{path} (step {step}) was trained with other options than this command's (checkpoint -> now): "
+                f"{describe_changes(guarded)}. "
                 f"Give another --work-dir for a new training with these options, or add --resume-with-changes to "
                 f"continue this one with them (recorded in the history of {cfg_path})")
         if safe:
-            logger.info("resuming with changed options that are safe to change: %s", describe_changes(safe))
+            logger.info("resuming with changed options that are safe to change (checkpoint -> now): %s",
+                        describe_changes(safe))
         if guarded:
             logger.warning("--resume-with-changes: continuing %s (step %d) with changed options: %s (recorded in %s)",
                            path, step, describe_changes(guarded), cfg_path)
