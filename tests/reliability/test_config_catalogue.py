@@ -308,6 +308,7 @@ def test_short_cpu_run_gets_no_expected_time_line(caplog):
 
 
 # ------------------------------------------------------------------ run_val: one folder per split
+@pytest.mark.slow  # three evaluations
 def test_run_val_splits_do_not_overwrite_each_other(work, caplog):
     with caplog.at_level(logging.INFO, logger="flow3d"):
         held = run_val.main(["--work-dir", str(work), "--no-video", "--data.is-train", "False"])
