@@ -9,7 +9,13 @@ Reliability, in the order a run meets it:
 - A run resumes from ``checkpoints/last.ckpt`` (or the newest intact ``model_<step>.ckpt``,
   :func:`flow3d.checkpoint.resume_point`). The checkpoint records the data it was trained on; other data is
   one error: the data options before anything loads, the content (frame count, size, thumbnails, cameras)
-  once it has loaded (:mod:`flow3d.data.fingerprint`).
+  once it has loaded (:mod:`flow3d.data.fingerprint`). It also records the options it was trained with: an
+  option that shapes the model or its optimisation and differs is one error naming each field with both
+  values, unless ``--resume-with-changes`` (recorded in cfg.yaml's ``history``); the options marked
+  :data:`flow3d.config.RESUME_SAFE` may change (logged); ``--max-steps`` below the step is an error. A
+  finished run re-run with nothing to train writes no file.
+- The log names the device and the rasterizer; on the CPU, a run expected to take over an hour (measured on
+  its first steps) says so once, with the CPU presets.
 - The learning rates are a pure function of (step, max_steps) (:func:`lr_factor`), so a run resumed with a
   larger ``--max-steps`` follows the new schedule exactly.
 - SIGINT (Ctrl-C) or SIGTERM stops at the next step boundary, saves ``last.ckpt`` at that step and raises
