@@ -1,4 +1,4 @@
-"""Fit a dynamic Gaussian-splat scene to one monocular video.
+r"""Fit a dynamic Gaussian-splat scene to one monocular video.
 
     python run_training.py --work-dir outputs/demo --preset cpu_demo data:synthetic
     python run_training.py --work-dir ./outputs/pulling_60_ordinal data:custom \
@@ -6,6 +6,8 @@
 
 ``--preset NAME`` (a file in configs/, or a path to a YAML file; repeatable, applied left to right) sets
 defaults first; every other flag overrides them field by field. Re-running the same command resumes from WORK_DIR/checkpoints/last.ckpt.
+Options that shape the model or its optimisation must then be the checkpoint's (else one error naming them:
+use another --work-dir, or --resume-with-changes); --max-steps may grow, logging and saving may change.
 Ctrl-C (or SIGTERM) saves last.ckpt at the current step and exits with code 130 (143); a second Ctrl-C
 aborts at once. Errors are one line (exit code 1); --debug (or FLOW3D_DEBUG=1) shows the traceback.
 """
@@ -13,6 +15,7 @@ aborts at once. Errors are one line (exit code 1); --debug (or FLOW3D_DEBUG=1) s
 from __future__ import annotations
 
 import os
+import sys
 
 # torch's OpenMP threads otherwise spin against OpenCV's thread pool: measured here 0.4 s/step with
 # this setting and 5 s/step without it on 2 cores. Must be set before torch is imported.
@@ -21,8 +24,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import tyro  # noqa: E402
 
 from flow3d.cli import run_main  # noqa: E402
-from flow3d.config import TrainConfig, apply_overrides, available_presets, load_preset, validate_config  # noqa: E402
+from flow3d.config import (  # noqa: E402
+    TrainConfig, apply_overrides, available_presets, load_preset, preset_path, validate_config,
+)
 from flow3d.log import setup_logging  # noqa: E402
+
+
+def usage_error(message: str) -> None:
+    """A usage error: one ``error:`` line on stderr and exit code 2 (as tyro's own)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 def split_presets(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -30,16 +41,14 @@ def split_presets(argv: list[str]) -> tuple[list[str], list[str]]:
     rest, presets, i = [], [], 0
     while i < len(argv):
         a = argv[i]
-        if a == "--preset":
-            if i + 1 >= len(argv):
-                raise SystemExit(f"--preset needs a name; available: {available_presets()}")
-            presets.append(argv[i + 1])
-            i += 2
+        if a == "--preset" or a.startswith("--preset="):
+            name = argv[i + 1] if a == "--preset" and i + 1 < len(argv) else a.partition("=")[2]
+            if not name or name.startswith("-") or name.startswith("data:"):
+                usage_error(f"--preset needs a name; available: {', '.join(available_presets())}")
+            presets.append(name)
+            i += 2 if a == "--preset" else 1
             continue
-        if a.startswith("--preset="):
-            presets.append(a.split("=", 1)[1])
-        else:
-            rest.append(a)
+        rest.append(a)
         i += 1
     return presets, rest
 
@@ -50,7 +59,7 @@ def parse_args(argv: list[str]) -> TrainConfig:
     default = TrainConfig()
     for preset in presets:
         try:
-            default = apply_overrides(default, load_preset(preset), where=f"preset {preset}")
+            default = apply_overrides(default, load_preset(preset), where=f"preset {preset_path(preset)}")
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
     description = (__doc__ or "") + f"\nPresets (--preset NAME, repeatable): {', '.join(available_presets())}"

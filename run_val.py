@@ -5,7 +5,7 @@
 
 ``--model`` is a checkpoint step or ``last`` (default). Without a data subcommand the data config saved
 in OUT/cfg.yaml is used (``--data.*`` options still override it). Everything is written to
-OUT/val/<step>/ (metrics.json, per_frame.csv, per_frame.png, depth.mp4, contact_sheet.png, depth/ with
+OUT/val/<step>/heldout/ (--data.is-train False) or OUT/val/<step>/train/ (True) (metrics.json, per_frame.csv, per_frame.png, depth.mp4, contact_sheet.png, depth/ with
 --save-depth); the flows of the temporal-consistency metric are cached in OUT/flow_cache/.
 Errors are one line (exit code 1); --debug (or FLOW3D_DEBUG=1) shows the traceback.
 """

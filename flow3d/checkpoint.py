@@ -19,6 +19,10 @@ logger = get_logger(__name__)
 
 CKPT_RE = re.compile(r"^model_(\d+)\.ckpt$")
 
+RESUME_KEYS = ("optimizers", "strategy_state", "scene_extent", "canonical_t", "rng")
+"""What a training needs beyond ``model`` and ``step`` to resume from a checkpoint (``run_training.py`` writes
+them all; a file from another program, or one stripped of its optimiser state, lacks some)."""
+
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     """``torch.save`` to ``path`` atomically (a crash never leaves a half-written checkpoint)."""
@@ -57,10 +61,22 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return payload
 
 
+def load_resumable(path: Path) -> dict:
+    """:func:`load_checkpoint`, and ``ValueError`` when the file lacks what a training resumes from
+    (:data:`RESUME_KEYS`: e.g. written by another program, or without its optimiser state)."""
+    payload = load_checkpoint(path)
+    missing = [k for k in RESUME_KEYS if k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint {path} cannot be resumed from: it lacks {', '.join(missing)} (it was not written "
+                         "by run_training.py, or was stripped of its optimiser state)")
+    return payload
+
+
 def resume_point(ckpt_dir: Path) -> Optional[tuple[Path, dict]]:
     """(path, payload) of the checkpoint a training in ``ckpt_dir`` resumes from, or None for a new training.
 
-    ``last.ckpt`` when it loads. When it is unreadable (truncated, corrupt) or missing while numbered
+    ``last.ckpt`` when it loads with everything a training resumes from (:func:`load_resumable`). When it is
+    unreadable (truncated, corrupt, another program's, without its optimiser state) or missing while numbered
     checkpoints exist, the newest ``model_<step>.ckpt`` that loads, with a warning naming both files; an
     unreadable ``last.ckpt`` is renamed ``last.ckpt.unreadable`` (kept for the user, never read again).
     ``ValueError`` when checkpoints exist but none loads.
@@ -70,7 +86,7 @@ def resume_point(ckpt_dir: Path) -> Optional[tuple[Path, dict]]:
     problem = None
     if last.is_file():
         try:
-            return last, load_checkpoint(last)
+            return last, load_resumable(last)
         except ValueError as e:
             problem = str(e)
     steps = available_steps(ckpt_dir)
@@ -79,7 +95,7 @@ def resume_point(ckpt_dir: Path) -> Optional[tuple[Path, dict]]:
     for step in reversed(steps):
         path = ckpt_dir / f"model_{step}.ckpt"
         try:
-            payload = load_checkpoint(path)
+            payload = load_resumable(path)
         except ValueError as e:
             logger.warning("%s", e)
             continue

@@ -9,7 +9,8 @@ What a user sees, and the exit codes:
 - 0: done.
 - 1: an expected failure, as ONE line on stderr, ``error: <message>``: bad input naming the file or the
   field (``ValueError``), the file system (``OSError``: a full disk, a missing permission; the message names
-  the file), a run that cannot go on (:class:`flow3d.errors.TrainingError`), out of memory.
+  the file), a run that cannot go on (:class:`flow3d.errors.TrainingError`), out of memory (CUDA's, the CPU
+  allocator's ``RuntimeError``, ``MemoryError``: "out of memory: ..." with what to do).
 - 2: a usage error (tyro prints it).
 - 128 + the signal: interrupted, 130 for SIGINT (Ctrl-C), 143 for SIGTERM (Ray, SLURM and the sweep runner
   send it), with one line saying what happened. SIGTERM raises an exception here, as Ctrl-C does, so
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import sys
 import threading
@@ -53,15 +55,29 @@ def describe(exc: BaseException) -> str:
         hint = _HINTS.get(exc.errno or -1)
         if hint and hint.lower() not in msg.lower():
             msg += f" ({hint})"
-    elif type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
-        msg = f"out of memory: {exc}"
+    elif type(exc).__name__ == "OutOfMemoryError" or is_cpu_out_of_memory(exc):  # CUDA's, the CPU allocator's
+        text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", str(exc)) or "MemoryError"
+        msg = f"out of memory: {text} ({OUT_OF_MEMORY_ADVICE})"
     else:
         msg = str(exc) or type(exc).__name__
     return " ".join(msg.split())
 
 
+OUT_OF_MEMORY_ADVICE = ("free memory (close other programs), or make the job smaller: fewer Gaussians, a smaller batch, "
+                        "smaller frames or a shorter clip")
+
+
+def is_cpu_out_of_memory(exc: BaseException) -> bool:
+    """``MemoryError``, or the ``RuntimeError`` of torch's CPU allocator (``DefaultCPUAllocator: can't allocate
+    memory``)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc) if isinstance(exc, RuntimeError) else ""
+    return "DefaultCPUAllocator" in text or "can't allocate memory" in text or "not enough memory" in text
+
+
 def _expected() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [ValueError, OSError, TrainingError]
+    types: list[type[BaseException]] = [ValueError, OSError, TrainingError, MemoryError]
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(getattr(torch, "OutOfMemoryError", None), type):
         types.append(torch.OutOfMemoryError)
@@ -113,6 +129,10 @@ def run_main(fn: Callable[[list[str]], T], argv: list[str] | None = None) -> T:
             if debug:
                 raise
             raise SystemExit(f"error: {describe(e)}") from None
+        except RuntimeError as e:
+            if debug or not is_cpu_out_of_memory(e):
+                raise
+            raise SystemExit(f"error: {describe(e)}") from None
 
 
-__all__ = ["DEBUG_ENV", "DEBUG_FLAG", "debug_requested", "describe", "run_main", "sigterm_raises"]
+__all__ = ["DEBUG_ENV", "DEBUG_FLAG", "debug_requested", "describe", "is_cpu_out_of_memory", "run_main", "sigterm_raises"]

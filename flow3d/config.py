@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from flow3d.scene.init import InitConfig
 from flow3d.scene.strategy import DensifyConfig
 
 logger = get_logger(__name__)
+
+RESUME_SAFE = {"resume": "safe"}
+"""Field metadata: a resumed run may change this field (see :class:`TrainConfig`); unmarked fields may not."""
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -53,7 +57,7 @@ class DepthOrderConfig:
     """Optical-flow backend for the neighbour flows (raft needs ``flow_options`` with local weights)."""
     fb_rule: Literal["squared", "lenient", "fixed"] = "squared"
     """Forward-backward consistency rule that decides which pixels carry pairs."""
-    flow_cache_dir: str = ""
+    flow_cache_dir: str = field(default="", metadata=RESUME_SAFE)
     """Where flows are cached ('' = WORK_DIR/flow_cache)."""
     order_source: Literal["prior", "render"] = "prior"
     """Hinge: order of each pair from the prior of frame t, or from the detached rendering of frame t."""
@@ -176,17 +180,25 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """Fit a dynamic Gaussian-splat scene to one monocular video."""
+    """Fit a dynamic Gaussian-splat scene to one monocular video.
 
-    work_dir: str = "outputs/run"
+    Resume: a run in a work dir that holds a checkpoint continues it. The fields marked
+    ``metadata=RESUME_SAFE`` (where files go, logging, saving, the device and rasterizer, ``--max-steps`` at or
+    above the checkpoint's step) may change then, and the change is logged; every other field shapes the model
+    or its optimisation (presets, counts, bases, losses and weights, learning rates, batch, seed, ...) and
+    must equal the checkpoint's, unless ``--resume-with-changes`` (:func:`resume_differences`). The data is
+    checked apart (:func:`flow3d.data.check_data_config`; :data:`DATA_FIELDS_NOT_RECORDED` may change)."""
+
+    work_dir: str = field(default="outputs/run", metadata=RESUME_SAFE)
     """Folder for cfg.yaml, checkpoints/, tb/ (TensorBoard) and stats; re-running resumes from it."""
     data: DataConfig = field(default_factory=SyntheticDataConfig)
     """The sequence to fit (a data subcommand)."""
-    max_steps: int = 20000
-    """Optimisation steps; learning-rate schedules follow it."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_steps: int = field(default=20000, metadata=RESUME_SAFE)
+    """Optimisation steps; learning-rate schedules follow it. A resumed run may raise it (not below the
+    checkpoint's step)."""
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=RESUME_SAFE)
     """'auto' takes CUDA when it is available."""
-    render_backend: Literal["auto", "gsplat", "cpu", "torch"] = "auto"
+    render_backend: Literal["auto", "gsplat", "cpu", "torch"] = field(default="auto", metadata=RESUME_SAFE)
     """'auto': gsplat on CUDA, the compiled CPU rasterizer on the CPU ('torch' where it cannot be built); 'cpu'
     the compiled CPU rasterizer; 'torch' the PyTorch tile rasterizer (the readable reference)."""
     batch_size: int = 8
@@ -197,13 +209,13 @@ class TrainConfig:
     """Seeds torch's generators (initialisation, sampling)."""
     bg_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Colour behind the Gaussians."""
-    save_every: int = 1000
+    save_every: int = field(default=1000, metadata=RESUME_SAFE)
     """Write checkpoints/model_<step>.ckpt every N steps (last.ckpt is written then too)."""
-    log_every: int = 10
+    log_every: int = field(default=10, metadata=RESUME_SAFE)
     """TensorBoard scalars every N steps."""
-    image_every: int = 500
+    image_every: int = field(default=500, metadata=RESUME_SAFE)
     """TensorBoard image summaries (RGB | depth | prior) every N steps."""
-    max_nonfinite_steps: int = 5
+    max_nonfinite_steps: int = field(default=5, metadata=RESUME_SAFE)
     """Stop with an error after this many consecutive steps with a non-finite loss."""
     prior_align: Literal["none", "auto", "scale", "scale_shift"] = "auto"
     """Before initialisation, remove the depth prior's drift over time: one disparity scale (and shift) per
@@ -215,6 +227,9 @@ class TrainConfig:
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     losses: LossConfig = field(default_factory=LossConfig)
+    resume_with_changes: bool = field(default=False, metadata=RESUME_SAFE)
+    """Resume although options that shape the model or its optimisation differ from the checkpoint's (the change
+    is recorded in the history list of cfg.yaml); without it such a change is an error."""
 
 
 # ---------------------------------------------------------------------------------------------- presets
@@ -223,15 +238,21 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
 
 
+def preset_path(name_or_path: str) -> Path:
+    """The file of a preset: ``configs/<name>.yaml`` for a name, else the path given."""
+    path = Path(name_or_path)
+    return CONFIGS_DIR / f"{name_or_path}.yaml" if not path.suffix else path
+
+
 def load_preset(name_or_path: str) -> dict:
     """The override dict of a preset: a name in ``configs/`` or a path to a YAML file."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CONFIGS_DIR / f"{name_or_path}.yaml"
+    path = preset_path(name_or_path)
     if not path.is_file():
         raise ValueError(f"preset {name_or_path!r} not found (looked for {path}); available: {available_presets()}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"preset {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"preset {path} must hold a mapping of overrides, got {type(data).__name__}")
     return data
@@ -251,19 +272,94 @@ def _is_dataclass_type(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _coerce(value, tp):
-    """Turn YAML values back into the field's type where YAML loses it (tuples, paths)."""
+class _WrongType(Exception):
+    """A value of the wrong type (the message says what the field takes); turned into one ``ValueError``."""
+
+
+_NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+"""A number written as text: YAML 1.1 (PyYAML) reads ``1e-3`` (no dot, no exponent sign) as a string."""
+
+
+def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _type_name(typing.get_args(tp)[0])
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is Union or origin is types.UnionType:
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        return "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string (quote it)",
+            Path: "a path (a string)"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value, tp):
+    """``value`` (from YAML) as the field's type ``tp``: lists become tuples, strings paths, integers floats,
+    and a number YAML 1.1 left as text (``1e-3``) a float. The same checks as the command line: a value of
+    another type raises :class:`_WrongType` (``true`` is not a step count, ``2.5`` not an integer)."""
+    origin = typing.get_origin(tp)
+    if tp is None or tp is Any:
+        return value
     if origin is typing.Annotated:
         return _coerce(value, typing.get_args(tp)[0])
     if origin is Union or origin is types.UnionType:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return value if value is None or len(args) != 1 else _coerce(value, args[0])
-    if isinstance(value, list) and origin is tuple:
-        return tuple(value)
-    if isinstance(value, str) and tp is Path:
-        return Path(value)
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg)
+            except _WrongType:
+                continue
+        raise _WrongType(_type_name(tp))
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if any(value == c and type(value) is type(c) for c in choices):
+            return value
+        raise _WrongType(_type_name(tp))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _WrongType(_type_name(tp))
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _WrongType(_type_name(tp))
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _NUMBER_TEXT.match(value.strip()):
+            return float(value)
+        raise _WrongType(_type_name(tp))
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _WrongType(_type_name(tp))
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise _WrongType(_type_name(tp))
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise _WrongType(_type_name(tp))
+        args = typing.get_args(tp)
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise _WrongType(f"a list of {len(args)} values")
+            items = [_coerce(v, a) for v, a in zip(value, args)]
+        else:
+            items = [_coerce(v, args[0]) if args else v for v in value]
+        return tuple(items) if origin is tuple else items
     return value
+
+
+def _coerce_field(value, tp, where: str, key: str):
+    """:func:`_coerce`, with a wrong type as one ``ValueError`` naming ``where`` (the file) and the field."""
+    try:
+        return _coerce(value, tp)
+    except _WrongType as e:
+        raise ValueError(f"{where}: {key} must be {e}, got {value!r}") from None
 
 
 def _field_name(key: str, names: set[str], where: str) -> str:
@@ -273,44 +369,49 @@ def _field_name(key: str, names: set[str], where: str) -> str:
     return key
 
 
-def apply_overrides(obj, overrides: dict, where: str = "config"):
-    """A copy of dataclass ``obj`` with nested ``overrides``; unknown keys raise (no silent typos)."""
+def apply_overrides(obj, overrides: dict, where: str = "config", _prefix: str = ""):
+    """A copy of dataclass ``obj`` with nested ``overrides``; unknown keys and values of the wrong type raise
+    one ``ValueError`` naming ``where`` (the file) and the field (no silent typos)."""
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{where}: {_prefix.rstrip('.') or 'the file'} must be a mapping of fields, got {overrides!r}")
     hints = typing.get_type_hints(type(obj), include_extras=True)
     names = {f.name for f in dataclasses.fields(obj)}
     changes = {}
     for key, value in overrides.items():
-        key = _field_name(key, names, where)
+        key = _field_name(str(key), names, f"{where}{'.' + _prefix.rstrip('.') if _prefix else ''}")
         current = getattr(obj, key)
-        if key == "data" and isinstance(value, dict):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes[key] = value  # a config object given whole (Python callers)
+        elif key == "data" and isinstance(value, dict):
             kind = value.get("kind")
             kinds = data_kinds()
             cls = kinds.get(kind) if kind else type(current)
             if cls is None:
-                raise ValueError(f"{where}.data.kind must be one of {sorted(kinds)}, got {kind!r}")
+                raise ValueError(f"{where}: data.kind must be one of {sorted(kinds)}, got {kind!r}")
             fields = {k: v for k, v in value.items() if k != "kind"}
             if isinstance(current, cls):
-                changes[key] = apply_overrides(current, fields, f"{where}.data")
+                changes[key] = apply_overrides(current, fields, where, f"{_prefix}data.")
             else:
-                changes[key] = _build(cls, fields, f"{where}.data")
-        elif dataclasses.is_dataclass(current) and isinstance(value, dict):
-            changes[key] = apply_overrides(current, value, f"{where}.{key}")
+                changes[key] = _build(cls, fields, where, f"{_prefix}data.")
+        elif dataclasses.is_dataclass(current):
+            changes[key] = apply_overrides(current, value, where, f"{_prefix}{key}.")
         else:
-            changes[key] = _coerce(value, hints.get(key))
+            changes[key] = _coerce_field(value, hints.get(key), where, _prefix + key)
     return dataclasses.replace(obj, **changes)
 
 
-def _build(cls, fields: dict, where: str):
+def _build(cls, fields: dict, where: str, _prefix: str = ""):
     """Construct dataclass ``cls`` from a dict (for classes with required fields)."""
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in fields.items():
-        key = _field_name(key, names, where)
-        kwargs[key] = _coerce(value, hints.get(key))
+        key = _field_name(str(key), names, f"{where}.{_prefix.rstrip('.')}" if _prefix else where)
+        kwargs[key] = _coerce_field(value, hints.get(key), where, _prefix + key)
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise ValueError(f"{where}: {_prefix.rstrip('.') or cls.__name__}: {e}") from None
 
 
 def config_to_dict(obj) -> Any:
@@ -339,14 +440,82 @@ def data_config_record(data_cfg) -> dict:
     return {k: v for k, v in config_to_dict(data_cfg).items() if k not in DATA_FIELDS_NOT_RECORDED}
 
 
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def resume_safe_fields(cls=None, prefix: str = "") -> set[str]:
+    """Dotted names of the fields marked :data:`RESUME_SAFE` (``max_steps``, ``save_every``, ...)."""
+    cls = cls or TrainConfig
+    out = set()
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("resume") == "safe":
+            out.add(prefix + f.name)
+        elif _is_dataclass_type(hints[f.name]):
+            out |= resume_safe_fields(hints[f.name], prefix + f.name + ".")
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+NOT_COMPARED = ("work_dir", "resume_with_changes")
+"""Fields a resume does not compare at all: where the run is (a copied or moved work dir resumes), and the
+request itself."""
+
+
+def resume_differences(old: dict, cfg: TrainConfig) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
+    """(guarded, safe): the fields whose value in ``cfg`` differs from ``old`` (a checkpoint's
+    :func:`config_to_dict`), as (dotted name, old value, new value), split into those that shape the model or
+    its optimisation and those marked :data:`RESUME_SAFE`. The data (checked apart), :data:`NOT_COMPARED` and
+    fields that ``old`` lacks (an older version) are not compared."""
+    safe_names = resume_safe_fields()
+    skip = ("data", "history", *NOT_COMPARED)
+    old_flat = _flatten({k: v for k, v in old.items() if k not in skip})
+    new_flat = _flatten({k: v for k, v in config_to_dict(cfg).items() if k not in skip})
+    guarded, safe = [], []
+    for name, new in new_flat.items():
+        if name not in old_flat or old_flat[name] == new:
+            continue
+        (safe if name in safe_names else guarded).append((name, old_flat[name], new))
+    return guarded, safe
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    """``--init.num-bg 0 (checkpoint) -> 10000 (now), ...``"""
+    return ", ".join(f"{flag_name(n)} {o!r} -> {v!r}" for n, o, v in changes)
+
+
 END_MARKER = "# end of the flow3d config"
 """The last line :func:`save_config` writes: a ``cfg.yaml`` without it was cut short (or is older than it)."""
 
 
-def save_config(cfg: TrainConfig, path: Path) -> None:
+def save_config(cfg: TrainConfig, path: Path, history: Optional[list] = None) -> None:
     """Write ``cfg`` as YAML to ``path`` atomically, ending with :data:`END_MARKER` (read back with
-    :func:`load_config`)."""
-    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False) + END_MARKER + "\n")
+    :func:`load_config`). ``history``: the changes a resumed run made (``--resume-with-changes``), written as
+    the ``history`` list (read with :func:`config_history`). ``resume_with_changes`` is a one-off request of
+    one command, not a setting: it is written as false."""
+    data = config_to_dict(dataclasses.replace(cfg, resume_with_changes=False))
+    if history:
+        data["history"] = list(history)
+    write_text(path, yaml.safe_dump(data, sort_keys=False) + END_MARKER + "\n")
+
+
+def config_history(path: Path) -> list:
+    """The ``history`` list of a ``cfg.yaml`` (empty when it has none or cannot be read)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return []
+    history = data.get("history") if isinstance(data, dict) else None
+    return list(history) if isinstance(history, list) else []
 
 
 def missing_fields(data: dict, cls=None, prefix: str = "") -> list[str]:
@@ -386,6 +555,7 @@ def load_config(path: Path) -> TrainConfig:
         raise ValueError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    data.pop("history", None)  # the changes of resumed runs (save_config), not a field
     missing = missing_fields(data)
     if missing:
         shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
@@ -415,6 +585,9 @@ class Rule:
     hi_open: bool = False
 
     def ok(self, x: float) -> bool:
+        if isinstance(x, int) and not isinstance(x, bool):  # compared exactly: 2**64 and 2**64 - 1 are one float
+            return (self.lo is None or (x > self.lo if self.lo_open else x >= self.lo)) and (
+                self.hi is None or (x < self.hi if self.hi_open else x <= self.hi))
         if not math.isfinite(x):
             return False
         if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
@@ -422,12 +595,13 @@ class Rule:
         return self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
 
     def __str__(self) -> str:
+        lo, hi = (b if b is None or isinstance(b, int) else f"{b:g}" for b in (self.lo, self.hi))
         if self.lo is not None and self.hi is not None:
-            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            return f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
         if self.lo is not None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+            return f"{'>' if self.lo_open else '>='} {lo}"
         if self.hi is not None:
-            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+            return f"{'<' if self.hi_open else '<='} {hi}"
         return "a finite number"
 
 
@@ -435,10 +609,11 @@ ANY = Rule()
 AT_LEAST_0, AT_LEAST_1, POSITIVE = Rule(0), Rule(1), Rule(0, lo_open=True)
 FRACTION, QUANTILE, UNIT = Rule(0, 1, hi_open=True), Rule(0, 1, lo_open=True), Rule(0, 1)
 ANGLE = Rule(0, 180, lo_open=True, hi_open=True)
+SEED = Rule(0, 2**64 - 1)  # torch's generators take a 64-bit unsigned seed
 
 RULES: dict[str, Rule] = {
     # training
-    "max_steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "num_targets": AT_LEAST_1, "seed": AT_LEAST_0,
+    "max_steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "num_targets": AT_LEAST_1, "seed": SEED,
     "save_every": AT_LEAST_0, "log_every": AT_LEAST_1, "image_every": AT_LEAST_0, "max_nonfinite_steps": AT_LEAST_1,
     "bg_color": UNIT,
     # init, densify, optim
@@ -496,7 +671,7 @@ def _range_errors(obj, prefix: str) -> list[tuple[str, str]]:
         rule = rule_for(f.name)
         if not numbers or rule is None:
             continue
-        bad = [v for v in numbers if not rule.ok(float(v))]
+        bad = [v for v in numbers if not rule.ok(v)]
         if bad:
             errors.append((path, f"must be {rule}, got {value!r}"))
     data = getattr(obj, "data", None) if not prefix else None
@@ -519,6 +694,7 @@ def validate_config(cfg: TrainConfig, where: Optional[str] = None) -> TrainConfi
 
 __all__ = [
     "TrainConfig", "LossConfig", "DepthOrderConfig", "OptimConfig", "InitConfig", "DensifyConfig", "DataConfig",
-    "load_preset", "apply_overrides", "save_config", "load_config", "config_to_dict", "available_presets",
+    "load_preset", "preset_path", "apply_overrides", "save_config", "load_config", "config_to_dict", "available_presets",
     "validate_config", "missing_fields", "data_config_record", "rule_for", "flag_name", "RULES", "END_MARKER",
+    "RESUME_SAFE", "resume_safe_fields", "resume_differences", "describe_changes", "config_history",
 ]

@@ -3,9 +3,10 @@
     python run_val.py --work-dir OUT --model 4000 data:custom --data.seq-name S --data.root-dir R --data.is-train False
 
 Reads ``OUT/cfg.yaml`` and ``OUT/checkpoints/model_<step>.ckpt`` (``--model last``: ``last.ckpt``),
-renders every scored view and writes everything to ``OUT/val/<step>/`` only (built in a staging
-folder ``OUT/val/.<step>.partial-<pid>`` and swapped in at the end, so the folder always holds one
-complete run):
+renders every scored view and writes everything to ``OUT/val/<step>/<split>/`` only, ``<split>`` being
+``heldout`` (``--data.is-train False``) or ``train`` (``True``), so that the two scores of a step never
+overwrite each other (:func:`val_dir`; built in a staging folder ``OUT/val/<step>/.<split>.partial-<pid>`` and
+swapped in at the end, so the folder always holds one complete run):
 
     metrics.json      {"aggregate", "per_frame", "notes"} (:func:`flow3d.eval.report.write_metrics`)
     per_frame.csv     one row per scored view
@@ -79,7 +80,8 @@ logger = get_logger(__name__)
 
 @dataclass
 class ValConfig:
-    """Evaluate a checkpoint: metrics, depth export and depth videos, written to WORK_DIR/val/<step>/."""
+    """Evaluate a checkpoint: metrics, depth export and depth videos, written to WORK_DIR/val/<step>/<split>/
+    (``heldout`` or ``train``)."""
 
     work_dir: str
     """The training work dir (holds cfg.yaml and checkpoints/)."""
@@ -88,8 +90,8 @@ class ValConfig:
     data: DataConfig = field(default_factory=SyntheticDataConfig)
     """The sequence (default: the data config saved in cfg.yaml); --data.is-train False scores held-out frames."""
     out_name: str = "val"
-    """Results go to WORK_DIR/<out_name>/<step>/ (e.g. ``val_train`` to keep a held-out ``val`` beside a score
-    of the training frames)."""
+    """Results go to WORK_DIR/<out_name>/<step>/<split>/, <split> being ``heldout`` (--data.is-train False) or
+    ``train`` (True)."""
     save_depth: bool = False
     """Export the rendered z-depth of each scored view as depth/<frame>.npy (float32, scene units)."""
     save_renders: bool = False
@@ -357,6 +359,16 @@ class ValResult:
     files: dict[str, Path]
 
 
+SPLIT_FOLDERS = {False: "heldout", True: "train"}
+"""``--data.is-train`` -> the folder of its scores inside ``val/<step>/``."""
+
+
+def val_dir(work_dir: str | os.PathLike, step: int, is_train: bool = False, out_name: str = "val") -> Path:
+    """Where run_val.py writes the scores of ``step`` on one split: ``WORK_DIR/<out_name>/<step>/heldout`` (the
+    held-out frames or views) or ``.../train`` (the training frames)."""
+    return Path(work_dir) / out_name / str(step) / SPLIT_FOLDERS[bool(is_train)]
+
+
 def evaluate(cfg: ValConfig) -> ValResult:
     """Evaluate ``cfg.model`` of ``cfg.work_dir`` on the views ``cfg.data`` selects; see the module docstring."""
     if not cfg.out_name or Path(cfg.out_name).name != cfg.out_name or cfg.out_name in (".", ".."):
@@ -408,10 +420,11 @@ def evaluate(cfg: ValConfig) -> ValResult:
         by_t = {v.t: v for v in views}
         video_views = [by_t.get(t) or _video_view(seq, t, False) for t in range(seq.num_frames)]
 
-    out_dir = work_dir / cfg.out_name / str(step)
-    staging = work_dir / cfg.out_name / f".{step}.partial-{os.getpid()}"
+    out_dir = val_dir(work_dir, step, cfg.data.is_train, cfg.out_name)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
+    made = [p for p in (out_dir.parent.parent, out_dir.parent) if not p.exists()]  # val/, val/<step>/
     staging.mkdir(parents=True)
     try:
         result = _evaluate_into(cfg, staging, model, seq, views, video_views, held_out, device, bg, backend, step, split, ckpt_path)
@@ -419,8 +432,10 @@ def evaluate(cfg: ValConfig) -> ValResult:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-        if not any(staging.parent.iterdir()):
-            staging.parent.rmdir()  # val/ was made by this failed run
+        for folder in reversed(made):  # the folders made by this failed run
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    logger.info("wrote the scores of the %s to %s", split, out_dir)
     result.out_dir = out_dir
     result.files = {k: out_dir / p.relative_to(staging) for k, p in result.files.items()}
     return result

@@ -3,9 +3,9 @@
     python -m flow3d.sweep configs/sweeps/depth_order_families.yaml --out-dir OUT --cpus-per-trial 1
     python -m flow3d.sweep.depth_order_table configs/sweeps/depth_order_families.yaml --out-dir OUT
 
-The sweep scores each trial on its HELD-OUT frames (``val/<step>/``): that gives the PSNR column. The issue's
-depth columns score the TRAINING frames, so this command runs ``run_val.py --data.is-train True --out-name
-val_train --no-video`` once per finished trial (skipped when ``val_train/<step>/metrics.json`` exists) and
+The sweep scores each trial on its HELD-OUT frames (``val/<step>/heldout/``): that gives the PSNR column. The
+issue's depth columns score the TRAINING frames, so this command runs ``run_val.py --data.is-train True
+--no-video`` once per finished trial (into ``val/<step>/train/``; skipped when its metrics.json exists) and
 takes from it:
 
 * ``depth_abs_rel``: AbsRel after ONE least-squares depth scale per sequence (absolute depth up to scale);
@@ -38,13 +38,13 @@ BASELINE = "som_baseline"
 
 
 def train_metrics_path(trial: Trial) -> Path:
-    return trial.work_dir / "val_train" / str(trial.max_steps) / "metrics.json"
+    return trial.work_dir / "val" / str(trial.max_steps) / "train" / "metrics.json"  # run_val.py's val_dir
 
 
 def score_training_frames(trial: Trial, timeout: float = 1800.0) -> None:
-    """run_val.py on the trial's training frames into ``val_train/`` (raises on failure, with the log's tail)."""
+    """run_val.py on the trial's training frames into ``val/<step>/train/`` (raises on failure, with the log's tail)."""
     cmd = [sys.executable, str(repo_root() / "run_val.py"), "--work-dir", str(trial.work_dir), "--model", "last",
-           "--data.is-train", "True", "--no-video", "--out-name", "val_train"]
+           "--data.is-train", "True", "--no-video"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if res.returncode != 0:
         tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -59,7 +59,7 @@ def table_row(trial: Trial) -> dict:
     row["metrics"] = {"psnr": held_out.get("psnr"), **{k: train.get(k) for k in DEPTH_KEYS}}
     if not train:
         row["status"] = "failed"
-        row["error"] = "no training-frame metrics (val_train)"
+        row["error"] = "no training-frame metrics (val/<step>/train)"
     return row
 
 

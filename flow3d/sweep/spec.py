@@ -64,7 +64,7 @@ class Trial:
     @property
     def metrics_path(self) -> Path:
         """run_val.py's metrics of the final step: the trial is finished once this file exists."""
-        return self.work_dir / "val" / str(self.max_steps) / "metrics.json"
+        return self.work_dir / "val" / str(self.max_steps) / "heldout" / "metrics.json"  # run_val.py's val_dir
 
     @property
     def status_path(self) -> Path:

@@ -8,7 +8,7 @@ MKL/OpenBLAS/OpenCV's) set to the trial's CPU share, and on Linux dies with its 
 
 State lives in the work dir, so a re-run of the sweep knows what to do without any other record:
 
-* ``val/<max_steps>/metrics.json`` exists -> finished, skipped;
+* ``val/<max_steps>/heldout/metrics.json`` exists -> finished, skipped;
 * otherwise it runs: ``run_training.py`` resumes from ``checkpoints/last.ckpt`` by itself (training is
   skipped when ``train_stats.json`` already reports ``max_steps``), then ``run_val.py`` scores it;
 * ``sweep_status.json`` (written atomically) records the status (``running``, ``done``, ``failed``), the

@@ -9,7 +9,13 @@ Reliability, in the order a run meets it:
 - A run resumes from ``checkpoints/last.ckpt`` (or the newest intact ``model_<step>.ckpt``,
   :func:`flow3d.checkpoint.resume_point`). The checkpoint records the data it was trained on; other data is
   one error: the data options before anything loads, the content (frame count, size, thumbnails, cameras)
-  once it has loaded (:mod:`flow3d.data.fingerprint`).
+  once it has loaded (:mod:`flow3d.data.fingerprint`). It also records the options it was trained with: an
+  option that shapes the model or its optimisation and differs is one error naming each field with both
+  values, unless ``--resume-with-changes`` (recorded in cfg.yaml's ``history``); the options marked
+  :data:`flow3d.config.RESUME_SAFE` may change (logged); ``--max-steps`` below the step is an error. A
+  finished run re-run with nothing to train writes no file.
+- The log names the device and the rasterizer; on the CPU, a run expected to take over an hour (measured on
+  its first steps) says so once, with the CPU presets.
 - The learning rates are a pure function of (step, max_steps) (:func:`lr_factor`), so a run resumed with a
   larger ``--max-steps`` follows the new schedule exactly.
 - SIGINT (Ctrl-C) or SIGTERM stops at the next step boundary, saves ``last.ckpt`` at that step and raises
@@ -19,6 +25,8 @@ Reliability, in the order a run meets it:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import signal
 import threading
 import time
@@ -29,7 +37,10 @@ from torch import Tensor
 from tqdm import tqdm
 
 from flow3d.checkpoint import resume_point, save_checkpoint
-from flow3d.config import TrainConfig, data_config_record, save_config, validate_config
+from flow3d.config import (
+    TrainConfig, config_history, config_to_dict, data_config_record, describe_changes, flag_name, resume_differences,
+    save_config, validate_config,
+)
 from flow3d.data import apply_prior_drift, check_data_config, check_same_content, content_record, estimate_prior_drift
 from flow3d.depth import disp_to_depth
 from flow3d.device import pick_device
@@ -159,9 +170,14 @@ class Trainer:
         self.terms = active_terms(self.weights)
         self.needs = needs_of(self.terms)
         resume = resume_point(self.work_dir / "checkpoints")  # an unusable checkpoint or other data stop here
+        self.history: list = []  # cfg.yaml's record of --resume-with-changes
         if resume is not None:
             check_data_config(resume[1].get("data"), data_config_record(cfg.data), resume[0])
+            self.history = self._check_resume_config(*resume)
+        self.finished = resume is not None and self._is_finished(int(resume[1]["step"]))
+        logger.info("device %s, render backend %s", self.device, describe_backend(cfg.render_backend, self.device))
         seq = seq if seq is not None else cfg.data.load()  # its prior validity was decided on loading
+        _log_split(cfg.data, seq)
         self.data_record = {"config": data_config_record(cfg.data), **content_record(seq)}
         self.seq = align_prior(seq, cfg.prior_align)
         self.usable_tracks = UsableTracks.of(self.seq)  # once per sequence, not per step
@@ -184,9 +200,73 @@ class Trainer:
                 self.seq.num_frames, self.seq.train_ids, cfg.optim.lr_cameras, self.device, self._camera_state)
         self.writer = None
         self.reported: set = set()  # (term, frame) pairs already warned about, shared across steps
+        if self.finished:  # nothing to train: nothing more is prepared (and no file is written)
+            self.neighbor_flows = self.k_obj = None
+            return
         self.neighbor_flows = (prepare_neighbor_flows(self.seq, cfg.losses.order, self.work_dir)
                                if "flow" in self.needs else None)
+        if self.neighbor_flows is not None and not self.neighbor_flows:
+            flow_terms = sorted(t.name for t in self.terms if "flow" in needs_of((t,)))
+            stride = cfg.losses.order.neighbor_stride
+            logger.warning(
+                "%s %d: no training frame has a neighbour (%d training frames), so %s get no pixel pairs and do "
+                "nothing in this run; use a stride below %d", flag_name("losses.order.neighbor_stride"), stride,
+                len(self.seq.train_ids), ", ".join(flow_terms) or "the flow terms", max(len(self.seq.train_ids), 2))
         self.k_obj = depth_order.calibrate_k_obj(self.seq) if "k_obj" in self.needs else None
+
+    def _check_resume_config(self, path: Path, payload: dict) -> list:
+        """The options of this command against those checkpoint ``payload`` was trained with (the ``config`` it
+        records; a checkpoint of an older version: WORK_DIR/cfg.yaml), before the data loads. Returns the
+        history to write in cfg.yaml. ``--max-steps`` below the checkpoint's step, or a changed option that
+        shapes the model or its optimisation without ``--resume-with-changes``, is one ``ValueError``;
+        safe changes (:data:`flow3d.config.RESUME_SAFE`) are logged."""
+        cfg, step = self.cfg, int(payload["step"])
+        cfg_path = self.work_dir / "cfg.yaml"
+        history = list(payload["config_history"]) if isinstance(payload.get("config_history"), list) else config_history(cfg_path)
+        if cfg.max_steps < step:
+            raise ValueError(
+                f"--max-steps {cfg.max_steps} is below the step of {path} ({step}): a training never goes back; "
+                f"give --max-steps {step} or more to continue it, or another --work-dir for a new training")
+        old = payload.get("config")
+        if not isinstance(old, dict):
+            import yaml
+
+            try:
+                old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError, UnicodeDecodeError):
+                old = None
+            if not isinstance(old, dict):
+                logger.warning("%s records no options and %s cannot be read: the options of this command are not "
+                               "compared with the checkpoint's", path, cfg_path)
+                return history
+        guarded, safe = resume_differences(old, cfg)
+        if guarded and not cfg.resume_with_changes:
+            raise ValueError(
+                f"{path} (step {step}) was trained with other options than this command's (checkpoint -> now): "
+                f"{describe_changes(guarded)}. "
+                f"Give another --work-dir for a new training with these options, or add --resume-with-changes to "
+                f"continue this one with them (recorded in the history of {cfg_path})")
+        if safe:
+            logger.info("resuming with changed options that are safe to change (checkpoint -> now): %s",
+                        describe_changes(safe))
+        if guarded:
+            logger.warning("--resume-with-changes: continuing %s (step %d) with changed options: %s (recorded in %s)",
+                           path, step, describe_changes(guarded), cfg_path)
+            history.append({"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                            "changed": {flag_name(n): {"from": o, "to": v} for n, o, v in guarded + safe}})
+        return history
+
+    def _is_finished(self, step: int) -> bool:
+        """The checkpoint is the end of this training: at ``--max-steps``, with its numbered checkpoint and
+        train_stats.json written (an interruption on the last step leaves them to write)."""
+        if step < self.cfg.max_steps:
+            return False
+        if not (self.work_dir / "checkpoints" / f"model_{step}.ckpt").is_file():
+            return False
+        try:
+            return json.loads((self.work_dir / "train_stats.json").read_text(encoding="utf-8")).get("steps") == step
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def _initialize(self) -> None:
         model, can_t = initialize_scene(self.seq, self.cfg.init, self.generator)
@@ -208,6 +288,8 @@ class Trainer:
             "canonical_t": self.canonical_t,
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
             "camera_refine": None if self.cam_refine is None else camera_refine_state(self.cam_refine, self.cam_opt),
+            "config": config_to_dict(dataclasses.replace(self.cfg, resume_with_changes=False)),
+            "config_history": self.history,
         }
 
     def save(self, numbered: bool) -> Path:
@@ -221,7 +303,18 @@ class Trainer:
 
     def _resume(self, path: Path, payload: dict) -> None:
         """Continue from checkpoint ``payload`` (read from ``path``): model, optimisers, densification, RNGs.
-        Checkpoints of older versions (with learning-rate scheduler states) load too: the rates follow the step."""
+        Checkpoints of older versions (with learning-rate scheduler states) load too: the rates follow the step.
+        A payload whose parts do not fit (another program's) is one ``ValueError`` naming the file."""
+        try:
+            self._restore(path, payload)
+        except (KeyError, TypeError, IndexError, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and not any(k in str(e) for k in ("state_dict", "size mismatch", "loading")):
+                raise
+            raise ValueError(f"checkpoint {path} cannot be resumed from ({type(e).__name__}: {' '.join(str(e).split())[:300]}): "
+                             "it was not written by this version of run_training.py; move it away, or give another "
+                             "--work-dir") from None
+
+    def _restore(self, path: Path, payload: dict) -> None:
         self.model = SceneModel.from_state_dict(payload["model"]).to(self.device)
         self.optimizers = make_optimizers(self.model, self.cfg)
         for k, o in self.optimizers.items():
@@ -317,14 +410,27 @@ class Trainer:
         self.nonfinite_in_row += 1
         logger.warning("step %d: non-finite loss in %s; step skipped (%d in a row)", self.step, bad, self.nonfinite_in_row)
         if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
-            raise TrainingError(
-                f"{self.nonfinite_in_row} consecutive steps had a non-finite loss (last: terms {bad}); "
-                "check the depth prior and the learning rates"
-            )
+            raise TrainingError(f"{self.nonfinite_in_row} consecutive steps had a non-finite loss ({self._nonfinite_advice(bad)})")
         for o in self._all_optimizers():
             o.zero_grad(set_to_none=True)
         self.step += 1
         set_learning_rates(self.optimizers, self.cfg, self.step)
+
+    def _nonfinite_advice(self, bad: list[str]) -> str:
+        """What the non-finite terms ``bad`` point at: weights too large (every term finite, their weighted sum
+        not), a diverged optimisation (the scene's parameters are not finite), or the terms' inputs."""
+        top = max(self.terms, key=lambda t: abs(self.weights[t.name]))
+        largest = f"the largest weight is {flag_name('losses.' + top.weight)} {self.weights[top.name]:g}"
+        if not bad or bad == ["total"]:
+            return (f"every term is finite but their weighted sum is not: a loss weight is too large ({largest}); "
+                    "lower it")
+        params = named_params(self.model)
+        diverged = sorted(k for k, p in params.items() if not bool(torch.isfinite(p.detach()).all()))
+        if diverged:
+            return (f"terms {bad}; the scene's parameters {diverged[:4]} are no longer finite: the optimisation "
+                    f"diverged; lower the learning rates (--optim.lr-*) or large loss weights ({largest})")
+        return (f"terms {bad} with finite parameters: check their inputs (the depth prior for the depth terms, the "
+                f"tracks for the track terms) and the learning rates")
 
     def _all_optimizers(self) -> list:
         """The scene's optimisers and, with --optim.refine-cameras, the cameras' (kept out of the dict that the
@@ -389,23 +495,61 @@ class Trainer:
 
         SIGINT / SIGTERM: saves ``last.ckpt`` at the step boundary and raises :class:`flow3d.errors.Interrupted`."""
         cfg = self.cfg
+        if self.finished:
+            return self._nothing_to_train()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         for folder in (self.work_dir, self.work_dir / "checkpoints"):
             for p in remove_stale_temporaries(folder):
                 logger.warning("removed %s, left by an interrupted write", p)
-        save_config(cfg, self.work_dir / "cfg.yaml")
+        save_config(cfg, self.work_dir / "cfg.yaml", self.history)
         start = self.step
         t_start = time.perf_counter()
+        self._step_times: list[float] = []
         bar = tqdm(total=cfg.max_steps, initial=start, desc="train", dynamic_ncols=True)
         with StopRequest() as stop:
-            while self.step < cfg.max_steps and stop.signum is None:
-                self._fit_step(bar)
-            bar.close()
+            try:
+                while self.step < cfg.max_steps and stop.signum is None:
+                    t0 = time.perf_counter()
+                    self._fit_step(bar)
+                    self._expected_time(time.perf_counter() - t0, start)
+            finally:
+                bar.close()  # an error raised mid-training starts its own line, not the bar's
             last = self.save(numbered=stop.signum is None)  # interrupted: last.ckpt at this step only
         if stop.signum is not None:
             raise Interrupted(stop.signum, f"interrupted by {signal_name(stop.signum)} at step {self.step}: saved {last}; "
                                            "run the same command again to resume")
         return self._finish(start, time.perf_counter() - t_start)
+
+    def _nothing_to_train(self) -> dict:
+        """A finished training re-run: no step to take, no file written; the stats it wrote are returned."""
+        stats_path = self.work_dir / "train_stats.json"
+        logger.info("nothing to train: %s is at step %d = --max-steps; no file was written (raise --max-steps to "
+                    "train on)", self.work_dir / "checkpoints", self.step)
+        return {**json.loads(stats_path.read_text(encoding="utf-8")), "steps_this_run": 0}
+
+    EXPECTED_TIME_STEPS = 6
+    """Steps timed (the first, with its warm-up, left out) before the expected time of a CPU run is logged."""
+    LONG_CPU_RUN_S = 3600.0
+    """A CPU run expected to take longer than this is told about the CPU presets."""
+
+    def _expected_time(self, seconds: float, start: int) -> None:
+        """On the CPU: after the first few steps, one line with the expected time of the run when it exceeds
+        :data:`LONG_CPU_RUN_S` (a config sized for a GPU), naming the CPU presets."""
+        if self.device.type != "cpu" or self._step_times is None:
+            return
+        self._step_times.append(seconds)
+        if len(self._step_times) < self.EXPECTED_TIME_STEPS:
+            return
+        times, self._step_times = self._step_times[1:], None  # measured once
+        per_step = sum(times) / len(times)
+        left = (self.cfg.max_steps - self.step) * per_step
+        if left > self.LONG_CPU_RUN_S:
+            with tqdm.external_write_mode():  # a line of its own, not glued to the bar's
+                logger.warning(
+                    "on the CPU this run takes about %s more (%.2f s/step over steps %d-%d, %d steps to go): its "
+                    "config is sized for a GPU; for a CPU run in minutes use --preset cpu_demo (or --preset "
+                    "cpu_endonerf for endoscopy)", _duration(left), per_step, start + 2, self.step,
+                    self.cfg.max_steps - self.step)
 
     def _fit_step(self, bar) -> None:
         """One step of :meth:`fit` with its logging and periodic checkpoints."""
@@ -448,6 +592,41 @@ class Trainer:
             self.step, wall, held_out, *stats["seconds_per_step"].values(),
         )
         return stats
+
+
+def _log_split(data_cfg, seq) -> None:
+    """Training always fits the training frames; ``--data.is-train`` selects the split run_val.py scores. Said
+    once, as a warning when the command asks for the other split."""
+    n_train, n_val = len(seq.train_ids), len(seq.val_ids)
+    split = f"{n_train} training frames ({n_val} held out, --data.val-every {getattr(data_cfg, 'val_every', '?')})"
+    if getattr(data_cfg, "is_train", True) is False:
+        logger.warning("--data.is-train False does not change what trains: run_training.py always fits the %s; "
+                       "--data.is-train selects the frames run_val.py scores", split)
+    else:
+        logger.info("training on the %s", split)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def describe_backend(name: str, device: torch.device) -> str:
+    """The rasterizer ``--render-backend name`` gives on ``device`` ('auto' resolved, as the renderer does)."""
+    if name not in ("auto", "cpu"):
+        return name
+    if device.type == "cuda" and name == "auto":
+        from flow3d.render import gsplat_backend
+
+        return "gsplat" if gsplat_backend.gsplat_available_for(torch.empty(0, device=device)) else "torch"
+    if device.type != "cpu":
+        return "torch"
+    from flow3d.render import compiled
+
+    if compiled.load_extension():
+        return "cpu (the compiled CPU rasterizer)"
+    return f"torch (the compiled CPU rasterizer is unavailable: {compiled.load_error()})"
 
 
 def train(cfg: TrainConfig) -> dict:

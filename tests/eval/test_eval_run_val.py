@@ -92,7 +92,7 @@ def test_metrics_json_has_every_field_finite_or_explained(val_run):
         assert isinstance(agg[k], (int, float)) and math.isfinite(agg[k]), (k, agg[k])
     for k in EXPECTED_UNAVAILABLE:
         assert agg[k] is None and notes.get(k), (k, agg.get(k), notes.get(k))
-    assert agg["step"] == 4 and result.out_dir.name == "4"
+    assert agg["step"] == 4 and (result.out_dir.parent.name, result.out_dir.name) == ("4", "train")
     assert agg["num_views"] == 7 == len(doc["per_frame"])  # 8 frames, frame 1 held out, the 7 train frames scored
     assert [r["frame"] for r in doc["per_frame"]] == [0, 2, 3, 4, 5, 6, 7]
     for r in doc["per_frame"]:
@@ -191,6 +191,7 @@ def test_only_val_step_folder_and_flow_cache_change(val_run, work_dir):
     outside = {k for k in changed if not (k == "val" or k.startswith("val/4") or k.startswith("flow_cache"))}
     assert outside == set(), outside
     assert sorted(p.name for p in (work_dir / "val").iterdir()) == ["4"]  # no staging folder left behind
+    assert sorted(p.name for p in (work_dir / "val" / "4").iterdir()) == ["train"]
 
 
 def test_missing_step_lists_available(work_dir):

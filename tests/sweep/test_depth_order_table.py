@@ -1,6 +1,6 @@
 """The per-family depth-order table (flow3d.sweep.depth_order_table) from hand-made trial folders: held-out PSNR
-from val/, depth AbsRel from val_train/, mean ± std over seeds and the goal check against hand-computed
-ratios. No training (the training-frame scoring is skipped because val_train/ exists)."""
+from val/<step>/heldout/, depth AbsRel from val/<step>/train/, mean ± std over seeds and the goal check against hand-computed
+ratios. No training (the training-frame scoring is skipped because val/<step>/train/ exists)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _fake_sweep(tmp_path: Path) -> tuple[Path, Path]:
     for trial in load_spec(spec_path).trials(out):
         psnr, a, ss = VALUES[(trial.run, trial.seed)]
         write_metrics(trial.metrics_path.parent, [], {"psnr": psnr, "depth_abs_rel": 9.9})  # held-out depth: unused
-        write_metrics(trial.work_dir / "val_train" / "5", [], {
+        write_metrics(trial.work_dir / "val" / "5" / "train", [], {
             "psnr": 99.0, "depth_abs_rel": a, "depth_abs_rel_scale_shift": ss,
             "prior_abs_rel": PRIOR[0], "prior_abs_rel_scale_shift": PRIOR[1],
         })
@@ -59,7 +59,7 @@ def test_goal_fails_when_one_ratio_misses(tmp_path):
     # make the defaults' held-out PSNR 0.5 dB worse than the baseline's: the goal is missed
     for seed in (0, 1):
         psnr = VALUES[("defaults", seed)][0] - 0.4
-        write_metrics(out / "defaults" / "tissue" / f"seed{seed}" / "val" / "5", [], {"psnr": psnr})
+        write_metrics(out / "defaults" / "tissue" / f"seed{seed}" / "val" / "5" / "heldout", [], {"psnr": psnr})
     assert main([str(spec_path), "--out-dir", str(out)]) == 0
     assert "| tissue | defaults | 0.73 | 0.43 | 0.40 | 0.25 | -0.50 | no |" in (out / "depth_order_table.md").read_text()
 

@@ -108,7 +108,7 @@ def test_example_spec_end_to_end_then_rerun_skips_everything(tmp_path):
     for r in rows:
         assert r["status"] == "done" and r["step"] == "4" and float(r["trial_seconds"]) > 0
         assert 5.0 < float(r["psnr"]) < 60.0 and float(r["s_per_step"]) > 0
-        metrics = json.loads((Path(r["work_dir"]) / "val" / "4" / "metrics.json").read_text())["aggregate"]
+        metrics = json.loads((Path(r["work_dir"]) / "val" / "4" / "heldout" / "metrics.json").read_text())["aggregate"]
         assert float(r["psnr"]) == metrics["psnr"]
     # summary.md against a hand computation from results.csv (two seeds: sample std = |a - b| / sqrt(2))
     summary = (out / "summary.md").read_text()
@@ -118,14 +118,14 @@ def test_example_spec_end_to_end_then_rerun_skips_everything(tmp_path):
         assert f"{(a + b) / 2:.4f} ± {abs(a - b) / math.sqrt(2):.4f}" in line, (line, a, b)
     assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
     logs = {r["log"]: Path(r["log"]).read_text() for r in rows}
-    mtimes = {r["work_dir"]: (Path(r["work_dir"]) / "val" / "4" / "metrics.json").stat().st_mtime_ns for r in rows}
+    mtimes = {r["work_dir"]: (Path(r["work_dir"]) / "val" / "4" / "heldout" / "metrics.json").stat().st_mtime_ns for r in rows}
 
     again = _sweep_cli(["configs/sweeps/example.yaml", "--out-dir", str(out)], env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert sum(": skipped" in ln for ln in again.stdout.splitlines()) == 4, again.stdout
     assert "4 finished (4 skipped" in again.stdout
     assert {log: Path(log).read_text() for log in logs} == logs  # nothing ran: no new attempt in any log
-    assert {w: (Path(w) / "val" / "4" / "metrics.json").stat().st_mtime_ns for w in mtimes} == mtimes
+    assert {w: (Path(w) / "val" / "4" / "heldout" / "metrics.json").stat().st_mtime_ns for w in mtimes} == mtimes
     assert [r["status"] for r in _results(out)] == ["skipped"] * 4
 
 

@@ -41,7 +41,7 @@ class TestSpec:
         assert t.train_argv == ("--preset", "cpu_demo", "--preset", "som_baseline", "--seed", "1", "--max-steps", "4",
                                 "--work-dir", work, "data:synthetic", "--data.num-frames", "12")
         assert t.val_argv == ("--work-dir", work, "--model", "last", "--data.is-train", "False")
-        assert t.metrics_path == Path(work) / "val" / "4" / "metrics.json"
+        assert t.metrics_path == Path(work) / "val" / "4" / "heldout" / "metrics.json"
 
     def test_train_args_val_args_and_scalars(self, tmp_path):
         doc = {**EXAMPLE, "train_args": ["--save-every", 2], "val_args": ["--no-video", "--ordinal-pairs", 100],
