@@ -24,8 +24,8 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see run_training.py
 
-import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
@@ -34,6 +34,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from flow3d.cli import run_main  # noqa: E402
 from flow3d.config import TrainConfig, apply_overrides, load_preset  # noqa: E402
 from flow3d.render import compiled  # noqa: E402
 
@@ -155,68 +156,110 @@ def profile_demo(cfg: TrainConfig, seq, steps: int) -> None:
         print(f"  {e.key.split(': ', 1)[-1]:>50}: {e.cpu_time_total / 1e3 / steps:8.1f} ms ({e.count // steps} calls/step)")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=20, help="measured steps per row")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument("--sizes", default="128x96,320x256,640x512", help="image sizes WxH for the scaling rows ('' to skip)")
-    ap.add_argument("--size-steps", type=int, default=5, help="measured steps per scaling row")
-    ap.add_argument("--skip-torch-sizes", action="store_true", help="scaling rows with the compiled backend only")
-    ap.add_argument("--profile", action="store_true", help="profile compiled-backend demo steps")
-    ap.add_argument("--full", action="store_true", help="train the whole demo with both backends (minutes)")
-    args = ap.parse_args()
+@dataclasses.dataclass
+class Args:
+    """Seconds per training step of the README demo with the compiled and the PyTorch CPU rasterizers."""
+
+    steps: int = 20
+    """Measured steps per row."""
+    warmup: int = 3
+    """Steps before the measured ones."""
+    threads: int = 2
+    """torch.set_num_threads."""
+    sizes: str = "128x96,320x256,640x512"
+    """Image sizes WxH for the scaling rows ('' to skip)."""
+    size_steps: int = 5
+    """Measured steps per scaling row."""
+    skip_torch_sizes: bool = False
+    """Scaling rows with the compiled backend only."""
+    profile: bool = False
+    """Profile compiled-backend demo steps."""
+    full: bool = False
+    """Train the whole demo with both backends (minutes)."""
+
+
+def _parse_sizes(text: str) -> list[tuple[int, int]]:
+    try:
+        sizes = [tuple(int(v) for v in s.split("x")) for s in text.split(",") if s]
+    except ValueError:
+        sizes = [()]
+    if any(len(wh) != 2 or min(wh) <= 0 for wh in sizes):
+        raise ValueError(f"--sizes: expected comma-separated WxH sizes such as 128x96,320x256, got {text!r}")
+    return sizes  # type: ignore[return-value]
+
+
+def _main(argv: list[str]) -> None:
+    import tyro
+
+    args = tyro.cli(Args, args=argv, description=__doc__, prog="python -m flow3d.benchmarks.step")
+    if min(args.steps, args.threads, args.size_steps) < 1 or args.warmup < 0:
+        raise ValueError("--steps, --size-steps and --threads must be at least 1 and --warmup at least 0")
+    sizes = _parse_sizes(args.sizes)
     torch.set_num_threads(args.threads)
     from flow3d.log import setup_logging
 
     setup_logging("WARNING")
     t0 = time.perf_counter()
-    if not compiled.load_extension():
-        raise SystemExit(f"error: the compiled CPU rasterizer is unavailable: {compiled.load_error()}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; compiled rasterizer ready in {time.perf_counter() - t0:.1f} s")
+    have_compiled = compiled.load_extension()
+    if have_compiled:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; backends: cpu (compiled rasterizer, "
+              f"ready in {time.perf_counter() - t0:.1f} s) and torch (PyTorch)")
+        backends = ("cpu", "torch")
+    else:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; backend: torch (PyTorch) only: "
+              f"the compiled rasterizer is unavailable ({compiled.load_error()})")
+        backends = ("torch",)
+        if args.profile:
+            print("--profile needs the compiled rasterizer: skipped", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="flow3d_bench_step_") as tmp:
         work = Path(tmp)
-        seq = demo_config(work, "cpu").data.load()
+        seq = demo_config(work, "torch").data.load()
         print(f"\nREADME demo configuration (cpu_demo, synthetic {seq.img_wh[0]}x{seq.img_wh[1]}, {seq.num_frames} frames): "
               f"s/step over {args.steps} steps after {args.warmup}")
         print(HEADER)
         res = {}
-        for backend in ("cpu", "torch"):
+        for backend in backends:
             trainer, res[backend] = time_steps(demo_config(work, backend), seq, args.steps, args.warmup)
             n_gauss = trainer.model.num_fg + trainer.model.num_bg
             print(_row(f"demo, backend={backend}", res[backend], n_gauss, res["torch"] if backend == "cpu" and "torch" in res else None))
-        print(f"{'':>24} compiled vs PyTorch backend: x{res['torch']['total'] / res['cpu']['total']:.2f} per step, "
-              f"x{res['torch']['render'] / res['cpu']['render']:.2f} render, "
-              f"x{res['torch']['backward_optim'] / res['cpu']['backward_optim']:.2f} backward+optimiser")
+        if have_compiled:
+            print(f"{'':>24} compiled vs PyTorch backend: x{res['torch']['total'] / res['cpu']['total']:.2f} per step, "
+                  f"x{res['torch']['render'] / res['cpu']['render']:.2f} render, "
+                  f"x{res['torch']['backward_optim'] / res['cpu']['backward_optim']:.2f} backward+optimiser")
 
-        sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",") if s]
         if sizes:
             print(f"\ncost against image size (same Gaussian count, {args.size_steps} steps after {args.warmup}):")
             print(HEADER)
+        size_backends = ("cpu",) if args.skip_torch_sizes and have_compiled else backends
         for W, H in sizes:
             sub = work / f"{W}x{H}"
-            seq_wh = demo_config(sub, "cpu", W, H).data.load()
+            seq_wh = demo_config(sub, "torch", W, H).data.load()
             row = {}
-            for backend in ("cpu",) if args.skip_torch_sizes else ("cpu", "torch"):
+            for backend in size_backends:
                 trainer, row[backend] = time_steps(demo_config(sub, backend, W, H), seq_wh, args.size_steps, args.warmup)
                 n_gauss = trainer.model.num_fg + trainer.model.num_bg
             for backend, per in row.items():
                 ref = row.get("torch") if backend == "cpu" else None
                 print(_row(f"{W}x{H}, backend={backend}", per, n_gauss, ref))
 
-        if args.profile:
+        if args.profile and have_compiled:
             profile_demo(demo_config(work, "cpu"), seq, steps=5)
 
         if args.full:
             from flow3d.train.trainer import Trainer
 
             print("\nthe whole demo with each backend:")
-            for backend in ("cpu", "torch"):
+            for backend in backends:
                 t0 = time.perf_counter()
                 stats = Trainer(demo_config(work / "full", backend), seq=seq).fit()
                 print(f"  backend={backend}: {time.perf_counter() - t0:.0f} s wall ({stats['steps']} steps), "
                       f"held-out PSNR {stats['val_psnr']:.2f} dB, per step {stats['seconds_per_step']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command; failures leave with one ``error: ...`` line (:func:`flow3d.cli.run_main`)."""
+    run_main(_main, argv)
 
 
 if __name__ == "__main__":
