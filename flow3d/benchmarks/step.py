@@ -14,6 +14,11 @@
    per-parameter Adam steps, densification statistics).
 4. ``--full``: trains the whole demo (all steps) with both backends and prints wall time and held-out
    PSNR (several minutes).
+5. ``--neighbour-render``: compiled-backend demo steps with the hinge's neighbour frames rendered
+   depth-only (the trainer's way) and with every channel (as before issue 23), in alternation.
+
+The first line names the torch version and the backends that ran; without the compiled rasterizer
+(no C++ compiler, or ``FLOW3D_DISABLE_COMPILED=1``) only the PyTorch backend runs, and the line says why.
 
 Each trainer starts from the same seed; the synthetic scene and its flows are made once and shared.
 """
@@ -71,6 +76,62 @@ def time_steps(cfg: TrainConfig, seq, steps: int, warmup: int):
     per["total"] = sum(per.values())
     per["cpu"] = cpu / n  # process CPU seconds per step, all threads: steadier than wall time on a shared machine
     return trainer, per
+
+
+@contextmanager
+def _full_neighbour_render():
+    """Within the block, ``SceneModel.render(depth_only=True)`` renders every channel (colours, foreground,
+    depth), as the hinge's neighbour render did before issue 23 (the trainer reads only the depth)."""
+    from flow3d.scene.model import SceneModel
+
+    render = SceneModel.render
+
+    def full(self, *a, depth_only=False, **k):
+        return render(self, *a, **k)
+
+    SceneModel.render = full
+    try:
+        yield
+    finally:
+        SceneModel.render = render
+
+
+def time_neighbour_render(cfg: TrainConfig, seq, steps: int, warmup: int) -> tuple[dict, dict]:
+    """({part: s/step} with the depth-only neighbour render, the same with the full one): two trainers from
+    the same seed, stepped alternately (one step each in turn) so that a shared machine's load falls on both."""
+    from flow3d.train.trainer import Trainer
+
+    trainers = {"depth_only": Trainer(cfg, seq=seq)}
+    with _full_neighbour_render():
+        trainers["full"] = Trainer(cfg, seq=seq)
+    if "neighbor_render" not in trainers["full"].needs:
+        raise ValueError("the demo configuration renders no neighbour frames (the hinge term is off)")
+    cpu = dict.fromkeys(trainers, 0.0)
+
+    def one_step(name):
+        if name == "full":
+            with _full_neighbour_render():
+                trainers[name].train_step()
+        else:
+            trainers[name].train_step()
+
+    for _ in range(warmup):
+        for name in trainers:
+            one_step(name)
+    for t in trainers.values():
+        t.timing = {k: 0.0 for k in PARTS} | {"steps": 0}
+    for _ in range(steps):
+        for name in trainers:
+            c0 = time.process_time()
+            one_step(name)
+            cpu[name] += time.process_time() - c0
+    res = {}
+    for name, t in trainers.items():
+        n = max(t.timing["steps"], 1)
+        res[name] = {k: t.timing[k] / n for k in PARTS}
+        res[name]["total"] = sum(res[name].values())
+        res[name]["cpu"] = cpu[name] / n
+    return res["depth_only"], res["full"]
 
 
 def _row(label: str, per: dict, n_gauss: int, ref: dict | None = None) -> str:
@@ -176,6 +237,9 @@ class Args:
     """Profile compiled-backend demo steps."""
     full: bool = False
     """Train the whole demo with both backends (minutes)."""
+    neighbour_render: bool = False
+    """Also time compiled-backend demo steps with the hinge's neighbour frames rendered depth-only (now)
+    and with every channel (before issue 23), stepped alternately."""
 
 
 def _parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -226,7 +290,17 @@ def _main(argv: list[str]) -> None:
         if have_compiled:
             print(f"{'':>24} compiled vs PyTorch backend: x{res['torch']['total'] / res['cpu']['total']:.2f} per step, "
                   f"x{res['torch']['render'] / res['cpu']['render']:.2f} render, "
-                  f"x{res['torch']['backward_optim'] / res['cpu']['backward_optim']:.2f} backward+optimiser")
+                  f"x{res['torch']['backward_optim'] / res['cpu']['backward_optim']:.2f} backward+optimiser, "
+                  f"x{res['torch']['cpu'] / res['cpu']['cpu']:.2f} process CPU time")
+
+        if args.neighbour_render and have_compiled:
+            only, full = time_neighbour_render(demo_config(work, "cpu"), seq, args.steps, args.warmup)
+            print(f"\nthe hinge's neighbour render, compiled backend, {args.steps} steps each after {args.warmup}, alternated:")
+            print(HEADER)
+            print(_row("neighbour every channel", full, n_gauss))
+            print(_row("neighbour depth only", only, n_gauss, full))
+            print(f"{'':>24} depth-only vs every channel: x{full['total'] / only['total']:.3f} per step, "
+                  f"x{full['render'] / only['render']:.3f} render, x{full['cpu'] / only['cpu']:.3f} process CPU time")
 
         if sizes:
             print(f"\ncost against image size (same Gaussian count, {args.size_steps} steps after {args.warmup}):")

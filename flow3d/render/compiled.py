@@ -55,6 +55,11 @@ HEADERS = (CSRC / "raster_kernels.h",)
 _CFLAGS = ["-O3", "-ffp-contract=off"]  # + the C++ standard of the torch at hand: see cflags()
 _OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]  # Apple clang has no OpenMP: serial build there
 
+# The cost of the fallback, for its warning: PyTorch-backend over compiled-backend process CPU time per
+# training step of the README demo, x6.3 and x6.6 in two runs of `python -m flow3d.benchmarks.step --steps 10
+# --warmup 3 --sizes ''` (torch 2.13, 2 threads, shared machine; the wall-time ratios were x4.2 and x6.4).
+FALLBACK_SLOWDOWN = "about 6x slower per training step: python -m flow3d.benchmarks.step measures it"
+
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "error": None}
 
