@@ -56,9 +56,11 @@ _CFLAGS = ["-O3", "-ffp-contract=off"]  # + the C++ standard of the torch at han
 _OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]  # Apple clang has no OpenMP: serial build there
 
 # The cost of the fallback, for its warning: PyTorch-backend over compiled-backend process CPU time per
-# training step of the README demo, x6.3 and x6.6 in two runs of `python -m flow3d.benchmarks.step --steps 10
-# --warmup 3 --sizes ''` (torch 2.13, 2 threads, shared machine; the wall-time ratios were x4.2 and x6.4).
-FALLBACK_SLOWDOWN = "about 6x slower per training step: python -m flow3d.benchmarks.step measures it"
+# training step of the README demo, `python -m flow3d.benchmarks.step --steps 10 --warmup 3 --sizes ''`,
+# 2 threads, on a shared machine (load 10-16 on 2 cores, so the wall-time ratios, x4.2, x6.4 and x1.95,
+# are not the measure): x6.3 and x6.6 with torch 2.13, x5.2 with torch 2.14.1; x7.1 (wall x7.2) on a
+# quiet machine (README "Speed").
+FALLBACK_SLOWDOWN = "5-7x slower per training step: python -m flow3d.benchmarks.step measures it"
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "error": None}

@@ -285,7 +285,7 @@ def test_failed_build_falls_back_to_torch_backend_with_one_warning(tmp_path, cas
     warnings = [ln for ln in lines if "compiled CPU rasterizer unavailable" in ln]
     assert len(warnings) == 1 and len(lines) == 1, r.stderr  # one line, nothing else on stderr
     assert cause in warnings[0] and "PyTorch backend" in warnings[0]
-    assert compiled.FALLBACK_SLOWDOWN in warnings[0] and "6x slower" in warnings[0]  # says what it costs
+    assert compiled.FALLBACK_SLOWDOWN in warnings[0] and "5-7x slower" in warnings[0]  # says what it costs
     assert "explicit: backend='cpu': the compiled CPU rasterizer is unavailable" in r.stdout
 
 
