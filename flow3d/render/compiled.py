@@ -236,7 +236,7 @@ def _build_and_load(build_dir: Path) -> None:
             why = f"cannot load it: {_short_reason(err)}"
             library.unlink(missing_ok=True)
     if why != "missing":
-        logger.warning("the compiled CPU rasterizer %s does not match its build (%s): rebuilding it", library, why)
+        logger.warning("the compiled CPU rasterizer %s is not usable (%s): rebuilding it", library, why)
     build_dir.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(build_dir.parent / f"{name}.lock"):
         for stale in build_dir.parent.glob(f".{name}-build-*"):  # left by a killed build
