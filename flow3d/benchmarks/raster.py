@@ -22,12 +22,13 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch, as run_training.py: no spinning threads
 
-import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from flow3d.cli import run_main  # noqa: E402
 from flow3d.render import compiled, rasterization  # noqa: E402
 from flow3d.render.projection import project_gaussians, quat_scale_to_covar  # noqa: E402
 
@@ -166,29 +167,40 @@ def peak_memory(scene: dict, backend: str = "torch", **kw) -> tuple[float, float
     return mem_f.peak_mb, mem_fb.peak_mb, "" if mem_fb.reset_ok else " (maxrss delta)"
 
 
-def _load_compiled() -> float:
-    """Seconds to build (first run on a machine) or load the compiled rasterizer; exits when unavailable."""
-    t0 = time.perf_counter()
-    if not compiled.load_extension():
-        raise SystemExit(f"error: the compiled CPU rasterizer is unavailable: {compiled.load_error()}")
-    return time.perf_counter() - t0
+@dataclasses.dataclass
+class Args:
+    """Benchmark of the CPU rasterizers: the compiled one, the PyTorch one and a naive reference."""
+
+    threads: int = 2
+    """torch.set_num_threads."""
+    repeats: int = 3
+    """Timed runs per row (the best is kept)."""
+    quick: bool = False
+    """Only the 256x192 scenes."""
+    profile: bool = False
+    """Print torch.profiler's top ops for 480x270, D=3."""
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="only the 256x192 scenes")
-    ap.add_argument("--profile", action="store_true", help="print torch.profiler's top ops for 480x270, D=3")
-    args = ap.parse_args()
+def _main(argv: list[str]) -> None:
+    import tyro
+
+    args = tyro.cli(Args, args=argv, description=__doc__, prog="python -m flow3d.benchmarks.raster")
+    if args.repeats < 1 or args.threads < 1:
+        raise ValueError(f"--repeats and --threads must be at least 1, got {args.repeats} and {args.threads}")
     torch.set_num_threads(args.threads)
-    t_load = _load_compiled()
+    t0 = time.perf_counter()
+    have_compiled = compiled.load_extension()
+    t_load = time.perf_counter() - t0
+    backends = ("cpu", "torch") if have_compiled else ("torch",)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; pairs = tile-list entries x 256 pixels")
-    print(f"compiled rasterizer built or loaded in {t_load:.1f} s (cached in {compiled.extension_dir()})")
+    if have_compiled:
+        print(f"backends: cpu (compiled rasterizer, built or loaded in {t_load:.1f} s, cached in "
+              f"{compiled.extension_dir()}) and torch (PyTorch)")
+    else:
+        print(f"backend: torch (PyTorch) only: the compiled rasterizer is unavailable ({compiled.load_error()})")
     print("times: best-of-N wall seconds of rasterization() (projection + tile lists + compositing);")
     print("Mpair/cpu-s divides by process CPU time (all threads), robust to a shared machine\n")
 
-    backends = ("cpu", "torch")
     cases = [(256, 192, 10_000, 3), (256, 192, 10_000, 16)]
     if not args.quick:
         cases += [(480, 270, 50_000, 3), (480, 270, 50_000, 16)]
@@ -233,6 +245,11 @@ def main() -> None:
                 (rc.sum() + ra.sum()).backward()
             print(f"backend={b!r}")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command; failures leave with one ``error: ...`` line (:func:`flow3d.cli.run_main`)."""
+    run_main(_main, argv)
 
 
 if __name__ == "__main__":

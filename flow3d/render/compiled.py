@@ -9,6 +9,14 @@ binds them as ``torch.ops.flow3d_raster.*``. It is built once per machine, torch
 and source by ``torch.utils.cpp_extension`` (needs a C++ compiler and ninja) into
 ``$FLOW3D_TORCH_EXTENSIONS_DIR``, else ``$XDG_CACHE_HOME/flow3d/torch_extensions``, else
 ``~/.cache/flow3d/torch_extensions``; later processes load the cached library in well under a second.
+The C++ standard is the one torch's own ``cpp_extension`` compiles extensions with (C++17 up to some
+torch version, C++20 from it on: torch 2.14's headers do not compile as C++17), read from the torch
+being compiled against (:func:`cxx_standard_flag`), and it is part of the library's name.
+
+Each library has a build record beside it (``<name>.so.json``: its size and SHA-256, written atomically
+when it is built). A library that does not match its record (truncated by a killed build or a full disk,
+or altered) is never handed to the dynamic loader, which would kill the process with SIGBUS before
+Python could catch anything; it is rebuilt instead, with one warning.
 
 :func:`load_extension` never raises: when the build or the load fails it returns False and
 :func:`load_error` says why, so that ``backend="auto"`` can fall back to the PyTorch backend.
@@ -18,10 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
+import json
 import logging
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -32,7 +43,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from flow3d.fileio import move_into_place
+from flow3d.fileio import move_into_place, write_json
 from flow3d.log import get_logger
 from flow3d.render.tile_raster import TilePlan
 
@@ -41,8 +52,15 @@ logger = get_logger(__name__)
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = (CSRC / "raster_kernels.cpp", CSRC / "project_kernels.cpp", CSRC / "raster_ops.cpp")  # built in parallel
 HEADERS = (CSRC / "raster_kernels.h",)
-_CFLAGS = ["-O3", "-ffp-contract=off", "-std=c++17"]
+_CFLAGS = ["-O3", "-ffp-contract=off"]  # + the C++ standard of the torch at hand: see cflags()
 _OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]  # Apple clang has no OpenMP: serial build there
+
+# The cost of the fallback, for its warning: PyTorch-backend over compiled-backend process CPU time per
+# training step of the README demo, `python -m flow3d.benchmarks.step --steps 10 --warmup 3 --sizes ''`,
+# 2 threads, on a shared machine (load 10-16 on 2 cores, so the wall-time ratios, x4.2, x6.4 and x1.95,
+# are not the measure): x6.3 and x6.6 with torch 2.13, x5.2 with torch 2.14.1; x7.1 (wall x7.2) on a
+# quiet machine (README "Speed").
+FALLBACK_SLOWDOWN = "5-7x slower per training step: python -m flow3d.benchmarks.step measures it"
 
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "error": None}
@@ -57,12 +75,58 @@ def extension_dir() -> Path:
     return Path(base) / "flow3d" / "torch_extensions"
 
 
+@contextlib.contextmanager
+def _quiet_torch_build_log():
+    """torch's build messages (e.g. "compiler not compatible", or a CUDA build of torch saying on import
+    that no CUDA runtime is found) would add lines to our one-line verdict: errors only, meanwhile."""
+    torch_log = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch_log.setLevel(level)
+
+
+def _cpp_extension():
+    """``torch.utils.cpp_extension``, imported quietly."""
+    with _quiet_torch_build_log():
+        from torch.utils import cpp_extension
+    return cpp_extension
+
+
+def cxx_standard_flag() -> str | None:
+    """The ``-std=c++NN`` flag torch's own ``cpp_extension`` compiles C++ extensions with, read from the
+    installed torch (``-std=c++17`` on torch 2.1, ``-std=c++20`` on recent ones, whose headers need it);
+    None when it cannot be read (then no flag of ours overrides torch's choice)."""
+    cpp_extension = _cpp_extension()
+    try:  # the function that writes the ninja file of torch.utils.cpp_extension.load (torch 2.1 to 2.14)
+        source = inspect.getsource(cpp_extension._write_ninja_file_to_build_library)
+    except (AttributeError, OSError, TypeError):
+        return None
+    # its non-Windows C++ line, e.g. "cflags = common_cflags + ['-fPIC', '-std=c++20'] + extra_cflags"
+    found = re.findall(r"cflags = common_cflags \+ \[[^\]]*'-std=(c\+\+\d+)'", source)
+    if not found:
+        return None
+    return f"-std={max(found, key=lambda v: int(v[3:]))}"
+
+
+def cflags() -> list[str]:
+    """The compiler flags of our build: optimisation, no FMA contraction (exactness against the PyTorch
+    reference), torch's C++ standard (our flags come last on torch's command line, so they must not ask
+    for an older one) and OpenMP."""
+    std = cxx_standard_flag()
+    return [*_CFLAGS, *([std] if std else []), *_OPENMP]
+
+
 def build_name() -> str:
     """Library name: a hash of the source, the flags, torch, Python and the machine type."""
     h = hashlib.sha1()
     for f in (*SOURCES, *HEADERS):
         h.update(f.read_bytes())
-    h.update(" ".join([*_CFLAGS, *_OPENMP, torch.__version__, sys.version, platform.machine()]).encode())
+    h.update(" ".join([*cflags(), torch.__version__, sys.version, platform.machine()]).encode())
     return f"flow3d_raster_{h.hexdigest()[:12]}"
 
 
@@ -77,8 +141,7 @@ def _short_reason(err: BaseException) -> str:
 
 def _missing_tool() -> str | None:
     """Why a build cannot even start (no compiler, no ninja), else None."""
-    from torch.utils.cpp_extension import is_ninja_available
-
+    is_ninja_available = _cpp_extension().is_ninja_available
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         return f"no C++ compiler: {cxx!r} is not on PATH (install g++ or clang, or set CXX)"
@@ -107,57 +170,91 @@ def _build_lock(path: Path):
 
 def _compile(name: str, build_dir: Path) -> None:
     """Build and load the library in ``build_dir`` with torch's cpp_extension, quietly."""
-    from torch.utils.cpp_extension import load
+    load = _cpp_extension().load
+    with _quiet_torch_build_log():
+        load(
+            name=name,
+            sources=[str(f) for f in SOURCES],
+            extra_cflags=cflags(),
+            extra_ldflags=_OPENMP,
+            build_directory=str(build_dir),
+            is_python_module=False,
+            verbose=False,
+        )
 
-    # torch's own build warnings (e.g. "compiler not compatible") would add lines to our one-line verdict
-    torch_log = logging.getLogger("torch.utils.cpp_extension")
-    level = torch_log.level
-    torch_log.setLevel(logging.ERROR)
+
+def _record_path(library: Path) -> Path:
+    return library.with_name(library.name + ".json")
+
+
+def _file_record(path: Path) -> dict:
+    """Size and SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def library_mismatch(library: Path) -> str | None:
+    """Why ``library`` must not be loaded (missing, no build record, or not the file its record describes:
+    truncated, altered), else None. Checked before every load: the dynamic loader maps the file, and a
+    file shorter than its ELF headers say kills the process with SIGBUS, which no ``except`` catches."""
+    if not library.is_file():
+        return "missing"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            load(
-                name=name,
-                sources=[str(f) for f in SOURCES],
-                extra_cflags=_CFLAGS + _OPENMP,
-                extra_ldflags=_OPENMP,
-                build_directory=str(build_dir),
-                is_python_module=False,
-                verbose=False,
-            )
-    finally:
-        torch_log.setLevel(level)
+        record = json.loads(_record_path(library).read_text())
+        want = {"size": int(record["size"]), "sha256": str(record["sha256"])}
+    except FileNotFoundError:
+        return "no build record"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable build record ({type(err).__name__})"
+    size = library.stat().st_size
+    if size != want["size"]:
+        return f"{size} bytes where its build recorded {want['size']}"
+    if _file_record(library)["sha256"] != want["sha256"]:
+        return "its SHA-256 differs from the one its build recorded"
+    return None
 
 
 def _build_and_load(build_dir: Path) -> None:
-    """Load ``build_dir/<name>.so``, building it first when missing.
+    """Load ``build_dir/<name>.so``, building it first when missing or not matching its build record.
 
     The build runs in a private temporary folder beside ``build_dir`` under an ``flock``; the finished
-    library is moved into place with one atomic rename, so another process sees either no library or a
-    whole one, and a killed build leaves only a temporary folder (removed by the next build)."""
+    library's record (size, SHA-256) is written atomically, then the library is moved into place with one
+    atomic rename, so another process sees either no library or a whole one, and a killed build leaves
+    only a temporary folder (removed by the next build). A library is loaded only after it matched its
+    record (see :func:`library_mismatch`)."""
     name = build_dir.name
     library = build_dir / f"{name}.so"
-    if library.exists():
+    why = library_mismatch(library)
+    if why is None:
         try:
             torch.ops.load_library(str(library))
             return
-        except (OSError, RuntimeError) as err:  # e.g. a library truncated by an older, killed build
-            logger.warning("cannot load %s (%s): rebuilding it", library, _short_reason(err))
+        except (OSError, RuntimeError) as err:  # whole, but not loadable here (e.g. a changed system library)
+            why = f"cannot load it: {_short_reason(err)}"
             library.unlink(missing_ok=True)
+    if why != "missing":
+        logger.warning("the compiled CPU rasterizer %s is not usable (%s): rebuilding it", library, why)
     build_dir.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(build_dir.parent / f"{name}.lock"):
         for stale in build_dir.parent.glob(f".{name}-build-*"):  # left by a killed build
             shutil.rmtree(stale, ignore_errors=True)
-        if not library.exists():
-            logger.info("building the compiled CPU rasterizer (once per machine and torch version; about a minute) in %s", build_dir)
+        if library_mismatch(library) is not None:  # else rebuilt meanwhile by another process
+            logger.info("building the compiled CPU rasterizer (once per machine and torch version) in %s", build_dir)
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=build_dir.parent))
             try:
                 _compile(name, tmp)  # also loads the library (from tmp; the mapping survives the rename)
                 build_dir.mkdir(exist_ok=True)
+                write_json(_record_path(library), _file_record(tmp / f"{name}.so"))
                 move_into_place(tmp / f"{name}.so", library)
                 return
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+    why = library_mismatch(library)
+    if why is not None:
+        raise RuntimeError(f"{library} does not match its build record after a rebuild by another process: {why}")
     torch.ops.load_library(str(library))  # built meanwhile by another process
 
 

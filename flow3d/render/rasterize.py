@@ -102,8 +102,8 @@ def _resolve_cpu_backend(x: Tensor, backend: str) -> str:
     if not _fallback_warned:
         _fallback_warned = True
         logger.warning(
-            "compiled CPU rasterizer unavailable (%s); using the PyTorch backend (several times slower)",
-            compiled.load_error(),
+            "compiled CPU rasterizer unavailable (%s); using the PyTorch backend (%s)",
+            compiled.load_error(), compiled.FALLBACK_SLOWDOWN,
         )
     return "torch"
 

@@ -19,10 +19,10 @@ from flow3d.scene.motion import MotionBases
 class RenderOutput:
     """What one :meth:`SceneModel.render` call returns (B frames)."""
 
-    img: Tensor  # (B, H, W, 3) RGB in [0, 1] composited over the background colour
+    img: Tensor | None  # (B, H, W, 3) RGB in [0, 1] composited over the background colour; None: depth_only
     depth: Tensor  # (B, H, W, 1) expected z-depth (scene units), 0 where nothing was hit
     alpha: Tensor  # (B, H, W, 1) accumulated opacity
-    fg: Tensor  # (B, H, W, 1) rendered foreground weight
+    fg: Tensor | None  # (B, H, W, 1) rendered foreground weight; None: depth_only
     tracks_3d: Tensor | None  # (B, H, W, B_t, 3) positions at the target times, in the target cameras
     means2d: list[Tensor]  # per frame: (1, N, 2) screen-space means (grad drives densification)
     radii: list[Tensor]  # per frame: (1, N) or (1, N, 2) radii in pixels
@@ -88,12 +88,17 @@ class SceneModel(nn.Module):
         target_w2cs: Tensor | None = None,
         bg_color: Tensor | None = None,
         backend: str = "auto",
+        depth_only: bool = False,
     ) -> RenderOutput:
         """Render frames ``ts`` (B,) from cameras ``w2cs`` (B, 4, 4), ``Ks`` (B, 3, 3) (OpenCV convention).
 
         With ``target_ts`` (B_t,) and ``target_w2cs`` (B_t, 4, 4), also renders each Gaussian's position at
         every target time in that target's camera frame (Shape of Motion's track channels).
+        ``depth_only`` composites the depth channel alone (``img`` and ``fg`` are None): the same depth,
+        alpha, screen-space means and radii as a full render, without the colour channels' work.
         """
+        if depth_only and target_ts is not None:
+            raise ValueError("depth_only renders have no track channels: give target_ts=None")
         W, H = img_wh
         B = ts.shape[0]
         # the frames' and the targets' centres from one blend of the bases
@@ -141,6 +146,16 @@ class SceneModel(nn.Module):
             if self.bg is not None:
                 means = torch.cat([means, self.bg.get_means()])
                 quats = torch.cat([quats, self.bg.get_quats()])
+            if depth_only:  # "ED": the colours are not composited (nor their background)
+                colors, alpha, meta = rasterization(
+                    means, quats, scales, opacities, static_colors,
+                    w2cs[b : b + 1], Ks_gs[b : b + 1], W, H, render_mode="ED", backend=backend,
+                )
+                depths.append(colors)
+                alphas.append(alpha)
+                means2d.append(meta["means2d"])
+                radii.append(meta["radii"])
+                continue
             colors, alpha, meta = rasterization(
                 means, quats, scales, opacities, static_colors,
                 w2cs[b : b + 1], Ks_gs[b : b + 1], W, H,
@@ -155,10 +170,10 @@ class SceneModel(nn.Module):
             means2d.append(meta["means2d"])
             radii.append(meta["radii"])
         return RenderOutput(
-            img=torch.cat(imgs),
+            img=torch.cat(imgs) if imgs else None,
             depth=torch.cat(depths),
             alpha=torch.cat(alphas),
-            fg=torch.cat(fgs),
+            fg=torch.cat(fgs) if fgs else None,
             tracks_3d=torch.cat(tracks) if tracks else None,
             means2d=means2d,
             radii=radii,

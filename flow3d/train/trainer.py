@@ -372,8 +372,9 @@ class Trainer:
         if "neighbor_render" not in self.needs:
             return out, None
         next_ts = self._next_ts(batch).to(self.device)
+        # the terms read the neighbours' depth only (flow3d.train.depth_order): no colour channels
         next_out = self.model.render(next_ts, all_w2cs[next_ts], self.seq.Ks[next_ts.cpu()].to(self.device),
-                                     batch.img_wh, bg_color=bg, backend=cfg.render_backend)
+                                     batch.img_wh, backend=cfg.render_backend, depth_only=True)
         return out, next_out
 
     def _next_ts(self, batch) -> Tensor:

@@ -7,7 +7,11 @@ spans are checked to change nothing, and a failed build is simulated with a brok
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,6 +24,8 @@ from render_reference import make_scene, require_compiled
 from flow3d.render import compiled, rasterization
 from flow3d.render.projection import project_gaussians, quat_scale_to_covar
 from flow3d.render.tile_raster import build_tile_plan
+
+pytestmark = pytest.mark.compiled  # .ci/run runs these on every torch it installs (-m compiled)
 
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
 HERE = Path(__file__).resolve().parent
@@ -279,6 +285,7 @@ def test_failed_build_falls_back_to_torch_backend_with_one_warning(tmp_path, cas
     warnings = [ln for ln in lines if "compiled CPU rasterizer unavailable" in ln]
     assert len(warnings) == 1 and len(lines) == 1, r.stderr  # one line, nothing else on stderr
     assert cause in warnings[0] and "PyTorch backend" in warnings[0]
+    assert compiled.FALLBACK_SLOWDOWN in warnings[0] and "5-7x slower" in warnings[0]  # says what it costs
     assert "explicit: backend='cpu': the compiled CPU rasterizer is unavailable" in r.stdout
 
 
@@ -337,12 +344,14 @@ def test_killed_build_never_blocks_the_next_one(tmp_path, monkeypatch):
 
 
 def test_a_library_that_does_not_load_is_rebuilt_once(tmp_path, monkeypatch):
-    """A truncated library (an older build killed while linking) is replaced, not a permanent fallback."""
+    """A whole library (it matches its build record) that the loader refuses is replaced, not a permanent
+    fallback."""
     from flow3d.render import compiled
 
     name = "flow3d_raster_test0001"
     (tmp_path / name).mkdir()
     (tmp_path / name / f"{name}.so").write_bytes(b"trunc")
+    (tmp_path / name / f"{name}.so.json").write_text(json.dumps(compiled._file_record(tmp_path / name / f"{name}.so")))
     compiled_in, loaded = [], []
 
     def fake_load(path):
@@ -356,3 +365,145 @@ def test_a_library_that_does_not_load_is_rebuilt_once(tmp_path, monkeypatch):
     assert len(compiled_in) == 1 and (tmp_path / name / f"{name}.so").read_bytes() == b"whole"
     compiled._build_and_load(tmp_path / name)
     assert len(compiled_in) == 1 and loaded == [str(tmp_path / name / f"{name}.so")]
+
+
+def _fake_builds(monkeypatch, payload: bytes):
+    """Replace the compiler and the loader: a build writes ``payload``; a load records the bytes it was given
+    and, as the dynamic loader does with a short file, "crashes" (an AssertionError here) on any other bytes."""
+    from flow3d.render import compiled
+
+    built, loaded = [], []
+
+    def fake_compile(n, build_dir):
+        built.append(build_dir)
+        (build_dir / f"{n}.so").write_bytes(payload)
+
+    def fake_load(path):
+        data = Path(path).read_bytes()
+        assert data == payload, f"the loader was given {len(data)} bytes that are not the built library"
+        loaded.append(path)
+
+    monkeypatch.setattr(compiled, "_compile", fake_compile)
+    monkeypatch.setattr(compiled.torch.ops, "load_library", fake_load)
+    return built, loaded
+
+
+@pytest.mark.parametrize("damage", ["truncated", "same_size_altered", "no_record", "record_not_json", "record_of_another"])
+def test_a_library_not_matching_its_build_record_is_rebuilt_before_any_load(tmp_path, monkeypatch, caplog, damage):
+    """The loader never sees a library that differs from the record its build wrote (a truncated one kills
+    the process with SIGBUS): it is rebuilt, with one warning naming the library and the reason."""
+    from flow3d.render import compiled
+
+    payload = bytes(range(256)) * 64
+    built, loaded = _fake_builds(monkeypatch, payload)
+    name = "flow3d_raster_test0002"
+    lib = tmp_path / name / f"{name}.so"
+    record = tmp_path / name / f"{name}.so.json"
+    compiled._build_and_load(tmp_path / name)
+    assert len(built) == 1 and loaded == []  # the build loads it itself (from its temporary folder)
+    stored = json.loads(record.read_text())
+    assert stored == {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}  # an independent hash
+    compiled._build_and_load(tmp_path / name)  # a later process: whole, so loaded without a rebuild
+    assert len(built) == 1 and loaded == [str(lib)]
+
+    if damage == "truncated":
+        with open(lib, "r+b") as fh:
+            fh.truncate(len(payload) // 3)
+    elif damage == "same_size_altered":
+        lib.write_bytes(payload[:-1] + b"\x00")
+    elif damage == "no_record":
+        record.unlink()
+    elif damage == "record_not_json":
+        record.write_text('{"size": 16')
+    else:
+        record.write_text(json.dumps({"size": len(payload), "sha256": hashlib.sha256(b"other").hexdigest()}))
+    assert compiled.library_mismatch(lib) is not None
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="flow3d.render.compiled"):
+        compiled._build_and_load(tmp_path / name)
+    assert len(built) == 2 and loaded == [str(lib)]  # rebuilt, and the damaged file was never loaded
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and str(lib) in warned[0] and "rebuilding" in warned[0], warned
+    assert lib.read_bytes() == payload and compiled.library_mismatch(lib) is None
+
+
+_RENDER_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    sys.path.insert(0, {here!r})
+    from render_reference import make_scene
+    from flow3d.render import rasterization
+    scene = make_scene(n=20, dtype=torch.float32)
+    a, _, meta = rasterization(**scene, backend="cpu")
+    ref, _, _ = rasterization(**scene, backend="torch")
+    torch.testing.assert_close(a, ref)
+    print("rendered with", meta["backend"])
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_truncated_cached_library_is_rebuilt_by_the_next_process(tmp_path):
+    """Issue 22: a library truncated in the cache killed every later process with SIGBUS. The real library,
+    truncated, in a fresh cache: a new process renders with the compiled backend (rebuilt), no signal."""
+    lib = compiled.extension_dir() / compiled.build_name() / f"{compiled.build_name()}.so"
+    assert compiled.library_mismatch(lib) is None  # built by the fixture, with its record
+    root = tmp_path / "ext"
+    shutil.copytree(lib.parent, root / lib.parent.name)
+    cached = root / lib.parent.name / lib.name
+    with open(cached, "r+b") as fh:
+        fh.truncate(cached.stat().st_size // 2)
+    script = tmp_path / "render.py"
+    script.write_text(_RENDER_SCRIPT.format(here=str(HERE)))
+    env = {k: v for k, v in os.environ.items() if k != "FLOW3D_DISABLE_COMPILED"}
+    env.update(FLOW3D_TORCH_EXTENSIONS_DIR=str(root), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode >= 0, f"killed by {signal.Signals(-r.returncode).name}: {r.stderr}"
+    assert r.returncode == 0 and r.stdout.strip() == "rendered with cpu", r.stdout + r.stderr
+    assert "is not usable" in r.stderr and "bytes where its build recorded" in r.stderr and "rebuilding" in r.stderr, r.stderr
+    assert compiled.library_mismatch(cached) is None and cached.stat().st_size > 0  # whole again, with its record
+
+
+def test_cxx_standard_is_the_one_torch_writes_into_its_own_build_files(tmp_path):
+    """Our ``-std`` flag (it comes after torch's on the compiler line, so it wins) is the standard torch's
+    ``cpp_extension`` itself writes into the ninja file of a build: read from that file, not from our parser."""
+    import inspect
+
+    from torch.utils import cpp_extension
+
+    writer = cpp_extension._write_ninja_file_to_build_library
+    values = {
+        "path": str(tmp_path / "build.ninja"), "name": "probe", "sources": [str(compiled.SOURCES[0])],
+        "with_cuda": False, "with_sycl": False, "is_standalone": False,
+    }
+    args = {p: values.get(p, []) for p in inspect.signature(writer).parameters}
+    writer(**args)
+    line = next(ln for ln in (tmp_path / "build.ninja").read_text().splitlines() if ln.startswith("cflags ="))
+    torch_std = [f for f in line.split() if f.startswith("-std=")]
+    assert torch_std, line
+    assert compiled.cxx_standard_flag() == torch_std[0]
+    assert compiled.cflags().count(torch_std[0]) == 1 and sum(f.startswith("-std=") for f in compiled.cflags()) == 1
+    if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14):
+        assert torch_std[0] == "-std=c++20"  # torch 2.14's headers use std::strong_ordering (C++20)
+
+
+def test_the_cxx_standard_is_part_of_the_library_name(monkeypatch):
+    name = compiled.build_name()
+    monkeypatch.setattr(compiled, "cxx_standard_flag", lambda: "-std=c++17")
+    other = compiled.build_name()
+    monkeypatch.setattr(compiled, "cxx_standard_flag", lambda: "-std=c++20")
+    assert len({name, other, compiled.build_name()}) == 2 and other != compiled.build_name()
+
+
+def test_in_ci_a_missing_compiler_fails_instead_of_skipping(monkeypatch):
+    from render_reference import require_compiled as require
+
+    monkeypatch.setattr(compiled, "load_extension", lambda: False)
+    monkeypatch.setenv("CXX", "no-such-compiler-flow3d")
+    monkeypatch.delenv("FLOW3D_DISABLE_COMPILED", raising=False)
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception):
+        require()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="did not build or load"):
+        require()

@@ -35,7 +35,7 @@ def _assert_close(name, got, ref, dtype, grad=False):
     torch.testing.assert_close(got, ref, rtol=tol["rtol"], atol=tol["atol"] * scale, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.fixture(params=["torch", "cpu"])
+@pytest.fixture(params=["torch", pytest.param("cpu", marks=pytest.mark.compiled)])
 def backend(request):
     """Both CPU backends: the PyTorch reference and the compiled one."""
     if request.param == "cpu":
