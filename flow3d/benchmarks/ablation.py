@@ -18,12 +18,14 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Literal  # noqa: E402
 
 import torch  # noqa: E402
+import tyro  # noqa: E402
 
 from flow3d.config import TrainConfig, apply_overrides, load_preset  # noqa: E402
 from flow3d.data import SyntheticDataConfig  # noqa: E402
@@ -139,20 +141,30 @@ def format_rows(rows: dict[str, dict], drift: str, steps: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--drift", nargs="+", default=["none", "linear"], help="prior_drift levels of the synthetic scene")
-    p.add_argument("--rows", nargs="*", default=None,
-                   help="rows: som_baseline, ordinal, defaults, or +term[+term...] (default: every single term)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=str, default="outputs/ablation", help="folder for the JSON results")
-    args = p.parse_args(argv)
+@dataclass
+class AblationArgs:
+    """Options of the ablation (see the module docstring)."""
+
+    steps: int = 400
+    """Training steps of every row."""
+    drift: tuple[Literal["linear", "sine", "none", "perfect"], ...] = ("none", "linear")
+    """Prior-drift levels of the synthetic scene: one table per level."""
+    rows: tuple[str, ...] = ()
+    """Rows: som_baseline, ordinal, defaults, or +term[+term...] (none given: one row per single term)."""
+    seed: int = 0
+    """Seed of the scene and of every training run."""
+    out: str = "outputs/ablation"
+    """Folder for the JSON results."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the ablation (``argv`` defaults to ``sys.argv[1:]``); prints the tables, writes the JSON files."""
+    args = tyro.cli(AblationArgs, args=argv, description=__doc__)
     setup_logging("WARNING")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = args.rows or DEFAULT_ROWS
+    names = list(args.rows or DEFAULT_ROWS)
     for drift in args.drift:
         seq = SyntheticDataConfig(prior_drift=drift, seed=args.seed).load()
         rows = {"prior": prior_row(seq)}

@@ -15,15 +15,16 @@ import os
 if __name__ == "__main__":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the preprocess command does (see there)
 
-import argparse
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+import tyro
 
 from flow3d.flow import estimate_flow, fb_consistency_mask, sample_pixel_pairs
 
@@ -92,14 +93,25 @@ def _backends(tmp: Path) -> list[tuple[str, str, dict]]:
     return rows
 
 
+@dataclass
+class FlowBenchArgs:
+    """Options of the flow benchmark (see the module docstring)."""
+
+    width: int = 854
+    """Width of the synthetic frames."""
+    height: int = 480
+    """Height of the synthetic frames."""
+    repeats: int = 5
+    """Timed repetitions of each measurement (after one warm-up call; their mean is reported)."""
+    crop: int = 64
+    """Side of the crop for the naive fb loop."""
+    pairs: int = 20000
+    """Pixel pairs per sampler call."""
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=int, default=854)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--crop", type=int, default=64, help="side of the crop for the naive fb loop")
-    p.add_argument("--pairs", type=int, default=20000, help="pairs per sampler call")
-    args = p.parse_args(argv)
+    """Run the benchmark (``argv`` defaults to ``sys.argv[1:]``) and print its three tables."""
+    args = tyro.cli(FlowBenchArgs, args=argv, description=__doc__)
     img0, img1 = _texture_pair(args.height, args.width)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, OpenCV {cv2.__version__}; "

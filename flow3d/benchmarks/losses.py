@@ -8,8 +8,8 @@ means ours is faster). The references:
 
 * ``loop/img``: a Python loop over the images with boolean indexing (Pearson, depth-aware scale);
 * ``loop/patch``: a Python loop over the patches (patch-wise Pearson);
-* ``seed code``: the seed's own formulation written out plainly (seeds 001, 002, 003) -- same maths,
-  so a ratio near 1 says our validation / NaN handling / safety costs little;
+* ``seed code``: the published formulation written out plainly (depth consistency, G2-MonoDepth,
+  scale-adaptive) -- same maths, so a ratio near 1 says our validation / NaN handling / safety costs little;
 * ``SoM code``: Shape of Motion's style (``torch.quantile`` + boolean gathers) for the trimmed L1 and
   the disparity-gradient loss;
 * ``loop/pair xN``: a per-pair Python loop with autograd on 0-d tensors, timed on a subset of pairs
@@ -22,15 +22,16 @@ linear in the number of pairs.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+import tyro
 
 from flow3d.losses import (
     depth_aware_scale_loss,
@@ -223,16 +224,21 @@ def hinge_pair_loop(pa, pb, s, margin, med):
 
 
 # ------------------------------------------------------------------------------------------- main
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=5, help="timed repetitions per row (median reported)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--loop-pairs", type=int, default=2000, help="pairs timed by the per-pair loop reference")
-    ap.add_argument("--_mem-child", nargs=2, default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args._mem_child:
-        _mem_child(args._mem_child[0], int(args._mem_child[1]))
-        return
+@dataclass
+class LossBenchArgs:
+    """Options of the loss benchmark (see the module docstring)."""
+
+    repeats: int = 5
+    """Timed repetitions per row (the median is reported)."""
+    threads: Optional[int] = None
+    """torch CPU threads (None: torch's choice)."""
+    loop_pairs: int = 2000
+    """Pairs timed by the per-pair loop reference (then extrapolated)."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (``argv`` defaults to ``sys.argv[1:]``) and print its table."""
+    args = tyro.cli(LossBenchArgs, args=argv, description=__doc__)
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
@@ -320,8 +326,8 @@ def main() -> None:
 
 
 def _child_peak(kind: str, n: int) -> float | None:
-    out = subprocess.run([sys.executable, "-m", "flow3d.benchmarks.losses", "--_mem-child", kind, str(n)],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    code = f"from flow3d.benchmarks.losses import _mem_child; _mem_child({kind!r}, {int(n)})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     return None if out == "None" else float(out)
 
 

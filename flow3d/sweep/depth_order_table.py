@@ -3,7 +3,7 @@
     python -m flow3d.sweep configs/sweeps/depth_order_families.yaml --out-dir OUT --cpus-per-trial 1
     python -m flow3d.sweep.depth_order_table configs/sweeps/depth_order_families.yaml --out-dir OUT
 
-The sweep scores each trial on its HELD-OUT frames (``val/<step>/``): that gives the PSNR column. The issue's
+The sweep scores each trial on its HELD-OUT frames (``val/<step>/``): that gives the PSNR column. The
 depth columns score the TRAINING frames, so this command runs ``run_val.py --data.is-train True --out-name
 val_train --no-video`` once per finished trial (skipped when ``val_train/<step>/metrics.json`` exists) and
 takes from it:
@@ -14,23 +14,26 @@ takes from it:
 * the same two for the raw prior (the ``prior (reference)`` row).
 
 It writes ``OUT/depth_order_table.md``: per data entry, mean ± sample std over the seeds, then the goal check
-of issue 12 for every run against ``som_baseline`` (AbsRel ratios under both alignments, ratio to the raw
-prior, PSNR difference).
+of every run against ``som_baseline`` (AbsRel ratios under both alignments, ratio to the raw prior, PSNR
+difference).
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
+
+import tyro
 
 from flow3d.eval.report import read_metrics
 from flow3d.fileio import write_bytes
 from flow3d.sweep.results import FINISHED, format_summary, value_of
 from flow3d.sweep.spec import Trial, load_spec
-from flow3d.sweep.trial import read_aggregate, repo_root, result_row
+from flow3d.sweep.trial import VAL_MODULE, module_command, read_aggregate, result_row
 
 DEPTH_KEYS = ("depth_abs_rel", "depth_abs_rel_scale_shift", "prior_abs_rel", "prior_abs_rel_scale_shift")
 COLUMNS = ("psnr", "depth_abs_rel", "depth_abs_rel_scale_shift")
@@ -43,7 +46,7 @@ def train_metrics_path(trial: Trial) -> Path:
 
 def score_training_frames(trial: Trial, timeout: float = 1800.0) -> None:
     """run_val.py on the trial's training frames into ``val_train/`` (raises on failure, with the log's tail)."""
-    cmd = [sys.executable, str(repo_root() / "run_val.py"), "--work-dir", str(trial.work_dir), "--model", "last",
+    cmd = [*module_command(VAL_MODULE), "--work-dir", str(trial.work_dir), "--model", "last",
            "--data.is-train", "True", "--no-video", "--out-name", "val_train"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if res.returncode != 0:
@@ -95,13 +98,27 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+@dataclass
+class TableArgs:
+    """Options of the per-family table (see the module docstring)."""
+
+    spec: tyro.conf.Positional[Path]
+    """The sweep spec (configs/sweeps/depth_order_families.yaml)."""
+    out_dir: Path
+    """The sweep's --out-dir."""
+    runs: Optional[tuple[str, ...]] = None
+    """Only these runs of the spec."""
+    data: Optional[tuple[str, ...]] = None
+    """Only these data entries of the spec."""
+    seeds: Optional[tuple[int, ...]] = None
+    """These seeds instead of the spec's."""
+    max_steps: Optional[int] = None
+    """This step count instead of the spec's."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("spec", help="the sweep spec (configs/sweeps/depth_order_families.yaml)")
-    ap.add_argument("--out-dir", required=True, help="the sweep's --out-dir")
-    ap.add_argument("--runs", nargs="*"), ap.add_argument("--data", nargs="*")
-    ap.add_argument("--seeds", nargs="*", type=int), ap.add_argument("--max-steps", type=int)
-    a = ap.parse_args(argv)
+    """Run the command (``argv`` defaults to ``sys.argv[1:]``); returns the exit code (2: no usable spec or trial)."""
+    a = tyro.cli(TableArgs, args=sys.argv[1:] if argv is None else argv, description=__doc__)
     try:
         spec = load_spec(a.spec).select(a.runs, a.data, a.seeds, a.max_steps)
     except (OSError, ValueError) as e:
