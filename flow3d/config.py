@@ -1,5 +1,6 @@
 """Every dataclass the training CLI exposes (a docstring under each field becomes its ``--help``), named
-presets from ``configs/<name>.yaml`` (shipped inside the package as ``flow3d/configs``), and the round trip to ``cfg.yaml`` in the work dir.
+presets from ``configs/<name>.yaml`` (in the package: ``flow3d/configs``), and the round trip to
+``cfg.yaml`` in the work dir.
 
 A preset is a YAML file of nested overrides of :class:`TrainConfig`'s defaults, e.g.::
 

@@ -73,8 +73,14 @@ def _render_all(trainer) -> tuple[torch.Tensor, torch.Tensor]:
     depths, imgs = [], []
     with torch.no_grad():
         for t in range(seq.num_frames):
-            out = model.render(torch.tensor([t]), seq.w2cs[t : t + 1], seq.Ks[t : t + 1], seq.img_wh,
-                               bg_color=torch.tensor(trainer.cfg.bg_color), backend=trainer.cfg.render_backend)
+            out = model.render(
+                torch.tensor([t]),
+                seq.w2cs[t : t + 1],
+                seq.Ks[t : t + 1],
+                seq.img_wh,
+                bg_color=torch.tensor(trainer.cfg.bg_color),
+                backend=trainer.cfg.render_backend,
+            )
             depths.append(out.depth[0, ..., 0])
             imgs.append(out.img[0])
     return torch.stack(depths), torch.stack(imgs)
@@ -109,13 +115,21 @@ def run_row(name: str, overrides: dict, drift: str, steps: int, seed: int, work_
     from flow3d.train.trainer import Trainer
 
     cfg = apply_overrides(TrainConfig(), load_preset("cpu_demo"))
-    cfg = apply_overrides(cfg, {
-        "work_dir": str(work_root / f"{drift}_{name.replace('+', '_')}"), "max_steps": steps, "seed": seed,
-        "save_every": 0, "image_every": 0, "log_every": 10 ** 9, "losses": overrides,
-        # the README tables were measured before cpu_demo capped its Gaussians at 8000: keep them reproducible
-        "densify": {"max_gaussians": 200_000},
-        "data": {"kind": "synthetic", "prior_drift": drift, "seed": seed},
-    })
+    cfg = apply_overrides(
+        cfg,
+        {
+            "work_dir": str(work_root / f"{drift}_{name.replace('+', '_')}"),
+            "max_steps": steps,
+            "seed": seed,
+            "save_every": 0,
+            "image_every": 0,
+            "log_every": 10**9,
+            "losses": overrides,
+            # the README tables were measured before cpu_demo capped its Gaussians at 8000: keep them reproducible
+            "densify": {"max_gaussians": 200_000},
+            "data": {"kind": "synthetic", "prior_drift": drift, "seed": seed},
+        },
+    )
     trainer = Trainer(cfg)
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -128,10 +142,20 @@ def run_row(name: str, overrides: dict, drift: str, steps: int, seed: int, work_
 
 
 def format_rows(rows: dict[str, dict], drift: str, steps: int) -> str:
-    cols = [("val_psnr", "PSNR↑", "{:.2f}"), ("abs_rel", "AbsRel↓", "{:.4f}"), ("delta1", "δ<1.25↑", "{:.4f}"),
-            ("temporal", "temporal↓", "{:.4f}"), ("ordinal_acc", "ordinal acc↑", "{:.4f}"), ("s_per_step", "s/step", "{:.2f}")]
-    lines = [f"prior drift: {drift}  ({steps} steps, cpu_demo preset, synthetic scene)", "",
-             "| row | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    cols = [
+        ("val_psnr", "PSNR↑", "{:.2f}"),
+        ("abs_rel", "AbsRel↓", "{:.4f}"),
+        ("delta1", "δ<1.25↑", "{:.4f}"),
+        ("temporal", "temporal↓", "{:.4f}"),
+        ("ordinal_acc", "ordinal acc↑", "{:.4f}"),
+        ("s_per_step", "s/step", "{:.2f}"),
+    ]
+    lines = [
+        f"prior drift: {drift}  ({steps} steps, cpu_demo preset, synthetic scene)",
+        "",
+        "| row | " + " | ".join(c[1] for c in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
     for name, r in rows.items():
         cells = []
         for key, _, fmt in cols:

@@ -46,8 +46,18 @@ def train_metrics_path(trial: Trial) -> Path:
 
 def score_training_frames(trial: Trial, timeout: float = 1800.0) -> None:
     """run_val.py on the trial's training frames into ``val_train/`` (raises on failure, with the log's tail)."""
-    cmd = [*module_command(VAL_MODULE), "--work-dir", str(trial.work_dir), "--model", "last",
-           "--data.is-train", "True", "--no-video", "--out-name", "val_train"]
+    cmd = [
+        *module_command(VAL_MODULE),
+        "--work-dir",
+        str(trial.work_dir),
+        "--model",
+        "last",
+        "--data.is-train",
+        "True",
+        "--no-video",
+        "--out-name",
+        "val_train",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if res.returncode != 0:
         tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -67,28 +77,46 @@ def table_row(trial: Trial) -> dict:
 
 
 def _mean(rows: list[dict], run: str, data: str, key: str) -> float | None:
-    vals = [v for r in rows if r["run"] == run and r["data"] == data and r["status"] in FINISHED
-            and (v := value_of(r, key)) is not None]
+    vals = [
+        v
+        for r in rows
+        if r["run"] == run and r["data"] == data and r["status"] in FINISHED and (v := value_of(r, key)) is not None
+    ]
     return statistics.fmean(vals) if vals else None
 
 
 def goal_check(rows: list[dict]) -> str:
     """Issue 12's goal per run and data: AbsRel <= 0.8x som_baseline's under both alignments, <= 0.5x the raw
     prior's, PSNR >= baseline - 0.3 dB (means over seeds)."""
-    lines = ["## Goal check (means over seeds)", "",
-             "| data | run | scale AbsRel / baseline | shape AbsRel / baseline | scale / prior | shape / prior "
-             "| ΔPSNR vs baseline (dB) | goal met |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Goal check (means over seeds)",
+        "",
+        "| data | run | scale AbsRel / baseline | shape AbsRel / baseline | scale / prior | shape / prior "
+        "| ΔPSNR vs baseline (dB) | goal met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for data in dict.fromkeys(r["data"] for r in rows):
         for run in dict.fromkeys(r["run"] for r in rows if r["data"] == data):
             if run == BASELINE:
                 continue
             m = {k: _mean(rows, run, data, k) for k in ("psnr", *DEPTH_KEYS)}
             b = {k: _mean(rows, BASELINE, data, k) for k in ("psnr", "depth_abs_rel", "depth_abs_rel_scale_shift")}
-            ratios = [_ratio(m["depth_abs_rel"], b["depth_abs_rel"]), _ratio(m["depth_abs_rel_scale_shift"], b["depth_abs_rel_scale_shift"]),
-                      _ratio(m["depth_abs_rel"], m["prior_abs_rel"]), _ratio(m["depth_abs_rel_scale_shift"], m["prior_abs_rel_scale_shift"])]
+            ratios = [
+                _ratio(m["depth_abs_rel"], b["depth_abs_rel"]),
+                _ratio(m["depth_abs_rel_scale_shift"], b["depth_abs_rel_scale_shift"]),
+                _ratio(m["depth_abs_rel"], m["prior_abs_rel"]),
+                _ratio(m["depth_abs_rel_scale_shift"], m["prior_abs_rel_scale_shift"]),
+            ]
             dpsnr = None if m["psnr"] is None or b["psnr"] is None else m["psnr"] - b["psnr"]
-            ok = None not in ratios and dpsnr is not None and ratios[0] <= 0.8 and ratios[1] <= 0.8 \
-                and ratios[2] <= 0.5 and ratios[3] <= 0.5 and dpsnr >= -0.3
+            ok = (
+                None not in ratios
+                and dpsnr is not None
+                and ratios[0] <= 0.8
+                and ratios[1] <= 0.8
+                and ratios[2] <= 0.5
+                and ratios[3] <= 0.5
+                and dpsnr >= -0.3
+            )
             cells = ["–" if v is None else f"{v:.2f}" for v in ratios] + ["–" if dpsnr is None else f"{dpsnr:+.2f}"]
             lines.append(f"| {data} | {run} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
     return "\n".join(lines) + "\n"
@@ -137,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"error: no finished trial of {a.spec} under {a.out_dir}: run the sweep first", file=sys.stderr)
         return 2
-    note = ("PSNR on the held-out frames; depth AbsRel on the training frames, after one depth scale per sequence "
-            "(`depth_abs_rel`) or one scale and shift of disparity per sequence (`depth_abs_rel_scale_shift`).")
+    note = (
+        "PSNR on the held-out frames; depth AbsRel on the training frames, after one depth scale per sequence "
+        "(`depth_abs_rel`) or one scale and shift of disparity per sequence (`depth_abs_rel_scale_shift`)."
+    )
     text = format_summary(rows, list(COLUMNS), title=f"Depth order per family ({Path(a.spec).name})", note=note)
     text += "\n" + goal_check(rows)
     path = Path(a.out_dir) / "depth_order_table.md"

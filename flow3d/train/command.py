@@ -1,7 +1,7 @@
-"""Fit a dynamic Gaussian-splat scene to one monocular video.
+r"""Fit a dynamic Gaussian-splat scene to one monocular video.
 
     flow3d-train --work-dir outputs/demo --preset cpu_demo data:synthetic
-    flow3d-train --work-dir outputs/pulling_60_ordinal data:custom \\
+    flow3d-train --work-dir outputs/pulling_60_ordinal data:custom \
         --data.seq-name pulling --data.root-dir /data/pulling --data.is-train True
 
 (``python run_training.py ...`` in a clone is the same command.) ``--preset NAME`` (a shipped preset, listed
