@@ -65,7 +65,7 @@ class DepthOrderConfig:
     """Hinge: order of each pair from the prior of frame t, or from the detached rendering of frame t."""
     hinge_margin: float = 0.01
     """Hinge margin on depth differences divided by the median rendered depth of the sampled points
-    (scale-free); a negative value is the seed's tolerance form |min(0, eps + s * diff)| with eps = -margin."""
+    (scale-free); a negative value switches to the tolerance form |min(0, eps + s * diff)| with eps = -margin."""
     hinge_normalize: Literal["median", "none"] = "median"
     """Divide depth differences by the median rendered depth of the pairs' points ('none': raw units)."""
     modgs_alpha: float = 100.0

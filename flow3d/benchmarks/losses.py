@@ -8,7 +8,7 @@ means ours is faster). The references:
 
 * ``loop/img``: a Python loop over the images with boolean indexing (Pearson, depth-aware scale);
 * ``loop/patch``: a Python loop over the patches (patch-wise Pearson);
-* ``seed code``: the published formulation written out plainly (depth consistency, G2-MonoDepth,
+* ``plain code``: the published formulation written out plainly (depth consistency, G2-MonoDepth,
   scale-adaptive) -- same maths, so a ratio near 1 says our validation / NaN handling / safety costs little;
 * ``SoM code``: Shape of Motion's style (``torch.quantile`` + boolean gathers) for the trimmed L1 and
   the disparity-gradient loss;
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         dense,
         lambda: depth_consistency_loss(leaf(depth_pred), depth_gt, fg).total,
         lambda: consistency_seed(leaf(depth_pred), depth_gt, fg),
-        "seed code",
+        "plain code",
     )
     row(
         "depth_consistency scale_shift",
@@ -316,14 +316,14 @@ def main(argv: list[str] | None = None) -> None:
         dense,
         lambda: g2_monodepth_loss(leaf(depth_pred), depth_gt, mf)[0],
         lambda: g2_seed(leaf(depth_pred), depth_gt, mf),
-        "seed code",
+        "plain code",
     )
     row(
         "scale_adaptive",
         dense,
         lambda: scale_adaptive_loss(leaf(1 / depth_pred), 1 / depth_gt, mf)[0],
         lambda: scale_adaptive_seed(leaf(1 / depth_pred), 1 / depth_gt, mf),
-        "seed code",
+        "plain code",
     )
     soft = (0.9 * fg + 0.05).clamp(0, 1)
     row(
