@@ -1,5 +1,6 @@
 """Every dataclass the training CLI exposes (a docstring under each field becomes its ``--help``), named
-presets from ``configs/<name>.yaml``, and the round trip to ``cfg.yaml`` in the work dir.
+presets from ``configs/<name>.yaml`` (in the package: ``flow3d/configs``), and the round trip to
+``cfg.yaml`` in the work dir.
 
 A preset is a YAML file of nested overrides of :class:`TrainConfig`'s defaults, e.g.::
 
@@ -12,8 +13,10 @@ A preset is a YAML file of nested overrides of :class:`TrainConfig`'s defaults, 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import re
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,7 +36,9 @@ logger = get_logger(__name__)
 RESUME_SAFE = {"resume": "safe"}
 """Field metadata: a resumed run may change this field (see :class:`TrainConfig`); unmarked fields may not."""
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The presets: the repository's top-level configs/ folder, which flow3d/configs links to, so that a checkout,
+# an editable install and a wheel (where setuptools copies the files) all read them from the package.
+CONFIGS_DIR = importlib.resources.files("flow3d") / "configs"
 
 
 @dataclass
@@ -63,7 +68,7 @@ class DepthOrderConfig:
     """Hinge: order of each pair from the prior of frame t, or from the detached rendering of frame t."""
     hinge_margin: float = 0.01
     """Hinge margin on depth differences divided by the median rendered depth of the sampled points
-    (scale-free); a negative value is the seed's tolerance form |min(0, eps + s * diff)| with eps = -margin."""
+    (scale-free); a negative value switches to the tolerance form |min(0, eps + s * diff)| with eps = -margin."""
     hinge_normalize: Literal["median", "none"] = "median"
     """Divide depth differences by the median rendered depth of the pairs' points ('none': raw units)."""
     modgs_alpha: float = 100.0
@@ -137,19 +142,22 @@ class LossConfig:
     # camera but stretch a static-camera surface and cost 2.7 dB there, so they are off (presets `ordinal`,
     # `g2_monodepth` turn them on). MoDGS, depth consistency and depth-aware scale did not help: off.
     w_hinge_ordinal: float = 1.0
-    """Hinge on the order of flow-carried pixel pairs in the neighbour frame's rendered depth (seed 004)."""
+    """Hinge on the order of flow-carried pixel pairs in the neighbour frame's rendered depth."""
     w_modgs_ordinal: float = 0.0
     """MoDGS tanh ordinal loss on same-frame pairs, order from the prior."""
     w_pearson: float = 0.0
     """1 - Pearson correlation between rendered and prior disparity per frame."""
     w_depth_consistency: float = 0.0
-    """Seed 001 depth consistency (inside / outside / edge of the foreground mask, fb confidence as weight)."""
+    """Depth consistency of rendered vs prior disparity: SmoothL1 inside, outside and on the edge of the
+    foreground mask, weighted by the flow's forward-backward confidence."""
     w_g2_monodepth: float = 0.0
-    """Seed 002 G2-MonoDepth loss on rendered vs prior disparity."""
+    """G2-MonoDepth loss on rendered vs prior disparity (absolute, standardised and gradient L1 terms)."""
     w_scale_adaptive: float = 0.0
-    """Seed 003 scale-adaptive loss on rendered vs prior disparity (inverse depth)."""
+    """Scale-adaptive loss on rendered vs prior disparity (inverse depth): normalised L1 plus multi-scale
+    gradient terms."""
     w_depth_aware_scale: float = 0.0
-    """Seed 000 depth-aware scale loss on the rendered foreground mask (k_obj calibrated at start)."""
+    """Depth-aware scale loss: the rendered foreground mask's size against the size its depth and the focal
+    length predict (the object constant k_obj is calibrated at start)."""
     order: DepthOrderConfig = field(default_factory=DepthOrderConfig)
     """Pairs, neighbours, flow and options of the depth-order terms."""
 
@@ -235,7 +243,8 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------- presets
 
 def available_presets() -> list[str]:
-    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+    """The names of the presets shipped with the package (``configs/<name>.yaml``), sorted."""
+    return sorted(p.name[: -len(".yaml")] for p in CONFIGS_DIR.iterdir() if p.name.endswith(".yaml") and p.is_file())
 
 
 def preset_path(name_or_path: str) -> Path:
@@ -247,8 +256,9 @@ def preset_path(name_or_path: str) -> Path:
 def load_preset(name_or_path: str) -> dict:
     """The override dict of a preset: a name in ``configs/`` or a path to a YAML file."""
     path = preset_path(name_or_path)
+    where = name_or_path if Path(name_or_path).suffix else f"{name_or_path}.yaml among the shipped presets"
     if not path.is_file():
-        raise ValueError(f"preset {name_or_path!r} not found (looked for {path}); available: {available_presets()}")
+        raise ValueError(f"preset {name_or_path!r} not found (looked for {where}); available: {available_presets()}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -256,6 +266,40 @@ def load_preset(name_or_path: str) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"preset {path} must hold a mapping of overrides, got {type(data).__name__}")
     return data
+
+
+def preset_summary(name: str) -> str:
+    """The first sentence of the comment that opens a preset's YAML file ('' when there is none)."""
+    lines = []
+    for line in (CONFIGS_DIR / f"{name}.yaml").read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines)
+    end = re.search(r"[.:](\s|$)", text)
+    return text[: end.start()] if end else text
+
+
+def _flatten(overrides: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={value}")
+    return out
+
+
+def presets_help(width: int = 100) -> str:
+    """What every shipped preset sets, for ``--help``: its name, its summary, then its overrides as
+    ``field=value`` (nested fields dotted, as their flags: ``losses.w_pearson`` is ``--losses.w-pearson``)."""
+    blocks = []
+    for name in available_presets():
+        settings = textwrap.fill(", ".join(_flatten(load_preset(name))), width, initial_indent="    ",
+                                 subsequent_indent="    ", break_on_hyphens=False)
+        title = textwrap.fill(f"{name}: {preset_summary(name)}", width, initial_indent="  ", subsequent_indent="    ")
+        blocks.append(f"{title}\n{settings}")
+    return "\n".join(blocks)
 
 
 def data_kinds() -> dict[str, type]:

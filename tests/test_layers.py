@@ -14,6 +14,7 @@ sees what a reader sees, not only what happens to be imported at start-up. The l
     commands    eval (run_val), preprocess
     train, vis  the trainer; loading a trained run, camera paths and the viewer
     tools       benchmarks, export, render_video, view, sweep
+    launchers   flow3d.commands: the installed commands (they import the tools by name only)
 
 A module may import from a strictly lower layer, or from its own package. So config and eval never import
 train, checkpoint I/O and the device choice sit below both, and nothing imports a benchmark.
@@ -39,6 +40,7 @@ RANKS = {
     "eval": 7, "preprocess": 7,
     "train": 8, "vis": 8,
     "benchmarks": 9, "export": 9, "render_video": 9, "view": 9, "sweep": 9,
+    "commands": 10,
 }
 BASE = {"flow3d", "log", "geometry", "depth", "fileio", "device", "errors", "cli"}  # leaf modules; may import each other
 

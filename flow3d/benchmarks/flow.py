@@ -15,15 +15,16 @@ import os
 if __name__ == "__main__":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the preprocess command does (see there)
 
-import argparse
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+import tyro
 
 from flow3d.flow import estimate_flow, fb_consistency_mask, sample_pixel_pairs
 
@@ -58,8 +59,12 @@ def _naive_fb(fw: np.ndarray, bw: np.ndarray, alpha=0.01, beta=0.5) -> np.ndarra
                 continue
             x0, y0 = min(int(x), W - 2), min(int(y), H - 2)
             ax, ay = x - x0, y - y0
-            b = ((1 - ax) * (1 - ay) * bw[y0, x0] + ax * (1 - ay) * bw[y0, x0 + 1]
-                 + (1 - ax) * ay * bw[y0 + 1, x0] + ax * ay * bw[y0 + 1, x0 + 1])
+            b = (
+                (1 - ax) * (1 - ay) * bw[y0, x0]
+                + ax * (1 - ay) * bw[y0, x0 + 1]
+                + (1 - ax) * ay * bw[y0 + 1, x0]
+                + ax * ay * bw[y0 + 1, x0 + 1]
+            )
             sx, sy = fx + b[0], fy + b[1]
             out[i, j] = sx * sx + sy * sy < alpha * (fx * fx + fy * fy + b[0] * b[0] + b[1] * b[1]) + beta
     return out
@@ -78,8 +83,12 @@ def _naive_pairs(valid: np.ndarray, num_pairs: int, seed: int = 0) -> list:
 
 
 def _backends(tmp: Path) -> list[tuple[str, str, dict]]:
-    rows = [("dis", "DIS ultrafast", {"preset": "ultrafast"}), ("dis", "DIS fast", {"preset": "fast"}),
-            ("dis", "DIS medium (default)", {"preset": "medium"}), ("farneback", "Farneback", {})]
+    rows = [
+        ("dis", "DIS ultrafast", {"preset": "ultrafast"}),
+        ("dis", "DIS fast", {"preset": "fast"}),
+        ("dis", "DIS medium (default)", {"preset": "medium"}),
+        ("farneback", "Farneback", {}),
+    ]
     try:
         from torchvision.models import optical_flow
     except Exception as err:  # noqa: BLE001 -- any import failure means "not available here"
@@ -92,18 +101,31 @@ def _backends(tmp: Path) -> list[tuple[str, str, dict]]:
     return rows
 
 
+@dataclass
+class FlowBenchArgs:
+    """Options of the flow benchmark (see the module docstring)."""
+
+    width: int = 854
+    """Width of the synthetic frames."""
+    height: int = 480
+    """Height of the synthetic frames."""
+    repeats: int = 5
+    """Timed repetitions of each measurement (after one warm-up call; their mean is reported)."""
+    crop: int = 64
+    """Side of the crop for the naive fb loop."""
+    pairs: int = 20000
+    """Pixel pairs per sampler call."""
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=int, default=854)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--crop", type=int, default=64, help="side of the crop for the naive fb loop")
-    p.add_argument("--pairs", type=int, default=20000, help="pairs per sampler call")
-    args = p.parse_args(argv)
+    """Run the benchmark (``argv`` defaults to ``sys.argv[1:]``) and print its three tables."""
+    args = tyro.cli(FlowBenchArgs, args=argv, description=__doc__)
     img0, img1 = _texture_pair(args.height, args.width)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, OpenCV {cv2.__version__}; "
-          f"{args.width}x{args.height}, {args.repeats} repeats")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, OpenCV {cv2.__version__}; "
+        f"{args.width}x{args.height}, {args.repeats} repeats"
+    )
 
     print("\n1. flow + fb check per frame pair (forward + backward flow + fb mask)")
     print(f"{'backend':44s} {'ms/pair':>9s} {'pairs/s':>8s} {'vs DIS medium':>14s}")
@@ -141,8 +163,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'implementation':44s} {'ns/pixel':>9s} {'speed-up':>9s}")
     print(f"{'naive Python loop (crop)':44s} {t_naive * 1e9:9.0f} {1.0:8.1f}x")
     print(f"{'vectorised torch (crop)':44s} {t_vec_crop * 1e9:9.0f} {t_naive / t_vec_crop:8.1f}x")
-    print(f"{f'vectorised torch (full {args.width}x{args.height})':44s} {t_vec_full / n_full * 1e9:9.1f} "
-          f"{t_naive / (t_vec_full / n_full):8.0f}x   ({t_vec_full * 1e3:.1f} ms per mask)")
+    print(
+        f"{f'vectorised torch (full {args.width}x{args.height})':44s} {t_vec_full / n_full * 1e9:9.1f} "
+        f"{t_naive / (t_vec_full / n_full):8.0f}x   ({t_vec_full * 1e3:.1f} ms per mask)"
+    )
 
     print(f"\n3. pixel-pair sampler ({args.pairs} pairs per call, fb mask of the pair above as valid set)")
     valid = torch.from_numpy(fb_consistency_mask(fw, bw))
@@ -152,11 +176,25 @@ def main(argv: list[str] | None = None) -> None:
     t_naive = _time(lambda: _naive_pairs(valid_np, args.pairs), 1)
     rows = [("naive Python loop (global)", t_naive)]
     for strategy in ("global", "local"):
-        rows.append((f"sample_pixel_pairs {strategy}", _time(
-            lambda s=strategy: sample_pixel_pairs(valid, args.pairs, strategy=s, generator=gen), args.repeats)))
-    rows.append(("sample_pixel_pairs global + prior + flow", _time(
-        lambda: sample_pixel_pairs(valid, args.pairs, prior=prior, min_rel_diff=0.05,
-                                   flow=torch.from_numpy(fw), generator=gen), args.repeats)))
+        rows.append(
+            (
+                f"sample_pixel_pairs {strategy}",
+                _time(
+                    lambda s=strategy: sample_pixel_pairs(valid, args.pairs, strategy=s, generator=gen), args.repeats
+                ),
+            )
+        )
+    rows.append(
+        (
+            "sample_pixel_pairs global + prior + flow",
+            _time(
+                lambda: sample_pixel_pairs(
+                    valid, args.pairs, prior=prior, min_rel_diff=0.05, flow=torch.from_numpy(fw), generator=gen
+                ),
+                args.repeats,
+            ),
+        )
+    )
     print(f"{'sampler':44s} {'ms/call':>9s} {'Mpairs/s':>9s} {'speed-up':>9s}")
     for label, sec in rows:
         print(f"{label:44s} {sec * 1e3:9.2f} {args.pairs / sec / 1e6:9.2f} {t_naive / sec:8.1f}x")

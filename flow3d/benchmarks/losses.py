@@ -8,8 +8,8 @@ means ours is faster). The references:
 
 * ``loop/img``: a Python loop over the images with boolean indexing (Pearson, depth-aware scale);
 * ``loop/patch``: a Python loop over the patches (patch-wise Pearson);
-* ``seed code``: the seed's own formulation written out plainly (seeds 001, 002, 003) -- same maths,
-  so a ratio near 1 says our validation / NaN handling / safety costs little;
+* ``plain code``: the published formulation written out plainly (depth consistency, G2-MonoDepth,
+  scale-adaptive) -- same maths, so a ratio near 1 says our validation / NaN handling / safety costs little;
 * ``SoM code``: Shape of Motion's style (``torch.quantile`` + boolean gathers) for the trimmed L1 and
   the disparity-gradient loss;
 * ``loop/pair xN``: a per-pair Python loop with autograd on 0-d tensors, timed on a subset of pairs
@@ -22,15 +22,16 @@ linear in the number of pairs.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+import tyro
 
 from flow3d.losses import (
     depth_aware_scale_loss,
@@ -58,8 +59,12 @@ def _once(fn: Callable[[], torch.Tensor]) -> float:
     return time.perf_counter() - t0
 
 
-def _time(fn: Callable[[], torch.Tensor], repeats: int, ref: Callable[[], torch.Tensor] | None = None,
-          ref_repeats: int | None = None) -> tuple[float, float | None]:
+def _time(
+    fn: Callable[[], torch.Tensor],
+    repeats: int,
+    ref: Callable[[], torch.Tensor] | None = None,
+    ref_repeats: int | None = None,
+) -> tuple[float, float | None]:
     """Median wall time of ``fn`` (and of ``ref``), one warm-up each, repetitions interleaved so that
     the load of a shared machine hits both alike."""
     _once(fn)
@@ -101,8 +106,8 @@ def pearson_patch_loop(pred, prior, corners, p):
     for b in range(pred.shape[0]):
         vals = []
         for y0, x0 in corners[b].tolist():
-            x = pred[b, y0:y0 + p, x0:x0 + p].flatten()
-            y = prior[b, y0:y0 + p, x0:x0 + p].flatten()
+            x = pred[b, y0 : y0 + p, x0 : x0 + p].flatten()
+            y = prior[b, y0 : y0 + p, x0 : x0 + p].flatten()
             xc, yc = x - x.mean(), y - y.mean()
             vals.append(1 - (xc * yc).sum() / torch.sqrt((xc * xc).sum() * (yc * yc).sum()))
         per_img.append(torch.stack(vals).mean())
@@ -124,8 +129,11 @@ def consistency_seed(d_pred, d_tgt, mask, beta=0.1):
 
     band = (dil - ero).clamp(0, 1) * valid
     (pxd, pyd), (pxt, pyt) = grads(d_pred), grads(d_tgt)
-    return (wsl1(d_pred, d_tgt, m * valid) + 0.5 * wsl1(d_pred, d_tgt, (1 - dil) * valid)
-            + 0.5 * 0.5 * (wsl1(pxd, pxt, band) + wsl1(pyd, pyt, band)))
+    return (
+        wsl1(d_pred, d_tgt, m * valid)
+        + 0.5 * wsl1(d_pred, d_tgt, (1 - dil) * valid)
+        + 0.5 * 0.5 * (wsl1(pxd, pxt, band) + wsl1(pyd, pyt, band))
+    )
 
 
 def g2_seed(d, g, m):
@@ -144,10 +152,15 @@ def g2_seed(d, g, m):
     sd, sg = std(d), std(g)
     lg = 0.0
     for s in (1, 2, 4, 8):
-        ds, gs, ms = (sd, sg, m) if s == 1 else (F.avg_pool2d(sd, s, s), F.avg_pool2d(sg, s, s),
-                                                  (F.avg_pool2d(m, s, s) > 0.5).float())
-        num = sum(((F.conv2d(ds, k, padding=1) - F.conv2d(gs, k, padding=1)).abs() * ms).sum()
-                  for k in (kx, kx.transpose(-1, -2)))
+        ds, gs, ms = (
+            (sd, sg, m)
+            if s == 1
+            else (F.avg_pool2d(sd, s, s), F.avg_pool2d(sg, s, s), (F.avg_pool2d(m, s, s) > 0.5).float())
+        )
+        num = sum(
+            ((F.conv2d(ds, k, padding=1) - F.conv2d(gs, k, padding=1)).abs() * ms).sum()
+            for k in (kx, kx.transpose(-1, -2))
+        )
         lg = lg + num / (ms.sum() + 1e-6)
     return wl1(d, g) + wl1(sd, sg) + 0.5 * lg / 4
 
@@ -223,16 +236,21 @@ def hinge_pair_loop(pa, pb, s, margin, med):
 
 
 # ------------------------------------------------------------------------------------------- main
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=5, help="timed repetitions per row (median reported)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--loop-pairs", type=int, default=2000, help="pairs timed by the per-pair loop reference")
-    ap.add_argument("--_mem-child", nargs=2, default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args._mem_child:
-        _mem_child(args._mem_child[0], int(args._mem_child[1]))
-        return
+@dataclass
+class LossBenchArgs:
+    """Options of the loss benchmark (see the module docstring)."""
+
+    repeats: int = 5
+    """Timed repetitions per row (the median is reported)."""
+    threads: Optional[int] = None
+    """torch CPU threads (None: torch's choice)."""
+    loop_pairs: int = 2000
+    """Pairs timed by the per-pair loop reference (then extrapolated)."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (``argv`` defaults to ``sys.argv[1:]``) and print its table."""
+    args = tyro.cli(LossBenchArgs, args=argv, description=__doc__)
     if args.threads:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
@@ -261,30 +279,75 @@ def main() -> None:
     print(f"{'loss':30s} {'size':18s} {'ours [ms]':>10s} {'ref [ms]':>10s} {'ref/ours':>8s}  reference")
 
     p3, q3, m3 = depth_pred[:, 0], depth_gt[:, 0], mask[:, 0]
-    row("pearson (global)", dense, lambda: pearson_depth_loss(leaf(p3), q3, m3),
-        lambda: pearson_loop(leaf(p3), q3, m3), "loop/img")
-    corners = torch.stack([torch.randint(0, H - 31, (B, 64), generator=gen),
-                           torch.randint(0, W - 31, (B, 64), generator=gen)], -1)
-    row("pearson (64 patches 32px)", dense,
-        lambda: pearson_depth_loss(leaf(p3), q3, patch_size=32, num_patches=64, generator=torch.Generator().manual_seed(1)),
-        lambda: pearson_patch_loop(leaf(p3), q3, corners, 32), "loop/patch")
-    row("depth_consistency", dense, lambda: depth_consistency_loss(leaf(depth_pred), depth_gt, fg).total,
-        lambda: consistency_seed(leaf(depth_pred), depth_gt, fg), "seed code")
-    row("depth_consistency scale_shift", dense,
-        lambda: depth_consistency_loss(leaf(depth_pred), depth_gt, fg, align="scale_shift").total)
+    row(
+        "pearson (global)",
+        dense,
+        lambda: pearson_depth_loss(leaf(p3), q3, m3),
+        lambda: pearson_loop(leaf(p3), q3, m3),
+        "loop/img",
+    )
+    corners = torch.stack(
+        [torch.randint(0, H - 31, (B, 64), generator=gen), torch.randint(0, W - 31, (B, 64), generator=gen)], -1
+    )
+    row(
+        "pearson (64 patches 32px)",
+        dense,
+        lambda: pearson_depth_loss(
+            leaf(p3), q3, patch_size=32, num_patches=64, generator=torch.Generator().manual_seed(1)
+        ),
+        lambda: pearson_patch_loop(leaf(p3), q3, corners, 32),
+        "loop/patch",
+    )
+    row(
+        "depth_consistency",
+        dense,
+        lambda: depth_consistency_loss(leaf(depth_pred), depth_gt, fg).total,
+        lambda: consistency_seed(leaf(depth_pred), depth_gt, fg),
+        "plain code",
+    )
+    row(
+        "depth_consistency scale_shift",
+        dense,
+        lambda: depth_consistency_loss(leaf(depth_pred), depth_gt, fg, align="scale_shift").total,
+    )
     mf = mask.float()
-    row("g2_monodepth", dense, lambda: g2_monodepth_loss(leaf(depth_pred), depth_gt, mf)[0],
-        lambda: g2_seed(leaf(depth_pred), depth_gt, mf), "seed code")
-    row("scale_adaptive", dense, lambda: scale_adaptive_loss(leaf(1 / depth_pred), 1 / depth_gt, mf)[0],
-        lambda: scale_adaptive_seed(leaf(1 / depth_pred), 1 / depth_gt, mf), "seed code")
+    row(
+        "g2_monodepth",
+        dense,
+        lambda: g2_monodepth_loss(leaf(depth_pred), depth_gt, mf)[0],
+        lambda: g2_seed(leaf(depth_pred), depth_gt, mf),
+        "plain code",
+    )
+    row(
+        "scale_adaptive",
+        dense,
+        lambda: scale_adaptive_loss(leaf(1 / depth_pred), 1 / depth_gt, mf)[0],
+        lambda: scale_adaptive_seed(leaf(1 / depth_pred), 1 / depth_gt, mf),
+        "plain code",
+    )
     soft = (0.9 * fg + 0.05).clamp(0, 1)
-    row("depth_aware_scale", dense, lambda: depth_aware_scale_loss(leaf(soft), 1 / depth_gt, 500.0, 0.01)[0],
-        lambda: depth_scale_loop(leaf(soft), 1 / depth_gt, 500.0, 0.01), "loop/img")
+    row(
+        "depth_aware_scale",
+        dense,
+        lambda: depth_aware_scale_loss(leaf(soft), 1 / depth_gt, 500.0, 0.01)[0],
+        lambda: depth_scale_loop(leaf(soft), 1 / depth_gt, 500.0, 0.01),
+        "loop/img",
+    )
     p4, g4 = depth_pred.permute(0, 2, 3, 1), depth_gt.permute(0, 2, 3, 1)
-    row("masked_l1 q=0.98", dense, lambda: masked_l1_loss(leaf(p4), g4, mf.permute(0, 2, 3, 1), quantile=0.98),
-        lambda: trimmed_l1_som(leaf(p4), g4, mf.permute(0, 2, 3, 1), 0.98), "SoM code")
-    row("disparity_gradient q=0.98", dense, lambda: disparity_gradient_loss(leaf(1 / p3), 1 / q3, m3),
-        lambda: disp_grad_som(leaf(1 / p3), 1 / q3, m3, 0.98), "SoM code")
+    row(
+        "masked_l1 q=0.98",
+        dense,
+        lambda: masked_l1_loss(leaf(p4), g4, mf.permute(0, 2, 3, 1), quantile=0.98),
+        lambda: trimmed_l1_som(leaf(p4), g4, mf.permute(0, 2, 3, 1), 0.98),
+        "SoM code",
+    )
+    row(
+        "disparity_gradient q=0.98",
+        dense,
+        lambda: disparity_gradient_loss(leaf(1 / p3), 1 / q3, m3),
+        lambda: disp_grad_som(leaf(1 / p3), 1 / q3, m3, 0.98),
+        "SoM code",
+    )
 
     def pairs(n):
         da, db = 1.0 + 4.0 * rnd(n), 1.0 + 4.0 * rnd(n)
@@ -298,17 +361,26 @@ def main() -> None:
     med = float(torch.cat([pa, pb]).median())
 
     t_modgs, t_modgs_loop = _time(
-        lambda: modgs_ordinal_loss(leaf(pa), leaf(pb), qa, qb, prior_kind="disparity"), args.repeats,
-        lambda: modgs_pair_loop(leaf(pa[:n_loop]), pb[:n_loop], -qa[:n_loop], -qb[:n_loop], 100.0, gap), 1)
+        lambda: modgs_ordinal_loss(leaf(pa), leaf(pb), qa, qb, prior_kind="disparity"),
+        args.repeats,
+        lambda: modgs_pair_loop(leaf(pa[:n_loop]), pb[:n_loop], -qa[:n_loop], -qb[:n_loop], 100.0, gap),
+        1,
+    )
     t_hinge, t_hinge_loop = _time(
-        lambda: hinge_ordinal_loss(leaf(pa), leaf(pb), s), args.repeats,
-        lambda: hinge_pair_loop(leaf(pa[:n_loop]), pb[:n_loop], s[:n_loop], 0.01, med), 1)
+        lambda: hinge_ordinal_loss(leaf(pa), leaf(pb), s),
+        args.repeats,
+        lambda: hinge_pair_loop(leaf(pa[:n_loop]), pb[:n_loop], s[:n_loop], 0.01, med),
+        1,
+    )
     t_modgs_loop *= factor
     t_hinge_loop *= factor
     for name, t, tr in (("modgs_ordinal", t_modgs, t_modgs_loop), ("hinge_ordinal (median)", t_hinge, t_hinge_loop)):
         rows.append((name, f"{N_PAIRS:,} pairs", t, tr, f"loop/pair x{factor:.0f}"))
-        print(f"{name:30s} {f'{N_PAIRS:,} pairs':18s} {t * 1e3:10.1f} {tr * 1e3:10.1f} {tr / t:7.1f}x  "
-              f"loop/pair x{factor:.0f} (timed on {n_loop} pairs, extrapolated)", flush=True)
+        print(
+            f"{name:30s} {f'{N_PAIRS:,} pairs':18s} {t * 1e3:10.1f} {tr * 1e3:10.1f} {tr / t:7.1f}x  "
+            f"loop/pair x{factor:.0f} (timed on {n_loop} pairs, extrapolated)",
+            flush=True,
+        )
 
     print("\nordinal peak memory (peak RSS increase of one fwd+bwd, each in a fresh process):")
     for n in (N_PAIRS // 4, N_PAIRS):
@@ -316,12 +388,14 @@ def main() -> None:
         if any(v is None for v in res.values()):
             print("  (not measurable here: no /proc/self/status)")
             break
-        print(f"  {n:>9,} pairs: " + ", ".join(f"{k} {v:6.1f} MiB ({v * 2**20 / n:5.1f} B/pair)" for k, v in res.items()))
+        print(
+            f"  {n:>9,} pairs: " + ", ".join(f"{k} {v:6.1f} MiB ({v * 2**20 / n:5.1f} B/pair)" for k, v in res.items())
+        )
 
 
 def _child_peak(kind: str, n: int) -> float | None:
-    out = subprocess.run([sys.executable, "-m", "flow3d.benchmarks.losses", "--_mem-child", kind, str(n)],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    code = f"from flow3d.benchmarks.losses import _mem_child; _mem_child({kind!r}, {int(n)})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     return None if out == "None" else float(out)
 
 
@@ -343,6 +417,7 @@ def _mem_child(kind: str, n: int) -> None:
     loss.backward()
     peak = _read_status("VmHWM")
     print(None if base is None or peak is None else (peak - base) / 2**20)
+
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
-"""One trial, run where Ray places it: ``run_training.py`` then ``run_val.py``, each a subprocess.
+"""One trial, run where Ray places it: training then evaluation (the commands of ``run_training.py`` and
+``run_val.py``, run as ``python -m flow3d.train.command`` and ``python -m flow3d.eval.command``), each a subprocess.
 
 The CLIs run as child processes (not imported): a crash, a segfault or a leak in one trial cannot take
 the Ray worker or the driver down, and each trial's output goes to its own log ``WORK/trial.log``
@@ -45,17 +46,14 @@ _PR_SET_PDEATHSIG = 1
 _ERROR_LINE = re.compile(r"^(error:|[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b)")
 
 
-def repo_root() -> Path:
-    """The folder holding ``run_training.py`` and ``run_val.py`` (beside the flow3d package)."""
-    import flow3d
+TRAIN_MODULE = "flow3d.train.command"  # run_training.py's command
+VAL_MODULE = "flow3d.eval.command"  # run_val.py's command
 
-    root = Path(flow3d.__file__).resolve().parents[1]
-    if not (root / "run_training.py").is_file() or not (root / "run_val.py").is_file():
-        raise ValueError(
-            f"run_training.py / run_val.py not found in {root}: install flow3d from a clone "
-            "(pip install -e .) on every machine that runs trials"
-        )
-    return root
+
+def module_command(module: str) -> list[str]:
+    """The command line that runs a tool of the installed package with this Python (a clone, an editable
+    install or a wheel alike): ``python -m <module>``."""
+    return [sys.executable, "-m", module]
 
 
 # ---------------------------------------------------------------------------------------------- status
@@ -136,10 +134,10 @@ def child_env(cpus: float) -> dict[str, str]:
     return env
 
 
-def _run_stage(trial: Trial, status: dict, stage: str, script: Path, argv: tuple[str, ...],
+def _run_stage(trial: Trial, status: dict, stage: str, module: str, argv: tuple[str, ...],
                env: dict[str, str], cwd: str) -> int:
     """Run one CLI as a child process, its output appended to the trial log; returns its exit code."""
-    cmd = [sys.executable, str(script), *argv]
+    cmd = [*module_command(module), *argv]
     with open(trial.log_path, "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {stage} (attempt {status['attempts']}, "
                   f"{socket.gethostname()}): {' '.join(cmd)}\n".encode())
@@ -210,11 +208,11 @@ def run_trial(trial: Trial, cpus: float = 1.0, cwd: Optional[str] = None) -> dic
     t0 = time.perf_counter()
     run_dir = cwd if cwd and os.path.isdir(cwd) else str(trial.work_dir)
     try:
-        root, env = repo_root(), child_env(cpus)
-        stages = [] if _training_done(trial) else [("train", root / "run_training.py", trial.train_argv)]
-        stages.append(("val", root / "run_val.py", trial.val_argv))
-        for stage, script, argv in stages:
-            code = _run_stage(trial, status, stage, script, argv, env, run_dir)
+        env = child_env(cpus)
+        stages = [] if _training_done(trial) else [("train", TRAIN_MODULE, trial.train_argv)]
+        stages.append(("val", VAL_MODULE, trial.val_argv))
+        for stage, module, argv in stages:
+            code = _run_stage(trial, status, stage, module, argv, env, run_dir)
             if stage == "train" and code == 0:
                 status["s_per_step"] = _seconds_per_step(trial)
             if code != 0:
