@@ -280,22 +280,12 @@ def preset_summary(name: str) -> str:
     return text[: end.start()] if end else text
 
 
-def _flatten(overrides: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            out += _flatten(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={value}")
-    return out
-
-
 def presets_help(width: int = 100) -> str:
     """What every shipped preset sets, for ``--help``: its name, its summary, then its overrides as
     ``field=value`` (nested fields dotted, as their flags: ``losses.w_pearson`` is ``--losses.w-pearson``)."""
     blocks = []
     for name in available_presets():
-        settings = textwrap.fill(", ".join(_flatten(load_preset(name))), width, initial_indent="    ",
+        settings = textwrap.fill(", ".join(f"{k}={v}" for k, v in _flatten(load_preset(name)).items()), width, initial_indent="    ",
                                  subsequent_indent="    ", break_on_hyphens=False)
         title = textwrap.fill(f"{name}: {preset_summary(name)}", width, initial_indent="  ", subsequent_indent="    ")
         blocks.append(f"{title}\n{settings}")
