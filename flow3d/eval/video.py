@@ -271,12 +271,13 @@ def _ffmpeg_exe() -> str:
         ) from None
 
 
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.0, quality: int = 8) -> Path:
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.0, quality: int = 8, log: bool = True) -> Path:
     """Write (H, W, 3) uint8 frames to an H.264 mp4 (yuv420p) with imageio + ffmpeg, atomically.
 
     All frames must have one size; odd sizes are padded with one black row/column (yuv420p needs
     even sizes), never resized. ``quality`` is imageio-ffmpeg's 0-10. Returns the path.
     Raises RuntimeError with the fix when ffmpeg is missing, ValueError on bad frames.
+    ``log=False``: no "wrote ..." line (a caller writing into a staging folder names the final place itself).
     """
     path = Path(path)
     if fps <= 0:
@@ -284,7 +285,8 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.
     _ffmpeg_exe()
     with atomic_path(path) as tmp:
         n = _write_frames(tmp, frames, fps, quality)
-    logger.info("wrote %d frames to %s", n, path)
+    if log:
+        logger.info("wrote %d frames to %s", n, path)
     return path
 
 
