@@ -1,4 +1,4 @@
-"""Fit a dynamic Gaussian-splat scene to one monocular video.
+r"""Fit a dynamic Gaussian-splat scene to one monocular video.
 
     python run_training.py --work-dir outputs/demo --preset cpu_demo data:synthetic
     python run_training.py --work-dir ./outputs/pulling_60_ordinal data:custom \

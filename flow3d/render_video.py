@@ -15,7 +15,8 @@ The depth panel uses run_val's colouring (:func:`flow3d.eval.video.colorize_dept
 with one fixed range for the whole video: the 2nd-98th percentiles of the rendered depth of up to 8
 frames of the path (or ``--depth-range``); pixels with accumulated opacity below 0.05 are black. Panels
 under 192 pixels tall are enlarged by an integer factor (nearest neighbour) so the colour bar is legible.
-The mp4 is written atomically.
+The mp4 is written atomically: stopped by SIGTERM (exit 143) or Ctrl-C (exit 130), the command removes its
+partial video and leaves a file already at ``--out`` as it was.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def render_video(cfg: VideoConfig) -> Path:
 def _main(argv: list[str]) -> Path:
     import tyro
 
-    cfg = tyro.cli(VideoConfig, args=argv, description=__doc__)
+    cfg = tyro.cli(VideoConfig, args=argv, description=__doc__, prog="python -m flow3d.render_video")
     setup_logging()
     path = render_video(cfg)
     print(f"wrote {path}")

@@ -1,4 +1,4 @@
-"""Train and score every (run, data, seed) of a sweep spec on Ray.
+r"""Train and score every (run, data, seed) of a sweep spec on Ray.
 
     python -m flow3d.sweep configs/sweeps/example.yaml --out-dir outputs/sweep_example
     python -m flow3d.sweep configs/sweeps/ablation.yaml --out-dir outputs/ablation --runs som_baseline defaults \
