@@ -146,13 +146,11 @@ def _check_selection(model: SceneModel, ckpt_path: Path, which: str, use_fg: boo
 
 def export(cfg: ExportConfig) -> dict:
     """Run the export described by ``cfg`` (see the module docstring); returns the summary written to export.json."""
-    from flow3d.vis.load import load_trained_run
+    from flow3d.vis.load import check_output_path, load_trained_run
 
     if not 0.0 <= cfg.min_opacity <= 1.0:
         raise ValueError(f"--min-opacity must be in [0, 1], got {cfg.min_opacity}")
-    out = Path(cfg.out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out-dir {out} is a file, not a folder")
+    out = check_output_path(cfg.out_dir, "--out-dir", folder=True)
     run = load_trained_run(cfg.work_dir, cfg.model, cfg.device)
     model = run.model
     frames = _check_frames(cfg.frames, model.num_frames)

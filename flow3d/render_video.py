@@ -153,11 +153,12 @@ def video_frames(run, plan: PathPlan, depth_range: tuple[float, float]) -> Itera
 
 def render_video(cfg: VideoConfig) -> Path:
     """Render ``cfg.camera_path`` of ``cfg.model`` to ``cfg.out`` (see the module docstring); returns the path."""
-    from flow3d.vis.load import load_trained_run
+    from flow3d.vis.load import check_output_path, load_trained_run
 
     out = Path(cfg.out)
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out must name an .mp4 file, got {out}")
+    check_output_path(out, "--out", folder=False)
     if not cfg.fps > 0:
         raise ValueError(f"--fps must be > 0, got {cfg.fps}")
     if cfg.depth_range is not None and not (0 <= cfg.depth_range[0] < cfg.depth_range[1]):

@@ -125,6 +125,7 @@ def start_within(factory: Callable[[], object], timeout_s: float, what: str):
 
 def start_viewer(cfg: ViewConfig):
     """Load the checkpoint and start a :class:`flow3d.vis.viewer.SceneViewer` (returns it, serving)."""
+    check_host(cfg.host)  # before anything loads: a host that cannot be bound is known at once
     try:
         import viser  # noqa: F401
     except ImportError:
@@ -135,7 +136,6 @@ def start_viewer(cfg: ViewConfig):
     problem = usage_error(cfg)
     if problem:
         raise ValueError(problem)
-    check_host(cfg.host)  # before the checkpoint loads: a host that cannot be bound is known at once
     run = load_trained_run(cfg.work_dir, cfg.model, cfg.device, cfg.render_backend)
     seq = run.load_sequence()
     return start_within(
