@@ -159,10 +159,14 @@ def render_video(cfg: VideoConfig) -> Path:
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out must name an .mp4 file, got {out}")
     check_output_path(out, "--out", folder=False)
-    if not cfg.fps > 0:
+    if not (math.isfinite(cfg.fps) and cfg.fps > 0):
         raise ValueError(f"--fps must be > 0, got {cfg.fps}")
     if cfg.depth_range is not None and not (0 <= cfg.depth_range[0] < cfg.depth_range[1]):
         raise ValueError(f"--depth-range needs 0 <= near < far, got {cfg.depth_range}")
+    if not (math.isfinite(cfg.resolution_scale) and cfg.resolution_scale > 0):  # before anything loads
+        raise ValueError(f"--resolution-scale must be > 0, got {cfg.resolution_scale}")
+    if cfg.num_frames is not None and cfg.num_frames < 1:
+        raise ValueError(f"--num-frames must be >= 1, got {cfg.num_frames}")
     run = load_trained_run(cfg.work_dir, cfg.model, cfg.device, cfg.render_backend)
     seq = run.load_sequence()
     plan = plan_path(cfg, run, seq)

@@ -407,3 +407,27 @@ def test_gitignore_covers_the_readme_outputs():
     # the package's own data code is not
     r = subprocess.run(["git", "check-ignore", "-q", "--no-index", "flow3d/data/sequence.py"], cwd=REPO)
     assert r.returncode == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--fps", "0"), ("--fps", "inf"), ("--num-frames", "0"),
+                                         ("--resolution-scale", "0"), ("--resolution-scale", "nan")])
+def test_render_video_flag_out_of_range_before_any_work(trained, tmp_path, monkeypatch, flag, value):
+    from flow3d.vis import load
+
+    def no_work(*a, **k):
+        raise AssertionError("render_video loaded the checkpoint before checking its flags")
+
+    monkeypatch.setattr(load, "load_trained_run", no_work)
+    main_error(render_video.main, ["--work-dir", str(trained), "--out", str(tmp_path / "v.mp4"), flag, value],
+               flag, value)
+    assert _files(tmp_path) == set()
+
+
+@pytest.mark.parametrize("flag, value", [("--port", "-1"), ("--max-res", "8"), ("--target-fps", "0")])
+def test_view_flag_out_of_range_is_a_usage_error_before_anything_loads(tmp_path, capsys, flag, value):
+    from flow3d import view
+
+    with pytest.raises(SystemExit) as e:  # the work dir does not exist: the flag is named first
+        view.main(["--work-dir", str(tmp_path / "nothing"), flag, value])
+    assert e.value.code == 2
+    assert_one_error_line(capsys.readouterr().err, flag, value)
