@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 from flow3d.cli import run_main
 from flow3d.log import get_logger, setup_logging
@@ -45,11 +44,6 @@ class ViewConfig:
     """'auto' takes CUDA when it is available."""
     render_backend: Optional[Literal["auto", "gsplat", "torch"]] = None
     """Rasterizer; default: the one in cfg.yaml."""
-
-
-SERVER_START_TIMEOUT_S = 60.0
-"""How long the viser server may take to start listening before the viewer gives up (viser's own start
-blocks forever when its server thread fails)."""
 
 
 def usage_error(cfg: ViewConfig) -> Optional[str]:
@@ -82,49 +76,11 @@ def check_host(host: str) -> None:
                              "use an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
 
 
-def start_within(factory: Callable[[], object], timeout_s: float, what: str):
-    """``factory()`` run in a helper thread; its result, or ValueError when a thread it started dies with
-    an exception (viser's server thread: its caller would wait for it forever) or when it neither returns
-    nor raises within ``timeout_s`` seconds. Exceptions of other threads during the start are taken as
-    the server's (recorded, not printed as a thread traceback). The helper thread is a daemon: a blocked
-    one does not keep the process alive."""
-    box: dict[str, object] = {}
-    died: list[BaseException] = []
-    previous_hook = threading.excepthook
-
-    def hook(args) -> None:
-        if args.exc_value is not None and not isinstance(args.exc_value, SystemExit):
-            died.append(args.exc_value)
-        else:
-            previous_hook(args)
-
-    def target() -> None:
-        try:
-            box["value"] = factory()
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True, name="flow3d-view-start")
-    threading.excepthook = hook
-    try:
-        t.start()
-        deadline = time.monotonic() + timeout_s
-        while t.is_alive() and not died and time.monotonic() < deadline:
-            t.join(0.05)
-    finally:
-        threading.excepthook = previous_hook
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    if died and "value" not in box:
-        e = died[0]
-        raise ValueError(f"{what} failed to start ({type(e).__name__}: {e})")
-    if "value" not in box:
-        raise ValueError(f"{what} did not start within {timeout_s:g} s")
-    return box["value"]
-
-
 def start_viewer(cfg: ViewConfig):
     """Load the checkpoint and start a :class:`flow3d.vis.viewer.SceneViewer` (returns it, serving)."""
+    problem = usage_error(cfg)
+    if problem:
+        raise ValueError(problem)
     check_host(cfg.host)  # before anything loads: a host that cannot be bound is known at once
     try:
         import viser  # noqa: F401
@@ -133,15 +89,9 @@ def start_viewer(cfg: ViewConfig):
     from flow3d.vis.load import load_trained_run
     from flow3d.vis.viewer import SceneViewer
 
-    problem = usage_error(cfg)
-    if problem:
-        raise ValueError(problem)
     run = load_trained_run(cfg.work_dir, cfg.model, cfg.device, cfg.render_backend)
     seq = run.load_sequence()
-    return start_within(
-        lambda: SceneViewer(run, seq, host=cfg.host, port=cfg.port, max_res=cfg.max_res, target_fps=cfg.target_fps),
-        SERVER_START_TIMEOUT_S, f"the viewer's server on --host {cfg.host} --port {cfg.port}",
-    )
+    return SceneViewer(run, seq, host=cfg.host, port=cfg.port, max_res=cfg.max_res, target_fps=cfg.target_fps)
 
 
 def main(argv: list[str] | None = None) -> None:

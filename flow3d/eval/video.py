@@ -292,9 +292,9 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.
         with atomic_path(path) as tmp:
             n = _write_frames(tmp, frames, fps, quality)
     except Exception as e:
-        signal = _interrupt_behind(e)
-        if signal is not None and signal is not e:
-            raise signal from None  # not the ffmpeg error the interrupt caused: exit 128 + the signal
+        interrupt = _interrupt_behind(e)
+        if interrupt is not None and interrupt is not e:
+            raise interrupt from None  # not the ffmpeg error the interrupt caused: exit 128 + the signal
         raise
     if log:
         logger.info("wrote %d frames to %s", n, path)

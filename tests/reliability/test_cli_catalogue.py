@@ -84,7 +84,7 @@ def test_view_server_thread_that_dies_while_starting_is_one_error(trained):
 
 
 def test_view_start_that_blocks_is_an_error_after_the_timeout():
-    from flow3d.view import start_within
+    from flow3d.vis.server_start import start_within
 
     release = threading.Event()
     t0 = time.monotonic()
@@ -96,7 +96,7 @@ def test_view_start_that_blocks_is_an_error_after_the_timeout():
 
 
 def test_view_start_whose_thread_dies_is_an_error_at_once():
-    from flow3d.view import start_within
+    from flow3d.vis.server_start import start_within
 
     def factory():  # a server whose worker thread dies while the caller waits for it
         threading.Thread(target=lambda: 1 / 0).start()
