@@ -675,7 +675,8 @@ def _region_notes(views: list[_View]) -> dict[str, str]:
         what = "tissue pixels" if no_bg else "valid pixels"
         notes["psnr"] = f"dB over the {what} only ({pct:.1f}% ignored pixels, e.g. instruments, excluded), mean over views"
     if no_bg:
-        why = "no background: the foreground mask covers every scored pixel (all the tissue deforms)"
+        why = "no background: the foreground mask covers every scored pixel" + (
+            " (all the tissue deforms)" if not bool(valid.all()) else "")
         notes.update({"bg_psnr": why, "bg_ssim": why, "bg_lpips": why})
     return notes
 
