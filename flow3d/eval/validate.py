@@ -725,24 +725,34 @@ def _write_videos(cfg, out: Path, seq, video_views: list[_View], renders, seq_sc
     gt_title = "GT depth" if src == "ground truth" else f"{src} depth"
     H = depths.shape[1]
     k = max(1, math.ceil(cfg.video_min_height / H))
-    frames = []
-    for i, v in enumerate(video_views):
-        panels = [("input", to_uint8_rgb(v.image.numpy())), ("rendered", to_uint8_rgb(renders[i]["rgb"])),
-                  ("depth", colorize_depth(depths[i], vmin, vmax))]
-        if prior_depths is not None:
-            panels.append(("prior (scaled)", colorize_depth(prior_depths[i], vmin, vmax)))
-        if has_gt:
-            panels.append((gt_title, colorize_depth(gts[i], vmin, vmax)))
-            panels.append(("|error|", colorize_scalar(errs[i], *err_range, cmap="magma")))
-        if not v.scored:
-            panels[0] = ("input (train)", panels[0][1])
-        panels = [(t, _enlarge(p, k)) for t, p in panels]
-        frames.append(depth_video_frame(panels, (vmin, vmax), v.t, units="scene", error_range=err_range))
-    files = {"video": write_video(out / "depth.mp4", frames, fps=cfg.fps, log=False)}  # `out` is a staging folder
-    logger.info("depth.mp4: %d frames", len(frames))
+    # frames are made as the video is written and only the contact sheet's are kept: memory is a few frames,
+    # not the whole video (which --video-min-height and --video-frames all can make large)
+    sheet_idx = sorted(set(np.linspace(0, T - 1, min(cfg.contact_sheet_frames, T)).round().astype(int).tolist()))
+    kept: dict[int, np.ndarray] = {}
+
+    def frames():
+        for i, v in enumerate(video_views):
+            panels = [("input", to_uint8_rgb(v.image.numpy())), ("rendered", to_uint8_rgb(renders[i]["rgb"])),
+                      ("depth", colorize_depth(depths[i], vmin, vmax))]
+            if prior_depths is not None:
+                panels.append(("prior (scaled)", colorize_depth(prior_depths[i], vmin, vmax)))
+            if has_gt:
+                panels.append((gt_title, colorize_depth(gts[i], vmin, vmax)))
+                panels.append(("|error|", colorize_scalar(errs[i], *err_range, cmap="magma")))
+            if not v.scored:
+                panels[0] = ("input (train)", panels[0][1])
+            panels = [(t, _enlarge(p, k)) for t, p in panels]
+            frame = depth_video_frame(panels, (vmin, vmax), v.t, units="scene", error_range=err_range)
+            if i in sheet_idx:
+                kept[i] = frame
+            yield frame
+
+    files = {"video": write_video(out / "depth.mp4", frames(), fps=cfg.fps, log=False)}  # `out` is a staging folder
+    logger.info("depth.mp4: %d frames", T)
     files["contact_sheet"] = out / "contact_sheet.png"
-    Hf, Wf = frames[0].shape[:2]
-    write_contact_sheet(files["contact_sheet"], frames, num=cfg.contact_sheet_frames, cols=1 if Wf > 4 * Hf else None)
+    sheet = [kept[i] for i in sheet_idx]
+    Hf, Wf = sheet[0].shape[:2]
+    write_contact_sheet(files["contact_sheet"], sheet, num=len(sheet), cols=1 if Wf > 4 * Hf else None)
     return files
 
 

@@ -335,9 +335,20 @@ def test_run_val_labels_name_the_stereo_reference_tissue_pixels_and_no_backgroun
 
 @pytest.mark.slow
 def test_run_val_log_names_final_paths_only(work, capfd):
-    result = run_val.main(["--work-dir", str(work), "--fps", "5"])
+    import imageio.v2 as imageio
+
+    result = run_val.main(["--work-dir", str(work), "--fps", "5", "--contact-sheet-frames", "3"])
     out = capfd.readouterr()
-    assert (result.out_dir / "depth.mp4").is_file()
+    reader = imageio.get_reader(result.out_dir / "depth.mp4")
+    video = [f for f in reader]
+    reader.close()
+    # the frames are streamed into the video; the contact sheet keeps frames 0, 2, 4 of the 5 (evenly spaced)
+    assert len(video) == 5
+    sheet = imageio.imread(result.out_dir / "contact_sheet.png").astype(np.float64)
+    h = (sheet.shape[0] - 2 * 4) // 3
+    for row, t in enumerate((0, 2, 4)):
+        cell = sheet[row * (h + 4): row * (h + 4) + h]
+        assert np.abs(cell - video[t][:h, : cell.shape[1]]).mean() < 12
     assert ".partial" not in out.out + out.err, [ln for ln in (out.out + out.err).splitlines() if ".partial" in ln]
     assert str(result.out_dir) in out.out
     assert "ground-truth depth" in result.notes["ordinal_acc_gt"]  # synthetic data: it is ground truth
