@@ -104,7 +104,8 @@ class ValConfig:
     fps: float = 10.0
     """Frames per second of the video."""
     video_min_height: int = 192
-    """Panels smaller than this are enlarged by an integer factor (nearest neighbour) in the video."""
+    """Panels smaller than this are enlarged by an integer factor (nearest neighbour) in the video (0..2160;
+    less when the frames would be wider than 8192 pixels, with a warning)."""
     contact_sheet_frames: int = 6
     """Frames on the contact sheet (evenly spaced, first and last included)."""
     ordinal_pairs: int = 5000
@@ -128,6 +129,9 @@ class ValConfig:
 #: --video-min-height above this is refused: panels are enlarged by an integer factor and every frame of the
 #: video is held in memory for the contact sheet (--video-min-height 100000 asked for 37 GiB)
 MAX_VIDEO_MIN_HEIGHT = 2160
+#: depth.mp4's frames are at most this wide: the panels are enlarged less when --video-min-height asks for more
+#: (H.264 encoders refuse wider frames: 17630 px failed in ffmpeg's libx264 with a broken pipe)
+MAX_VIDEO_WIDTH = 8192
 
 
 def check_val_flags(cfg: ValConfig) -> None:
@@ -723,8 +727,14 @@ def _write_videos(cfg, out: Path, seq, video_views: list[_View], renders, seq_sc
         errs, err_range = depth_error_maps(depths, gts, np.stack([v.valid.numpy() for v in video_views]), s)
     src = str(getattr(seq, "gt_depth_source", "ground truth") or "ground truth")
     gt_title = "GT depth" if src == "ground truth" else f"{src} depth"
-    H = depths.shape[1]
+    H, W = depths.shape[1:]
     k = max(1, math.ceil(cfg.video_min_height / H))
+    num_panels = 3 + (prior_depths is not None) + 2 * has_gt
+    k_max = max(1, (MAX_VIDEO_WIDTH - 600) // (num_panels * (W + 2)))  # 600: the colour bars' room
+    if k > k_max:
+        logger.warning("--video-min-height %d: panels enlarged x%d instead of x%d, so that depth.mp4's frames stay "
+                       "within %d pixels wide (the encoder's limit)", cfg.video_min_height, k_max, k, MAX_VIDEO_WIDTH)
+        k = k_max
     # frames are made as the video is written and only the contact sheet's are kept: memory is a few frames,
     # not the whole video (which --video-min-height and --video-frames all can make large)
     sheet_idx = sorted(set(np.linspace(0, T - 1, min(cfg.contact_sheet_frames, T)).round().astype(int).tolist()))

@@ -293,6 +293,25 @@ def test_run_val_flag_out_of_range_before_any_work(trained, monkeypatch, flag, v
     assert _files(trained) == before  # no val/ folder, no flow cache
 
 
+@pytest.mark.slow
+def test_run_val_largest_video_min_height_is_capped_with_a_warning(work, capfd):
+    """--video-min-height 2160 on 32x24 frames would enlarge x90: frames 17630 px wide, which ffmpeg's
+    libx264 refuses (a broken pipe after all the rendering). The panels are enlarged less, with a warning."""
+    import imageio.v2 as imageio
+
+    from flow3d.eval.validate import MAX_VIDEO_WIDTH
+
+    result = run_val.main(["--work-dir", str(work), "--video-min-height", "2160", "--contact-sheet-frames", "1",
+                           "--data.is-train", "False"])  # the one held-out frame: a short video
+    err = capfd.readouterr().err
+    warning = [ln for ln in err.splitlines() if "WARNING" in ln and "--video-min-height 2160" in ln]
+    assert len(warning) == 1 and "x90" in warning[0], err[-2000:]
+    reader = imageio.get_reader(result.out_dir / "depth.mp4")
+    w, h = reader.get_meta_data()["size"]
+    reader.close()
+    assert 4000 < w <= MAX_VIDEO_WIDTH and h > 24 * 30  # enlarged as far as the width allows (x37)
+
+
 # ------------------------------------------------------------------ run_val: what the labels and the log say
 @pytest.fixture(scope="module")
 def tissue_stereo(tmp_path_factory):
