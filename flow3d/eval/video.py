@@ -8,6 +8,7 @@ Files are written atomically: to a temporary name in the same folder, then renam
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -291,10 +292,16 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.
     try:
         with atomic_path(path) as tmp:
             n = _write_frames(tmp, frames, fps, quality)
+            if tmp.stat().st_size == 0:  # ffmpeg refused the frames (e.g. too wide) and imageio said nothing
+                raise OSError(errno.EIO, "ffmpeg could not encode the video and wrote nothing (see its message above)")
     except Exception as e:
         interrupt = _interrupt_behind(e)
         if interrupt is not None and interrupt is not e:
             raise interrupt from None  # not the ffmpeg error the interrupt caused: exit 128 + the signal
+        if isinstance(e, OSError) and "FFMPEG COMMAND" in str(e):  # imageio-ffmpeg's: its whole command line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "ffmpeg stopped"
+            raise OSError(e.errno, f"ffmpeg could not encode the video ({first}; see ffmpeg's message above)",
+                          str(path)) from None
         raise
     if log:
         logger.info("wrote %d frames to %s", n, path)

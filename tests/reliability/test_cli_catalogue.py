@@ -461,3 +461,20 @@ def test_view_flag_out_of_range_is_a_usage_error_before_anything_loads(tmp_path,
         view.main(["--work-dir", str(tmp_path / "nothing"), flag, value])
     assert e.value.code == 2
     assert_one_error_line(capsys.readouterr().err, flag, value)
+
+
+@pytest.mark.parametrize("height", [16, 2200])
+def test_write_video_that_ffmpeg_refuses_is_one_error_naming_the_file(tmp_path, height):
+    """Frames wider than libx264 accepts: small ones fill the pipe's buffer and ffmpeg's refusal used to pass
+    silently (a 0-byte .mp4); big ones broke the pipe with imageio's message holding ffmpeg's whole command
+    line and the temporary file's name. Both: one OSError naming the final file, and no file left."""
+    from flow3d.cli import describe
+    from flow3d.eval.video import write_video
+
+    out = tmp_path / "wide.mp4"
+    with pytest.raises(OSError) as e:
+        write_video(out, [np.zeros((height, 17000, 3), np.uint8)] * 4)
+    line = describe(e.value)
+    assert str(out) in line and "ffmpeg could not encode the video" in line, line
+    assert "FFMPEG COMMAND" not in line and ".tmp" not in line, line
+    assert _files(tmp_path) == set()
