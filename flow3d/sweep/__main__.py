@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out_dir.exists() and not args.out_dir.is_dir():
             raise ValueError(f"--out-dir {args.out_dir} is a file, not a folder")
+        existing = next(p for p in args.out_dir.absolute().parents if p.exists())
+        if not existing.is_dir():
+            raise ValueError(f"--out-dir {args.out_dir} cannot be created: {existing} is a file")
         spec = load_spec(args.spec).select(args.runs, args.data, args.seeds, args.max_steps)
         if args.dry_run:
             _dry_run(spec, args.out_dir)

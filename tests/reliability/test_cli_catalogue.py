@@ -261,6 +261,14 @@ def test_sweep_out_dir_that_is_a_file(tmp_path):
     assert f.read_text() == "mine"
 
 
+def test_sweep_out_dir_under_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("mine")
+    spec = REPO / "configs" / "sweeps" / "example.yaml"
+    main_error(sweep_main.main, [str(spec), "--out-dir", str(f / "sub"), "--dry-run"], "--out-dir", str(f), "is a file")
+    assert f.read_text() == "mine"
+
+
 def test_sweep_spec_that_is_not_utf8(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_bytes("runs: {a: [--preset, cpu_demo]}\n# caf\xe9 in Latin-1\n".encode("latin-1"))
