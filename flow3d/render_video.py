@@ -144,11 +144,13 @@ def video_frames(run, plan: PathPlan, depth_range: tuple[float, float]) -> Itera
     """Yield the (H', W', 3) uint8 frames: rendered RGB | depth (fixed range) | colour bar, "frame t" label."""
     k = max(1, math.ceil(MIN_PANEL_HEIGHT / plan.img_wh[1]))
     enlarge = lambda im: im if k == 1 else np.repeat(np.repeat(im, k, axis=0), k, axis=1)  # noqa: E731
-    for w2c, t in zip(tqdm(plan.w2cs, desc="render video", unit="frame", dynamic_ncols=True), plan.ts):
-        r = run.render(t, w2c, plan.K, plan.img_wh)
-        depth = colorize_depth(r["depth"], *depth_range, invalid=r["alpha"] < MIN_ALPHA)
-        panels = [("rendered", enlarge(to_uint8_rgb(r["rgb"]))), ("depth", enlarge(depth))]
-        yield depth_video_frame(panels, depth_range, t, units="scene")
+    with tqdm(total=len(plan.ts), desc="render video", unit="frame", dynamic_ncols=True) as bar:
+        for w2c, t in zip(plan.w2cs, plan.ts):
+            r = run.render(t, w2c, plan.K, plan.img_wh)
+            depth = colorize_depth(r["depth"], *depth_range, invalid=r["alpha"] < MIN_ALPHA)
+            panels = [("rendered", enlarge(to_uint8_rgb(r["rgb"]))), ("depth", enlarge(depth))]
+            yield depth_video_frame(panels, depth_range, t, units="scene")
+            bar.update(1)
 
 
 def render_video(cfg: VideoConfig) -> Path:
@@ -175,7 +177,11 @@ def render_video(cfg: VideoConfig) -> Path:
         "%s: %d frames at %dx%d, look-at point %s, depth range %.3g..%.3g scene units",
         cfg.camera_path, len(plan.ts), *plan.img_wh, [round(float(x), 3) for x in plan.look_at], *depth_range,
     )
-    return write_video(out, video_frames(run, plan, depth_range), fps=cfg.fps)
+    frames = video_frames(run, plan, depth_range)
+    try:
+        return write_video(out, frames, fps=cfg.fps)
+    finally:
+        frames.close()  # its progress bar ends now, before a failure's one line is printed
 
 
 def _main(argv: list[str]) -> Path:

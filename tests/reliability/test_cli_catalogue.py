@@ -302,7 +302,7 @@ def test_run_val_flag_out_of_range_before_any_work(trained, monkeypatch, flag, v
 
 
 @pytest.mark.slow
-def test_run_val_largest_video_min_height_is_capped_with_a_warning(work, capfd):
+def test_run_val_largest_video_min_height_is_capped_with_a_warning(work, caplog):
     """--video-min-height 2160 on 32x24 frames would enlarge x90: frames 17630 px wide, which ffmpeg's
     libx264 refuses (a broken pipe after all the rendering). The panels are enlarged less, with a warning."""
     import imageio.v2 as imageio
@@ -311,9 +311,8 @@ def test_run_val_largest_video_min_height_is_capped_with_a_warning(work, capfd):
 
     result = run_val.main(["--work-dir", str(work), "--video-min-height", "2160", "--contact-sheet-frames", "1",
                            "--data.is-train", "False"])  # the one held-out frame: a short video
-    err = capfd.readouterr().err
-    warning = [ln for ln in err.splitlines() if "WARNING" in ln and "--video-min-height 2160" in ln]
-    assert len(warning) == 1 and "x90" in warning[0], err[-2000:]
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--video-min-height 2160" in r.getMessage()]
+    assert len(warning) == 1 and "x90" in warning[0], caplog.text[-2000:]
     reader = imageio.get_reader(result.out_dir / "depth.mp4")
     w, h = reader.get_meta_data()["size"]
     reader.close()
@@ -339,7 +338,7 @@ def tissue_stereo(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_run_val_labels_name_the_stereo_reference_tissue_pixels_and_no_background(tissue_stereo, capfd):
+def test_run_val_labels_name_the_stereo_reference_tissue_pixels_and_no_background(tissue_stereo, caplog, capfd):
     from flow3d.eval.report import format_table
 
     work, data = tissue_stereo
@@ -357,11 +356,12 @@ def test_run_val_labels_name_the_stereo_reference_tissue_pixels_and_no_backgroun
     doc = json.loads((result.out_dir / "metrics.json").read_text())
     assert doc["notes"]["ordinal_acc_gt"] == notes["ordinal_acc_gt"]
     out = capfd.readouterr()
-    assert ".partial" not in out.out + out.err  # the log names no temporary folder
+    assert "evaluating last.ckpt" in caplog.text  # the log was captured
+    assert ".partial" not in out.out + out.err + caplog.text  # the log names no temporary folder
 
 
 @pytest.mark.slow
-def test_run_val_log_names_final_paths_only(work, capfd):
+def test_run_val_log_names_final_paths_only(work, caplog, capfd):
     import imageio.v2 as imageio
 
     result = run_val.main(["--work-dir", str(work), "--fps", "5", "--contact-sheet-frames", "3"])
@@ -376,7 +376,9 @@ def test_run_val_log_names_final_paths_only(work, capfd):
     for row, t in enumerate((0, 2, 4)):
         cell = sheet[row * (h + 4): row * (h + 4) + h]
         assert np.abs(cell - video[t][:h, : cell.shape[1]]).mean() < 12
-    assert ".partial" not in out.out + out.err, [ln for ln in (out.out + out.err).splitlines() if ".partial" in ln]
+    logged = out.out + out.err + caplog.text
+    assert "depth.mp4: 5 frames" in caplog.text  # the log was captured
+    assert ".partial" not in logged, [ln for ln in logged.splitlines() if ".partial" in ln]
     assert str(result.out_dir) in out.out
     assert "ground-truth depth" in result.notes["ordinal_acc_gt"]  # synthetic data: it is ground truth
     assert "tissue" not in result.notes["psnr"] and "bg_psnr" not in result.notes  # nothing ignored here
