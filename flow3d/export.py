@@ -126,19 +126,38 @@ def _check_frames(frames: Optional[tuple[int, ...]], T: int) -> list[int]:
     return sorted(set(int(t) for t in frames))
 
 
+def _check_selection(model: SceneModel, ckpt_path: Path, which: str, use_fg: bool, use_bg: bool, min_opacity: float) -> None:
+    """ValueError naming the flag when ``--gaussians`` / ``--min-opacity`` select no Gaussian of the checkpoint."""
+    num = {"fg": model.num_fg if use_fg else 0, "bg": (model.num_bg if model.bg is not None else 0) if use_bg else 0}
+    if num["fg"] + num["bg"] == 0:
+        kinds = {"bg": "static (background)", "fg": "dynamic (foreground)", "all": ""}[which]
+        hint = "; export --gaussians fg or all" if which == "bg" else ""
+        raise ValueError(f"--gaussians {which}: checkpoint {ckpt_path} has no {kinds + ' ' if kinds else ''}Gaussians{hint}")
+    ops = []
+    if num["fg"]:
+        ops.append(model.fg.get_opacities().detach().float().cpu())
+    if num["bg"]:
+        ops.append(model.bg.get_opacities().detach().float().cpu())
+    top = float(torch.cat(ops).max())
+    if not top >= min_opacity:
+        raise ValueError(f"--min-opacity {min_opacity:g} leaves no Gaussian of --gaussians {which} in {ckpt_path} "
+                         f"(the largest opacity is {top:.4g})")
+
+
 def export(cfg: ExportConfig) -> dict:
     """Run the export described by ``cfg`` (see the module docstring); returns the summary written to export.json."""
-    from flow3d.vis.load import load_trained_run
+    from flow3d.vis.load import check_output_path, load_trained_run
 
     if not 0.0 <= cfg.min_opacity <= 1.0:
         raise ValueError(f"--min-opacity must be in [0, 1], got {cfg.min_opacity}")
+    out = check_output_path(cfg.out_dir, "--out-dir", folder=True)
     run = load_trained_run(cfg.work_dir, cfg.model, cfg.device)
     model = run.model
     frames = _check_frames(cfg.frames, model.num_frames)
-    seq = run.load_sequence()
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     use_fg, use_bg = cfg.gaussians in ("all", "fg"), cfg.gaussians in ("all", "bg")
+    _check_selection(model, run.ckpt_path, cfg.gaussians, use_fg, use_bg, cfg.min_opacity)
+    seq = run.load_sequence()
+    out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, dict[str, int]] = {}
     for t in tqdm(frames if (cfg.splats or cfg.points) else [], desc="export", unit="frame", dynamic_ncols=True):
         splats, is_fg = splats_at(model, t, use_fg, use_bg)
@@ -187,7 +206,7 @@ def _write_trajectories(path: Path, model: SceneModel, seq, min_opacity: float) 
 def _main(argv: list[str]) -> dict:
     import tyro
 
-    cfg = tyro.cli(ExportConfig, args=argv, description=__doc__)
+    cfg = tyro.cli(ExportConfig, args=argv, description=__doc__, prog="python -m flow3d.export")
     setup_logging()
     summary = export(cfg)
     n = len(summary["per_frame"])

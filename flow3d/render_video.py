@@ -15,7 +15,8 @@ The depth panel uses run_val's colouring (:func:`flow3d.eval.video.colorize_dept
 with one fixed range for the whole video: the 2nd-98th percentiles of the rendered depth of up to 8
 frames of the path (or ``--depth-range``); pixels with accumulated opacity below 0.05 are black. Panels
 under 192 pixels tall are enlarged by an integer factor (nearest neighbour) so the colour bar is legible.
-The mp4 is written atomically.
+The mp4 is written atomically: stopped by SIGTERM (exit 143) or Ctrl-C (exit 130), the command removes its
+partial video and leaves a file already at ``--out`` as it was.
 """
 
 from __future__ import annotations
@@ -143,24 +144,31 @@ def video_frames(run, plan: PathPlan, depth_range: tuple[float, float]) -> Itera
     """Yield the (H', W', 3) uint8 frames: rendered RGB | depth (fixed range) | colour bar, "frame t" label."""
     k = max(1, math.ceil(MIN_PANEL_HEIGHT / plan.img_wh[1]))
     enlarge = lambda im: im if k == 1 else np.repeat(np.repeat(im, k, axis=0), k, axis=1)  # noqa: E731
-    for w2c, t in zip(tqdm(plan.w2cs, desc="render video", unit="frame", dynamic_ncols=True), plan.ts):
-        r = run.render(t, w2c, plan.K, plan.img_wh)
-        depth = colorize_depth(r["depth"], *depth_range, invalid=r["alpha"] < MIN_ALPHA)
-        panels = [("rendered", enlarge(to_uint8_rgb(r["rgb"]))), ("depth", enlarge(depth))]
-        yield depth_video_frame(panels, depth_range, t, units="scene")
+    with tqdm(total=len(plan.ts), desc="render video", unit="frame", dynamic_ncols=True) as bar:
+        for w2c, t in zip(plan.w2cs, plan.ts):
+            r = run.render(t, w2c, plan.K, plan.img_wh)
+            depth = colorize_depth(r["depth"], *depth_range, invalid=r["alpha"] < MIN_ALPHA)
+            panels = [("rendered", enlarge(to_uint8_rgb(r["rgb"]))), ("depth", enlarge(depth))]
+            yield depth_video_frame(panels, depth_range, t, units="scene")
+            bar.update(1)
 
 
 def render_video(cfg: VideoConfig) -> Path:
     """Render ``cfg.camera_path`` of ``cfg.model`` to ``cfg.out`` (see the module docstring); returns the path."""
-    from flow3d.vis.load import load_trained_run
+    from flow3d.vis.load import check_output_path, load_trained_run
 
     out = Path(cfg.out)
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out must name an .mp4 file, got {out}")
-    if not cfg.fps > 0:
+    check_output_path(out, "--out", folder=False)
+    if not (math.isfinite(cfg.fps) and cfg.fps > 0):
         raise ValueError(f"--fps must be > 0, got {cfg.fps}")
     if cfg.depth_range is not None and not (0 <= cfg.depth_range[0] < cfg.depth_range[1]):
         raise ValueError(f"--depth-range needs 0 <= near < far, got {cfg.depth_range}")
+    if not (math.isfinite(cfg.resolution_scale) and cfg.resolution_scale > 0):  # before anything loads
+        raise ValueError(f"--resolution-scale must be > 0, got {cfg.resolution_scale}")
+    if cfg.num_frames is not None and cfg.num_frames < 1:
+        raise ValueError(f"--num-frames must be >= 1, got {cfg.num_frames}")
     run = load_trained_run(cfg.work_dir, cfg.model, cfg.device, cfg.render_backend)
     seq = run.load_sequence()
     plan = plan_path(cfg, run, seq)
@@ -169,13 +177,17 @@ def render_video(cfg: VideoConfig) -> Path:
         "%s: %d frames at %dx%d, look-at point %s, depth range %.3g..%.3g scene units",
         cfg.camera_path, len(plan.ts), *plan.img_wh, [round(float(x), 3) for x in plan.look_at], *depth_range,
     )
-    return write_video(out, video_frames(run, plan, depth_range), fps=cfg.fps)
+    frames = video_frames(run, plan, depth_range)
+    try:
+        return write_video(out, frames, fps=cfg.fps)
+    finally:
+        frames.close()  # its progress bar ends now, before a failure's one line is printed
 
 
 def _main(argv: list[str]) -> Path:
     import tyro
 
-    cfg = tyro.cli(VideoConfig, args=argv, description=__doc__)
+    cfg = tyro.cli(VideoConfig, args=argv, description=__doc__, prog="python -m flow3d.render_video")
     setup_logging()
     path = render_video(cfg)
     print(f"wrote {path}")

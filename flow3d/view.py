@@ -12,6 +12,8 @@ machines too (by default only this one). Stop with Ctrl+C.
 
 from __future__ import annotations
 
+import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -31,7 +33,7 @@ class ViewConfig:
     model: str = "last"
     """Checkpoint: a step number (checkpoints/model_<step>.ckpt) or 'last'."""
     port: int = 8080
-    """Port to serve on (viser takes the next free one if it is busy)."""
+    """Port to serve on, 0..65535 (viser takes the next free one if it is busy; 0: one the system picks)."""
     host: str = "127.0.0.1"
     """Address to listen on; 0.0.0.0 serves other machines too."""
     max_res: int = 640
@@ -44,8 +46,42 @@ class ViewConfig:
     """Rasterizer; default: the one in cfg.yaml."""
 
 
+def usage_error(cfg: ViewConfig) -> Optional[str]:
+    """The message of a usage error in ``cfg`` (a flag outside its range; exit 2), or None."""
+    if not 0 <= cfg.port <= 65535:
+        return f"--port must be a TCP port 0..65535, got {cfg.port}"
+    if cfg.max_res < 16:
+        return f"--max-res must be >= 16 pixels, got {cfg.max_res}"
+    if not cfg.target_fps > 0:
+        return f"--target-fps must be > 0, got {cfg.target_fps}"
+    return None
+
+
+def check_host(host: str) -> None:
+    """ValueError naming ``--host`` unless this machine can listen on ``host`` (a name or an address).
+
+    Binds a throw-away socket to each of the host's addresses on a port the system picks: the port itself
+    may be busy (viser then takes the next one), the address must be one of this machine's.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ValueError(f"--host {host!r} is not an address of this machine: {getattr(e, 'strerror', None) or e}") from None
+    for family, kind, proto, _, addr in infos:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.bind((addr[0], 0) + tuple(addr[2:]))
+        except OSError as e:
+            raise ValueError(f"--host {host!r}: cannot listen on {addr[0]} ({e.strerror or e}); "
+                             "use an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+
+
 def start_viewer(cfg: ViewConfig):
     """Load the checkpoint and start a :class:`flow3d.vis.viewer.SceneViewer` (returns it, serving)."""
+    problem = usage_error(cfg)
+    if problem:
+        raise ValueError(problem)
+    check_host(cfg.host)  # before anything loads: a host that cannot be bound is known at once
     try:
         import viser  # noqa: F401
     except ImportError:
@@ -53,8 +89,6 @@ def start_viewer(cfg: ViewConfig):
     from flow3d.vis.load import load_trained_run
     from flow3d.vis.viewer import SceneViewer
 
-    if cfg.max_res < 16:
-        raise ValueError(f"--max-res must be >= 16 pixels, got {cfg.max_res}")
     run = load_trained_run(cfg.work_dir, cfg.model, cfg.device, cfg.render_backend)
     seq = run.load_sequence()
     return SceneViewer(run, seq, host=cfg.host, port=cfg.port, max_res=cfg.max_res, target_fps=cfg.target_fps)
@@ -69,7 +103,11 @@ def main(argv: list[str] | None = None) -> None:
 def _main(argv: list[str]) -> None:
     import tyro
 
-    cfg = tyro.cli(ViewConfig, args=argv, description=__doc__)
+    cfg = tyro.cli(ViewConfig, args=argv, description=__doc__, prog="python -m flow3d.view")
+    problem = usage_error(cfg)
+    if problem:  # a usage error: exit 2, as tyro's own
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
     setup_logging()
     viewer = start_viewer(cfg)
     host = "localhost" if cfg.host in ("127.0.0.1", "0.0.0.0") else cfg.host

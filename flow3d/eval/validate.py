@@ -11,8 +11,10 @@ swapped in at the end, so the folder always holds one complete run):
     metrics.json      {"aggregate", "per_frame", "notes"} (:func:`flow3d.eval.report.write_metrics`)
     per_frame.csv     one row per scored view
     per_frame.png     per-frame metrics plotted against the frame index
-    depth.mp4         panels: input | rendered RGB | rendered depth | prior depth (scaled) | GT depth |
-                      |error|; one turbo range over the whole video, colour bars, frame index
+    depth.mp4         panels: input | rendered RGB | rendered depth | prior depth (scaled) | GT depth ("stereo
+                      depth" when gt_depth/SEQ/source.txt says so) | |error| (black where no metric scores:
+                      no reference depth, or an ignored pixel); one turbo range over the whole video,
+                      colour bars, frame index
     contact_sheet.png a few frames of the video
     depth/<t:05d>.npy with ``--save-depth``: rendered expected z-depth (H, W) float32, scene units
                       (x ``scene_scale`` in depth/meta.json = original units), 0 where nothing renders
@@ -104,7 +106,8 @@ class ValConfig:
     fps: float = 10.0
     """Frames per second of the video."""
     video_min_height: int = 192
-    """Panels smaller than this are enlarged by an integer factor (nearest neighbour) in the video."""
+    """Panels smaller than this are enlarged by an integer factor (nearest neighbour) in the video (0..2160;
+    less when the frames would be wider than 8192 pixels, with a warning)."""
     contact_sheet_frames: int = 6
     """Frames on the contact sheet (evenly spaced, first and last included)."""
     ordinal_pairs: int = 5000
@@ -124,6 +127,23 @@ class ValConfig:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+
+#: --video-min-height above this is refused: panels are enlarged by an integer factor and every frame of the
+#: video is held in memory for the contact sheet (--video-min-height 100000 asked for 37 GiB)
+MAX_VIDEO_MIN_HEIGHT = 2160
+#: depth.mp4's frames are at most this wide: the panels are enlarged less when --video-min-height asks for more
+#: (H.264 encoders refuse wider frames: 17630 px failed in ffmpeg's libx264 with a broken pipe)
+MAX_VIDEO_WIDTH = 8192
+
+
+def check_val_flags(cfg: ValConfig) -> None:
+    """ValueError naming the flag when an option of run_val.py is out of range; called before any work."""
+    if not (math.isfinite(cfg.fps) and cfg.fps > 0):
+        raise ValueError(f"--fps must be a number > 0, got {cfg.fps}")
+    if not 0 <= cfg.video_min_height <= MAX_VIDEO_MIN_HEIGHT:
+        raise ValueError(f"--video-min-height must be in 0..{MAX_VIDEO_MIN_HEIGHT} pixels, got {cfg.video_min_height}")
+    if cfg.video and cfg.contact_sheet_frames < 1:
+        raise ValueError(f"--contact-sheet-frames must be >= 1, got {cfg.contact_sheet_frames}")
 
 
 def _argv_value(argv: list[str], name: str) -> Optional[str]:
@@ -371,6 +391,7 @@ def val_dir(work_dir: str | os.PathLike, step: int, is_train: bool = False, out_
 
 def evaluate(cfg: ValConfig) -> ValResult:
     """Evaluate ``cfg.model`` of ``cfg.work_dir`` on the views ``cfg.data`` selects; see the module docstring."""
+    check_val_flags(cfg)
     if not cfg.out_name or Path(cfg.out_name).name != cfg.out_name or cfg.out_name in (".", ".."):
         raise ValueError(f"--out-name must be a plain folder name, got {cfg.out_name!r}")
     work_dir = Path(cfg.work_dir)
@@ -482,6 +503,7 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
     agg.update(img_agg)
     notes.update(img_notes)
     notes.setdefault("psnr", "dB, mean over views")
+    notes.update(_region_notes(sv))
     if "ssim_endo" in agg:
         notes.setdefault("ssim_endo", "EndoNeRF-family protocol: both images x tissue mask, whole-image SSIM")
 
@@ -541,6 +563,7 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
         o = depth_order_accuracy(rd, gt, "depth", num_pairs=cfg.ordinal_pairs, valid=valid & is_valid(rd))
         cols["ordinal_acc_gt"] = [float(x) for x in o.per_frame["accuracy"]]
         agg["ordinal_acc_gt"] = o.aggregate["accuracy"]
+        notes["ordinal_acc_gt"] = f"vs {_reference_name(seq)}"
     else:
         agg["ordinal_acc_gt"] = Unavailable("no ground-truth depth in this dataset")
 
@@ -644,15 +667,53 @@ def _temporal(cfg, model, seq, sv, rd, rendered, device, bg, backend) -> tuple[d
     if gt_ok:
         cols["temporal_consistency_gt"] = tc_gt
         agg["temporal_consistency_gt"] = _nanmean(tc_gt)
-        notes["temporal_consistency_gt"] = "same flow, GT depth"
+        notes["temporal_consistency_gt"] = f"same flow, {_reference_name(seq)}"
     else:
         agg["temporal_consistency_gt"] = Unavailable("no ground-truth depth in this dataset")
     return cols, agg, notes
 
 
+def _reference_name(seq) -> str:
+    """What the reference depth of the ``*_gt`` metrics is, for their labels: "ground-truth depth", or e.g.
+    "stereo depth (the reference, not ground truth)" (``seq.gt_depth_source``, from gt_depth/SEQ/source.txt).
+    The metric keys keep their ``_gt`` suffix (results files and sweeps read them)."""
+    src = str(getattr(seq, "gt_depth_source", "ground truth") or "ground truth")
+    return "ground-truth depth" if src == "ground truth" else f"{src} depth (the reference, not ground truth)"
+
+
+def _region_notes(views: list[_View]) -> dict[str, str]:
+    """Notes of the image metrics when pixels are ignored (instruments): psnr is over the tissue / valid
+    pixels only, and the bg_* metrics have no pixels when the foreground covers every scored pixel (on
+    endoscopy data all tissue is foreground)."""
+    valid = torch.stack([v.valid for v in views])
+    notes: dict[str, str] = {}
+    no_bg = all(v.fg is not None for v in views) and not bool(
+        torch.stack([(1 - v.fg.float()) * v.valid.float() for v in views]).gt(0).any())
+    if not bool(valid.all()):
+        pct = 100.0 * float((~valid).float().mean())
+        what = "tissue pixels" if no_bg else "valid pixels"
+        notes["psnr"] = f"dB over the {what} only ({pct:.1f}% ignored pixels, e.g. instruments, excluded), mean over views"
+    if no_bg:
+        why = "no background: the foreground mask covers every scored pixel" + (
+            " (all the tissue deforms)" if not bool(valid.all()) else "")
+        notes.update({"bg_psnr": why, "bg_ssim": why, "bg_lpips": why})
+    return notes
+
+
 def _nanmean(vals: list[float]) -> float:
     f = [x for x in vals if math.isfinite(x)]
     return sum(f) / len(f) if f else float("nan")
+
+
+def depth_error_maps(depths: np.ndarray, gts: np.ndarray, valid: np.ndarray, scale: float) -> tuple[np.ndarray, tuple[float, float]]:
+    """The video's ``|error|`` panel: (``|scale * depths - gts|`` (T, H, W), NaN where no depth metric scores
+    -- no reference depth (:func:`flow3d.depth.is_valid`) or an ignored pixel (``valid`` False, e.g. an
+    instrument), drawn black -- and its colour range (0, 98th percentile of the scored errors))."""
+    scored = is_valid(torch.from_numpy(gts)).numpy() & np.asarray(valid, dtype=bool)
+    errs = np.where(scored, np.abs(scale * depths - gts), np.nan)
+    finite = errs[np.isfinite(errs)]
+    hi = float(np.percentile(finite, 98)) if finite.size else 1.0
+    return errs, (0.0, hi if hi > 0 else 1.0)
 
 
 def _write_videos(cfg, out: Path, seq, video_views: list[_View], renders, seq_scale) -> dict[str, Path]:
@@ -678,30 +739,45 @@ def _write_videos(cfg, out: Path, seq, video_views: list[_View], renders, seq_sc
     errs, err_range = None, None
     if has_gt:
         s = seq_scale if seq_scale is not None and math.isfinite(seq_scale) else 1.0
-        gv = is_valid(torch.from_numpy(gts)).numpy()
-        errs = np.where(gv, np.abs(s * depths - gts), np.nan)
-        finite = errs[np.isfinite(errs)]
-        hi = float(np.percentile(finite, 98)) if finite.size else 1.0
-        err_range = (0.0, hi if hi > 0 else 1.0)
-    H = depths.shape[1]
+        errs, err_range = depth_error_maps(depths, gts, np.stack([v.valid.numpy() for v in video_views]), s)
+    src = str(getattr(seq, "gt_depth_source", "ground truth") or "ground truth")
+    gt_title = "GT depth" if src == "ground truth" else f"{src} depth"
+    H, W = depths.shape[1:]
     k = max(1, math.ceil(cfg.video_min_height / H))
-    frames = []
-    for i, v in enumerate(video_views):
-        panels = [("input", to_uint8_rgb(v.image.numpy())), ("rendered", to_uint8_rgb(renders[i]["rgb"])),
-                  ("depth", colorize_depth(depths[i], vmin, vmax))]
-        if prior_depths is not None:
-            panels.append(("prior (scaled)", colorize_depth(prior_depths[i], vmin, vmax)))
-        if has_gt:
-            panels.append(("GT depth", colorize_depth(gts[i], vmin, vmax)))
-            panels.append(("|error|", colorize_scalar(errs[i], *err_range, cmap="magma")))
-        if not v.scored:
-            panels[0] = ("input (train)", panels[0][1])
-        panels = [(t, _enlarge(p, k)) for t, p in panels]
-        frames.append(depth_video_frame(panels, (vmin, vmax), v.t, units="scene", error_range=err_range))
-    files = {"video": write_video(out / "depth.mp4", frames, fps=cfg.fps)}
+    num_panels = 3 + (prior_depths is not None) + 2 * has_gt
+    k_max = max(1, (MAX_VIDEO_WIDTH - 600) // (num_panels * (W + 2)))  # 600: the colour bars' room
+    if k > k_max:
+        logger.warning("--video-min-height %d: panels enlarged x%d instead of x%d, so that depth.mp4's frames stay "
+                       "within %d pixels wide (the encoder's limit)", cfg.video_min_height, k_max, k, MAX_VIDEO_WIDTH)
+        k = k_max
+    # frames are made as the video is written and only the contact sheet's are kept: memory is a few frames,
+    # not the whole video (which --video-min-height and --video-frames all can make large)
+    sheet_idx = sorted(set(np.linspace(0, T - 1, min(cfg.contact_sheet_frames, T)).round().astype(int).tolist()))
+    kept: dict[int, np.ndarray] = {}
+
+    def frames():
+        for i, v in enumerate(video_views):
+            panels = [("input", to_uint8_rgb(v.image.numpy())), ("rendered", to_uint8_rgb(renders[i]["rgb"])),
+                      ("depth", colorize_depth(depths[i], vmin, vmax))]
+            if prior_depths is not None:
+                panels.append(("prior (scaled)", colorize_depth(prior_depths[i], vmin, vmax)))
+            if has_gt:
+                panels.append((gt_title, colorize_depth(gts[i], vmin, vmax)))
+                panels.append(("|error|", colorize_scalar(errs[i], *err_range, cmap="magma")))
+            if not v.scored:
+                panels[0] = ("input (train)", panels[0][1])
+            panels = [(t, _enlarge(p, k)) for t, p in panels]
+            frame = depth_video_frame(panels, (vmin, vmax), v.t, units="scene", error_range=err_range)
+            if i in sheet_idx:
+                kept[i] = frame
+            yield frame
+
+    files = {"video": write_video(out / "depth.mp4", frames(), fps=cfg.fps, log=False)}  # `out` is a staging folder
+    logger.info("depth.mp4: %d frames", T)
     files["contact_sheet"] = out / "contact_sheet.png"
-    Hf, Wf = frames[0].shape[:2]
-    write_contact_sheet(files["contact_sheet"], frames, num=cfg.contact_sheet_frames, cols=1 if Wf > 4 * Hf else None)
+    sheet = [kept[i] for i in sheet_idx]
+    Hf, Wf = sheet[0].shape[:2]
+    write_contact_sheet(files["contact_sheet"], sheet, num=len(sheet), cols=1 if Wf > 4 * Hf else None)
     return files
 
 

@@ -8,12 +8,18 @@ Files are written atomically: to a temporary name in the same folder, then renam
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
 
+from flow3d.errors import Interrupted
 from flow3d.fileio import atomic_path
 from flow3d.log import get_logger
 
@@ -271,21 +277,73 @@ def _ffmpeg_exe() -> str:
         ) from None
 
 
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.0, quality: int = 8) -> Path:
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.0, quality: int = 8, log: bool = True) -> Path:
     """Write (H, W, 3) uint8 frames to an H.264 mp4 (yuv420p) with imageio + ffmpeg, atomically.
 
     All frames must have one size; odd sizes are padded with one black row/column (yuv420p needs
     even sizes), never resized. ``quality`` is imageio-ffmpeg's 0-10. Returns the path.
     Raises RuntimeError with the fix when ffmpeg is missing, ValueError on bad frames.
+    ``log=False``: no "wrote ..." line (a caller writing into a staging folder names the final place itself).
     """
     path = Path(path)
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     _ffmpeg_exe()
-    with atomic_path(path) as tmp:
-        n = _write_frames(tmp, frames, fps, quality)
-    logger.info("wrote %d frames to %s", n, path)
+    try:
+        with atomic_path(path) as tmp:
+            n = _write_frames(tmp, frames, fps, quality)
+            if tmp.stat().st_size == 0:  # ffmpeg refused the frames (e.g. too wide) and imageio said nothing
+                raise OSError(errno.EIO, "ffmpeg could not encode the video and wrote nothing (see its message above)")
+    except Exception as e:
+        interrupt = _interrupt_behind(e)
+        if interrupt is not None and interrupt is not e:
+            raise interrupt from None  # not the ffmpeg error the interrupt caused: exit 128 + the signal
+        if isinstance(e, OSError) and "FFMPEG COMMAND" in str(e):  # imageio-ffmpeg's: its whole command line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "ffmpeg stopped"
+            raise OSError(e.errno, f"ffmpeg could not encode the video ({first}; see ffmpeg's message above)",
+                          str(path)) from None
+        raise
+    if log:
+        logger.info("wrote %d frames to %s", n, path)
     return path
+
+
+def _interrupt_behind(exc: BaseException) -> Interrupted | None:
+    """The :class:`flow3d.errors.Interrupted` (SIGTERM) that ``exc`` was raised while handling, if any.
+
+    imageio-ffmpeg turns any exception in its pipe write into an ``IOError`` carrying ffmpeg's text, so a
+    SIGTERM that lands during a write would otherwise end the command with exit 1 and ffmpeg's text."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, Interrupted):
+            return e
+        seen.add(id(e))
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+@contextmanager
+def _sigterm_after_block() -> Iterator[None]:
+    """SIGTERM arriving inside the block is handled when the block ends (by the handler that was installed,
+    e.g. :func:`flow3d.cli.sigterm_raises`'s): a frame is never cut off in the middle of ffmpeg's pipe (ffmpeg
+    then prints errors about a corrupt packet). Main thread only; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if pending:
+            if callable(previous):
+                previous(signal.SIGTERM, None)
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _write_frames(tmp: Path, frames: Iterable[np.ndarray], fps: float, quality: int) -> int:
@@ -308,7 +366,8 @@ def _write_frames(tmp: Path, frames: Iterable[np.ndarray], fps: float, quality: 
             H, W = fr.shape[:2]
             if H % 2 or W % 2:
                 fr = np.pad(fr, ((0, H % 2), (0, W % 2), (0, 0)))
-            writer.append_data(np.ascontiguousarray(fr))
+            with _sigterm_after_block():
+                writer.append_data(np.ascontiguousarray(fr))
             n += 1
         if n == 0:
             raise ValueError("frames is empty: nothing to write")

@@ -201,7 +201,7 @@ def _main(argv: list[str]) -> dict:
     import tyro
 
     setup_logging()
-    cfg = tyro.cli(FlowPreprocessConfig, args=argv)
+    cfg = tyro.cli(FlowPreprocessConfig, args=argv, description=__doc__, prog="python -m flow3d.preprocess.flow")
     summary = preprocess_flow(cfg)
     logger.info("done: %s", json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in summary.items()}))
     return summary

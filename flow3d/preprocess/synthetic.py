@@ -77,7 +77,7 @@ def _main(argv: list[str]) -> None:
     from flow3d.log import setup_logging  # noqa: PLC0415
 
     setup_logging()
-    args = tyro.cli(WriteArgs, args=argv)
+    args = tyro.cli(WriteArgs, args=argv, description=__doc__, prog="python -m flow3d.preprocess.synthetic")
     print(write(args))
 
 

@@ -1,4 +1,4 @@
-"""Train and score every (run, data, seed) of a sweep spec on Ray.
+r"""Train and score every (run, data, seed) of a sweep spec on Ray.
 
     python -m flow3d.sweep configs/sweeps/example.yaml --out-dir outputs/sweep_example
     python -m flow3d.sweep configs/sweeps/ablation.yaml --out-dir outputs/ablation --runs som_baseline defaults \
@@ -61,19 +61,26 @@ def _dry_run(spec, out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = tyro.cli(SweepArgs, args=sys.argv[1:] if argv is None else argv, description=__doc__)
+    args = tyro.cli(SweepArgs, args=sys.argv[1:] if argv is None else argv, description=__doc__,
+                    prog="python -m flow3d.sweep")
     setup_logging()
+    from flow3d.cli import describe
     from flow3d.sweep import load_spec, run_sweep
 
     try:
+        if args.out_dir.exists() and not args.out_dir.is_dir():
+            raise ValueError(f"--out-dir {args.out_dir} is a file, not a folder")
+        existing = next(p for p in args.out_dir.absolute().parents if p.exists())
+        if not existing.is_dir():
+            raise ValueError(f"--out-dir {args.out_dir} cannot be created: {existing} is a file")
         spec = load_spec(args.spec).select(args.runs, args.data, args.seeds, args.max_steps)
         if args.dry_run:
             _dry_run(spec, args.out_dir)
             return 0
         rows = run_sweep(spec, args.out_dir, args.cpus_per_trial, args.gpus_per_trial, args.address, args.num_cpus,
                          on_result=lambda line: print(line, flush=True))
-    except (ValueError, RuntimeError) as e:
-        raise SystemExit(f"error: {e}") from None
+    except (ValueError, RuntimeError, OSError) as e:
+        raise SystemExit(f"error: {describe(e)}") from None
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(a.spec).select(a.runs, a.data, a.seeds, a.max_steps)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     rows, errors = [], []
     for trial in spec.trials(a.out_dir):
         if not trial.metrics_path.is_file():
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(table_row(trial))
     if not rows:
         print(f"error: no finished trial of {a.spec} under {a.out_dir}: run the sweep first", file=sys.stderr)
-        return 2
+        return 1
     note = (
         "PSNR on the held-out frames; depth AbsRel on the training frames, after one depth scale per sequence "
         "(`depth_abs_rel`) or one scale and shift of disparity per sequence (`depth_abs_rel_scale_shift`)."

@@ -205,6 +205,8 @@ def load_spec(path: str | Path) -> SweepSpec:
         doc = yaml.safe_load(path.read_text())
     except OSError as e:
         raise ValueError(f"sweep spec {path}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"sweep spec {path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"sweep spec {path}: not valid YAML ({e})") from None
+        raise ValueError(f"sweep spec {path}: not valid YAML ({' '.join(str(e).split())})") from None
     return parse_spec(doc, str(path))

@@ -96,6 +96,10 @@ def load_trained_run(
         raise ValueError(f"--work-dir {work_dir} is not a folder")
     cfg = load_config(work_dir / "cfg.yaml")
     dev = pick_device(device)
+    if str(model) == "last" or str(model).isdigit():
+        wanted = work_dir / "checkpoints" / ("last.ckpt" if str(model) == "last" else f"model_{int(model)}.ckpt")
+        if wanted.is_dir():
+            raise ValueError(f"checkpoint {wanted} is a folder, not a checkpoint file")
     ckpt_path = resolve_checkpoint(work_dir, str(model))
     payload = load_checkpoint(ckpt_path, map_location=dev)
     try:
@@ -112,6 +116,21 @@ def load_trained_run(
         ckpt_path, int(payload["step"]), scene.num_fg, scene.num_bg, scene.num_frames, dev,
     )
     return TrainedRun(work_dir, cfg, scene, int(payload["step"]), ckpt_path, dev, backend, bg)
+
+
+def check_output_path(path: str | Path, flag: str, folder: bool) -> Path:
+    """Check before any work that ``path`` (a file, or a ``folder``) can be written: ValueError naming
+    ``flag`` when it is a folder where a file belongs (or a file where a folder belongs), or when a
+    file stands where one of its parent folders would be created."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise ValueError(f"{flag} {path} is a {'file' if folder else 'folder'}, not a {'folder' if folder else 'file'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {path} cannot be created: {parent} is a file")
+            break
+    return path
 
 
 def subset_model(model: SceneModel, fg: bool = True, bg: bool = True) -> SceneModel:
@@ -132,4 +151,4 @@ def subset_model(model: SceneModel, fg: bool = True, bg: bool = True) -> SceneMo
     return SceneModel(empty, model.bases, model.bg if bg else None)
 
 
-__all__ = ["TrainedRun", "load_trained_run", "subset_model"]
+__all__ = ["TrainedRun", "check_output_path", "load_trained_run", "subset_model"]

@@ -27,6 +27,7 @@ from torch import Tensor
 from flow3d.eval.video import colorize_depth, colorize_scalar, depth_range_for_video, to_uint8_rgb
 from flow3d.log import get_logger
 from flow3d.vis.camera_paths import camera_centers, cameras_up, scale_intrinsics, scene_look_at
+from flow3d.vis.server_start import SERVER_START_TIMEOUT_S, start_within
 
 logger = get_logger(__name__)
 
@@ -176,7 +177,8 @@ class SceneViewer:
         T = seq.num_frames
         W, H = seq.img_wh
         self._train_fov = 2.0 * math.atan(H / 2.0 / float(seq.Ks[T // 2, 1, 1]))
-        self.server = viser.ViserServer(host=host, port=port, label="flow3d", verbose=False)
+        self.server = start_within(lambda: viser.ViserServer(host=host, port=port, label="flow3d", verbose=False),
+                                   SERVER_START_TIMEOUT_S, f"the viewer's server on --host {host} --port {port}")
         self.look_at, self.depth_range = self._scene_geometry()
         self._build_gui(T)
         self._add_frustums(max_frustums)

@@ -67,7 +67,7 @@ def test_goal_fails_when_one_ratio_misses(tmp_path):
 def test_no_finished_trial_is_one_error_line(tmp_path, capsys):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC))
-    assert main([str(spec_path), "--out-dir", str(tmp_path / "none")]) == 2
+    assert main([str(spec_path), "--out-dir", str(tmp_path / "none")]) == 1  # an expected failure: exit 1 (2 is for usage errors)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no finished trial")
 
