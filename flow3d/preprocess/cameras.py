@@ -146,7 +146,7 @@ def _main(argv: list[str]) -> dict:
     import tyro
 
     setup_logging()
-    cfg = tyro.cli(CamerasPreprocessConfig, args=argv)
+    cfg = tyro.cli(CamerasPreprocessConfig, args=argv, description=__doc__, prog="python -m flow3d.preprocess.cameras")
     summary = preprocess_cameras(cfg)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}, indent=2))
     return summary

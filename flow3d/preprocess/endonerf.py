@@ -101,7 +101,7 @@ def _main(argv: list[str]) -> None:
     import tyro  # noqa: PLC0415
 
     setup_logging()
-    args = tyro.cli(ConvertArgs, args=argv)
+    args = tyro.cli(ConvertArgs, args=argv, description=__doc__, prog="python -m flow3d.preprocess.endonerf")
     root = convert(args)
     print(f"wrote {root}; train with: run_training.py --work-dir W data:custom --data.seq-name {args.seq_name} "
           f"--data.root-dir {root} --data.is-train True" + (f" --data.depth-type {args.depth_type}" if args.depth_type != "aligned_depth_anything" else ""))

@@ -412,6 +412,8 @@ def test_error_panel_masks_the_pixels_the_metrics_ignore():
 @pytest.mark.parametrize("main_fn, prog", [
     ("flow3d.preprocess.flow", "python -m flow3d.preprocess.flow"),
     ("flow3d.preprocess.synthetic", "python -m flow3d.preprocess.synthetic"),
+    ("flow3d.preprocess.cameras", "python -m flow3d.preprocess.cameras"),
+    ("flow3d.preprocess.endonerf", "python -m flow3d.preprocess.endonerf"),
     ("flow3d.export", "python -m flow3d.export"),
     ("flow3d.render_video", "python -m flow3d.render_video"),
     ("flow3d.view", "python -m flow3d.view"),
