@@ -103,6 +103,6 @@ def test_short_training_and_run_val_on_the_gsplat_backend(gsplat_on_cpu, tmp_pat
         result = run_val.main(["--work-dir", str(work), "--render-backend", backend])
         metrics[backend] = json.loads((result.out_dir / "metrics.json").read_text())["aggregate"]
     mg, mc = metrics["gsplat"], metrics["cpu"]
-    for k in ("psnr", "ssim", "depth_abs_rel", "track_epe"):
+    for k in ("psnr", "ssim", "depth_abs_rel", "track_epe", "track_pck"):
         assert isinstance(mc.get(k), float), (k, mc.get(k))
         assert abs(mg[k] - mc[k]) <= 0.02 * max(abs(mc[k]), 1.0), (k, mg[k], mc[k])
