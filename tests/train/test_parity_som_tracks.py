@@ -54,3 +54,30 @@ def test_gap_tau_in_frames_is_a_weighted_mean():
     assert _track_value(cfg) == pytest.approx((2.0 * w1 + 4.0 * w2) / (w1 + w2) / 20, rel=1e-6)
     # no gap weight by default: the confidence-weighted mean
     assert _track_value(LossConfig(track_trim_quantile=1.0)) == pytest.approx((2.0 + 4.0 * 0.5) / 1.5 / 20, rel=1e-6)
+
+
+def _depth_reg(residuals: torch.Tensor, valid: torch.Tensor, alpha: torch.Tensor) -> float:
+    """depth_reg on one row of pixels: rendered disparity = prior + residual (prior 1)."""
+    from flow3d.train import som_terms
+
+    prior = torch.ones(1, 1, residuals.numel(), dtype=torch.float64)
+    batch = SimpleNamespace(prior_disp=prior, prior_valid=valid[None, None], valid_masks=torch.ones_like(valid)[None, None])
+    ctx = StepContext(batch, SimpleNamespace(alpha=alpha[None, None, :, None]), None, LossConfig(),
+                      torch.Generator().manual_seed(0))
+    ctx.cache["pred_disp"] = prior + residuals[None, None]
+    return float(som_terms.depth_reg_term(ctx))
+
+
+def test_depth_reg_differs_from_som_alpha_and_trim_population():
+    """Stated in the parity table: ours needs rendered alpha > 0.5 and trims over the masked pixels only;
+    SoM uses every masked pixel whatever its alpha and takes the 0.98 quantile over ALL pixels."""
+    r = torch.cat([torch.arange(100.0), torch.full((100,), 1000.0)]).double()
+    valid = torch.cat([torch.ones(100, dtype=torch.bool), torch.zeros(100, dtype=torch.bool)])
+    ones = torch.ones(200, dtype=torch.float64)
+    # ours: quantile 0.98 of 0..99 = 97.02 -> mean of 0..97 = 48.5; SoM: quantile over all 200 residuals is
+    # 1000, so 0..99 all stay -> 49.5
+    assert _depth_reg(r, valid, ones) == pytest.approx(48.5)
+    # a masked pixel with rendered alpha 0.4 (residual 99) does not count for us (SoM counts it)
+    alpha = ones.clone()
+    alpha[99] = 0.4
+    assert _depth_reg(r, valid, alpha) == pytest.approx(sum(range(97)) / 97)  # 0..98 left, 0.98-q 96.04
