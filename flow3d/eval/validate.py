@@ -332,7 +332,7 @@ def _tracking(model, seq, scored: list[int], device, bg, backend, max_queries: i
     vis = seq.tracks_visible[ids][:, st] & (seq.tracks_query_t[ids][:, None] != st[None, :])
     res = tracking_metrics(pred, gt_xy, vis)
     cols = _as_rows(res.per_frame, "track_", keys)
-    agg = {"track_" + k: res.aggregate[k] for k in agg_keys}
+    agg = {"track_" + k: res.aggregate[k] for k in agg_keys if k != "pck"}
     agg["track_num_points"] = int(agg["track_num_points"])
     notes = {"track_epe": f"px, tracks from {len(queries)} query frames"}
     notes.update({"track_" + k: v for k, v in res.notes.items()})
