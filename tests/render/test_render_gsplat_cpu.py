@@ -129,3 +129,25 @@ def _tiny_model():
     model = Trainer(cfg, seq=seq).model
     ts = torch.tensor([0, 2])
     return model, ts, seq.w2cs[ts], seq.Ks[ts], seq.img_wh
+
+
+def test_stand_ins_are_removed_after_use_and_pinned_to_supported_versions(monkeypatch):
+    import gsplat
+    import gsplat.cuda._wrapper as w
+
+    if gsplat_cpu.unsupported_reason() is not None:
+        pytest.skip(gsplat_cpu.unsupported_reason())
+    original = w._make_lazy_cuda_func
+    with gsplat_cpu.gsplat_cpu_ops():
+        assert w._make_lazy_cuda_func is not original and gsplat_cpu.cpu_ops_active()
+        with pytest.raises(NotImplementedError, match="no CPU version of gsplat's CUDA op 'adam'"):
+            w._make_lazy_cuda_func("adam")()
+    assert w._make_lazy_cuda_func is original and not gsplat_cpu.cpu_ops_active()
+    scene = make_scene(n=5, dtype=torch.float32)
+    with pytest.raises(ValueError, match="backend='gsplat' needs CUDA"):
+        rasterization(**scene, backend="gsplat")  # CPU tensors are refused again
+    monkeypatch.setattr(gsplat, "__version__", "9.9.9")
+    assert "gsplat 9.9.9 is installed" in gsplat_cpu.unsupported_reason()
+    with pytest.raises(RuntimeError, match="follow the internal op signatures of gsplat 1.5.3"):
+        with gsplat_cpu.gsplat_cpu_ops():
+            pass
