@@ -49,14 +49,16 @@ def _close(a, b, scale=None):
     torch.testing.assert_close(a, b, rtol=0, atol=2e-5 * max(scale, 1.0))
 
 
-@pytest.mark.parametrize("n_channels,per_camera", [(3, False), (40, True)], ids=["rgb", "40ch-per-camera"])
-def test_gsplat_rasterization_on_cpu_matches_the_cpu_backend(gsplat_on_cpu, n_channels, per_camera):
+@pytest.mark.parametrize("n_channels,per_camera,extra", [
+    (3, False, {}), (40, True, {}), (3, False, {"rasterize_mode": "antialiased", "radius_clip": 1.0}),
+], ids=["rgb", "40ch-per-camera", "antialiased-radius-clip"])
+def test_gsplat_rasterization_on_cpu_matches_the_cpu_backend(gsplat_on_cpu, n_channels, per_camera, extra):
     """Colour, alpha, depth, radii and every gradient (incl. means2d and absgrad), 2 cameras; 40 channels
     exercise gsplat's channel padding and its 32-channel chunking."""
     scene = make_scene(n=60, n_cams=2, width=40, height=35, n_channels=n_channels, per_camera_colors=per_camera,
                        n_behind=3, dtype=torch.float32)
     bg = torch.rand(2, n_channels)
-    kw = dict(render_mode="RGB+ED", backgrounds=bg, absgrad=True)
+    kw = dict(render_mode="RGB+ED", backgrounds=bg, absgrad=True, **extra)
     cg, ag, mg, gg = _render_and_grads(scene, "gsplat", **kw)
     cc, ac, mc, gc = _render_and_grads(scene, "cpu", **kw)
     assert mg["backend"] == "gsplat" and mc["backend"] == "cpu" and mg["n_isects"] == mc["n_isects"] > 0
