@@ -94,9 +94,9 @@ def test_stand_in_tile_lists_match_gsplat_torch_reference(gsplat_on_cpu):
     assert torch.equal(meta["isect_offsets"], off_ref)
 
 
-def test_model_render_through_gsplat_matches_cpu(gsplat_on_cpu):
+def test_model_render_through_gsplat_matches_cpu(gsplat_on_cpu, tmp_path):
     """The scene model's render (per-frame calls, RGB + foreground + track channels + depth) on both backends."""
-    model, ts, w2cs, Ks, wh = _tiny_model()
+    model, ts, w2cs, Ks, wh = _tiny_model(tmp_path)
     outs = {}
     for backend in ("gsplat", "cpu"):
         model.zero_grad(set_to_none=True)
@@ -119,12 +119,12 @@ def test_model_render_through_gsplat_matches_cpu(gsplat_on_cpu):
         assert torch.equal(ra, rb)
 
 
-def _tiny_model():
+def _tiny_model(work_dir):
     """A trainer's initial scene model on the synthetic scene (few Gaussians, 40x30) and two of its frames."""
     from flow3d.train.trainer import Trainer
     from run_training import parse_args
 
-    cfg = parse_args(["--work-dir", "unused", "--preset", "cpu_demo", "--init.num-fg", "60", "--init.num-bg", "80",
+    cfg = parse_args(["--work-dir", str(work_dir), "--preset", "cpu_demo", "--init.num-fg", "60", "--init.num-bg", "80",
                       "--init.init-fit-steps", "5", "data:synthetic", "--data.num-frames", "4", "--data.width", "40",
                       "--data.height", "30"])
     seq = cfg.data.load()
