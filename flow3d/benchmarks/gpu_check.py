@@ -72,6 +72,10 @@ def _finite(x) -> bool:
     return x is not None and math.isfinite(float(x))
 
 
+def _db(x) -> str:
+    return f"{float(x):.2f} dB" if _finite(x) else "n/a"
+
+
 def run_checks(args) -> list[Check]:
     cuda = torch.cuda.is_available()
     checks: list[Check] = []
@@ -94,14 +98,14 @@ def run_checks(args) -> list[Check]:
                   "data:synthetic"])
     ok = _finite(cpu["val_psnr"])
     checks.append(Check("demo on the CPU", "pass" if ok else "FAIL",
-                        f"{steps} steps, held-out PSNR {cpu['val_psnr']:.2f} dB, {cpu['wall_total']:.0f} s"))
+                        f"{steps} steps, held-out PSNR {_db(cpu['val_psnr'])}, {cpu['wall_total']:.0f} s"))
     if cuda:
         gpu = _train(["--work-dir", str(work / "demo_cuda"), *common, "--device", "cuda", "--render-backend", "gsplat",
                       "data:synthetic"])
         diff = float(gpu["val_psnr"]) - float(cpu["val_psnr"]) if _finite(gpu["val_psnr"]) else float("nan")
         ok = abs(diff) <= args.psnr_tol
         checks.append(Check("demo CUDA vs CPU held-out PSNR", "pass" if ok else "FAIL",
-                            f"CUDA {gpu['val_psnr']:.2f} dB vs CPU {cpu['val_psnr']:.2f} dB: {diff:+.2f} dB "
+                            f"CUDA {_db(gpu['val_psnr'])} vs CPU {_db(cpu['val_psnr'])}: {diff:+.2f} dB "
                             f"(tolerance {args.psnr_tol} dB); CUDA {gpu['wall_total']:.0f} s"))
     else:
         checks.append(Check("demo CUDA vs CPU held-out PSNR", "skipped", "no CUDA device"))
@@ -115,7 +119,7 @@ def run_checks(args) -> list[Check]:
         ok = _finite(st["val_psnr"]) or _finite(st["train_psnr"])
         checks.append(Check("endonerf preset, 640x512 tissue", "pass" if ok else "FAIL",
                             f"{args.tissue_steps} steps, {sps:.3f} s/step, peak GPU memory {peak:.2f} GiB, "
-                            f"{st['num_fg'] + st['num_bg']} Gaussians, train PSNR {st['train_psnr']:.2f} dB"))
+                            f"{st['num_fg'] + st['num_bg']} Gaussians, train PSNR {_db(st['train_psnr'])}"))
     else:
         checks.append(Check("endonerf preset, 640x512 tissue", "skipped", "no CUDA device"))
     return checks

@@ -1,4 +1,5 @@
-"""Shape of Motion's track loss in ``som_baseline``: the gap weight exp(-2|dt|/T) and SoM's normalisation.
+"""Shape of Motion's track loss in ``som_baseline`` (the gap weight exp(-2|dt|/T) and SoM's normalisation),
+and the depth_reg differences the README's parity table states (rendered alpha > 0.5, trim population).
 
 SoM's trainer (commit 697d462f): ``w_interval = exp(-2 * frame_intervals / num_frames)``, ``track_weights =
 confidences * w_interval``, ``masked_l1_loss(pred, gt, mask=track_weights, quantile=0.98) / max(H, W)``
