@@ -128,8 +128,12 @@ class LossConfig:
     track_trim_quantile: float = 0.98
     """Residuals above this quantile are ignored by the track loss."""
     track_gap_tau: float = 0.0
-    """Track residuals are weighted by exp(-|t_target - t_query| / tau); 0 disables the gap weight. The
-    weighted sum is divided by the visible count, not by the weights, so the gap weight does not cancel."""
+    """Track residuals are weighted by exp(-|t_target - t_query| / tau) (tau in frames); 0 disables the gap
+    weight. The loss is the weighted mean: divided by the sum of the weights including the gap weight, as
+    Shape of Motion's ``masked_l1_loss``."""
+    track_gap_tau_rel: float = 0.0
+    """As ``track_gap_tau`` but relative to the number of frames T: tau = track_gap_tau_rel * T. Shape of
+    Motion's exp(-2|dt|/T) is 0.5 (the ``som_baseline`` preset). Used only when ``track_gap_tau`` is 0."""
     num_track_samples: int = 1000
     """Track points sampled per query frame for the track loss."""
     num_smooth_samples: int = 2000
@@ -657,7 +661,7 @@ RULES: dict[str, Rule] = {
     "grow_grad2d": AT_LEAST_0, "grow_scale3d": AT_LEAST_0, "prune_opa": FRACTION, "prune_scale3d": AT_LEAST_0,
     "max_gaussians": AT_LEAST_1, "lr_final_factor": POSITIVE,
     # losses and depth order
-    "track_gap_tau": AT_LEAST_0, "num_track_samples": AT_LEAST_1, "num_smooth_samples": AT_LEAST_1,
+    "track_gap_tau": AT_LEAST_0, "track_gap_tau_rel": AT_LEAST_0, "num_track_samples": AT_LEAST_1, "num_smooth_samples": AT_LEAST_1,
     "num_pairs": AT_LEAST_1, "local_radius": AT_LEAST_1, "min_rel_diff": FRACTION, "neighbor_stride": AT_LEAST_1,
     "hinge_margin": ANY, "modgs_alpha": POSITIVE, "modgs_min_gap_frac": FRACTION, "modgs_num_pairs": AT_LEAST_1,
     "pearson_patch_size": AT_LEAST_0, "pearson_num_patches": AT_LEAST_1, "depth_aware_warmup": AT_LEAST_0,

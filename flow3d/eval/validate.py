@@ -56,6 +56,7 @@ from flow3d.eval.metrics import (
     depth_metrics,
     depth_order_accuracy,
     image_metrics,
+    keypoint_pck,
     prior_depth_metrics,
     temporal_consistency,
     tracking_metrics,
@@ -338,7 +339,7 @@ def _predicted_tracks(model, seq, query_frames: list[int], targets: list[int], d
 def _tracking(model, seq, scored: list[int], device, bg, backend, max_queries: int) -> tuple[dict, dict, dict]:
     """Per-frame columns, aggregates and notes of the 2D tracking metrics (GT from gt_tracks_3d)."""
     keys = ["epe", "within_1", "within_2", "within_4", "within_8", "within_16"]
-    agg_keys = keys + ["delta_avg", "num_points"]
+    agg_keys = keys + ["delta_avg", "num_points", "pck"]
     if seq.gt_tracks_3d is None:
         why = Unavailable("no ground-truth tracks (a tracker's output is not ground truth)")
         return {}, {"track_" + k: why for k in agg_keys}, {}
@@ -353,11 +354,31 @@ def _tracking(model, seq, scored: list[int], device, bg, backend, max_queries: i
     vis = seq.tracks_visible[ids][:, st] & (seq.tracks_query_t[ids][:, None] != st[None, :])
     res = tracking_metrics(pred, gt_xy, vis)
     cols = _as_rows(res.per_frame, "track_", keys)
-    agg = {"track_" + k: res.aggregate[k] for k in agg_keys}
+    agg = {"track_" + k: res.aggregate[k] for k in agg_keys if k != "pck"}
     agg["track_num_points"] = int(agg["track_num_points"])
     notes = {"track_epe": f"px, tracks from {len(queries)} query frames"}
     notes.update({"track_" + k: v for k, v in res.notes.items()})
+    agg["track_pck"], notes["track_pck"] = _track_pck(ids, pred, gt_xy, vis, seq, scored)
     return cols, agg, notes
+
+
+def _track_pck(ids, pred, gt_xy, vis, seq, scored: list[int]) -> tuple[float, str]:
+    """Shape of Motion's PCK (:func:`keypoint_pck`, 0.05 max(W, H)) on ground-truth tracks: one pair per
+    (query frame, other scored frame), the query frame's tracks carried to the other frame."""
+    qt = seq.tracks_query_t[ids]
+    pairs = [(q, j) for q in sorted(set(qt.tolist())) for j, t in enumerate(scored) if t != q]
+    if not pairs:
+        return float("nan"), "no (query, target) frame pair"
+    P = max(int((qt == q).sum()) for q, _ in pairs)
+    pk, gk = torch.zeros(len(pairs), P, 2), torch.zeros(len(pairs), P, 2)
+    vk = torch.zeros(len(pairs), P, dtype=torch.bool)
+    for b, (q, j) in enumerate(pairs):
+        sel = qt == q
+        n = int(sel.sum())
+        pk[b, :n], gk[b, :n], vk[b, :n] = pred[sel, j].float(), gt_xy[sel, j].float(), vis[sel, j]
+    r = keypoint_pck(pk, gk, vk, seq.img_wh)
+    note = f"SoM's PCK on ground-truth tracks: < {r.aggregate['threshold_px']:.2f} px (0.05 max(W, H)), {len(pairs)} frame pairs"
+    return r.aggregate["pck"], note + (f"; {r.notes['pck']}" if "pck" in r.notes else "")
 
 
 def _enlarge(img: np.ndarray, k: int) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Every keyword this module passes must exist in the installed ``gsplat.rasterization`` signature;
 ``tests/render/test_render_gsplat_wrapper.py`` checks it against gsplat itself, since no machine here
-can run gsplat's CUDA kernels.
+can run gsplat's CUDA kernels; ``tests/render/test_render_gsplat_cpu.py`` runs the real
+``gsplat.rasterization`` on CPU through this wrapper, with :mod:`flow3d.render.gsplat_cpu`'s stand-ins for
+the CUDA ops.
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ from torch import Tensor
 
 
 def gsplat_available_for(x: Tensor) -> bool:
-    """True when gsplat can rasterize tensors like ``x`` (CUDA tensor, CUDA runtime present)."""
+    """True when gsplat can rasterize tensors like ``x``: a CUDA tensor with a CUDA runtime present, or a CPU
+    tensor while :func:`flow3d.render.gsplat_cpu.gsplat_cpu_ops` (the tests' CPU stand-ins) is active."""
     import torch
 
+    from flow3d.render import gsplat_cpu
+
+    if gsplat_cpu.cpu_ops_active() and x.device.type == "cpu":
+        return True
     return bool(x.is_cuda and torch.cuda.is_available())
 
 
@@ -46,7 +53,7 @@ def rasterization_gsplat(
         )
     import gsplat
 
-    return gsplat.rasterization(
+    colors_out, alphas, meta = gsplat.rasterization(
         means=means,
         quats=quats,
         scales=scales,
@@ -66,3 +73,9 @@ def rasterization_gsplat(
         tile_size=tile_size,
         **gsplat_kwargs,
     )
+    # the keys the CPU backends also set, so that callers (benchmarks, logs) read one layout
+    meta.setdefault("backend", "gsplat")
+    meta.setdefault("packed", bool(packed))
+    if "isect_ids" in meta:
+        meta.setdefault("n_isects", int(meta["isect_ids"].numel()))
+    return colors_out, alphas, meta

@@ -9,7 +9,8 @@ Per step, as in gsplat's strategies, the caller passes ``info`` (the renders' ``
 ``img_wh``, and optionally ``valid``: each render's valid-pixel mask) twice:
 :meth:`DensifyStrategy.step_pre_backward` asks autograd to keep ``means2d.grad``, and
 :meth:`DensifyStrategy.step_post_backward` accumulates the screen-space gradient norm of each Gaussian's
-projected centre (scaled to NDC-like units as gsplat does) over the renders in which it was visible. A
+projected centre (scaled to NDC-like units as gsplat does, and by the batch size as Shape of Motion does)
+over the renders in which it was visible. A
 render does not count for a Gaussian whose projected centre lies on an ignored pixel of that frame (an
 instrument): no loss sees those pixels, so its zero gradient there must not dilute its mean. Every ``refine_every`` steps: Gaussians with a mean gradient above ``grow_grad2d`` are
 duplicated if small and split in two if large; those with opacity below ``prune_opa`` or larger than
@@ -48,6 +49,10 @@ class DensifyConfig:
     """Steps between two opacity resets (0: never)."""
     grow_grad2d: float = 2e-4
     """Mean screen-space gradient above which a Gaussian is duplicated or split."""
+    grad2d_batch_scale: bool = True
+    """Multiply each render's screen-space gradient by the batch size, as Shape of Motion does (the loss
+    averages over the B frames of a batch, so one frame's gradient is ~1/B of a single-frame step's):
+    ``grow_grad2d`` then means the same at any batch size. False: the unscaled gradient (before issue 24)."""
     grow_scale3d: float = 0.01
     """Gaussians larger than this (times the scene extent) are split, smaller ones duplicated."""
     prune_opa: float = 0.005
@@ -105,7 +110,8 @@ class DensifyStrategy:
         """Before ``loss.backward()``: keep the gradient of every render's ``means2d`` (a non-leaf tensor).
 
         info: ``{"means2d": [(1, N, 2), ...], "radii": [(1, N) or (1, N, 2), ...], "img_wh": (W, H)}``, one
-        entry per rendered frame, and optionally ``"valid": [(H, W) bool, ...]`` (False = ignored pixel)."""
+        entry per rendered frame, and optionally ``"valid": [(H, W) bool, ...]`` (False = ignored pixel) and
+        ``"batch_size"`` (frames per batch, default 1: the gradient scale of ``grad2d_batch_scale``)."""
         if step > self.cfg.refine_stop:
             return
         for m2d in info["means2d"]:
@@ -119,13 +125,14 @@ class DensifyStrategy:
             return
         sizes = {"fg": model.num_fg, "bg": model.num_bg}
         W, H = info["img_wh"]
+        bs = float(info.get("batch_size", 1)) if cfg.grad2d_batch_scale else 1.0
         valids = info.get("valid") or [None] * len(info["means2d"])
         for m2d, r, valid in zip(info["means2d"], info["radii"], valids):
             if m2d.grad is None:
                 continue
             g = m2d.grad.detach()[0].clone()  # (N, 2)
-            g[:, 0] *= W / 2.0
-            g[:, 1] *= H / 2.0
+            g[:, 0] *= W / 2.0 * bs
+            g[:, 1] *= H / 2.0 * bs
             norms = g.norm(dim=-1)
             vis = (r[0] > 0).reshape(r.shape[1], -1).all(dim=-1)
             if valid is not None:

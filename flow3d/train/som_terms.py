@@ -46,11 +46,16 @@ def _tracks_at_queries(ctx: StepContext) -> Tensor:
 
 
 def _gap_weight(ctx: StepContext) -> Tensor:
+    """(B, 1, B_t) exp(-|t_query - t_target| / tau): tau = ``track_gap_tau`` frames, else
+    ``track_gap_tau_rel`` x the number of frames (Shape of Motion: exp(-2|dt|/T), rel 0.5), else ones."""
     b = ctx.batch
     gaps = (b.ts[:, None] - b.target_ts[None, :]).abs().to(b.target_weight.dtype)  # (B, B_t)
-    if ctx.cfg.track_gap_tau <= 0:
+    tau = ctx.cfg.track_gap_tau
+    if tau <= 0 and ctx.cfg.track_gap_tau_rel > 0:
+        tau = ctx.cfg.track_gap_tau_rel * ctx.model.num_frames
+    if tau <= 0:
         return torch.ones_like(gaps)[:, None]
-    return torch.exp(-gaps / ctx.cfg.track_gap_tau)[:, None]  # (B, 1, B_t)
+    return torch.exp(-gaps / tau)[:, None]
 
 
 def track_term(ctx: StepContext) -> Tensor:
@@ -70,9 +75,10 @@ def track_term(ctx: StepContext) -> Tensor:
     keep = torch.ones_like(w, dtype=torch.bool)
     if ctx.cfg.track_trim_quantile < 1:
         keep = err <= torch.quantile(err[w > 0].detach(), ctx.cfg.track_trim_quantile)
-    w_eff = w * keep
-    # divide by the visible weight, not the gap-weighted one, so the gap weight is not cancelled out
-    return (err * w_eff * _gap_weight(ctx)).sum() / w_eff.sum().clamp_min(1e-8)
+    # the weighted mean, normalised by the weights including the gap weight (SoM's masked_l1_loss): a gap
+    # weight changes how the pairs are mixed, not the loss's scale
+    w_eff = w * keep * _gap_weight(ctx)
+    return (err * w_eff).sum() / w_eff.sum().clamp_min(1e-8)
 
 
 def mapped_depth_term(ctx: StepContext) -> Tensor:

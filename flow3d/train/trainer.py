@@ -394,7 +394,7 @@ class Trainer:
         rendered frame's (H, W) valid mask, in the order of the renders' frames (densification statistics)."""
         self.nonfinite_in_row = 0
         info = {"means2d": [m for r in renders for m in r.means2d], "radii": [x for r in renders for x in r.radii],
-                "img_wh": img_wh, "valid": valid}
+                "img_wh": img_wh, "valid": valid, "batch_size": len(renders[0].means2d)}
         self.strategy.step_pre_backward(self.model, self.optimizers, self.strategy_state, self.step, info)
         total.backward()
         for o in self._all_optimizers():
