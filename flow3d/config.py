@@ -461,6 +461,8 @@ RULES: dict[str, Rule] = {
     "constant_depth": POSITIVE, "focal_length": POSITIVE, "default_fov_deg": ANGLE, "flow_grid_step": AT_LEAST_1,
     "flow_query_stride": AT_LEAST_1, "downscale": AT_LEAST_1, "factor": AT_LEAST_1, "depth_scale": POSITIVE,
     "prior_png_scale": POSITIVE,
+    "prior_tone": AT_LEAST_0, "prior_field": AT_LEAST_0, "prior_flicker": AT_LEAST_0, "prior_edge_blur_px": AT_LEAST_0,
+    "prior_object_error": Rule(0, 1, hi_open=True), "prior_object_frames": UNIT,
 }
 """Allowed range of every number of the config tree, by field name. Names not listed here take the rule of
 their pattern (:func:`rule_for`); a test checks that every numeric field has one."""
