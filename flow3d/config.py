@@ -205,12 +205,15 @@ class TrainConfig:
     """TensorBoard image summaries (RGB | depth | prior) every N steps."""
     max_nonfinite_steps: int = 5
     """Stop with an error after this many consecutive steps with a non-finite loss."""
-    prior_align: Literal["none", "auto", "scale", "scale_shift"] = "auto"
+    prior_align: Literal["none", "auto", "scale", "scale_shift", "monotone"] = "auto"
     """Before initialisation, remove the depth prior's drift over time: one disparity scale (and shift) per
     frame that keeps the tracked points still, normalised so their temporal median is the identity (the
     prior's own average calibration stays); see :mod:`flow3d.data.prior_align`. 'auto': scale and shift
     fitted on the static background when it is tracked, one scale per frame otherwise (a static camera over a
-    deforming surface); 'none': the raw prior (Shape of Motion)."""
+    deforming surface); 'none': the raw prior (Shape of Motion). With a static background outside the
+    foreground masks, 'auto' fits on it densely whatever tracks ship, and a fit that does not make the prior
+    more consistent across frames is not applied. 'monotone': 'auto', then a per-frame monotone map of the
+    prior onto the static background's reprojection (issue 21's candidate)."""
     init: InitConfig = field(default_factory=InitConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -73,6 +73,8 @@ class PriorDrift:
     consistency_raw: float = float("nan")  # the guard's disagreement measure of the raw prior ...
     consistency_aligned: float = float("nan")  # ... and of the aligned one
     applied: bool = True  # False: the guard refused the fit (scale 1, shift 0)
+    curves: list | None = None  # fit "monotone": per frame None or (x, y) knots of a monotone map of the
+    # affine-corrected disparity (increasing x and y; linear through the origin beyond the ends)
 
 
 def _cauchy(r: Tensor, c: Tensor) -> Tensor:
@@ -210,15 +212,18 @@ def _static_samples(seq, frame_ids: Tensor, per_frame: int = 1000, min_pixels: i
                           seq.prior_disp[frame_ids].double()[:, None])
 
 
-def _reproject(st: _StaticSamples, seq64, scale: Tensor, shift: Tensor):
+def _reproject(st: _StaticSamples, seq64, scale: Tensor, shift: Tensor, src_disp: Tensor | None = None,
+               maps: Tensor | None = None):
     """Static pixels of every source frame lifted with their corrected prior and projected into each target
     frame. Returns, each (F, S*N): the target's raw prior there ``d``, the disparity the point should have
     there ``target``, the weight ``w`` (0: no source, off the image, onto a non-static pixel), the source's
     corrected disparity ``D`` and ``beta``, the target-camera depth of the source camera's centre (so that
-    the target depth is ``alpha / D + beta`` for the pixel's ray: ``alpha = (1 / target - beta) D``)."""
+    the target depth is ``alpha / D + beta`` for the pixel's ray: ``alpha = (1 / target - beta) D``).
+    With ``maps`` (F, 1, H, W), corrected disparity maps of the fitted frames, the sources are lifted with
+    them and ``d`` is read from them instead of the raw prior."""
     ids = st.frame_ids
     s, t = scale[ids], shift[ids]
-    D = s[:, None] * st.disp + t[:, None]
+    D = s[:, None] * st.disp + t[:, None] if src_disp is None else src_disp
     z, z_ok = invert(D)
     c2w = seq64.c2ws[ids]
     X = unproject_pixels(st.xy, torch.where(z_ok, z, torch.ones_like(z)), seq64.Ks[ids], c2w)  # (F, N, 3)
@@ -231,7 +236,7 @@ def _reproject(st: _StaticSamples, seq64, scale: Tensor, shift: Tensor):
     beta = (centres @ seq64.w2cs[ids][:, None, 2, :3].transpose(-1, -2))[..., 0] + seq64.w2cs[ids][:, None, 2, 3]
     H, W = st.prior.shape[-2:]
     inside = (q[..., 0] >= 0) & (q[..., 0] <= W - 1) & (q[..., 1] >= 0) & (q[..., 1] <= H - 1) & (zq > 1e-6)
-    d = bilinear_sample(st.prior, q)[..., 0]
+    d = bilinear_sample(st.prior if maps is None else maps, q)[..., 0]
     stat = bilinear_sample(st.static_map, q)[..., 0] > 0.999
     target, t_ok = invert(torch.where(inside, zq, torch.ones_like(zq)))
     w = w_src.reshape(Fn, S * N) * (inside & stat & t_ok & (d > 0))
@@ -328,6 +333,90 @@ def _fit_dense(st: _StaticSamples, seq64, T: int, fit: str, rounds: int, min_poi
     return scale, shift, ok_all
 
 
+def _pava(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted isotonic (non-decreasing) least-squares fit of y: the pool-adjacent-violators algorithm."""
+    vals, wts, sizes = [], [], []
+    for yi, wi in zip(y.tolist(), w.tolist()):
+        vals.append(yi), wts.append(wi), sizes.append(1)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            wsum = wts[-2] + wts[-1]
+            v = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / wsum
+            n = sizes[-2] + sizes[-1]
+            del vals[-1], wts[-1], sizes[-1]
+            vals[-1], wts[-1], sizes[-1] = v, wsum, n
+    return np.repeat(np.array(vals), np.array(sizes))
+
+
+def apply_curve(disp: Tensor, curve) -> Tensor:
+    """A monotone map given by knots ``curve = (x, y)`` (increasing), linear through the origin beyond the ends
+    (so the map stays increasing and positive for positive disparity)."""
+    x, y = (np.asarray(c, dtype=np.float64) for c in curve)
+    d = disp.double().numpy()
+    out = np.interp(d, x, y)
+    out = np.where(d < x[0], d * (y[0] / x[0]), out)
+    out = np.where(d > x[-1], d * (y[-1] / x[-1]), out)
+    return torch.from_numpy(out).to(disp.dtype)
+
+
+def _monotone_curve(a: Tensor, target: Tensor, w: Tensor, bins: int, min_points: int):
+    """Knots of the isotonic fit of ``target`` on ``a`` (1-D, weights w > 0 used): per quantile bin of a the
+    median a and the median target (robust to occlusions and misses), then pool-adjacent-violators
+    weighted by the bin counts. None when there are fewer than ``min_points`` samples."""
+    keep = w > 0
+    a, target = a[keep].numpy(), target[keep].numpy()
+    if a.size < max(min_points, 2 * bins):
+        return None
+    edges = np.quantile(a, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, a, side="right") - 1, 0, bins - 1)
+    xs, ys, ns = [], [], []
+    for k in range(bins):
+        sel = which == k
+        if sel.sum() >= 3:
+            xs.append(np.median(a[sel])), ys.append(np.median(target[sel])), ns.append(sel.sum())
+    if len(xs) < 3:
+        return None
+    x, y = np.array(xs), _pava(np.array(ys), np.array(ns, dtype=np.float64))
+    x, idx = np.unique(x, return_index=True)
+    y = y[idx]
+    # strictly increasing knots (flat runs of the isotonic fit get a tiny slope) and positive
+    y = np.maximum(y, 1e-9) + np.arange(y.size) * 1e-9 * max(float(np.abs(y).max()), 1e-12)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _corrected_maps(st: _StaticSamples, scale: Tensor, shift: Tensor, curves: list) -> Tensor:
+    """(F, 1, H, W) corrected disparity of the fitted frames: the affine, then each frame's monotone curve."""
+    ids = st.frame_ids
+    maps = scale[ids][:, None, None, None] * st.prior + shift[ids][:, None, None, None]
+    maps = torch.where(st.prior > 0, maps, torch.zeros_like(maps))
+    for f, c in enumerate(curves):
+        if c is not None:
+            maps[f, 0] = torch.where(st.prior[f, 0] > 0, apply_curve(maps[f, 0], c), maps[f, 0])
+    return maps
+
+
+def _maps_consistency(st: _StaticSamples, seq64, scale: Tensor, shift: Tensor, maps: Tensor) -> float:
+    """:func:`_dense_consistency` of the corrected maps (affine plus curves)."""
+    src = torch.stack([maps[f, 0][st.xy[f, :, 1].long(), st.xy[f, :, 0].long()] for f in range(maps.shape[0])])
+    d, target, w, _, _ = _reproject(st, seq64, scale, shift, src_disp=src, maps=maps)
+    r = ((d - target) / target.clamp_min(1e-12)).abs()
+    return float(r[w > 0].median()) if bool((w > 0).any()) else float("nan")
+
+
+def _fit_monotone(st: _StaticSamples, seq64, scale: Tensor, shift: Tensor, min_points: int, rounds: int = 2,
+                  bins: int = 24) -> list:
+    """Per fitted frame the monotone map of its affine-corrected prior onto what the other frames' static
+    background says (the reprojected disparity), refitted ``rounds`` times with the sources corrected."""
+    Fn = st.frame_ids.numel()
+    curves: list = [None] * Fn
+    for _ in range(rounds):
+        maps = _corrected_maps(st, scale, shift, curves)
+        src = torch.stack([maps[f, 0][st.xy[f, :, 1].long(), st.xy[f, :, 0].long()] for f in range(Fn)])
+        d, target, w, _, _ = _reproject(st, seq64, scale, shift, src_disp=src)
+        a = scale[st.frame_ids][:, None] * d + shift[st.frame_ids][:, None]  # target frame's affine-corrected value
+        curves = [_monotone_curve(a[f], target[f], w[f], bins, min_points) for f in range(Fn)]
+    return curves
+
+
 # ------------------------------------------------------------------------------------------------ tracks
 def _fit_tracks(seq, seq64, frame_ids: Tensor, region: str, fit: str, rounds: int, min_points: int):
     """The track-based fit (module doc): (scale, shift, ok, residual, points per frame)."""
@@ -395,7 +484,10 @@ def estimate_prior_drift(
         region: tracks only -- where the tracks must lie: ``"bg"`` (static background), ``"fg"``, ``"all"``,
             or ``"auto"`` (the background when it carries ``min_points`` tracked points in 80% of the
             fitted frames, which a scene without a static part, such as deforming tissue, does not).
-        fit: ``"auto"``, ``"scale"`` (one disparity scale per frame) or ``"scale_shift"``. ``"auto"`` on the
+        fit: ``"auto"``, ``"scale"`` (one disparity scale per frame), ``"scale_shift"`` or ``"monotone"``
+            (``"auto"``, then, on a static background, a monotone map per fitted frame: the isotonic fit of
+            its corrected prior to the disparity the other frames' static background reprojects to, kept
+            when it lowers that disagreement by ``min_gain``; held-out frames keep the affine only). ``"auto"`` on the
             dense source fits both and keeps the shift only when it makes the prior at least ``shift_gain``
             (relatively) more consistent than the scale alone (the shift is identified only by a static
             background with a range of depths); on tracks it is ``"scale_shift"`` on background tracks, else
@@ -414,8 +506,10 @@ def estimate_prior_drift(
     frame_ids = (seq.train_ids if frame_ids is None else frame_ids).long()
     if region not in ("auto", "bg", "fg", "all"):
         raise ValueError(f"estimate_prior_drift: region must be 'auto', 'bg', 'fg' or 'all', got {region!r}")
-    if fit not in ("auto", "scale", "scale_shift"):
-        raise ValueError(f"estimate_prior_drift: fit must be 'auto', 'scale' or 'scale_shift', got {fit!r}")
+    if fit not in ("auto", "scale", "scale_shift", "monotone"):
+        raise ValueError(f"estimate_prior_drift: fit must be 'auto', 'scale', 'scale_shift' or 'monotone', got {fit!r}")
+    monotone = fit == "monotone"
+    fit = "auto" if monotone else fit
     if source not in ("auto", "dense", "tracks"):
         raise ValueError(f"estimate_prior_drift: source must be 'auto', 'dense' or 'tracks', got {source!r}")
     seq64 = dataclasses.replace(seq, Ks=seq.Ks.double(), w2cs=seq.w2cs.double())
@@ -461,6 +555,23 @@ def estimate_prior_drift(
         after = measure(scale, shift)
     before = measure(ones, zeros)
     kind = "static-pixel reprojection" if static is not None else "track"
+    curves = None
+    if monotone and static is None:
+        logger.warning("prior drift: the monotone alignment needs a static background to reproject; affine only")
+    elif monotone:
+        fitted = _fit_monotone(static, seq64, scale, shift, min_points)
+        mono = _maps_consistency(static, seq64, scale, shift, _corrected_maps(static, scale, shift, fitted))
+        if mono < (1.0 - min_gain) * after:
+            logger.info("prior drift: per-frame monotone maps on %d of %d fitted frames; static-pixel reprojection "
+                        "disagreement %.4f affine -> %.4f monotone", sum(c is not None for c in fitted),
+                        len(fitted), after, mono)
+            curves = [None] * T
+            for f, c in zip(static.frame_ids.tolist(), fitted):
+                curves[f] = c
+            after = mono
+        else:
+            logger.warning("prior drift: per-frame monotone maps NOT applied (static-pixel reprojection disagreement "
+                           "%.4f affine, %.4f monotone)", after, mono)
     if not (after < (1.0 - min_gain) * before):
         logger.warning("prior drift (%s): NOT applied -- it does not make the prior more consistent across frames "
                        "(%s disagreement %.4f raw, %.4f aligned)", what, kind, before, after)
@@ -469,13 +580,17 @@ def estimate_prior_drift(
                 "%.4f raw -> %.4f aligned", what, float(scale.min()), float(scale.max()), float(shift.min()),
                 float(shift.max()), int(ok.sum()), kind, before, after)
     return PriorDrift(scale.float(), shift.float(), n.long(), resid, source=source, consistency_raw=before,
-                      consistency_aligned=after, applied=True)
+                      consistency_aligned=after, applied=True, curves=curves)
 
 
 def apply_prior_drift(seq, drift: PriorDrift):
-    """A copy of ``seq`` whose prior is ``scale[t] * prior_t + shift[t]`` (pixels that fall to <= 0 become
+    """A copy of ``seq`` whose prior is ``scale[t] * prior_t + shift[t]``, then through frame t's monotone
+    curve when it has one (pixels that fall to <= 0 become
     invalid, by the sequence's validity rule)."""
     disp = drift.scale[:, None, None] * seq.prior_disp + drift.shift[:, None, None]
+    for t, c in enumerate(drift.curves or []):
+        if c is not None:
+            disp[t] = apply_curve(disp[t], c)
     disp = torch.where(seq.prior_valid, disp, torch.zeros_like(disp))
     return dataclasses.replace(seq, prior_disp=disp.to(seq.prior_disp.dtype))
 
