@@ -229,12 +229,15 @@ class TrainConfig:
     """TensorBoard image summaries (RGB | depth | prior) every N steps."""
     max_nonfinite_steps: int = field(default=5, metadata=RESUME_SAFE)
     """Stop with an error after this many consecutive steps with a non-finite loss."""
-    prior_align: Literal["none", "auto", "scale", "scale_shift"] = "auto"
+    prior_align: Literal["none", "auto", "scale", "scale_shift", "monotone"] = "auto"
     """Before initialisation, remove the depth prior's drift over time: one disparity scale (and shift) per
     frame that keeps the tracked points still, normalised so their temporal median is the identity (the
     prior's own average calibration stays); see :mod:`flow3d.data.prior_align`. 'auto': scale and shift
     fitted on the static background when it is tracked, one scale per frame otherwise (a static camera over a
-    deforming surface); 'none': the raw prior (Shape of Motion)."""
+    deforming surface); 'none': the raw prior (Shape of Motion). With a static background outside the
+    foreground masks, 'auto' fits on it densely whatever tracks ship, and a fit that does not make the prior
+    more consistent across frames is not applied. 'monotone': 'auto', then a per-frame monotone map of the
+    prior onto the static background's reprojection (issue 21's candidate)."""
     init: InitConfig = field(default_factory=InitConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -674,6 +677,8 @@ RULES: dict[str, Rule] = {
     "constant_depth": POSITIVE, "focal_length": POSITIVE, "default_fov_deg": ANGLE, "flow_grid_step": AT_LEAST_1,
     "flow_query_stride": AT_LEAST_1, "downscale": AT_LEAST_1, "factor": AT_LEAST_1, "depth_scale": POSITIVE,
     "prior_png_scale": POSITIVE,
+    "prior_tone": AT_LEAST_0, "prior_field": AT_LEAST_0, "prior_flicker": AT_LEAST_0, "prior_edge_blur_px": AT_LEAST_0,
+    "prior_object_error": Rule(0, 1, hi_open=True), "prior_object_frames": UNIT,
 }
 """Allowed range of every number of the config tree, by field name. Names not listed here take the rule of
 their pattern (:func:`rule_for`); a test checks that every numeric field has one."""

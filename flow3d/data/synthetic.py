@@ -23,6 +23,7 @@ is the endoscopy scene of :mod:`flow3d.data.tissue`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,26 @@ class SyntheticDataConfig(CommonDataConfig):
     """Standard deviation (pixels) of a Gaussian blur of the prior (blurs depth edges); 0 = none."""
     prior_noise: float = 0.01
     """Relative standard deviation of multiplicative per-pixel noise on the prior; 0 = none."""
+    prior_error: Literal["affine", "realistic"] = "affine"
+    """The prior-error model (flow3d.data.prior_drift): ``affine`` (a per-frame scale and shift drift, blur,
+    noise) or ``realistic`` (also one object misplaced in some frames, blurred depth edges, a per-frame tone
+    curve of disparity and a drifting, flickering low-frequency multiplicative field: errors no per-frame
+    affine removes). The ``prior_tone`` ... ``prior_object_frames`` options act only with ``realistic``."""
+    prior_tone: float = 0.5
+    """Realistic: spread of the per-frame tone curve's exponent, log gamma_t in [-prior_tone, prior_tone]."""
+    prior_field: float = 0.1
+    """Realistic: amplitude (log, RMS) of the low-frequency multiplicative field."""
+    prior_flicker: float = 0.5
+    """Realistic: relative frame-to-frame flicker of the field's amplitude."""
+    prior_edge_blur_px: float = 2.0
+    """Realistic: Gaussian blur (pixels) of the prior's depth edges (replaces ``prior_blur_px``)."""
+    prior_object_error: float = 0.25
+    """Realistic: relative disparity error of the misplaced object (too near or too far)."""
+    prior_object_frames: float = 0.3
+    """Realistic: fraction of the frames (two runs) in which one object is misplaced; 0 = never."""
+    track_region: Literal["all", "fg"] = "all"
+    """Which 2D tracks ship: ``all`` (a grid over the whole image) or ``fg`` (query points on the foreground
+    masks only, as a foreground-focused tracker in Shape of Motion's layout gives)."""
     normalize_scene: tyro.conf.FlagConversionOff[bool] = False
     """Apply Shape of Motion's scene normalisation (off: the scene is already at unit scale)."""
     cache_dir: Optional[str] = None
@@ -259,11 +280,24 @@ def _rays(scene: _Scene, t: int, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def make_synthetic_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
     """Render the scene of ``cfg`` (``cfg.scene``) into a :class:`VideoSequence` with ground truth."""
-    if cfg.scene == "tissue":
-        return make_tissue_sequence(cfg)
-    if cfg.scene != "objects":
+    if cfg.scene not in ("objects", "tissue"):
         raise ValueError(f"scene must be one of objects, tissue, got {cfg.scene!r}")
-    return _make_objects_sequence(cfg)
+    seq = make_tissue_sequence(cfg) if cfg.scene == "tissue" else _make_objects_sequence(cfg)
+    return foreground_tracks_only(seq) if cfg.track_region == "fg" else seq
+
+
+def foreground_tracks_only(seq: VideoSequence) -> VideoSequence:
+    """``seq`` keeping only the tracks whose query point lies on its foreground mask (``--data.track-region fg``)."""
+    M = seq.tracks_xy.shape[0]
+    xy = seq.tracks_xy[torch.arange(M), seq.tracks_query_t].round().long()
+    W, H = seq.img_wh
+    x, y = xy[:, 0].clamp(0, W - 1), xy[:, 1].clamp(0, H - 1)
+    keep = seq.fg_masks[seq.tracks_query_t, y, x] > 0.5
+    logger.info("track region fg: %d of %d tracks start on the foreground", int(keep.sum()), M)
+    return dataclasses.replace(
+        seq, tracks_xy=seq.tracks_xy[keep], tracks_visible=seq.tracks_visible[keep], tracks_conf=seq.tracks_conf[keep],
+        tracks_query_t=seq.tracks_query_t[keep],
+        gt_tracks_3d=None if seq.gt_tracks_3d is None else seq.gt_tracks_3d[keep])
 
 
 def _make_objects_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
@@ -271,7 +305,7 @@ def _make_objects_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
     scene = _build_scene(cfg, rng)
     T, W, H = cfg.num_frames, cfg.width, cfg.height
     images, depth, ids, points = _render_frames(scene, T, H, W)
-    prior, prior_valid, a_t, b_t = drifting_prior(depth, cfg, rng)
+    prior, prior_valid, a_t, b_t = drifting_prior(depth, cfg, rng, objects=ids)
     xy_obs, vis, gt3d, query_t, fg_track = _tracks(cfg, scene, points, ids, rng)
     M = gt3d.shape[0]
     train_ids, val_ids = split_frames(T, cfg.val_every)

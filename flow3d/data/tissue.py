@@ -369,7 +369,7 @@ def make_tissue_sequence(cfg) -> VideoSequence:
     inst = np.stack([f["instrument"] for f in frames])
     material = np.stack([f["material"] for f in frames])
     tissue_depth = np.stack([f["tissue_depth"] for f in frames])
-    prior, prior_valid, a_t, b_t = drifting_prior(np.stack([f["visible_depth"] for f in frames]), cfg, rng)
+    prior, prior_valid, a_t, b_t = drifting_prior(np.stack([f["visible_depth"] for f in frames]), cfg, rng, objects=np.where(~inst & (_gauss(sc, material)[0] > 0.5), 0, -1))
     gt3d, xy, vis, query_t = _tracks(sc, cfg, material, inst)
     xy_obs = xy.copy()
     if cfg.track_noise_px > 0:
