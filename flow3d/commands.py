@@ -37,6 +37,7 @@ COMMANDS = {
     "flow3d-bench-losses": "flow3d.benchmarks.losses",
     "flow3d-bench-raster": "flow3d.benchmarks.raster",
     "flow3d-bench-step": "flow3d.benchmarks.step",
+    "flow3d-gpu-check": "flow3d.benchmarks.gpu_check",
 }
 
 
@@ -137,3 +138,8 @@ def bench_raster() -> int:
 def bench_step() -> int:
     """``flow3d-bench-step``: seconds per training step (:mod:`flow3d.benchmarks.step`)."""
     return run("flow3d-bench-step")
+
+
+def gpu_check() -> int:
+    """``flow3d-gpu-check``: the device check (:mod:`flow3d.benchmarks.gpu_check`)."""
+    return run("flow3d-gpu-check")

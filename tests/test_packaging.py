@@ -255,4 +255,4 @@ def test_wheel_installed_outside_the_checkout_runs_every_command(tmp_path):
     assert (work / "checkpoints" / "last.ckpt").is_file()
     r = run("flow3d-val", "--work-dir", str(work), "--no-video", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert list((work / "val").glob("*/metrics.json")), r.stdout
+    assert list((work / "val").glob("*/*/metrics.json")), r.stdout

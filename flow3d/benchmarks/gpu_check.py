@@ -20,7 +20,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see run_training.py
 
-import argparse  # noqa: E402
 import math  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -58,12 +57,10 @@ def _pytest(args: list[str]) -> tuple[bool, str]:
 
 def _train(argv: list[str]) -> dict:
     """One training run in this process (so that the peak GPU memory can be read); returns its stats."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    import run_training
+    from flow3d.train.command import main as train_main
 
     t0 = time.perf_counter()
-    stats = run_training.main(argv)
+    stats = train_main(argv)
     stats["wall_total"] = time.perf_counter() - t0
     return stats
 
@@ -125,16 +122,31 @@ def run_checks(args) -> list[Check]:
     return checks
 
 
+@dataclass
+class Args:
+    """Options of the device check."""
+
+    work_dir: str | None = None
+    """Where the runs go (default: a temporary folder, removed)."""
+    quick: bool = False
+    """CI: a short demo and the fast stand-in tests only."""
+    demo_steps: int = 600
+    """Demo steps (the README demo: 600)."""
+    quick_steps: int = 60
+    """Demo steps with --quick."""
+    tissue_steps: int = 300
+    """endonerf steps on the 640x512 tissue scene."""
+    psnr_tol: float = 0.3
+    """Allowed CUDA - CPU held-out PSNR difference (dB)."""
+    seed: int = 0
+    """Seed of the training runs."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work-dir", default=None, help="where the runs go (default: a temporary folder, removed)")
-    p.add_argument("--quick", action="store_true", help="CI: a short demo and the fast stand-in tests only")
-    p.add_argument("--demo-steps", type=int, default=600, help="demo steps (the README demo: 600)")
-    p.add_argument("--quick-steps", type=int, default=60, help="demo steps with --quick")
-    p.add_argument("--tissue-steps", type=int, default=300, help="endonerf steps on the 640x512 tissue scene")
-    p.add_argument("--psnr-tol", type=float, default=0.3, help="allowed CUDA - CPU held-out PSNR difference (dB)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    """The command; returns its exit code (1 when a check that ran failed)."""
+    import tyro
+
+    args = tyro.cli(Args, args=argv, description=__doc__, prog="python -m flow3d.benchmarks.gpu_check")
     tmp = None
     if args.work_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="flow3d_gpu_check_")
