@@ -109,6 +109,9 @@ class LossConfig:
     w_scale_var: float = 0.01
     """Variance of each Gaussian's three log-scales, averaged per group and summed over foreground and
     background, as Shape of Motion (discourages needles)."""
+    w_hidden_surface: float = 0.0
+    """Endoscopy: on ignored pixels (instruments) the render covers (alpha 1) and its depth and colour are
+    smooth (zero Laplacian), so tissue no training frame saw stays a surface (flow3d.train.hidden_surface)."""
     z_accel_form: Literal["ray_velocity", "ray_acceleration"] = "ray_velocity"
     """The z_accel term: 'ray_velocity' is Shape of Motion's shipped form (squared velocity along the ray,
     both sides of the middle frame); 'ray_acceleration' is |acceleration . ray|, SoM's commented-out form."""
