@@ -9,10 +9,11 @@
 6. fill the canonical frame's foreground with back-projected prior depth; foreground that ignored pixels
    (instruments) hide in the canonical frame comes from the other frames where it is visible, carried
    back to the canonical time by the inverse of its fitted motion;
-7. in the tissue setting (below), complete what no training frame shows -- tissue that an instrument
-   covered in every training frame, and pixels without a valid prior (e.g. a stereo prior's invalid band):
-   depth and colour continued smoothly into the gap from its border (:func:`harmonic_fill`), from tissue
-   pixels only, never from an ignored pixel (:func:`_complete_unseen`);
+7. in the tissue setting (below), complete what the canonical frame has no depth for -- tissue behind
+   its instruments (of which some no training frame shows at all) and pixels without a valid prior (e.g.
+   a stereo prior's invalid band): depth continued smoothly into the gap from the surrounding tissue
+   (:func:`harmonic_fill`), colour from the frames that saw it or else continued too, never from an
+   ignored pixel (:func:`_complete_unseen`); this replaces step 6's carried depth there;
 8. place background Gaussians on back-projected background prior depth.
 
 The tissue setting (endoscopy): when every valid pixel is foreground -- deforming tissue under a static
@@ -250,11 +251,14 @@ def _densify_foreground(seq, can_t: int, tracks_fg: GaussianParams, bases: Motio
         rgb = seq.images[can_t][ij[:, 0], ij[:, 1]]
         spacing_px = (m.sum() / (len(ij) + n_tracks)).sqrt()
         hid = _hidden_foreground(seq, can_t, tracks_fg, bases, rate, generator)
-        new_means, new_logits, rgb = (torch.cat([a, b]) for a, b in zip((new_means, new_logits, rgb), hid[:3]))
-        z = torch.cat([z, hid[3]])
         if cfg.complete_unseen and _tissue_setting(seq):
+            # the hidden tissue's colour comes from the frames that saw it; its depth, for all of it, from
+            # the canonical frame's surrounding surface (the carried points' depth holds their frame's
+            # prior and the fitted motion's error: 18-28% too near on the tissue scene)
             comp = _complete_unseen(seq, can_t, tracks_fg, hid[4], hid[5], rate, cfg.complete_border_px, generator)
-            new_means, new_logits, rgb, z = (torch.cat([a, b]) for a, b in zip((new_means, new_logits, rgb, z), comp))
+        else:
+            comp = hid[:4]
+        new_means, new_logits, rgb, z = (torch.cat([a, b]) for a, b in zip((new_means, new_logits, rgb, z), comp))
         new_size = z * spacing_px / fx * 0.5
         # the track Gaussians get the footprint size too (their depth is their camera z at can_t)
         t_z = (t_means @ seq.w2cs[can_t, :3, :3].T + seq.w2cs[can_t, :3, 3])[:, 2].clamp_min(1e-3)
@@ -346,7 +350,7 @@ def harmonic_fill(values: Tensor, known: Tensor, fill: Tensor) -> Tensor:
     """Continue ``values`` (H, W, C) from the ``known`` pixels (H, W) bool into the ``fill`` pixels (H, W)
     bool smoothly: the discrete harmonic interpolant (4-neighbour Laplacian zero on every fill pixel,
     Dirichlet on known neighbours, no flux through pixels that are neither), solved with
-    ``scipy.sparse.linalg.spsolve``. Planes are reproduced exactly. Only known pixels' values are read; fill
+    ``scipy.sparse.linalg.spsolve``. Planes are reproduced exactly in a gap that known pixels enclose. Only known pixels' values are read; fill
     pixels of a region that touches no known pixel are NaN. Returns a float64 (H, W, C) copy."""
     import numpy as np  # noqa: PLC0415
     from scipy import ndimage, sparse  # noqa: PLC0415
@@ -389,12 +393,12 @@ def harmonic_fill(values: Tensor, known: Tensor, fill: Tensor) -> Tensor:
 
 def _complete_unseen(seq, can_t: int, tracks_fg: GaussianParams, claimed_z: Tensor, claimed_rgb: Tensor, rate: float,
                      border_px: int, generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Canonical Gaussians where no training frame gives the canonical frame a surface point: ignored pixels
-    that :func:`_hidden_foreground` did not reach (``claimed_z`` 0: an instrument covered that tissue in
-    every training frame), and valid pixels without a valid prior. Their depth and colour are
-    :func:`harmonic_fill` ed from the canonical frame's own valid pixels (prior depth, image colour) and the
-    reached hidden pixels (``claimed_z``, ``claimed_rgb``); valid pixels within ``border_px`` of an ignored
-    pixel give colour but no depth. An ignored pixel's image or prior value is never read. A ``rate``
+    """Canonical Gaussians where the canonical frame has no depth of its own: its ignored pixels -- those
+    that :func:`_hidden_foreground` reached from other frames (``claimed_z`` > 0) and those it did not (an
+    instrument covered that tissue in every training frame) -- and valid pixels without a valid prior.
+    Their depth is :func:`harmonic_fill` ed
+    from the canonical frame's own prior depth on valid pixels (not within ``border_px`` of an ignored pixel),
+    their colour from its image on valid pixels and from the reached hidden pixels' ``claimed_rgb``. An ignored pixel's image or prior value is never read. A ``rate``
     fraction of the gap's pixels becomes Gaussians (the density of the rest), with the blended motion of
     their nearest track Gaussians. Returns means (P, 3), logits (P, K), colours (P, 3), depths (P,)."""
     import cv2  # noqa: PLC0415
@@ -405,7 +409,7 @@ def _complete_unseen(seq, can_t: int, tracks_fg: GaussianParams, claimed_z: Tens
     valid = seq.valid_masks[can_t].bool()
     dvalid = seq.prior_valid[can_t].bool() & valid
     reached = (claimed_z > 0) & ~valid
-    gap_depth = ~(dvalid | reached)  # no surface point at all
+    gap_depth = ~dvalid  # no depth of the canonical frame's own
     if not bool(gap_depth.any()):
         return empty
     near_ignored = torch.zeros_like(valid)
@@ -413,15 +417,17 @@ def _complete_unseen(seq, can_t: int, tracks_fg: GaussianParams, claimed_z: Tens
         k = np.ones((2 * border_px + 1, 2 * border_px + 1), np.uint8)
         near_ignored = torch.from_numpy(cv2.dilate((~valid).numpy().astype(np.uint8), k) > 0) & valid
     prior_depth = seq.prior_depth()[can_t]
-    depth_map = torch.where(dvalid, prior_depth, torch.where(reached, claimed_z.to(prior_depth.dtype), torch.zeros_like(prior_depth)))
-    depth_known = (dvalid & ~near_ignored) | reached
-    z = harmonic_fill(depth_map[..., None], depth_known, gap_depth)[..., 0]
+    depth_known = dvalid & ~near_ignored
+    # depth only from the canonical frame's own prior (the points carried from other frames carry their
+    # frames' prior scale and the fitted motion's error); the fill spans all it does not know
+    z = harmonic_fill(torch.where(depth_known, prior_depth, torch.zeros_like(prior_depth))[..., None], depth_known,
+                      ~depth_known)[..., 0]
     rgb_map = torch.where(valid[..., None], seq.images[can_t], torch.where(reached[..., None], claimed_rgb, torch.zeros_like(claimed_rgb)))
     rgb_known = valid | reached
     rgb = harmonic_fill(rgb_map, rgb_known, ~rgb_known)
     ok = gap_depth & torch.isfinite(z) & (z > 0) & torch.isfinite(rgb).all(-1)
     ij = torch.nonzero(ok)
-    n_unseen = int((gap_depth & ~valid).sum())
+    n_unseen = int((gap_depth & ~valid & ~reached).sum())
     if len(ij) == 0:
         logger.warning("init: %d canonical pixels have no surface point and no tissue around them to complete from", int(gap_depth.sum()))
         return empty
@@ -430,8 +436,9 @@ def _complete_unseen(seq, can_t: int, tracks_fg: GaussianParams, claimed_z: Tens
     means = unproject_pixels(ij.flip(-1).to(zz.dtype), zz, seq.Ks[can_t], torch.linalg.inv(seq.w2cs[can_t]))
     logits = _blend_logits(means, tracks_fg.get_means(), tracks_fg.params["motion_coefs"]) if len(ij) else torch.zeros(0, K)
     cols = rgb[ij[:, 0], ij[:, 1]].to(seq.images.dtype)
-    logger.info("init: completed %d canonical pixels no training frame shows (%d behind instruments in every training "
-                "frame, %d without a valid prior) from the surrounding tissue: %d Gaussians", int(ok.sum()), n_unseen,
+    logger.info("init: completed %d canonical pixels without depth (%d behind instruments in every training frame, "
+                "%d hidden here but seen elsewhere: their colour from there, %d without a valid prior) from the "
+                "surrounding tissue: %d Gaussians", int(ok.sum()), n_unseen, int(reached.sum()),
                 int((gap_depth & valid).sum()), len(ij))
     return means, logits, cols, zz
 

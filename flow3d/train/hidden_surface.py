@@ -5,11 +5,15 @@ frame, no photometric or depth term reaches the Gaussians there (those pixels ar
 would stop them from thinning out into a hole. :func:`hidden_surface_term` asks, on the ignored pixels of
 the batch's frames only:
 
-* coverage: rendered alpha 1, ``mean (1 - alpha)^2`` over the ignored pixels;
-* smoothness: the rendered depth (divided by the median rendered depth of the valid pixels) and the
-  rendered colour have zero 4-neighbour Laplacian, ``mean |lap|`` over the ignored pixels and a one-pixel
-  seam around them -- the continuation the initial completion (:func:`flow3d.scene.init.harmonic_fill`)
-  seeds is harmonic, and this keeps it so.
+* coverage: rendered alpha 1, ``mean (1 - alpha)`` over the ignored pixels (L1: a pull that does not
+  fade as alpha nears 1; the goal is alpha >= 0.99 there);
+* surface: the rendered disparity on the ignored pixels is the smooth continuation of the rendered
+  disparity around them: the harmonic fill (:func:`flow3d.scene.init.harmonic_fill`, the continuation the
+  initial completion seeds) of the detached render on the valid pixels that are more than ``border_px``
+  (2) from an ignored pixel (a blurred prior pulls those towards the instrument), ``mean |d - fill| /
+  median d`` over the ignored pixels;
+* smoothness of colour: the rendered colour has zero 4-neighbour Laplacian, ``mean |lap|`` over the
+  ignored pixels and a one-pixel seam around them.
 
 It reads only the renders: never the input image or the prior at an ignored pixel. Meant for the tissue
 setting (every valid pixel is surface, so an ignored pixel hides surface): the endoscopy presets switch it
@@ -34,19 +38,40 @@ def laplacian(x: Tensor) -> Tensor:
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=C)
 
 
+def surface_target(disp: Tensor, ignored: Tensor, border_px: int = 2) -> tuple[Tensor, Tensor]:
+    """Harmonic continuation (H, W) of ``disp`` (H, W, detached) from the pixels farther than ``border_px``
+    from an ``ignored`` (H, W) pixel into the rest, and where it is defined (H, W) bool."""
+    from flow3d.scene.init import harmonic_fill  # noqa: PLC0415
+
+    k = 2 * border_px + 1
+    near = F.max_pool2d(ignored.float()[None, None], k, stride=1, padding=border_px)[0, 0] > 0
+    known = ~near & (disp > 0)
+    fill = harmonic_fill(disp.detach().double().cpu()[..., None], known.cpu(), (~known).cpu())[..., 0]
+    ok = torch.isfinite(fill)
+    return torch.nan_to_num(fill).to(disp), ok.to(disp.device)
+
+
 def hidden_surface_term(ctx: StepContext) -> Tensor:
-    """Coverage + smoothness of the render on the ignored pixels (module docstring); 0 without any."""
+    """Coverage + surface + colour smoothness of the render on the ignored pixels (module docstring); 0
+    without any."""
     b, out = ctx.batch, ctx.out
     ign = ~b.valid_masks.bool()  # (B, H, W)
     if not bool(ign.any()):
         return out.alpha.sum() * 0.0
     alpha = out.alpha[..., 0]
-    cover = ((1.0 - alpha) ** 2)[ign].mean()
+    cover = (1.0 - alpha)[ign].mean()
+    disp = ctx.pred_disp()  # (B, H, W), 0 where nothing renders
+    surf = []
+    for i in range(disp.shape[0]):
+        if not bool(ign[i].any()):
+            continue
+        target, ok = surface_target(disp[i].detach(), ign[i])
+        m = ign[i] & ok
+        if bool(m.any()):
+            ref = disp[i].detach()[~ign[i] & (disp[i] > 0)]
+            scale = ref.median().clamp_min(1e-8) if ref.numel() else disp[i].detach().mean().clamp_min(1e-8)
+            surf.append(((disp[i] - target).abs()[m] / scale).mean())
+    surface = torch.stack(surf).mean() if surf else disp.sum() * 0.0
     seam = F.max_pool2d(ign.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0
-    depth = out.depth[..., 0]
-    ref = b.valid_masks.bool() & (alpha > 0.5)
-    scale = depth.detach()[ref].median() if bool(ref.any()) else depth.detach().mean()
-    lap_d = laplacian((depth / scale.clamp_min(1e-6))[:, None])[:, 0].abs()
     lap_c = laplacian(out.img.permute(0, 3, 1, 2)).abs().mean(1)
-    smooth = (lap_d + lap_c)[seam].mean()
-    return cover + smooth
+    return cover + surface + lap_c[seam].mean()
