@@ -449,7 +449,7 @@ RULES: dict[str, Rule] = {
     "init_fit_lr": POSITIVE, "init_opacity": Rule(0, 1, lo_open=True, hi_open=True),
     "refine_start": AT_LEAST_0, "refine_stop": AT_LEAST_0, "refine_every": AT_LEAST_1, "reset_every": AT_LEAST_0,
     "grow_grad2d": AT_LEAST_0, "grow_scale3d": AT_LEAST_0, "prune_opa": FRACTION, "prune_scale3d": AT_LEAST_0,
-    "max_gaussians": AT_LEAST_1, "lr_final_factor": POSITIVE,
+    "max_gaussians": AT_LEAST_1, "lr_final_factor": POSITIVE, "complete_border_px": AT_LEAST_0,
     # losses and depth order
     "track_gap_tau": AT_LEAST_0, "num_track_samples": AT_LEAST_1, "num_smooth_samples": AT_LEAST_1,
     "num_pairs": AT_LEAST_1, "local_radius": AT_LEAST_1, "min_rel_diff": FRACTION, "neighbor_stride": AT_LEAST_1,
