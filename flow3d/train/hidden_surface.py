@@ -5,8 +5,10 @@ frame, no photometric or depth term reaches the Gaussians there (those pixels ar
 would stop them from thinning out into a hole. :func:`hidden_surface_term` asks, on the ignored pixels of
 the batch's frames only:
 
-* coverage: rendered alpha 1, ``mean (1 - alpha)`` over the ignored pixels (L1: a pull that does not
-  fade as alpha nears 1; the goal is alpha >= 0.99 there);
+* coverage: rendered alpha 1, ``mean (1 - alpha)`` over the ignored pixels and, in a frame whose valid
+  pixels are all foreground (the tissue setting: there is tissue behind every pixel), over all its
+  pixels (L1: a pull that does not fade as alpha nears 1; the goal is alpha >= 0.99 on all the tissue,
+  and the photometric term alone leaves visible tissue at 0.7-0.98 in places);
 * surface: the rendered disparity on the ignored pixels is the smooth continuation of the rendered
   disparity around them: the harmonic fill (:func:`flow3d.scene.init.harmonic_fill`, the continuation the
   initial completion seeds) of the detached render on the valid pixels that are more than ``border_px``
@@ -59,7 +61,9 @@ def hidden_surface_term(ctx: StepContext) -> Tensor:
     if not bool(ign.any()):
         return out.alpha.sum() * 0.0
     alpha = out.alpha[..., 0]
-    cover = (1.0 - alpha)[ign].mean()
+    all_tissue = ((b.fg_masks > 0.5) | ign).flatten(1).all(1)  # (B,) every valid pixel is foreground
+    cover_px = ign | all_tissue[:, None, None]
+    cover = (1.0 - alpha)[cover_px].mean()
     disp = ctx.pred_disp()  # (B, H, W), 0 where nothing renders
     surf = []
     for i in range(disp.shape[0]):

@@ -12,9 +12,10 @@ from flow3d.depth import depth_to_disp
 from flow3d.train.hidden_surface import hidden_surface_term
 
 
-def _ctx(valid, depth, alpha, img):
+def _ctx(valid, depth, alpha, img, fg=None):
     out = SimpleNamespace(depth=depth[..., None], alpha=alpha[..., None], img=img)
-    return SimpleNamespace(batch=SimpleNamespace(valid_masks=valid), out=out,
+    fg = valid.float() if fg is None else fg
+    return SimpleNamespace(batch=SimpleNamespace(valid_masks=valid, fg_masks=fg), out=out,
                            pred_disp=lambda: depth_to_disp(depth)[0])
 
 
@@ -39,7 +40,15 @@ def test_holes_bumps_and_colour_edges_cost_and_are_pulled_back():
     valid, depth, alpha, img = _scene()
     a = alpha.clone()
     a[:, 8:16, 10:20] = 0.5
-    assert float(hidden_surface_term(_ctx(valid, depth, a, img))) == pytest.approx(0.5, abs=1e-6)  # L1 coverage
+    a[:, 0:2, 0:5] = 0.8  # on visible tissue
+    # the tissue setting (every valid pixel foreground): coverage over every pixel
+    n = B * H * W
+    expect = (0.5 * B * 80 + 0.2 * B * 10) / n
+    assert float(hidden_surface_term(_ctx(valid, depth, a, img))) == pytest.approx(expect, abs=1e-6)
+    # with a background in view: coverage over the ignored pixels only
+    fg = valid.float()
+    fg[:, 20:, :] = 0.0
+    assert float(hidden_surface_term(_ctx(valid, depth, a, img, fg))) == pytest.approx(0.5, abs=1e-6)
     d = depth.clone().requires_grad_(True)
     bump = torch.zeros(B, H, W)
     bump[:, 11:13, 14:16] = -0.5  # the tissue pulled towards the camera under the instrument
