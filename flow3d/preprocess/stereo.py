@@ -101,7 +101,7 @@ def disparity(left: np.ndarray, right: np.ndarray, args: StereoArgs) -> tuple[np
     """Left-view disparity (H, W) float32 pixels and validity (H, W) bool of a rectified pair of uint8
     (H, W, 3) images (module docstring, steps 1-2)."""
     H, W = left.shape[:2]
-    sgbm, nd = sgbm_matcher(args, W)
+    sgbm, _ = sgbm_matcher(args, W)
     invalid_raw = (args.min_disparity - 1) * 16
     d_l16 = sgbm.compute(left, right)
     # the right view's disparity: the same matcher on the mirrored pair (right becomes the "left" image)

@@ -25,8 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import roma
 import torch
+from scipy import ndimage, sparse
+from scipy.sparse.linalg import spsolve
 from scipy.spatial import cKDTree
 from torch import Tensor
 
@@ -352,10 +356,6 @@ def harmonic_fill(values: Tensor, known: Tensor, fill: Tensor) -> Tensor:
     Dirichlet on known neighbours, no flux through pixels that are neither), solved with
     ``scipy.sparse.linalg.spsolve``. Planes are reproduced exactly in a gap that known pixels enclose. Only known pixels' values are read; fill
     pixels of a region that touches no known pixel are NaN. Returns a float64 (H, W, C) copy."""
-    import numpy as np  # noqa: PLC0415
-    from scipy import ndimage, sparse  # noqa: PLC0415
-    from scipy.sparse.linalg import spsolve  # noqa: PLC0415
-
     H, W, C = values.shape
     known_np, fill_np = known.numpy().astype(bool), (fill & ~known).numpy().astype(bool)
     out = np.where(known_np[..., None], values.double().numpy(), 0.0)
@@ -401,9 +401,6 @@ def _complete_unseen(seq, can_t: int, tracks_fg: GaussianParams, claimed_z: Tens
     their colour from its image on valid pixels and from the reached hidden pixels' ``claimed_rgb``. An ignored pixel's image or prior value is never read. A ``rate``
     fraction of the gap's pixels becomes Gaussians (the density of the rest), with the blended motion of
     their nearest track Gaussians. Returns means (P, 3), logits (P, K), colours (P, 3), depths (P,)."""
-    import cv2  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-
     K = tracks_fg.params["motion_coefs"].shape[1]
     empty = (torch.zeros(0, 3), torch.zeros(0, K), torch.zeros(0, 3), torch.zeros(0))
     valid = seq.valid_masks[can_t].bool()

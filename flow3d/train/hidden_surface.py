@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flow3d.scene.init import harmonic_fill
 from flow3d.train.context import StepContext
 
 _LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
@@ -43,8 +44,6 @@ def laplacian(x: Tensor) -> Tensor:
 def surface_target(disp: Tensor, ignored: Tensor, border_px: int = 2) -> tuple[Tensor, Tensor]:
     """Harmonic continuation (H, W) of ``disp`` (H, W, detached) from the pixels farther than ``border_px``
     from an ``ignored`` (H, W) pixel into the rest, and where it is defined (H, W) bool."""
-    from flow3d.scene.init import harmonic_fill  # noqa: PLC0415
-
     k = 2 * border_px + 1
     near = F.max_pool2d(ignored.float()[None, None], k, stride=1, padding=border_px)[0, 0] > 0
     known = ~near & (disp > 0)
