@@ -118,6 +118,9 @@ class LossConfig:
     w_scale_var: float = 0.01
     """Variance of each Gaussian's three log-scales, averaged per group and summed over foreground and
     background, as Shape of Motion (discourages needles)."""
+    w_hidden_surface: float = 0.0
+    """Endoscopy: on ignored pixels (instruments) the render covers (alpha 1) and its depth and colour are
+    smooth (zero Laplacian), so tissue no training frame saw stays a surface (flow3d.train.hidden_surface)."""
     z_accel_form: Literal["ray_velocity", "ray_acceleration"] = "ray_velocity"
     """The z_accel term: 'ray_velocity' is Shape of Motion's shipped form (squared velocity along the ray,
     both sides of the middle frame); 'ray_acceleration' is |acceleration . ray|, SoM's commented-out form."""
@@ -662,7 +665,7 @@ RULES: dict[str, Rule] = {
     "init_fit_lr": POSITIVE, "init_opacity": Rule(0, 1, lo_open=True, hi_open=True),
     "refine_start": AT_LEAST_0, "refine_stop": AT_LEAST_0, "refine_every": AT_LEAST_1, "reset_every": AT_LEAST_0,
     "grow_grad2d": AT_LEAST_0, "grow_scale3d": AT_LEAST_0, "prune_opa": FRACTION, "prune_scale3d": AT_LEAST_0,
-    "max_gaussians": AT_LEAST_1, "lr_final_factor": POSITIVE,
+    "max_gaussians": AT_LEAST_1, "lr_final_factor": POSITIVE, "complete_border_px": AT_LEAST_0,
     # losses and depth order
     "track_gap_tau": AT_LEAST_0, "track_gap_tau_rel": AT_LEAST_0, "num_track_samples": AT_LEAST_1, "num_smooth_samples": AT_LEAST_1,
     "num_pairs": AT_LEAST_1, "local_radius": AT_LEAST_1, "min_rel_diff": FRACTION, "neighbor_stride": AT_LEAST_1,

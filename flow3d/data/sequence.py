@@ -102,6 +102,8 @@ class VideoSequence:
     # A deforming surface (the tissue scene) instead of rigid objects: its material points on a grid.
     gt_surface_points: Optional[Tensor] = None  # (T, Hs, Ws, 3) world position of each grid point at each frame
     gt_surface_uv: Optional[Tensor] = None  # (T, H, W, 2) grid coords (x, y) of the surface point behind each pixel
+    gt_hidden_images: Optional[Tensor] = None  # (T, H, W, 3) what the scene looks like without what ignored pixels show (the tissue under instruments)
+    gt_never_seen: Optional[Tensor] = None  # (T, H, W) bool: the pixel's surface point is seen by no training frame
     val_views: Optional[HeldOutViews] = None
     frame_names: list[str] = field(default_factory=list)
 

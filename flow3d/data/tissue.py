@@ -21,6 +21,8 @@ ray-cast analytically in front of the tissue, whose tips sweep over it.
 Ground truth in the :class:`~flow3d.data.sequence.VideoSequence`:
 
 * ``gt_depth``: the TISSUE's depth at every pixel, also under the instruments;
+* ``gt_hidden_images``: the tissue's colour at every pixel as if there were no instruments (the truth
+  under them), ``gt_never_seen``: pixels whose tissue no training frame sees (:func:`never_seen`);
 * ``gt_tracks_3d``: tissue points from a grid of tissue pixels in each query frame; a track is visible
   where it is inside the image and no instrument is in front of it;
 * ``gt_surface_points`` / ``gt_surface_uv``: the tissue's material grid, so ``seq.gt_flow(i, j)`` is the
@@ -183,6 +185,39 @@ def invert(sc: TissueScene, q: np.ndarray, s: float) -> np.ndarray:
     return m
 
 
+def invert_shifted(sc: TissueScene, q: np.ndarray, s: float, baseline: float) -> np.ndarray:
+    """Material coordinates m (..., 2) of the tissue seen at pixels q (..., 2) of a camera shifted by
+    ``baseline`` along the camera's x axis (the right view of a rectified stereo pair, same K): solves
+    ``m + L(m, s) - (f_x baseline / z(m, s), 0) = q`` by Newton's method (the disparity's gradient by
+    central differences). ``baseline`` 0 is :func:`invert`."""
+    if baseline == 0.0:
+        return invert(sc, q, s)
+    fb, h = sc.K[0, 0] * baseline, 0.25
+    ex, ey = np.array([h, 0.0]), np.array([0.0, h])
+
+    def residual(m):
+        p = m + lateral(sc, m, s)
+        p[..., 0] -= fb / depth(sc, m, s)
+        return p - q
+
+    m = q.copy()
+    m[..., 0] += fb / _DEPTH
+    for _ in range(_INVERT_ITERS):
+        F = residual(m)
+        if not q.size or np.abs(F).max() < 1e-9:
+            break
+        J = np.eye(2) + _lateral_jacobian(sc, m, s)
+        for col, e in ((0, ex), (1, ey)):
+            J[..., 0, col] += fb * (1.0 / depth(sc, m - e, s) - 1.0 / depth(sc, m + e, s)) / (2 * h)
+        a, b, c, d = J[..., 0, 0], J[..., 0, 1], J[..., 1, 0], J[..., 1, 1]
+        det = a * d - b * c
+        m = m - np.stack([d * F[..., 0] - b * F[..., 1], a * F[..., 1] - c * F[..., 0]], -1) / det[..., None]
+    res = np.abs(residual(m)).max() if q.size else 0.0
+    if res > _INVERT_TOL_PX:
+        raise RuntimeError(f"tissue scene: inverting the deformation for the right view did not converge (residual {res:.3g} px)")
+    return m
+
+
 def _normals(sc: TissueScene, m: np.ndarray, s: float, h: float = 0.25) -> np.ndarray:
     """Unit surface normals (..., 3) facing the camera, from central differences of X in m."""
     ex, ey = np.array([h, 0.0]), np.array([0.0, h])
@@ -212,12 +247,15 @@ def albedo(sc: TissueScene, m: np.ndarray) -> np.ndarray:
     return np.clip((1 - v) * col + v * np.array([0.42, 0.08, 0.12]), 0.0, 1.0)
 
 
-def blinn_phong(base: np.ndarray, X: np.ndarray, n: np.ndarray, ks: float, shininess: float) -> tuple[np.ndarray, np.ndarray]:
+def blinn_phong(base: np.ndarray, X: np.ndarray, n: np.ndarray, ks: float, shininess: float,
+                origin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Colour (..., 3) and specular term (...,) of camera-frame points X with normals n under the light
-    beside the lens: ``base (0.4 + 0.6 max(n.l, 0)) + ks max(n.h, 0)^shininess`` (white highlights)."""
+    beside the lens: ``base (0.4 + 0.6 max(n.l, 0)) + ks max(n.h, 0)^shininess`` (white highlights),
+    seen from the camera centre ``origin`` (default the left camera's, 0)."""
     l_dir = _LIGHT - X
     l_dir = l_dir / np.linalg.norm(l_dir, axis=-1, keepdims=True)
-    v_dir = -X / np.linalg.norm(X, axis=-1, keepdims=True)
+    v_dir = (-X if origin is None else origin - X)
+    v_dir = v_dir / np.linalg.norm(v_dir, axis=-1, keepdims=True)
     h = l_dir + v_dir
     h = h / np.linalg.norm(h, axis=-1, keepdims=True)
     diffuse = np.clip((n * l_dir).sum(-1), 0.0, None)
@@ -261,23 +299,26 @@ def _capsule_hit(a: np.ndarray, b: np.ndarray, r: float, rd: np.ndarray) -> np.n
     return np.where(body, t, np.where(cap, tc, np.inf))
 
 
-def instruments_depth(sc: TissueScene, xy: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def instruments_depth(sc: TissueScene, xy: np.ndarray, s: float, origin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """z-depth (P,) of the nearest instrument through pixels xy (P, 2) (inf where none), its camera-frame
-    point (P, 3), and the instrument index (P,) (-1 where none)."""
+    point (P, 3), and the instrument index (P,) (-1 where none). ``origin`` (3,): the centre of the
+    camera (same orientation and K) in the left camera's frame, default 0; the returned points are in
+    the left camera's frame either way."""
+    o = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64)
     ray = np.concatenate([xy, np.ones_like(xy[:, :1])], -1) @ np.linalg.inv(sc.K).T  # z = 1
     rd = ray / np.linalg.norm(ray, axis=-1, keepdims=True)
     best = np.full(xy.shape[0], np.inf)
     idx = np.full(xy.shape[0], -1)
     for k, inst in enumerate(sc.instruments):
         a, b = _instrument_segment(inst, sc, s)
-        t = _capsule_hit(a, b, inst[4], rd)
+        t = _capsule_hit(a - o, b - o, inst[4], rd)
         closer = t < best
         best[closer], idx[closer] = t[closer], k
-    X = rd * np.where(np.isfinite(best), best, 0.0)[:, None]
+    X = rd * np.where(np.isfinite(best), best, 0.0)[:, None] + o
     return np.where(np.isfinite(best), X[:, 2], np.inf), X, idx
 
 
-def _shade_instruments(sc: TissueScene, X: np.ndarray, idx: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
+def _shade_instruments(sc: TissueScene, X: np.ndarray, idx: np.ndarray, s: float, origin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Metallic grey shafts with dark rings: colour (P, 3) and specular term (P,) at hit points X."""
     col = np.zeros_like(X)
     n = np.zeros_like(X)
@@ -292,31 +333,88 @@ def _shade_instruments(sc: TissueScene, X: np.ndarray, idx: np.ndarray, s: float
         ring = ((along / 0.06) % 1.0) < 0.2
         col[sel] = np.where(ring[:, None], [0.2, 0.2, 0.22], [0.62, 0.64, 0.68])
     n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
-    return blinn_phong(col, X, n, ks=0.9, shininess=40.0)
+    return blinn_phong(col, X, n, ks=0.9, shininess=40.0, origin=origin)
 
 
 # ------------------------------------------------------------------------------------------------
-def render_tissue_frame(sc: TissueScene, t: int) -> dict[str, np.ndarray]:
+def render_tissue_frame(sc: TissueScene, t: int, baseline: float = 0.0) -> dict[str, np.ndarray]:
     """Render frame t. Returns (H, W, ...) arrays: ``rgb`` (in [0, 1], before 8-bit quantisation),
-    ``specular`` (the white specular term added to each pixel), ``tissue_depth``, ``material`` (m of the
-    tissue behind each pixel), ``instrument`` (bool), ``visible_depth`` (what the camera sees)."""
+    ``tissue_rgb`` (the same without instruments: the tissue they hide), ``specular`` (the white specular
+    term added to each pixel), ``tissue_depth``, ``material`` (m of the tissue behind each pixel),
+    ``instrument`` (bool), ``visible_depth`` (what the camera sees). ``baseline`` > 0 renders the right
+    view of a rectified stereo pair: the camera shifted by ``baseline`` scene units along its x axis."""
     s = t / (sc.T - 1)
     H, W = sc.H, sc.W
+    o = np.array([baseline, 0.0, 0.0])
     ys, xs = np.meshgrid(np.arange(H, dtype=np.float64), np.arange(W, dtype=np.float64), indexing="ij")
     q = np.stack([xs, ys], -1)  # (H, W, 2)
-    m = invert(sc, q, s)
+    m = invert_shifted(sc, q, s, baseline)
     z = depth(sc, m, s)
     X = position(sc, m, s)
-    rgb, spec = blinn_phong(albedo(sc, m), X, _normals(sc, m, s), ks=0.8, shininess=120.0)
-    zi, Xi, idx = instruments_depth(sc, q.reshape(-1, 2), s)
+    rgb, spec = blinn_phong(albedo(sc, m), X, _normals(sc, m, s), ks=0.8, shininess=120.0,
+                            origin=None if baseline == 0.0 else o)
+    tissue_rgb = np.clip(rgb, 0.0, 1.0)
+    zi, Xi, idx = instruments_depth(sc, q.reshape(-1, 2), s, origin=None if baseline == 0.0 else o)
     inst = (idx >= 0) & (zi < z.reshape(-1))
     if inst.any():
-        rgb_i, spec_i = _shade_instruments(sc, Xi[inst], idx[inst], s)
+        rgb_i, spec_i = _shade_instruments(sc, Xi[inst], idx[inst], s, origin=None if baseline == 0.0 else o)
         rgb.reshape(-1, 3)[inst] = rgb_i
         spec.reshape(-1)[inst] = spec_i
     inst = inst.reshape(H, W)
-    return dict(rgb=np.clip(rgb, 0.0, 1.0), specular=spec, tissue_depth=z, material=m, instrument=inst,
-                visible_depth=np.where(inst, zi.reshape(H, W), z))
+    return dict(rgb=np.clip(rgb, 0.0, 1.0), tissue_rgb=tissue_rgb, specular=spec, tissue_depth=z, material=m,
+                instrument=inst, visible_depth=np.where(inst, zi.reshape(H, W), z))
+
+
+def never_seen(sc: TissueScene, material: np.ndarray, instrument: np.ndarray, train_ids) -> np.ndarray:
+    """Bool (T, H, W): the tissue behind the pixel (``material`` (T, H, W, 2)) is seen by no training
+    frame -- in each frame of ``train_ids`` it is outside the image or an instrument is in front of it
+    (exact: the instruments ray-cast at the point's pixel and time, as the tracks' visibility)."""
+    T, H, W = instrument.shape
+    train = [int(t) for t in train_ids]
+    out = np.zeros((T, H, W), dtype=bool)
+    for t in range(T):
+        # a training frame sees its own non-instrument pixels: only the others need a test
+        cand = instrument[t] if t in train else np.ones((H, W), dtype=bool)
+        m = material[t][cand]  # (P, 2)
+        unseen = np.ones(m.shape[0], dtype=bool)
+        for tt in train:
+            if not unseen.any():
+                break
+            st = tt / (sc.T - 1)
+            mu = m[unseen]
+            xy = mu + lateral(sc, mu, st)
+            inside = (xy[:, 0] >= -0.5) & (xy[:, 0] <= W - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= H - 0.5)
+            zi = instruments_depth(sc, xy, st)[0]
+            seen = inside & ~(zi < depth(sc, mu, st))
+            idx = np.nonzero(unseen)[0]
+            unseen[idx[seen]] = False
+        out[t][cand] = unseen
+    return out
+
+
+def render_right_views(cfg, baseline: float) -> np.ndarray:
+    """Right views (T, H, W, 3) in [0, 1], 8-bit levels, of the tissue scene of ``cfg`` (the same scene as
+    :func:`make_tissue_sequence`, from the seed): a rectified stereo pair with the left camera, the right
+    camera ``baseline`` scene units along the left camera's x axis, same K."""
+    if not baseline > 0:
+        raise ValueError(f"stereo baseline must be > 0 scene units, got {baseline}")
+    sc = build_tissue_scene(cfg, np.random.default_rng(cfg.seed))
+    return np.round(np.stack([render_tissue_frame(sc, t, baseline)["rgb"] for t in range(sc.T)]) * 255.0) / 255.0
+
+
+def write_right_views(cfg, root, seq_name: str, baseline: float, names, right_type: str = "images_right") -> None:
+    """Write :func:`render_right_views` as ``root/<right_type>/<seq_name>/NAME.png`` (atomically), one per
+    frame name of the left views."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from flow3d.data import io  # noqa: PLC0415
+
+    right = render_right_views(cfg, baseline)
+    if len(names) != right.shape[0]:
+        raise ValueError(f"{len(names)} frame names for {right.shape[0]} right views")
+    for n, img in zip(names, right):
+        io.write_png_atomic(Path(root) / right_type / seq_name / f"{n}.png", (img * 255.0).round().astype(np.uint8))
+    logger.info("tissue scene: right views (baseline %g scene units) written to %s", baseline, Path(root) / right_type / seq_name)
 
 
 def _to_world(sc: TissueScene, X: np.ndarray) -> np.ndarray:
@@ -367,6 +465,7 @@ def make_tissue_sequence(cfg) -> VideoSequence:
     frames = [render_tissue_frame(sc, t) for t in range(T)]
     images = np.round(np.stack([f["rgb"] for f in frames]) * 255.0) / 255.0  # 8-bit levels, exact through PNG
     inst = np.stack([f["instrument"] for f in frames])
+    hidden_rgb = np.round(np.stack([f["tissue_rgb"] for f in frames]) * 255.0) / 255.0
     material = np.stack([f["material"] for f in frames])
     tissue_depth = np.stack([f["tissue_depth"] for f in frames])
     prior, prior_valid, a_t, b_t = drifting_prior(np.stack([f["visible_depth"] for f in frames]), cfg, rng, objects=np.where(~inst & (_gauss(sc, material)[0] > 0.5), 0, -1))
@@ -380,6 +479,7 @@ def make_tissue_sequence(cfg) -> VideoSequence:
 
     w2c = np.linalg.inv(sc.c2w)
     train_ids, val_ids = split_frames(T, cfg.val_every)
+    unseen = never_seen(sc, material, inst, train_ids.tolist())
     f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
     M = len(query_t)
     seq = VideoSequence(
@@ -392,11 +492,13 @@ def make_tissue_sequence(cfg) -> VideoSequence:
         tracks_query_t=torch.from_numpy(query_t).long(),
         gt_depth=f32(tissue_depth), gt_tracks_3d=f32(gt3d), gt_prior_affine=f32(np.stack([a_t, b_t], -1)),
         gt_surface_points=f32(surface), gt_surface_uv=f32((material + pad) / step),
+        gt_hidden_images=f32(hidden_rgb), gt_never_seen=torch.from_numpy(unseen),
         frame_names=[f"{t:05d}" for t in range(T)],
     )
     if cfg.normalize_scene:
         scale, transform = compute_scene_norm(seq.gt_tracks_3d.reshape(-1, 3), seq.w2cs)
         seq = apply_scene_norm(seq, scale, transform)
-    logger.info("tissue scene: %d frames %dx%d, %d instruments (%.1f%% of pixels), %d tracks",
-                T, W, H, len(sc.instruments), 100.0 * inst.mean(), M)
+    logger.info("tissue scene: %d frames %dx%d, %d instruments (%.1f%% of pixels), %d tracks, %.2f%% of "
+                "pixels show tissue no training frame sees", T, W, H, len(sc.instruments), 100.0 * inst.mean(), M,
+                100.0 * unseen.mean())
     return seq

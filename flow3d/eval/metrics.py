@@ -689,3 +689,59 @@ def keypoint_pck(
     if n_empty:
         res.notes["pck"] = f"{n_empty} of {pck.numel()} pairs have no keypoint visible in both frames and count as 0 (SoM)"
     return res
+
+
+# ----------------------------------------------------------------------------------------------
+# Never-seen surface (endoscopy: tissue an instrument covered in every training frame)
+# ----------------------------------------------------------------------------------------------
+
+
+def never_seen_metrics(
+    pred_rgb: Tensor,
+    pred_depth: Tensor,
+    gt_rgb: Tensor,
+    gt_depth: Tensor,
+    never_seen: Tensor,
+    valid: Tensor,
+    depth_scale: float,
+    pred_alpha: Tensor | None = None,
+    min_alpha: float = 0.99,
+) -> MetricResult:
+    """PSNR and depth AbsRel on the surface no training frame saw, next to the same numbers on the seen,
+    visible surface, scored against the true surface under whatever hides it.
+
+    pred_rgb, gt_rgb: (S, H, W, 3) (``gt_rgb``: the scene without the ignored things, e.g. the tissue under
+    the instruments); pred_depth, gt_depth: (S, H, W) z-depth (gt 0 = unknown); never_seen: (S, H, W) bool;
+    valid: (S, H, W) bool, the view's own usable pixels; pred_alpha: (S, H, W) or None.
+    ``never_seen_*`` score the ``never_seen`` pixels (visible in the view or not), ``seen_*`` the ``valid``
+    pixels that some training frame saw. Depth is ``depth_scale * pred_depth`` for both (one scale, the one
+    fitted on the visible pixels, so a never-seen surface at the wrong depth is not rescaled away); a pixel
+    that renders no depth (0) counts as AbsRel 1. Per view: ``never_seen_psnr``, ``never_seen_abs_rel``,
+    ``seen_psnr``, ``seen_abs_rel``, ``never_seen_frac`` (never-seen pixels / pixels) and, with
+    ``pred_alpha``, ``never_seen_hole_frac`` (never-seen pixels with alpha < ``min_alpha`` / never-seen
+    pixels). Aggregates: mean over views that have such pixels; ``never_seen_frac`` and
+    ``never_seen_hole_frac`` pooled over all pixels of all views.
+    """
+    S = pred_rgb.shape[0]
+    for name, x in (("pred_depth", pred_depth), ("gt_depth", gt_depth), ("never_seen", never_seen), ("valid", valid)):
+        if x.shape != pred_rgb.shape[:3]:
+            raise ValueError(f"{name} must be (S, H, W) = {tuple(pred_rgb.shape[:3])}, got {tuple(x.shape)}")
+    ns = never_seen.bool()
+    seen = valid.bool() & ~ns
+    dims = (1, 2)
+    res = MetricResult()
+    d_ok = is_valid(gt_depth)
+    aligned = torch.where(torch.isfinite(pred_depth), pred_depth * float(depth_scale), torch.zeros_like(pred_depth))
+    rel = (aligned - gt_depth).abs() / torch.where(d_ok, gt_depth, torch.ones_like(gt_depth))
+    for who, m in (("never_seen", ns), ("seen", seen)):
+        res.per_frame[f"{who}_psnr"] = masked_psnr(pred_rgb, gt_rgb, m.to(pred_rgb.dtype))
+        res.per_frame[f"{who}_abs_rel"] = _masked_mean_or_nan(rel, (m & d_ok).to(rel.dtype), dims)
+    res.per_frame["never_seen_frac"] = ns.reshape(S, -1).float().mean(-1)
+    for k, v in res.per_frame.items():
+        res.aggregate[k] = _nanmean(v)
+    res.aggregate["never_seen_frac"] = float(ns.float().mean()) if ns.numel() else float("nan")
+    if pred_alpha is not None:
+        holes = ns & (pred_alpha < min_alpha)
+        res.per_frame["never_seen_hole_frac"] = _masked_mean_or_nan(holes.float(), ns.float(), dims)
+        res.aggregate["never_seen_hole_frac"] = float(holes.sum() / ns.sum()) if bool(ns.any()) else float("nan")
+    return res

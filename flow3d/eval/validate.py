@@ -57,6 +57,7 @@ from flow3d.eval.metrics import (
     depth_order_accuracy,
     image_metrics,
     keypoint_pck,
+    never_seen_metrics,
     prior_depth_metrics,
     temporal_consistency,
     tracking_metrics,
@@ -569,6 +570,17 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
         why = Unavailable("no ground-truth depth in this dataset")
         for who in ("depth", "prior"):
             agg.update({f"{who}_{k}{a}": why for k in depth_keys for a in ("", "_frame", "_scale_shift")})
+
+    # ---- never-seen surface (issue 26: the synthetic tissue scene knows the tissue under the instruments)
+    if gt is not None and not held_out and seq.gt_never_seen is not None and seq.gt_hidden_images is not None:
+        ts = [v.t for v in sv]
+        ns_res = never_seen_metrics(
+            torch.stack([torch.from_numpy(renders[i]["rgb"]) for i in scored_idx]), rd, seq.gt_hidden_images[ts].float(),
+            gt, seq.gt_never_seen[ts], valid, seq_scale, torch.stack([torch.from_numpy(renders[i]["alpha"]) for i in scored_idx]))
+        cols.update({k: [float(x) for x in v] for k, v in ns_res.per_frame.items()})
+        agg.update(ns_res.aggregate)
+        notes["never_seen_psnr"] = ("dB over pixels whose tissue no training frame saw (under the instruments or not), vs the "
+                                    "tissue without instruments; seen_*: visible pixels some training frame saw; depth with depth_scale")
 
     # ---- depth order
     if sv[0].prior_disp is not None:

@@ -47,6 +47,10 @@ class WriteArgs:
     """endonerf layout: fraction of each frame covered by holes (0) in the stereo-like depth, plus a band on the left."""
     prior_dir: str = "mono_disp"
     """endonerf layout: folder of the drifting monocular-like disparity prior (read with --data.prior-dir)."""
+    stereo_baseline: float = 0.0
+    """custom layout, tissue scene: > 0 also writes the right view of a rectified stereo pair, the camera
+    shifted by this many scene units along its x axis (same K), to ``images_right/SEQ`` (for
+    python -m flow3d.preprocess.stereo); 0 = none."""
 
 
 def write(args: WriteArgs) -> str:
@@ -62,10 +66,18 @@ def write(args: WriteArgs) -> str:
         from flow3d.data.io import check_seq_name  # noqa: PLC0415
 
         check_seq_name(args.seq_name, "--seq-name")
+    if args.stereo_baseline != 0 and (args.layout != "custom" or args.data.scene != "tissue"):
+        raise ValueError("--stereo-baseline needs --scene tissue --layout custom")
     seq = make_synthetic_sequence(args.data)
     if args.layout == "custom":
         root = write_custom_layout(seq, args.out_dir, args.seq_name, args.depth_type, args.track_type)
         how = f"data:custom --data.root-dir {root} --data.seq-name {args.seq_name} --data.depth-type {args.depth_type} --data.track-type {args.track_type}"
+        if args.stereo_baseline != 0:
+            from flow3d.data.tissue import write_right_views  # noqa: PLC0415
+
+            write_right_views(args.data, root, args.seq_name, args.stereo_baseline, seq.frame_names)
+            how += (f"\nstereo prior: python -m flow3d.preprocess.stereo --root-dir {root} --seq-name {args.seq_name} "
+                    f"--baseline {args.stereo_baseline:g}, then --data.depth-type stereo_disp")
     else:
         root = write_endonerf_layout(seq, args.out_dir, args.depth_scale, args.prior_dir, args.stereo_noise, args.stereo_holes, args.data.seed)
         how = (f"data:endonerf --data.root-dir {root} --data.depth-scale {args.depth_scale:g}"

@@ -9,7 +9,12 @@
 6. fill the canonical frame's foreground with back-projected prior depth; foreground that ignored pixels
    (instruments) hide in the canonical frame comes from the other frames where it is visible, carried
    back to the canonical time by the inverse of its fitted motion;
-7. place background Gaussians on back-projected background prior depth.
+7. in the tissue setting (below), complete what the canonical frame has no depth for -- tissue behind
+   its instruments (of which some no training frame shows at all) and pixels without a valid prior (e.g.
+   a stereo prior's invalid band): depth continued smoothly into the gap from the surrounding tissue
+   (:func:`harmonic_fill`), colour from the frames that saw it or else continued too, never from an
+   ignored pixel (:func:`_complete_unseen`); this replaces step 6's carried depth there;
+8. place background Gaussians on back-projected background prior depth.
 
 The tissue setting (endoscopy): when every valid pixel is foreground -- deforming tissue under a static
 endoscope, no static background -- there are no background Gaussians, and every Gaussian moves on the
@@ -20,8 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import roma
 import torch
+from scipy import ndimage, sparse
+from scipy.sparse.linalg import spsolve
 from scipy.spatial import cKDTree
 from torch import Tensor
 
@@ -52,6 +61,13 @@ class InitConfig:
     """Initial opacity of every Gaussian."""
     max_prior_depth_quantile: float = 0.98
     """Background points beyond this quantile of prior depth (per frame) are dropped (sky, far noise)."""
+    complete_unseen: bool = True
+    """Tissue setting (every valid pixel foreground): seed Gaussians where no training frame shows the
+    surface (always behind an instrument) or the prior is invalid, with depth and colour continued smoothly
+    from the surrounding tissue (harmonic interpolation); never from ignored pixels."""
+    complete_border_px: int = 2
+    """Tissue pixels within this many pixels of an ignored pixel do not give the completion its border
+    depth (a blurred prior smears the instrument's depth into them); their colour still does."""
 
 
 def lift_tracks(seq, frame_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -239,8 +255,14 @@ def _densify_foreground(seq, can_t: int, tracks_fg: GaussianParams, bases: Motio
         rgb = seq.images[can_t][ij[:, 0], ij[:, 1]]
         spacing_px = (m.sum() / (len(ij) + n_tracks)).sqrt()
         hid = _hidden_foreground(seq, can_t, tracks_fg, bases, rate, generator)
-        new_means, new_logits, rgb = (torch.cat([a, b]) for a, b in zip((new_means, new_logits, rgb), hid[:3]))
-        z = torch.cat([z, hid[3]])
+        if cfg.complete_unseen and _tissue_setting(seq):
+            # the hidden tissue's colour comes from the frames that saw it; its depth, for all of it, from
+            # the canonical frame's surrounding surface (the carried points' depth holds their frame's
+            # prior and the fitted motion's error: 18-28% too near on the tissue scene)
+            comp = _complete_unseen(seq, can_t, tracks_fg, hid[4], hid[5], rate, cfg.complete_border_px, generator)
+        else:
+            comp = hid[:4]
+        new_means, new_logits, rgb, z = (torch.cat([a, b]) for a, b in zip((new_means, new_logits, rgb, z), comp))
         new_size = z * spacing_px / fx * 0.5
         # the track Gaussians get the footprint size too (their depth is their camera z at can_t)
         t_z = (t_means @ seq.w2cs[can_t, :3, :3].T + seq.w2cs[can_t, :3, 3])[:, 2].clamp_min(1e-3)
@@ -278,11 +300,14 @@ def _hidden_foreground(seq, can_t: int, tracks_fg: GaussianParams, bases: Motion
     canonical time. The ignored canonical pixels it lands on that no earlier frame reached are claimed, one
     point each, and a ``rate`` fraction of those points becomes Gaussians: the hidden foreground is sampled
     at the density of the rest. Returns canonical means (P, 3), logits (P, K), colours (P, 3) and
-    canonical-camera depths (P,).
+    canonical-camera depths (P,), and, per canonical pixel, the depth (H, W) (0 = not reached) and colour
+    (H, W, 3) of the point that claimed it.
     """
     H, W = seq.valid_masks.shape[1:]
     hidden = ~seq.valid_masks[can_t]  # (H, W)
     claimed = torch.zeros(H, W, dtype=torch.bool)
+    claimed_z = torch.zeros(H * W, dtype=seq.images.dtype)
+    claimed_rgb = torch.zeros(H * W, 3, dtype=seq.images.dtype)
     depth, coefs = seq.prior_depth(), tracks_fg.get_coefs()
     out: list[list[Tensor]] = [[], [], [], []]
     for t in sorted((t for t in seq.train_ids.tolist() if t != can_t), key=lambda t: (abs(t - can_t), t)):
@@ -305,16 +330,114 @@ def _hidden_foreground(seq, can_t: int, tracks_fg: GaussianParams, bases: Motion
             continue
         pix, first = _first_per_value(flat[new])  # one point per newly reached pixel
         claimed.view(-1)[pix] = True
+        claimed_z[pix] = z[new[first]].to(claimed_z.dtype)
+        claimed_rgb[pix] = seq.images[t][cand[new[first], 0], cand[new[first], 1]]
         sel = new[first][torch.rand(len(first), generator=generator) < rate]
         for lst, val in zip(out, (X_can[sel], logits[sel], seq.images[t][cand[sel, 0], cand[sel, 1]], z[sel])):
             lst.append(val)
+    maps = (claimed_z.reshape(H, W), claimed_rgb.reshape(H, W, 3))
     if not out[0]:
         K = tracks_fg.params["motion_coefs"].shape[1]
-        return torch.zeros(0, 3), torch.zeros(0, K), torch.zeros(0, 3), torch.zeros(0)
+        return (torch.zeros(0, 3), torch.zeros(0, K), torch.zeros(0, 3), torch.zeros(0)) + maps
     res = tuple(torch.cat(v) for v in out)
     logger.info("init: %d foreground Gaussians for what ignored pixels hide in canonical frame %d, from other "
                 "frames (%d of its %d ignored pixels reached)", res[0].shape[0], can_t, int(claimed.sum()), int(hidden.sum()))
-    return res
+    return res + maps
+
+
+def _tissue_setting(seq) -> bool:
+    """Every valid pixel of the training frames is foreground (deforming tissue, no static background)."""
+    return bool(((seq.fg_masks[seq.train_ids] > 0.5) | ~seq.valid_masks[seq.train_ids]).all())
+
+
+def harmonic_fill(values: Tensor, known: Tensor, fill: Tensor) -> Tensor:
+    """Continue ``values`` (H, W, C) from the ``known`` pixels (H, W) bool into the ``fill`` pixels (H, W)
+    bool smoothly: the discrete harmonic interpolant (4-neighbour Laplacian zero on every fill pixel,
+    Dirichlet on known neighbours, no flux through pixels that are neither), solved with
+    ``scipy.sparse.linalg.spsolve``. Planes are reproduced exactly in a gap that known pixels enclose. Only known pixels' values are read; fill
+    pixels of a region that touches no known pixel are NaN. Returns a float64 (H, W, C) copy."""
+    H, W, C = values.shape
+    known_np, fill_np = known.numpy().astype(bool), (fill & ~known).numpy().astype(bool)
+    out = np.where(known_np[..., None], values.double().numpy(), 0.0)
+    labels, n = ndimage.label(fill_np)
+    if n == 0:
+        return torch.from_numpy(out)
+    touching = np.unique(labels[ndimage.binary_dilation(known_np) & fill_np])
+    solvable = fill_np & np.isin(labels, touching[touching > 0])
+    out[fill_np & ~solvable] = np.nan
+    ys, xs = np.nonzero(solvable)
+    idx = -np.ones((H, W), dtype=np.int64)
+    idx[ys, xs] = np.arange(len(ys))
+    rows, cols, vals = [], [], []
+    diag = np.zeros(len(ys))
+    rhs = np.zeros((len(ys), C))
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        ny, nx = ys + dy, xs + dx
+        inside = (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
+        nyc, nxc = ny.clip(0, H - 1), nx.clip(0, W - 1)
+        is_known = inside & known_np[nyc, nxc]
+        is_fill = inside & solvable[nyc, nxc]
+        diag += is_known | is_fill
+        rhs[is_known] += out[nyc[is_known], nxc[is_known]]
+        r = np.nonzero(is_fill)[0]
+        rows.append(r)
+        cols.append(idx[nyc[r], nxc[r]])
+        vals.append(-np.ones(len(r)))
+    A = sparse.csr_matrix((np.concatenate([diag, *vals]), (np.concatenate([np.arange(len(ys)), *rows]),
+                                                            np.concatenate([np.arange(len(ys)), *cols]))),
+                          shape=(len(ys), len(ys)))
+    sol = spsolve(A.tocsc(), rhs)
+    out[ys, xs] = sol.reshape(len(ys), C)
+    return torch.from_numpy(out)
+
+
+def _complete_unseen(seq, can_t: int, tracks_fg: GaussianParams, claimed_z: Tensor, claimed_rgb: Tensor, rate: float,
+                     border_px: int, generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Canonical Gaussians where the canonical frame has no depth of its own: its ignored pixels -- those
+    that :func:`_hidden_foreground` reached from other frames (``claimed_z`` > 0) and those it did not (an
+    instrument covered that tissue in every training frame) -- and valid pixels without a valid prior.
+    Their depth is :func:`harmonic_fill` ed
+    from the canonical frame's own prior depth on valid pixels (not within ``border_px`` of an ignored pixel),
+    their colour from its image on valid pixels and from the reached hidden pixels' ``claimed_rgb``. An ignored pixel's image or prior value is never read. A ``rate``
+    fraction of the gap's pixels becomes Gaussians (the density of the rest), with the blended motion of
+    their nearest track Gaussians. Returns means (P, 3), logits (P, K), colours (P, 3), depths (P,)."""
+    K = tracks_fg.params["motion_coefs"].shape[1]
+    empty = (torch.zeros(0, 3), torch.zeros(0, K), torch.zeros(0, 3), torch.zeros(0))
+    valid = seq.valid_masks[can_t].bool()
+    dvalid = seq.prior_valid[can_t].bool() & valid
+    reached = (claimed_z > 0) & ~valid
+    gap_depth = ~dvalid  # no depth of the canonical frame's own
+    if not bool(gap_depth.any()):
+        return empty
+    near_ignored = torch.zeros_like(valid)
+    if border_px > 0 and not bool(valid.all()):
+        k = np.ones((2 * border_px + 1, 2 * border_px + 1), np.uint8)
+        near_ignored = torch.from_numpy(cv2.dilate((~valid).numpy().astype(np.uint8), k) > 0) & valid
+    prior_depth = seq.prior_depth()[can_t]
+    depth_known = dvalid & ~near_ignored
+    # depth only from the canonical frame's own prior (the points carried from other frames carry their
+    # frames' prior scale and the fitted motion's error); the fill spans all it does not know
+    z = harmonic_fill(torch.where(depth_known, prior_depth, torch.zeros_like(prior_depth))[..., None], depth_known,
+                      ~depth_known)[..., 0]
+    rgb_map = torch.where(valid[..., None], seq.images[can_t], torch.where(reached[..., None], claimed_rgb, torch.zeros_like(claimed_rgb)))
+    rgb_known = valid | reached
+    rgb = harmonic_fill(rgb_map, rgb_known, ~rgb_known)
+    ok = gap_depth & torch.isfinite(z) & (z > 0) & torch.isfinite(rgb).all(-1)
+    ij = torch.nonzero(ok)
+    n_unseen = int((gap_depth & ~valid & ~reached).sum())
+    if len(ij) == 0:
+        logger.warning("init: %d canonical pixels have no surface point and no tissue around them to complete from", int(gap_depth.sum()))
+        return empty
+    ij = ij[torch.rand(len(ij), generator=generator) < rate]
+    zz = z[ij[:, 0], ij[:, 1]].to(seq.images.dtype)
+    means = unproject_pixels(ij.flip(-1).to(zz.dtype), zz, seq.Ks[can_t], torch.linalg.inv(seq.w2cs[can_t]))
+    logits = _blend_logits(means, tracks_fg.get_means(), tracks_fg.params["motion_coefs"]) if len(ij) else torch.zeros(0, K)
+    cols = rgb[ij[:, 0], ij[:, 1]].to(seq.images.dtype)
+    logger.info("init: completed %d canonical pixels without depth (%d behind instruments in every training frame, "
+                "%d hidden here but seen elsewhere: their colour from there, %d without a valid prior) from the "
+                "surrounding tissue: %d Gaussians", int(ok.sum()), n_unseen, int(reached.sum()),
+                int((gap_depth & valid).sum()), len(ij))
+    return means, logits, cols, zz
 
 
 def _first_per_value(values: Tensor) -> tuple[Tensor, Tensor]:

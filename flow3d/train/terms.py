@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from flow3d.train import depth_order as D
+from flow3d.train import hidden_surface as HS
 from flow3d.train import som_terms as S
 from flow3d.train.context import StepContext
 
@@ -66,6 +67,8 @@ TERMS: tuple[Term, ...] = (
     _term("g2_monodepth", D.g2_monodepth_term),
     _term("scale_adaptive", D.scale_adaptive_term),
     _term("depth_aware_scale", D.depth_aware_scale_term, "k_obj"),
+    # endoscopy: the tissue behind instruments stays a smooth surface (flow3d.train.hidden_surface)
+    _term("hidden_surface", HS.hidden_surface_term),
 )
 
 
