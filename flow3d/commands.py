@@ -30,6 +30,8 @@ COMMANDS = {
     "flow3d-preprocess-cameras": "flow3d.preprocess.cameras",
     "flow3d-preprocess-endonerf": "flow3d.preprocess.endonerf",
     "flow3d-preprocess-synthetic": "flow3d.preprocess.synthetic",
+    "flow3d-preprocess-stereo": "flow3d.preprocess.stereo",
+    "flow3d-coverage": "flow3d.eval.coverage",
     "flow3d-bench-ablation": "flow3d.benchmarks.ablation",
     "flow3d-bench-cameras": "flow3d.benchmarks.cameras",
     "flow3d-bench-data": "flow3d.benchmarks.data",
@@ -143,3 +145,13 @@ def bench_step() -> int:
 def gpu_check() -> int:
     """``flow3d-gpu-check``: the device check (:mod:`flow3d.benchmarks.gpu_check`)."""
     return run("flow3d-gpu-check")
+
+
+def preprocess_stereo() -> int:
+    """``flow3d-preprocess-stereo``: a depth prior from rectified stereo pairs (:mod:`flow3d.preprocess.stereo`)."""
+    return run("flow3d-preprocess-stereo")
+
+
+def coverage() -> int:
+    """``flow3d-coverage``: holes in the rendered tissue (:mod:`flow3d.eval.coverage`)."""
+    return run("flow3d-coverage")

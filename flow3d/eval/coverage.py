@@ -155,7 +155,7 @@ def _main(argv: list[str]) -> None:
         """A surface pixel with rendered alpha below this is a hole."""
 
     setup_logging()
-    a = tyro.cli(Args, args=argv)
+    a = tyro.cli(Args, args=argv, description=__doc__, prog="python -m flow3d.eval.coverage")
     model, seq, bg, backend = load_run(a.work_dir, a.model)
     res = coverage(model, seq, a.degrees, a.num_orbit, a.min_alpha, bg=bg, backend=backend)
     summary = {kind: {"views": sum(r["kind"] == kind for r in res.rows),

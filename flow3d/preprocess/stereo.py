@@ -170,7 +170,7 @@ def _main(argv: list[str]) -> None:
     from flow3d.log import setup_logging  # noqa: PLC0415
 
     setup_logging()
-    args = tyro.cli(StereoArgs, args=argv)
+    args = tyro.cli(StereoArgs, args=argv, description=__doc__, prog="python -m flow3d.preprocess.stereo")
     out = run(args)
     print(f"wrote the stereo prior (inverse depth, 0 = invalid) to {out}\n"
           f"train on it with: data:custom --data.root-dir {args.root_dir} --data.seq-name {args.seq_name} "

@@ -414,6 +414,8 @@ def test_error_panel_masks_the_pixels_the_metrics_ignore():
     ("flow3d.preprocess.synthetic", "python -m flow3d.preprocess.synthetic"),
     ("flow3d.preprocess.cameras", "python -m flow3d.preprocess.cameras"),
     ("flow3d.preprocess.endonerf", "python -m flow3d.preprocess.endonerf"),
+    ("flow3d.preprocess.stereo", "python -m flow3d.preprocess.stereo"),
+    ("flow3d.eval.coverage", "python -m flow3d.eval.coverage"),
     ("flow3d.export", "python -m flow3d.export"),
     ("flow3d.render_video", "python -m flow3d.render_video"),
     ("flow3d.view", "python -m flow3d.view"),
