@@ -39,7 +39,11 @@ def available_steps(ckpt_dir: Path) -> list[int]:
 def resolve_checkpoint(work_dir: Path, model: str) -> Path:
     """``model`` is a step number or ``last``; a missing one raises listing what exists."""
     ckpt_dir = Path(work_dir) / "checkpoints"
-    path = ckpt_dir / ("last.ckpt" if model == "last" else f"model_{int(model)}.ckpt") if (model == "last" or str(model).isdigit()) else None
+    path = (
+        ckpt_dir / ("last.ckpt" if model == "last" else f"model_{int(model)}.ckpt")
+        if (model == "last" or str(model).isdigit())
+        else None
+    )
     if path is None:
         raise ValueError(f"--model must be a checkpoint step (an integer) or 'last', got {model!r}")
     if not path.is_file():
@@ -67,8 +71,10 @@ def load_resumable(path: Path) -> dict:
     payload = load_checkpoint(path)
     missing = [k for k in RESUME_KEYS if k not in payload]
     if missing:
-        raise ValueError(f"checkpoint {path} cannot be resumed from: it lacks {', '.join(missing)} (it was not written "
-                         "by run_training.py, or was stripped of its optimiser state)")
+        raise ValueError(
+            f"checkpoint {path} cannot be resumed from: it lacks {', '.join(missing)} (it was not written "
+            "by run_training.py, or was stripped of its optimiser state)"
+        )
     return payload
 
 
@@ -101,11 +107,20 @@ def resume_point(ckpt_dir: Path) -> Optional[tuple[Path, dict]]:
             continue
         if problem is not None:
             aside = set_aside(last, "unreadable")
-            logger.warning("%s; resuming from %s (step %d), the newest intact checkpoint; the unreadable file is kept as %s",
-                           problem, path, int(payload["step"]), aside.name)
+            logger.warning(
+                "%s; resuming from %s (step %d), the newest intact checkpoint; the unreadable file is kept as %s",
+                problem,
+                path,
+                int(payload["step"]),
+                aside.name,
+            )
         else:
-            logger.warning("no %s: resuming from %s (step %d), the newest intact checkpoint", last, path, int(payload["step"]))
+            logger.warning(
+                "no %s: resuming from %s (step %d), the newest intact checkpoint", last, path, int(payload["step"])
+            )
         return path, payload
     what = f"{problem}, and no" if problem is not None else "no"
-    raise ValueError(f"{what} intact model_<step>.ckpt is left in {ckpt_dir} to resume from: move the folder away "
-                     "to start a new training")
+    raise ValueError(
+        f"{what} intact model_<step>.ckpt is left in {ckpt_dir} to resume from: move the folder away "
+        "to start a new training"
+    )

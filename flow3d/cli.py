@@ -63,8 +63,10 @@ def describe(exc: BaseException) -> str:
     return " ".join(msg.split())
 
 
-OUT_OF_MEMORY_ADVICE = ("free memory (close other programs), or make the job smaller: fewer Gaussians, a smaller batch, "
-                        "smaller frames or a shorter clip")
+OUT_OF_MEMORY_ADVICE = (
+    "free memory (close other programs), or make the job smaller: fewer Gaussians, a smaller batch, "
+    "smaller frames or a shorter clip"
+)
 
 
 def is_cpu_out_of_memory(exc: BaseException) -> bool:
@@ -135,4 +137,12 @@ def run_main(fn: Callable[[list[str]], T], argv: list[str] | None = None) -> T:
             raise SystemExit(f"error: {describe(e)}") from None
 
 
-__all__ = ["DEBUG_ENV", "DEBUG_FLAG", "debug_requested", "describe", "is_cpu_out_of_memory", "run_main", "sigterm_raises"]
+__all__ = [
+    "DEBUG_ENV",
+    "DEBUG_FLAG",
+    "debug_requested",
+    "describe",
+    "is_cpu_out_of_memory",
+    "run_main",
+    "sigterm_raises",
+]

@@ -252,6 +252,7 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------- presets
 
+
 def available_presets() -> list[str]:
     """The names of the presets shipped with the package (``configs/<name>.yaml``), sorted."""
     return sorted(p.name[: -len(".yaml")] for p in CONFIGS_DIR.iterdir() if p.name.endswith(".yaml") and p.is_file())
@@ -295,8 +296,13 @@ def presets_help(width: int = 100) -> str:
     ``field=value`` (nested fields dotted, as their flags: ``losses.w_pearson`` is ``--losses.w-pearson``)."""
     blocks = []
     for name in available_presets():
-        settings = textwrap.fill(", ".join(f"{k}={v}" for k, v in _flatten(load_preset(name)).items()), width, initial_indent="    ",
-                                 subsequent_indent="    ", break_on_hyphens=False)
+        settings = textwrap.fill(
+            ", ".join(f"{k}={v}" for k, v in _flatten(load_preset(name)).items()),
+            width,
+            initial_indent="    ",
+            subsequent_indent="    ",
+            break_on_hyphens=False,
+        )
         title = textwrap.fill(f"{name}: {preset_summary(name)}", width, initial_indent="  ", subsequent_indent="    ")
         blocks.append(f"{title}\n{settings}")
     return "\n".join(blocks)
@@ -334,8 +340,13 @@ def _type_name(tp) -> str:
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     if origin in (tuple, list):
         return "a list"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string (quote it)",
-            Path: "a path (a string)"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string (quote it)",
+        Path: "a path (a string)",
+    }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(value, tp):
@@ -533,7 +544,7 @@ def resume_differences(old: dict, cfg: TrainConfig) -> tuple[list[tuple[str, Any
 
 
 def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
-    """``--init.num-bg 0 (checkpoint) -> 10000 (now), ...``"""
+    """The changes as one line: ``--init.num-bg 0 (checkpoint) -> 10000 (now), ...``."""
     return ", ".join(f"{flag_name(n)} {o!r} -> {v!r}" for n, o, v in changes)
 
 
@@ -604,8 +615,12 @@ def load_config(path: Path) -> TrainConfig:
     if missing:
         shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
         if text.rstrip().endswith(END_MARKER):
-            logger.warning("config file %s lacks %d field(s) of this flow3d version; using their defaults: %s",
-                           path, len(missing), shown)
+            logger.warning(
+                "config file %s lacks %d field(s) of this flow3d version; using their defaults: %s",
+                path,
+                len(missing),
+                shown,
+            )
         else:
             raise ValueError(
                 f"config file {path} is cut short: missing field(s) {shown} (the file was truncated or edited; "
@@ -631,7 +646,8 @@ class Rule:
     def ok(self, x: float) -> bool:
         if isinstance(x, int) and not isinstance(x, bool):  # compared exactly: 2**64 and 2**64 - 1 are one float
             return (self.lo is None or (x > self.lo if self.lo_open else x >= self.lo)) and (
-                self.hi is None or (x < self.hi if self.hi_open else x <= self.hi))
+                self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+            )
         if not math.isfinite(x):
             return False
         if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
@@ -657,31 +673,85 @@ SEED = Rule(0, 2**64 - 1)  # torch's generators take a 64-bit unsigned seed
 
 RULES: dict[str, Rule] = {
     # training
-    "max_steps": AT_LEAST_1, "batch_size": AT_LEAST_1, "num_targets": AT_LEAST_1, "seed": SEED,
-    "save_every": AT_LEAST_0, "log_every": AT_LEAST_1, "image_every": AT_LEAST_0, "max_nonfinite_steps": AT_LEAST_1,
+    "max_steps": AT_LEAST_1,
+    "batch_size": AT_LEAST_1,
+    "num_targets": AT_LEAST_1,
+    "seed": SEED,
+    "save_every": AT_LEAST_0,
+    "log_every": AT_LEAST_1,
+    "image_every": AT_LEAST_0,
+    "max_nonfinite_steps": AT_LEAST_1,
     "bg_color": UNIT,
     # init, densify, optim
-    "num_fg": AT_LEAST_1, "num_bg": AT_LEAST_0, "num_motion_bases": AT_LEAST_1, "init_fit_steps": AT_LEAST_0,
-    "init_fit_lr": POSITIVE, "init_opacity": Rule(0, 1, lo_open=True, hi_open=True),
-    "refine_start": AT_LEAST_0, "refine_stop": AT_LEAST_0, "refine_every": AT_LEAST_1, "reset_every": AT_LEAST_0,
-    "grow_grad2d": AT_LEAST_0, "grow_scale3d": AT_LEAST_0, "prune_opa": FRACTION, "prune_scale3d": AT_LEAST_0,
-    "max_gaussians": AT_LEAST_1, "lr_final_factor": POSITIVE, "complete_border_px": AT_LEAST_0,
+    "num_fg": AT_LEAST_1,
+    "num_bg": AT_LEAST_0,
+    "num_motion_bases": AT_LEAST_1,
+    "init_fit_steps": AT_LEAST_0,
+    "init_fit_lr": POSITIVE,
+    "init_opacity": Rule(0, 1, lo_open=True, hi_open=True),
+    "refine_start": AT_LEAST_0,
+    "refine_stop": AT_LEAST_0,
+    "refine_every": AT_LEAST_1,
+    "reset_every": AT_LEAST_0,
+    "grow_grad2d": AT_LEAST_0,
+    "grow_scale3d": AT_LEAST_0,
+    "prune_opa": FRACTION,
+    "prune_scale3d": AT_LEAST_0,
+    "max_gaussians": AT_LEAST_1,
+    "lr_final_factor": POSITIVE,
+    "complete_border_px": AT_LEAST_0,
     # losses and depth order
-    "track_gap_tau": AT_LEAST_0, "track_gap_tau_rel": AT_LEAST_0, "num_track_samples": AT_LEAST_1, "num_smooth_samples": AT_LEAST_1,
-    "num_pairs": AT_LEAST_1, "local_radius": AT_LEAST_1, "min_rel_diff": FRACTION, "neighbor_stride": AT_LEAST_1,
-    "hinge_margin": ANY, "modgs_alpha": POSITIVE, "modgs_min_gap_frac": FRACTION, "modgs_num_pairs": AT_LEAST_1,
-    "pearson_patch_size": AT_LEAST_0, "pearson_num_patches": AT_LEAST_1, "depth_aware_warmup": AT_LEAST_0,
+    "track_gap_tau": AT_LEAST_0,
+    "track_gap_tau_rel": AT_LEAST_0,
+    "num_track_samples": AT_LEAST_1,
+    "num_smooth_samples": AT_LEAST_1,
+    "num_pairs": AT_LEAST_1,
+    "local_radius": AT_LEAST_1,
+    "min_rel_diff": FRACTION,
+    "neighbor_stride": AT_LEAST_1,
+    "hinge_margin": ANY,
+    "modgs_alpha": POSITIVE,
+    "modgs_min_gap_frac": FRACTION,
+    "modgs_num_pairs": AT_LEAST_1,
+    "pearson_patch_size": AT_LEAST_0,
+    "pearson_num_patches": AT_LEAST_1,
+    "depth_aware_warmup": AT_LEAST_0,
     # data
-    "val_every": AT_LEAST_0, "num_frames": AT_LEAST_1, "width": Rule(8), "height": Rule(8), "num_objects": AT_LEAST_0,
-    "num_instruments": AT_LEAST_0, "tissue_pull": ANY, "fov_deg": ANGLE, "camera_motion": AT_LEAST_0,
-    "track_grid_step": AT_LEAST_1, "track_query_stride": AT_LEAST_1, "track_noise_px": AT_LEAST_0,
-    "prior_scale_drift": ANY, "prior_shift_drift": ANY, "prior_blur_px": AT_LEAST_0, "prior_noise": AT_LEAST_0,
-    "max_tracks_per_query": AT_LEAST_0, "start": AT_LEAST_0, "end": Rule(-1), "depth_png_scale": POSITIVE,
-    "constant_depth": POSITIVE, "focal_length": POSITIVE, "default_fov_deg": ANGLE, "flow_grid_step": AT_LEAST_1,
-    "flow_query_stride": AT_LEAST_1, "downscale": AT_LEAST_1, "factor": AT_LEAST_1, "depth_scale": POSITIVE,
+    "val_every": AT_LEAST_0,
+    "num_frames": AT_LEAST_1,
+    "width": Rule(8),
+    "height": Rule(8),
+    "num_objects": AT_LEAST_0,
+    "num_instruments": AT_LEAST_0,
+    "tissue_pull": ANY,
+    "fov_deg": ANGLE,
+    "camera_motion": AT_LEAST_0,
+    "track_grid_step": AT_LEAST_1,
+    "track_query_stride": AT_LEAST_1,
+    "track_noise_px": AT_LEAST_0,
+    "prior_scale_drift": ANY,
+    "prior_shift_drift": ANY,
+    "prior_blur_px": AT_LEAST_0,
+    "prior_noise": AT_LEAST_0,
+    "max_tracks_per_query": AT_LEAST_0,
+    "start": AT_LEAST_0,
+    "end": Rule(-1),
+    "depth_png_scale": POSITIVE,
+    "constant_depth": POSITIVE,
+    "focal_length": POSITIVE,
+    "default_fov_deg": ANGLE,
+    "flow_grid_step": AT_LEAST_1,
+    "flow_query_stride": AT_LEAST_1,
+    "downscale": AT_LEAST_1,
+    "factor": AT_LEAST_1,
+    "depth_scale": POSITIVE,
     "prior_png_scale": POSITIVE,
-    "prior_tone": AT_LEAST_0, "prior_field": AT_LEAST_0, "prior_flicker": AT_LEAST_0, "prior_edge_blur_px": AT_LEAST_0,
-    "prior_object_error": Rule(0, 1, hi_open=True), "prior_object_frames": UNIT,
+    "prior_tone": AT_LEAST_0,
+    "prior_field": AT_LEAST_0,
+    "prior_flicker": AT_LEAST_0,
+    "prior_edge_blur_px": AT_LEAST_0,
+    "prior_object_error": Rule(0, 1, hi_open=True),
+    "prior_object_frames": UNIT,
 }
 """Allowed range of every number of the config tree, by field name. Names not listed here take the rule of
 their pattern (:func:`rule_for`); a test checks that every numeric field has one."""
@@ -739,8 +809,30 @@ def validate_config(cfg: TrainConfig, where: Optional[str] = None) -> TrainConfi
 
 
 __all__ = [
-    "TrainConfig", "LossConfig", "DepthOrderConfig", "OptimConfig", "InitConfig", "DensifyConfig", "DataConfig",
-    "load_preset", "preset_path", "apply_overrides", "save_config", "load_config", "config_to_dict", "available_presets",
-    "validate_config", "missing_fields", "data_config_record", "rule_for", "flag_name", "RULES", "END_MARKER",
-    "RESUME_SAFE", "resume_safe_fields", "resume_differences", "describe_changes", "config_history",
+    "TrainConfig",
+    "LossConfig",
+    "DepthOrderConfig",
+    "OptimConfig",
+    "InitConfig",
+    "DensifyConfig",
+    "DataConfig",
+    "load_preset",
+    "preset_path",
+    "apply_overrides",
+    "save_config",
+    "load_config",
+    "config_to_dict",
+    "available_presets",
+    "validate_config",
+    "missing_fields",
+    "data_config_record",
+    "rule_for",
+    "flag_name",
+    "RULES",
+    "END_MARKER",
+    "RESUME_SAFE",
+    "resume_safe_fields",
+    "resume_differences",
+    "describe_changes",
+    "config_history",
 ]

@@ -88,8 +88,10 @@ def depth_order_sign(
     if not isinstance(values_a, Tensor) or not isinstance(values_b, Tensor):
         raise ValueError(f"{fn}: values_a and values_b must be torch.Tensors")
     if values_a.shape != values_b.shape or values_a.device != values_b.device:
-        raise ValueError(f"{fn}: values_b has shape {tuple(values_b.shape)} on {values_b.device} but values_a "
-                         f"has shape {tuple(values_a.shape)} on {values_a.device}; they must match")
+        raise ValueError(
+            f"{fn}: values_b has shape {tuple(values_b.shape)} on {values_b.device} but values_a "
+            f"has shape {tuple(values_a.shape)} on {values_a.device}; they must match"
+        )
     s = kind_sign(kind, "kind", fn)
     if min_rel_diff < 0:
         raise ValueError(f"{fn}: min_rel_diff must be >= 0, got {min_rel_diff}")

@@ -95,7 +95,9 @@ def splats_at(model: SceneModel, t: int, fg: bool = True, bg: bool = True) -> tu
             is_fg.append(torch.ones(model.num_fg, dtype=torch.bool))
         if bg and model.bg is not None:
             p = model.bg.params
-            parts.append(Splats(model.bg.get_means(), model.bg.get_quats(), p["scales"], p["opacities"], model.bg.get_colors()))
+            parts.append(
+                Splats(model.bg.get_means(), model.bg.get_quats(), p["scales"], p["opacities"], model.bg.get_colors())
+            )
             is_fg.append(torch.zeros(model.num_bg, dtype=torch.bool))
     if not parts:
         e = torch.zeros(0, 3)
@@ -126,13 +128,17 @@ def _check_frames(frames: Optional[tuple[int, ...]], T: int) -> list[int]:
     return sorted(set(int(t) for t in frames))
 
 
-def _check_selection(model: SceneModel, ckpt_path: Path, which: str, use_fg: bool, use_bg: bool, min_opacity: float) -> None:
+def _check_selection(
+    model: SceneModel, ckpt_path: Path, which: str, use_fg: bool, use_bg: bool, min_opacity: float
+) -> None:
     """ValueError naming the flag when ``--gaussians`` / ``--min-opacity`` select no Gaussian of the checkpoint."""
     num = {"fg": model.num_fg if use_fg else 0, "bg": (model.num_bg if model.bg is not None else 0) if use_bg else 0}
     if num["fg"] + num["bg"] == 0:
         kinds = {"bg": "static (background)", "fg": "dynamic (foreground)", "all": ""}[which]
         hint = "; export --gaussians fg or all" if which == "bg" else ""
-        raise ValueError(f"--gaussians {which}: checkpoint {ckpt_path} has no {kinds + ' ' if kinds else ''}Gaussians{hint}")
+        raise ValueError(
+            f"--gaussians {which}: checkpoint {ckpt_path} has no {kinds + ' ' if kinds else ''}Gaussians{hint}"
+        )
     ops = []
     if num["fg"]:
         ops.append(model.fg.get_opacities().detach().float().cpu())
@@ -140,8 +146,10 @@ def _check_selection(model: SceneModel, ckpt_path: Path, which: str, use_fg: boo
         ops.append(model.bg.get_opacities().detach().float().cpu())
     top = float(torch.cat(ops).max())
     if not top >= min_opacity:
-        raise ValueError(f"--min-opacity {min_opacity:g} leaves no Gaussian of --gaussians {which} in {ckpt_path} "
-                         f"(the largest opacity is {top:.4g})")
+        raise ValueError(
+            f"--min-opacity {min_opacity:g} leaves no Gaussian of --gaussians {which} in {ckpt_path} "
+            f"(the largest opacity is {top:.4g})"
+        )
 
 
 def export(cfg: ExportConfig) -> dict:
@@ -170,8 +178,13 @@ def export(cfg: ExportConfig) -> dict:
             c["points_written"] = write_point_ply(out / "points" / f"{t:05d}.ply", splats.means, splats.rgb)
         counts[str(t)] = c
     summary = {
-        "checkpoint": str(run.ckpt_path), "step": run.step, "frames": frames, "gaussians": cfg.gaussians,
-        "min_opacity": cfg.min_opacity, "per_frame": counts, "scene_scale": seq.scene_scale,
+        "checkpoint": str(run.ckpt_path),
+        "step": run.step,
+        "frames": frames,
+        "gaussians": cfg.gaussians,
+        "min_opacity": cfg.min_opacity,
+        "per_frame": counts,
+        "scene_scale": seq.scene_scale,
         "scene_transform": seq.scene_transform.tolist(),
         "units": "scene units; x_orig = inv(scene_transform) @ [scene_scale * x, 1]",
     }
@@ -188,13 +201,18 @@ def _write_trajectories(path: Path, model: SceneModel, seq, min_opacity: float) 
     keep = (model.fg.get_opacities() >= min_opacity).cpu()
     means, quats = trajectories(model, keep)
     arrays = dict(
-        means=means, quats=quats,
+        means=means,
+        quats=quats,
         colors=model.fg.get_colors()[keep.to(model.fg.get_means().device)].float().cpu().numpy(),
         opacities=model.fg.get_opacities()[keep.to(model.fg.get_means().device)].float().cpu().numpy(),
         index=torch.nonzero(keep).squeeze(1).numpy().astype(np.int64),
-        frames=np.arange(model.num_frames, dtype=np.int64), time_ids=seq.time_ids.numpy().astype(np.int64),
-        w2cs=seq.w2cs.float().numpy(), Ks=seq.Ks.float().numpy(), img_wh=np.asarray(seq.img_wh, dtype=np.int64),
-        scene_scale=np.float64(seq.scene_scale), scene_transform=seq.scene_transform.float().numpy(),
+        frames=np.arange(model.num_frames, dtype=np.int64),
+        time_ids=seq.time_ids.numpy().astype(np.int64),
+        w2cs=seq.w2cs.float().numpy(),
+        Ks=seq.Ks.float().numpy(),
+        img_wh=np.asarray(seq.img_wh, dtype=np.int64),
+        scene_scale=np.float64(seq.scene_scale),
+        scene_transform=seq.scene_transform.float().numpy(),
         README=np.array(TRAJECTORIES_DOC),
     )
     buf = io.BytesIO()

@@ -44,8 +44,17 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:40] or "h
 _TEMP_RE = re.compile(r"^\..*\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^.]+\.tmp(\.[^.]*)?$")
 
 __all__ = [
-    "atomic_path", "np_savez", "owner_tag", "process_alive", "remove_stale_temporaries", "replace_dir", "set_aside",
-    "torch_save", "write_bytes", "write_json", "write_text",
+    "atomic_path",
+    "np_savez",
+    "owner_tag",
+    "process_alive",
+    "remove_stale_temporaries",
+    "replace_dir",
+    "set_aside",
+    "torch_save",
+    "write_bytes",
+    "write_json",
+    "write_text",
 ]
 
 

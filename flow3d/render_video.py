@@ -175,7 +175,11 @@ def render_video(cfg: VideoConfig) -> Path:
     depth_range = tuple(cfg.depth_range) if cfg.depth_range is not None else _depth_range(run, plan)
     logger.info(
         "%s: %d frames at %dx%d, look-at point %s, depth range %.3g..%.3g scene units",
-        cfg.camera_path, len(plan.ts), *plan.img_wh, [round(float(x), 3) for x in plan.look_at], *depth_range,
+        cfg.camera_path,
+        len(plan.ts),
+        *plan.img_wh,
+        [round(float(x), 3) for x in plan.look_at],
+        *depth_range,
     )
     frames = video_frames(run, plan, depth_range)
     try:

@@ -66,14 +66,18 @@ def check_host(host: str) -> None:
     try:
         infos = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as e:
-        raise ValueError(f"--host {host!r} is not an address of this machine: {getattr(e, 'strerror', None) or e}") from None
+        raise ValueError(
+            f"--host {host!r} is not an address of this machine: {getattr(e, 'strerror', None) or e}"
+        ) from None
     for family, kind, proto, _, addr in infos:
         try:
             with socket.socket(family, kind, proto) as s:
                 s.bind((addr[0], 0) + tuple(addr[2:]))
         except OSError as e:
-            raise ValueError(f"--host {host!r}: cannot listen on {addr[0]} ({e.strerror or e}); "
-                             "use an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+            raise ValueError(
+                f"--host {host!r}: cannot listen on {addr[0]} ({e.strerror or e}); "
+                "use an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
+            ) from None
 
 
 def start_viewer(cfg: ViewConfig):
@@ -111,7 +115,10 @@ def _main(argv: list[str]) -> None:
     setup_logging()
     viewer = start_viewer(cfg)
     host = "localhost" if cfg.host in ("127.0.0.1", "0.0.0.0") else cfg.host
-    print(f"viewer of {cfg.work_dir} (step {viewer.run.step}) at http://{host}:{viewer.port}  (Ctrl+C to stop)", flush=True)
+    print(
+        f"viewer of {cfg.work_dir} (step {viewer.run.step}) at http://{host}:{viewer.port}  (Ctrl+C to stop)",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(1.0)

@@ -55,7 +55,11 @@ def test_replace_dir_swaps_a_whole_folder(tmp_path):
 def _calls(tree: ast.AST) -> set[str]:
     out = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+        ):
             out.add(f"{node.func.value.id}.{node.func.attr}")
     return out
 

@@ -14,7 +14,9 @@ from flow3d.geometry import (
 def _camera():
     K = torch.tensor([[50.0, 0, 15.5], [0, 60.0, 11.0], [0, 0, 1]], dtype=torch.float64)
     ang = torch.tensor(0.3, dtype=torch.float64)
-    R = torch.tensor([[torch.cos(ang), 0, torch.sin(ang)], [0, 1, 0], [-torch.sin(ang), 0, torch.cos(ang)]], dtype=torch.float64)
+    R = torch.tensor(
+        [[torch.cos(ang), 0, torch.sin(ang)], [0, 1, 0], [-torch.sin(ang), 0, torch.cos(ang)]], dtype=torch.float64
+    )
     c2w = torch.eye(4, dtype=torch.float64)
     c2w[:3, :3] = R
     c2w[:3, 3] = torch.tensor([0.2, -0.1, 0.5], dtype=torch.float64)

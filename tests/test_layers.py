@@ -30,19 +30,44 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "flow3d"
 
 RANKS = {
-    "flow3d": 0, "log": 0, "geometry": 0, "depth": 0, "fileio": 0, "device": 0, "errors": 0, "cli": 0,
-    "checkpoint": 1, "workdir": 1,
-    "losses": 2, "render": 2, "flow": 2,
+    "flow3d": 0,
+    "log": 0,
+    "geometry": 0,
+    "depth": 0,
+    "fileio": 0,
+    "device": 0,
+    "errors": 0,
+    "cli": 0,
+    "checkpoint": 1,
+    "workdir": 1,
+    "losses": 2,
+    "render": 2,
+    "flow": 2,
     "cameras": 3,
     "data": 4,
     "scene": 5,
     "config": 6,
-    "eval": 7, "preprocess": 7,
-    "train": 8, "vis": 8,
-    "benchmarks": 9, "export": 9, "render_video": 9, "view": 9, "sweep": 9,
+    "eval": 7,
+    "preprocess": 7,
+    "train": 8,
+    "vis": 8,
+    "benchmarks": 9,
+    "export": 9,
+    "render_video": 9,
+    "view": 9,
+    "sweep": 9,
     "commands": 10,
 }
-BASE = {"flow3d", "log", "geometry", "depth", "fileio", "device", "errors", "cli"}  # leaf modules; may import each other
+BASE = {
+    "flow3d",
+    "log",
+    "geometry",
+    "depth",
+    "fileio",
+    "device",
+    "errors",
+    "cli",
+}  # leaf modules; may import each other
 
 
 def _modules() -> dict[str, Path]:
@@ -99,7 +124,7 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
         stack.append(m)
         for n in graph.get(m, []):
             if state.get(n) == 1:
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if n not in state and (found := visit(n)):
                 return found
         stack.pop()
@@ -143,8 +168,13 @@ def test_config_and_eval_import_nothing_from_train():
 
 def test_other_packages_use_the_data_layer_through_its_public_api():
     """``flow3d.data`` is imported as a package (its ``__init__``), never by reaching into its modules."""
-    bad = [f"{m} imports {t}" for m, targets in GRAPH.items() if _unit(m) not in ("data", "benchmarks", "preprocess")
-           for t in targets if t.startswith("flow3d.data.")]
+    bad = [
+        f"{m} imports {t}"
+        for m, targets in GRAPH.items()
+        if _unit(m) not in ("data", "benchmarks", "preprocess")
+        for t in targets
+        if t.startswith("flow3d.data.")
+    ]
     assert bad == []
 
 
@@ -157,11 +187,24 @@ def test_no_private_name_crosses_a_module():
     assert bad == []
 
 
-@pytest.mark.parametrize("rel", ["train/trainer.py", "data/casual.py", "data/iphone.py", "data/synthetic.py",
-                                 "data/cache.py", "data/common.py", "data/sequence.py"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "train/trainer.py",
+        "data/casual.py",
+        "data/iphone.py",
+        "data/synthetic.py",
+        "data/cache.py",
+        "data/common.py",
+        "data/sequence.py",
+    ],
+)
 def test_trainer_and_loader_functions_stay_short(rel):
     """Each function of the trainer and the loaders reads on one screen (at most 60 lines, docstring included)."""
     tree = ast.parse((PACKAGE / rel).read_text())
-    long = [f"{n.name}: {n.end_lineno - n.lineno + 1} lines" for n in ast.walk(tree)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60]
+    long = [
+        f"{n.name}: {n.end_lineno - n.lineno + 1} lines"
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60
+    ]
     assert long == []

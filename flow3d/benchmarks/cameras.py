@@ -60,7 +60,9 @@ def accuracy_rows(args: Args) -> list[dict]:
     imgs, fg = (seq.images * 255).round().byte().numpy(), (seq.fg_masks > 0.5).numpy()
     t0 = time.perf_counter()
     est = estimate_cameras(imgs, fg)
-    err = trajectory_errors(np.linalg.inv(est.w2cs), torch.linalg.inv(seq.w2cs.double()).numpy(), est.K[0, 0], float(seq.Ks[0, 0, 0]))
+    err = trajectory_errors(
+        np.linalg.inv(est.w2cs), torch.linalg.inv(seq.w2cs.double()).numpy(), est.K[0, 0], float(seq.Ks[0, 0, 0])
+    )
     rows.append(_row("synthetic", est, time.perf_counter() - t0, err))
     if args.skip_real:
         return rows
@@ -83,8 +85,17 @@ def accuracy_rows(args: Args) -> list[dict]:
         ang = float(np.degrees(np.arccos(np.clip((np.trace(rel[:3, :3]) - 1) / 2, -1, 1))))
         t_ref = np.array([-0.137, -0.004, 0.065])
         cos = rel[:3, 3] @ t_ref / np.linalg.norm(rel[:3, 3]) / np.linalg.norm(t_ref)
-        rows.append(_row("tum (focal known)", est, time.perf_counter() - t0,
-                         {"rel_rot_deg (ref 4.1)": ang, "rel_trans_dir_err_deg_all_pairs": float(np.degrees(np.arccos(np.clip(cos, -1, 1))))}))
+        rows.append(
+            _row(
+                "tum (focal known)",
+                est,
+                time.perf_counter() - t0,
+                {
+                    "rel_rot_deg (ref 4.1)": ang,
+                    "rel_trans_dir_err_deg_all_pairs": float(np.degrees(np.arccos(np.clip(cos, -1, 1)))),
+                },
+            )
+        )
     return rows
 
 
@@ -104,16 +115,27 @@ def jacobian_rows(T: int = 12, n: int = 150) -> list[tuple[str, float]]:
     out = []
     for jac in ("analytic", "sparse_fd", "dense_fd"):
         t0 = time.perf_counter()
-        res = bundle_adjust(obs, vec_to_poses(pert), f * 1.05, center, rho, anchor_t, xy[:, 0], jacobian=jac, max_nfev=60)
-        out.append((jac, time.perf_counter() - t0, float(np.sqrt(np.mean(res.residuals ** 2)))))
+        res = bundle_adjust(
+            obs, vec_to_poses(pert), f * 1.05, center, rho, anchor_t, xy[:, 0], jacobian=jac, max_nfev=60
+        )
+        out.append((jac, time.perf_counter() - t0, float(np.sqrt(np.mean(res.residuals**2)))))
     return out
 
 
 def main() -> None:
     args = tyro.cli(Args)
     rows = accuracy_rows(args)
-    keys = ["frames", "size", "s/frame", "ate_rmse", "trajectory_length", "rel_rot_err_deg_all_pairs",
-            "rel_trans_dir_err_deg_all_pairs", "focal_rel_err", "rel_rot_deg (ref 4.1)"]
+    keys = [
+        "frames",
+        "size",
+        "s/frame",
+        "ate_rmse",
+        "trajectory_length",
+        "rel_rot_err_deg_all_pairs",
+        "rel_trans_dir_err_deg_all_pairs",
+        "focal_rel_err",
+        "rel_rot_deg (ref 4.1)",
+    ]
     print(f"{'data':20s}" + "".join(f"{k[:22]:>24s}" for k in keys))
     for r in rows:
         cells = [r.get(k, float("nan")) for k in keys]

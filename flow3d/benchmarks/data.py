@@ -48,8 +48,14 @@ def main() -> None:
         for d in ("JPEGImages", "Annotations"):
             (root / d).symlink_to(src.resolve() / d)
         cfg = DavisDataConfig(
-            seq_name="horsejump-high", root_dir=str(root), depth_format="constant", normalize_scene=True, missing_camera="static",
-            missing_tracks="flow" if args.flow_tracks else "none", downscale=args.downscale, cache_dir=str(tmp / "cache"),
+            seq_name="horsejump-high",
+            root_dir=str(root),
+            depth_format="constant",
+            normalize_scene=True,
+            missing_camera="static",
+            missing_tracks="flow" if args.flow_tracks else "none",
+            downscale=args.downscale,
+            cache_dir=str(tmp / "cache"),
         )
         t0 = time.perf_counter()
         for p in sorted((src / "JPEGImages").glob("*.jpg")):
@@ -61,7 +67,14 @@ def main() -> None:
         rows = []
         t0 = time.perf_counter()
         seq = cfg.load()
-        rows.append(("first load (decode, checks, " + ("flow tracks, " if args.flow_tracks else "") + "normalise, write cache)", time.perf_counter() - t0))
+        rows.append(
+            (
+                "first load (decode, checks, "
+                + ("flow tracks, " if args.flow_tracks else "")
+                + "normalise, write cache)",
+                time.perf_counter() - t0,
+            )
+        )
         data_cache.clear_memo()
         t0 = time.perf_counter()
         seq = cfg.load()
@@ -75,7 +88,9 @@ def main() -> None:
             acc += float(seq.images[t].mean() + seq.fg_masks[t].mean() + seq.prior_disp[t].mean())
         rows.append(("one pass over the frames (image, mask, prior of each)", time.perf_counter() - t0))
 
-        print(f"DAVIS horsejump-high: {seq.num_frames} frames of {seq.img_wh[0]}x{seq.img_wh[1]}, {seq.tracks_xy.shape[0]} tracks")
+        print(
+            f"DAVIS horsejump-high: {seq.num_frames} frames of {seq.img_wh[0]}x{seq.img_wh[1]}, {seq.tracks_xy.shape[0]} tracks"
+        )
         print(f"{'step':<68} {'seconds':>9} {'x reference':>12}")
         print(f"{'reference: cv2.imread of 50 JPEGs + 50 mask PNGs':<68} {ref:>9.3f} {1.0:>12.2f}")
         for name, sec in rows:

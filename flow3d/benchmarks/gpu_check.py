@@ -33,8 +33,21 @@ import torch  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STAND_IN_TESTS = ["tests/render/test_render_gsplat_cpu.py", "tests/train/test_train_gsplat_cpu.py"]
 DEMO = ["--preset", "cpu_demo", "--save-every", "0", "--image-every", "0"]
-TISSUE = ["--preset", "endonerf", "--save-every", "0", "--image-every", "0", "data:synthetic", "--data.scene", "tissue",
-          "--data.width", "640", "--data.height", "512"]
+TISSUE = [
+    "--preset",
+    "endonerf",
+    "--save-every",
+    "0",
+    "--image-every",
+    "0",
+    "data:synthetic",
+    "--data.scene",
+    "tissue",
+    "--data.width",
+    "640",
+    "--data.height",
+    "512",
+]
 
 
 @dataclass
@@ -48,8 +61,13 @@ def _pytest(args: list[str]) -> tuple[bool, str]:
     if not (REPO_ROOT / "tests").is_dir():
         return False, f"no tests/ folder beside the package ({REPO_ROOT}): run from a source checkout"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     tail = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()][-1:] or ["(no output)"]
     # exit code 5: nothing collected (e.g. no GPU-marked test selected)
     return proc.returncode in (0, 5), tail[0]
@@ -91,19 +109,40 @@ def run_checks(args) -> list[Check]:
     # 2. the README demo on the CPU and on CUDA
     steps = args.quick_steps if args.quick else args.demo_steps
     common = [*DEMO, "--max-steps", str(steps), "--seed", str(args.seed)]
-    cpu = _train(["--work-dir", str(work / "demo_cpu"), *common, "--device", "cpu", "--render-backend", "auto",
-                  "data:synthetic"])
+    cpu = _train(
+        ["--work-dir", str(work / "demo_cpu"), *common, "--device", "cpu", "--render-backend", "auto", "data:synthetic"]
+    )
     ok = _finite(cpu["val_psnr"])
-    checks.append(Check("demo on the CPU", "pass" if ok else "FAIL",
-                        f"{steps} steps, held-out PSNR {_db(cpu['val_psnr'])}, {cpu['wall_total']:.0f} s"))
+    checks.append(
+        Check(
+            "demo on the CPU",
+            "pass" if ok else "FAIL",
+            f"{steps} steps, held-out PSNR {_db(cpu['val_psnr'])}, {cpu['wall_total']:.0f} s",
+        )
+    )
     if cuda:
-        gpu = _train(["--work-dir", str(work / "demo_cuda"), *common, "--device", "cuda", "--render-backend", "gsplat",
-                      "data:synthetic"])
+        gpu = _train(
+            [
+                "--work-dir",
+                str(work / "demo_cuda"),
+                *common,
+                "--device",
+                "cuda",
+                "--render-backend",
+                "gsplat",
+                "data:synthetic",
+            ]
+        )
         diff = float(gpu["val_psnr"]) - float(cpu["val_psnr"]) if _finite(gpu["val_psnr"]) else float("nan")
         ok = abs(diff) <= args.psnr_tol
-        checks.append(Check("demo CUDA vs CPU held-out PSNR", "pass" if ok else "FAIL",
-                            f"CUDA {_db(gpu['val_psnr'])} vs CPU {_db(cpu['val_psnr'])}: {diff:+.2f} dB "
-                            f"(tolerance {args.psnr_tol} dB); CUDA {gpu['wall_total']:.0f} s"))
+        checks.append(
+            Check(
+                "demo CUDA vs CPU held-out PSNR",
+                "pass" if ok else "FAIL",
+                f"CUDA {_db(gpu['val_psnr'])} vs CPU {_db(cpu['val_psnr'])}: {diff:+.2f} dB "
+                f"(tolerance {args.psnr_tol} dB); CUDA {gpu['wall_total']:.0f} s",
+            )
+        )
     else:
         checks.append(Check("demo CUDA vs CPU held-out PSNR", "skipped", "no CUDA device"))
 
@@ -114,9 +153,14 @@ def run_checks(args) -> list[Check]:
         peak = torch.cuda.max_memory_allocated() / 2**30
         sps = sum(st["seconds_per_step"].values())
         ok = _finite(st["val_psnr"]) or _finite(st["train_psnr"])
-        checks.append(Check("endonerf preset, 640x512 tissue", "pass" if ok else "FAIL",
-                            f"{args.tissue_steps} steps, {sps:.3f} s/step, peak GPU memory {peak:.2f} GiB, "
-                            f"{st['num_fg'] + st['num_bg']} Gaussians, train PSNR {_db(st['train_psnr'])}"))
+        checks.append(
+            Check(
+                "endonerf preset, 640x512 tissue",
+                "pass" if ok else "FAIL",
+                f"{args.tissue_steps} steps, {sps:.3f} s/step, peak GPU memory {peak:.2f} GiB, "
+                f"{st['num_fg'] + st['num_bg']} Gaussians, train PSNR {_db(st['train_psnr'])}",
+            )
+        )
     else:
         checks.append(Check("endonerf preset, 640x512 tissue", "skipped", "no CUDA device"))
     return checks

@@ -66,7 +66,9 @@ def naive_render(scene: dict) -> tuple[torch.Tensor, torch.Tensor]:
     p = project_gaussians(scene["means"], covars, scene["opacities"], scene["viewmats"], scene["Ks"], W, H)
     m2d, con, z, op = p["means2d"][0], p["conics"][0], p["depths"][0], p["opacities"][0]
     cols = scene["colors"]
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=m2d.dtype) + 0.5, torch.arange(W, dtype=m2d.dtype) + 0.5, indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(H, dtype=m2d.dtype) + 0.5, torch.arange(W, dtype=m2d.dtype) + 0.5, indexing="ij"
+    )
     px, py = xs.reshape(-1), ys.reshape(-1)
     T = torch.ones_like(px)
     done = torch.zeros_like(px, dtype=torch.bool)
@@ -194,8 +196,10 @@ def _main(argv: list[str]) -> None:
     backends = ("cpu", "torch") if have_compiled else ("torch",)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; pairs = tile-list entries x 256 pixels")
     if have_compiled:
-        print(f"backends: cpu (compiled rasterizer, built or loaded in {t_load:.1f} s, cached in "
-              f"{compiled.extension_dir()}) and torch (PyTorch)")
+        print(
+            f"backends: cpu (compiled rasterizer, built or loaded in {t_load:.1f} s, cached in "
+            f"{compiled.extension_dir()}) and torch (PyTorch)"
+        )
     else:
         print(f"backend: torch (PyTorch) only: the compiled rasterizer is unavailable ({compiled.load_error()})")
     print("times: best-of-N wall seconds of rasterization() (projection + tile lists + compositing);")
@@ -204,7 +208,11 @@ def _main(argv: list[str]) -> None:
     cases = [(256, 192, 10_000, 3), (256, 192, 10_000, 16)]
     if not args.quick:
         cases += [(480, 270, 50_000, 3), (480, 270, 50_000, 16)]
-    timings = {(c, b): time_fast(make_benchmark_scene(c[2], c[0], c[1], c[3]), args.repeats, backend=b) for c in cases for b in backends}
+    timings = {
+        (c, b): time_fast(make_benchmark_scene(c[2], c[0], c[1], c[3]), args.repeats, backend=b)
+        for c in cases
+        for b in backends
+    }
     # naive dense reference on a size it can handle, same scene for all
     nW, nH, nn = 128, 96, 1500
     scene = make_benchmark_scene(nn, nW, nH, 3)

@@ -142,8 +142,9 @@ def _row(label: str, per: dict, n_gauss: int, ref: dict | None = None) -> str:
     )
 
 
-HEADER = (f"{'':>24} {'N':>7} {'render':>8} {'losses':>8} {'bwd+opt':>10} {'s/step':>8} {'CPU-s/step':>10} "
-          f"{'speed-up':>8}")
+HEADER = (
+    f"{'':>24} {'N':>7} {'render':>8} {'losses':>8} {'bwd+opt':>10} {'s/step':>8} {'CPU-s/step':>10} {'speed-up':>8}"
+)
 
 
 @contextmanager
@@ -173,8 +174,13 @@ def _timers(trainer):
         (torch.optim.Adam, "step", torch.optim.Adam.step),
         (DensifyStrategy, "step_post_backward", DensifyStrategy.step_post_backward),
     ]
-    labels = ["sample_batch", "rasterization (forward, all calls)",
-              "motion-basis blending (forward)", "Adam.step", "densification step_post_backward"]
+    labels = [
+        "sample_batch",
+        "rasterization (forward, all calls)",
+        "motion-basis blending (forward)",
+        "Adam.step",
+        "densification step_post_backward",
+    ]
     for (obj, name, fn), label in zip(saved, labels):
         setattr(obj, name, wrap(label, fn))
     terms = trainer.terms
@@ -214,7 +220,9 @@ def profile_demo(cfg: TrainConfig, seq, steps: int) -> None:
     bwd.sort(key=lambda e: -e.cpu_time_total)
     print("backward by autograd node (total CPU ms per step):")
     for e in bwd[:20]:
-        print(f"  {e.key.split(': ', 1)[-1]:>50}: {e.cpu_time_total / 1e3 / steps:8.1f} ms ({e.count // steps} calls/step)")
+        print(
+            f"  {e.key.split(': ', 1)[-1]:>50}: {e.cpu_time_total / 1e3 / steps:8.1f} ms ({e.count // steps} calls/step)"
+        )
 
 
 @dataclasses.dataclass
@@ -266,12 +274,16 @@ def _main(argv: list[str]) -> None:
     t0 = time.perf_counter()
     have_compiled = compiled.load_extension()
     if have_compiled:
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; backends: cpu (compiled rasterizer, "
-              f"ready in {time.perf_counter() - t0:.1f} s) and torch (PyTorch)")
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; backends: cpu (compiled rasterizer, "
+            f"ready in {time.perf_counter() - t0:.1f} s) and torch (PyTorch)"
+        )
         backends = ("cpu", "torch")
     else:
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; backend: torch (PyTorch) only: "
-              f"the compiled rasterizer is unavailable ({compiled.load_error()})")
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; backend: torch (PyTorch) only: "
+            f"the compiled rasterizer is unavailable ({compiled.load_error()})"
+        )
         backends = ("torch",)
         if args.profile:
             print("--profile needs the compiled rasterizer: skipped", file=sys.stderr)
@@ -279,28 +291,43 @@ def _main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="flow3d_bench_step_") as tmp:
         work = Path(tmp)
         seq = demo_config(work, "torch").data.load()
-        print(f"\nREADME demo configuration (cpu_demo, synthetic {seq.img_wh[0]}x{seq.img_wh[1]}, {seq.num_frames} frames): "
-              f"s/step over {args.steps} steps after {args.warmup}")
+        print(
+            f"\nREADME demo configuration (cpu_demo, synthetic {seq.img_wh[0]}x{seq.img_wh[1]}, {seq.num_frames} frames): "
+            f"s/step over {args.steps} steps after {args.warmup}"
+        )
         print(HEADER)
         res = {}
         for backend in backends:
             trainer, res[backend] = time_steps(demo_config(work, backend), seq, args.steps, args.warmup)
             n_gauss = trainer.model.num_fg + trainer.model.num_bg
-            print(_row(f"demo, backend={backend}", res[backend], n_gauss, res["torch"] if backend == "cpu" and "torch" in res else None))
+            print(
+                _row(
+                    f"demo, backend={backend}",
+                    res[backend],
+                    n_gauss,
+                    res["torch"] if backend == "cpu" and "torch" in res else None,
+                )
+            )
         if have_compiled:
-            print(f"{'':>24} compiled vs PyTorch backend: x{res['torch']['total'] / res['cpu']['total']:.2f} per step, "
-                  f"x{res['torch']['render'] / res['cpu']['render']:.2f} render, "
-                  f"x{res['torch']['backward_optim'] / res['cpu']['backward_optim']:.2f} backward+optimiser, "
-                  f"x{res['torch']['cpu'] / res['cpu']['cpu']:.2f} process CPU time")
+            print(
+                f"{'':>24} compiled vs PyTorch backend: x{res['torch']['total'] / res['cpu']['total']:.2f} per step, "
+                f"x{res['torch']['render'] / res['cpu']['render']:.2f} render, "
+                f"x{res['torch']['backward_optim'] / res['cpu']['backward_optim']:.2f} backward+optimiser, "
+                f"x{res['torch']['cpu'] / res['cpu']['cpu']:.2f} process CPU time"
+            )
 
         if args.neighbour_render and have_compiled:
             only, full = time_neighbour_render(demo_config(work, "cpu"), seq, args.steps, args.warmup)
-            print(f"\nthe hinge's neighbour render, compiled backend, {args.steps} steps each after {args.warmup}, alternated:")
+            print(
+                f"\nthe hinge's neighbour render, compiled backend, {args.steps} steps each after {args.warmup}, alternated:"
+            )
             print(HEADER)
             print(_row("neighbour every channel", full, n_gauss))
             print(_row("neighbour depth only", only, n_gauss, full))
-            print(f"{'':>24} depth-only vs every channel: x{full['total'] / only['total']:.3f} per step, "
-                  f"x{full['render'] / only['render']:.3f} render, x{full['cpu'] / only['cpu']:.3f} process CPU time")
+            print(
+                f"{'':>24} depth-only vs every channel: x{full['total'] / only['total']:.3f} per step, "
+                f"x{full['render'] / only['render']:.3f} render, x{full['cpu'] / only['cpu']:.3f} process CPU time"
+            )
 
         if sizes:
             print(f"\ncost against image size (same Gaussian count, {args.size_steps} steps after {args.warmup}):")
@@ -311,7 +338,9 @@ def _main(argv: list[str]) -> None:
             seq_wh = demo_config(sub, "torch", W, H).data.load()
             row = {}
             for backend in size_backends:
-                trainer, row[backend] = time_steps(demo_config(sub, backend, W, H), seq_wh, args.size_steps, args.warmup)
+                trainer, row[backend] = time_steps(
+                    demo_config(sub, backend, W, H), seq_wh, args.size_steps, args.warmup
+                )
                 n_gauss = trainer.model.num_fg + trainer.model.num_bg
             for backend, per in row.items():
                 ref = row.get("torch") if backend == "cpu" else None
@@ -327,8 +356,10 @@ def _main(argv: list[str]) -> None:
             for backend in backends:
                 t0 = time.perf_counter()
                 stats = Trainer(demo_config(work / "full", backend), seq=seq).fit()
-                print(f"  backend={backend}: {time.perf_counter() - t0:.0f} s wall ({stats['steps']} steps), "
-                      f"held-out PSNR {stats['val_psnr']:.2f} dB, per step {stats['seconds_per_step']}")
+                print(
+                    f"  backend={backend}: {time.perf_counter() - t0:.0f} s wall ({stats['steps']} steps), "
+                    f"held-out PSNR {stats['val_psnr']:.2f} dB, per step {stats['seconds_per_step']}"
+                )
 
 
 def main(argv: list[str] | None = None) -> None:

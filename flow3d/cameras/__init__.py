@@ -17,6 +17,17 @@ from flow3d.cameras.metrics import align_similarity, trajectory_errors
 from flow3d.cameras.tracks import StaticTracks, camera_motion_px, static_tracks
 
 __all__ = [
-    "CameraEstimate", "CameraEstimateConfig", "GeoDepthConfig", "StaticTracks", "align_similarity", "camera_motion_px",
-    "estimate_cameras", "geometric_depth", "reconstruct_from_tracks", "sparse_depth", "static_tracks", "trajectory_errors", "write_camera_file",
+    "CameraEstimate",
+    "CameraEstimateConfig",
+    "GeoDepthConfig",
+    "StaticTracks",
+    "align_similarity",
+    "camera_motion_px",
+    "estimate_cameras",
+    "geometric_depth",
+    "reconstruct_from_tracks",
+    "sparse_depth",
+    "static_tracks",
+    "trajectory_errors",
+    "write_camera_file",
 ]

@@ -75,11 +75,14 @@ def vec_to_poses(v: np.ndarray) -> np.ndarray:
 def skew(v: np.ndarray) -> np.ndarray:
     """(..., 3) -> (..., 3, 3) cross-product matrices ``[v]_x``."""
     z = np.zeros(v.shape[:-1])
-    return np.stack([
-        np.stack([z, -v[..., 2], v[..., 1]], -1),
-        np.stack([v[..., 2], z, -v[..., 0]], -1),
-        np.stack([-v[..., 1], v[..., 0], z], -1),
-    ], -2)
+    return np.stack(
+        [
+            np.stack([z, -v[..., 2], v[..., 1]], -1),
+            np.stack([v[..., 2], z, -v[..., 0]], -1),
+            np.stack([-v[..., 1], v[..., 0], z], -1),
+        ],
+        -2,
+    )
 
 
 def left_jacobian(w: np.ndarray) -> np.ndarray:
@@ -93,7 +96,14 @@ def left_jacobian(w: np.ndarray) -> np.ndarray:
     return np.eye(3) + a * K + b * K @ K
 
 
-def anchor_points(w2cs: np.ndarray, focal: float, center: np.ndarray, inv_depth: np.ndarray, anchor_t: np.ndarray, anchor_xy: np.ndarray) -> np.ndarray:
+def anchor_points(
+    w2cs: np.ndarray,
+    focal: float,
+    center: np.ndarray,
+    inv_depth: np.ndarray,
+    anchor_t: np.ndarray,
+    anchor_xy: np.ndarray,
+) -> np.ndarray:
     """World points (P, 3) of anchored inverse depths (see the module docstring)."""
     rays = np.concatenate([(anchor_xy - center) / focal, np.ones((len(anchor_xy), 1))], axis=1)
     X_a = rays / inv_depth[:, None]
@@ -101,7 +111,9 @@ def anchor_points(w2cs: np.ndarray, focal: float, center: np.ndarray, inv_depth:
     return np.einsum("pji,pj->pi", R, X_a - t)  # R^T (X - t)
 
 
-def project(w2cs: np.ndarray, focal: float, center: np.ndarray, X: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def project(
+    w2cs: np.ndarray, focal: float, center: np.ndarray, X: np.ndarray, t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Project world points X (O, 3) into frames t (O,) -> pixels (O, 2) and camera z (O,)."""
     Xc = np.einsum("oij,oj->oi", w2cs[t, :3, :3], X) + w2cs[t, :3, 3]
     z = Xc[:, 2]
@@ -109,7 +121,9 @@ def project(w2cs: np.ndarray, focal: float, center: np.ndarray, X: np.ndarray, t
     return focal * Xc[:, :2] / zs[:, None] + center, z
 
 
-def points_from_world(w2cs: np.ndarray, focal: float, center: np.ndarray, X: np.ndarray, anchor_t: np.ndarray, anchor_xy: np.ndarray) -> np.ndarray:
+def points_from_world(
+    w2cs: np.ndarray, focal: float, center: np.ndarray, X: np.ndarray, anchor_t: np.ndarray, anchor_xy: np.ndarray
+) -> np.ndarray:
     """Inverse depths (P,) of world points X (P, 3) along their anchor rays (z of X in the anchor camera)."""
     Xc = np.einsum("pij,pj->pi", w2cs[anchor_t, :3, :3], X) + w2cs[anchor_t, :3, 3]
     return 1.0 / np.maximum(Xc[:, 2], 1e-9)
@@ -118,7 +132,19 @@ def points_from_world(w2cs: np.ndarray, focal: float, center: np.ndarray, X: np.
 class _Problem:
     """The residual function and its Jacobian pattern for one bundle adjustment."""
 
-    def __init__(self, obs: Observations, w2cs, focal, center, inv_depth, anchor_t, anchor_xy, fixed, optimize_focal, prior_weight):
+    def __init__(
+        self,
+        obs: Observations,
+        w2cs,
+        focal,
+        center,
+        inv_depth,
+        anchor_t,
+        anchor_xy,
+        fixed,
+        optimize_focal,
+        prior_weight,
+    ):
         T = len(w2cs)
         self.T, self.center, self.anchor_t, self.anchor_xy = T, center, anchor_t, anchor_xy
         self.free = np.array([t for t in range(T) if t not in set(fixed)], dtype=int)
@@ -141,7 +167,7 @@ class _Problem:
         vec[self.free] = x[: 6 * self.nf].reshape(-1, 6)
         k = 6 * self.nf
         focal = x[k] if self.opt_f else self.focal0
-        return vec, focal, x[-self.P:]
+        return vec, focal, x[-self.P :]
 
     def residuals(self, x) -> np.ndarray:
         vec, focal, rho = self.unpack(x)
@@ -191,15 +217,25 @@ class _Problem:
             rows.append(rr.ravel()), cols.append(cc.ravel()), vals.append(J6.ravel())
         k = 6 * self.nf
         if self.opt_f:
-            rows.append(np.stack([r2, r2 + 1], 1).ravel()), cols.append(np.full(2 * len(op), k)), vals.append(d_f.ravel())
+            (
+                rows.append(np.stack([r2, r2 + 1], 1).ravel()),
+                cols.append(np.full(2 * len(op), k)),
+                vals.append(d_f.ravel()),
+            )
             k += 1
         rows.append(np.stack([r2, r2 + 1], 1).ravel()), cols.append(np.repeat(k + op, 2)), vals.append(d_rho.ravel())
-        rows.append(2 * len(op) + np.arange(self.P)), cols.append(k + np.arange(self.P)), vals.append(self.prior_weight / rho)
+        (
+            rows.append(2 * len(op) + np.arange(self.P)),
+            cols.append(k + np.arange(self.P)),
+            vals.append(self.prior_weight / rho),
+        )
         vals = np.concatenate(vals)
         if self._csr is None:  # the pattern never changes: sort it into CSR order once
             n = 6 * self.nf + int(self.opt_f) + self.P
-            order = coo_matrix((np.arange(1, len(vals) + 1, dtype=np.float64), (np.concatenate(rows), np.concatenate(cols))),
-                               shape=(2 * len(op) + self.P, n)).tocsr()
+            order = coo_matrix(
+                (np.arange(1, len(vals) + 1, dtype=np.float64), (np.concatenate(rows), np.concatenate(cols))),
+                shape=(2 * len(op) + self.P, n),
+            ).tocsr()
             self._csr = (order.data.astype(np.int64) - 1, order.indices, order.indptr, order.shape)
         perm, indices, indptr, shape = self._csr
         return csr_matrix((vals[perm], indices, indptr), shape=shape)
@@ -260,10 +296,21 @@ def bundle_adjust(
         raise ValueError(f"jacobian must be analytic, sparse_fd or dense_fd; got {jacobian!r}")
     if not np.all(inv_depth > 0):
         raise ValueError("inv_depth must be positive (points in front of their anchor camera)")
-    prob = _Problem(obs, w2cs, float(focal), np.asarray(center, float), inv_depth, anchor_t, anchor_xy, fixed_frames, optimize_focal, prior_weight)
+    prob = _Problem(
+        obs,
+        w2cs,
+        float(focal),
+        np.asarray(center, float),
+        inv_depth,
+        anchor_t,
+        anchor_xy,
+        fixed_frames,
+        optimize_focal,
+        prior_weight,
+    )
     x0 = prob.pack(prob.base, float(focal), inv_depth)
     lo = np.full_like(x0, -np.inf)
-    lo[-prob.P:] = 1e-6 * np.median(inv_depth)
+    lo[-prob.P :] = 1e-6 * np.median(inv_depth)
     hi = np.full_like(x0, np.inf)
     if optimize_focal:
         lo[6 * prob.nf], hi[6 * prob.nf] = focal_bounds
@@ -272,16 +319,33 @@ def bundle_adjust(
         inside_hi = np.where(np.isfinite(hi), hi - 1e-9 * np.abs(hi), hi)
     x0 = np.clip(x0, inside_lo, inside_hi)  # strictly feasible start
     res = least_squares(
-        prob.residuals, x0, jac=prob.jacobian if jacobian == "analytic" else "2-point",
-        jac_sparsity=prob.sparsity() if jacobian == "sparse_fd" else None, bounds=(lo, hi),
-        method="trf", tr_solver="exact" if jacobian == "dense_fd" else "lsmr", loss=loss, f_scale=loss_scale_px,
-        x_scale=x_scale, max_nfev=max_nfev, ftol=1e-6, xtol=1e-8, gtol=1e-8,
+        prob.residuals,
+        x0,
+        jac=prob.jacobian if jacobian == "analytic" else "2-point",
+        jac_sparsity=prob.sparsity() if jacobian == "sparse_fd" else None,
+        bounds=(lo, hi),
+        method="trf",
+        tr_solver="exact" if jacobian == "dense_fd" else "lsmr",
+        loss=loss,
+        f_scale=loss_scale_px,
+        x_scale=x_scale,
+        max_nfev=max_nfev,
+        ftol=1e-6,
+        xtol=1e-8,
+        gtol=1e-8,
     )
     vec, f, rho = prob.unpack(res.x)
     poses = vec_to_poses(vec)
     X = anchor_points(poses, f, prob.center, rho, anchor_t, anchor_xy)
     uv, _ = project(poses, f, prob.center, X[obs.p], obs.t)
     cost0 = float(0.5 * (prob.residuals(x0) ** 2).sum())
-    logger.debug("bundle adjustment: %d frames, %d points, %d residuals, cost %.4g -> %.4g in %d evaluations",
-                 len(poses), prob.P, 2 * len(prob.op), cost0, res.cost, res.nfev)
+    logger.debug(
+        "bundle adjustment: %d frames, %d points, %d residuals, cost %.4g -> %.4g in %d evaluations",
+        len(poses),
+        prob.P,
+        2 * len(prob.op),
+        cost0,
+        res.cost,
+        res.nfev,
+    )
     return BAResult(poses, float(f), rho, anchor_t, anchor_xy, uv - obs.xy, cost0, float(res.cost), int(res.nfev))

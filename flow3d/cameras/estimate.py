@@ -127,7 +127,9 @@ def reject_moving(tracks: StaticTracks, K: np.ndarray, ransac_px: float, gap: in
         tested[ids] += 1
         outlier[ids] += mask.ravel() == 0
     bad = (tested >= 2) & (outlier > 0.5 * tested)
-    logger.info("moving-point rejection: %d of %d static tracks are essential-matrix outliers in most pairs", int(bad.sum()), P)
+    logger.info(
+        "moving-point rejection: %d of %d static tracks are essential-matrix outliers in most pairs", int(bad.sum()), P
+    )
     return tracks.subset(~bad)
 
 
@@ -148,8 +150,21 @@ def _adjust(xy, vis, w2cs, focal, center, X, has_X, frames_ok, fixed, optimize_f
     obs = Observations.from_tracks(xy[ids], vis_ok[ids])
     W = 2 * center[0] + 1
     bounds = (cinit.focal_from_fov(max(cfg.fov_range_deg), W), cinit.focal_from_fov(min(cfg.fov_range_deg), W))
-    res = bundle_adjust(obs, w2cs, focal, center, rho, anchor_t, anchor_xy, fixed_frames=fixed,
-                        optimize_focal=optimize_focal, focal_bounds=bounds, loss=cfg.loss, loss_scale_px=cfg.loss_scale_px, max_nfev=max_nfev)
+    res = bundle_adjust(
+        obs,
+        w2cs,
+        focal,
+        center,
+        rho,
+        anchor_t,
+        anchor_xy,
+        fixed_frames=fixed,
+        optimize_focal=optimize_focal,
+        focal_bounds=bounds,
+        loss=cfg.loss,
+        loss_scale_px=cfg.loss_scale_px,
+        max_nfev=max_nfev,
+    )
     w2cs[:] = res.w2cs
     X[ids] = anchor_points(res.w2cs, res.focal, center, res.inv_depth, anchor_t, anchor_xy)
     err = np.full(vis.shape, np.nan)
@@ -162,8 +177,14 @@ def _static_result(W, H, focal, motion, t0, reason) -> CameraEstimate:
     f = focal if focal is not None else cinit.focal_from_fov(60.0, W)
     K = cinit.intrinsics(f, np.array([(W - 1) / 2.0, (H - 1) / 2.0]))
     logger.info("camera looks static (%s): keeping identity poses", reason)
-    return CameraEstimate(np.tile(np.eye(4), (T, 1, 1)), K, (W, H), True, motion,
-                          info={"static_reason": reason, "seconds": {"total": time.perf_counter() - t0}})
+    return CameraEstimate(
+        np.tile(np.eye(4), (T, 1, 1)),
+        K,
+        (W, H),
+        True,
+        motion,
+        info={"static_reason": reason, "seconds": {"total": time.perf_counter() - t0}},
+    )
 
 
 def estimate_cameras(
@@ -187,21 +208,42 @@ def estimate_cameras(
     T, H, W = images.shape[:3]
     if T < 2:
         raise ValueError(f"camera estimation needs at least 2 frames, got {T}")
-    tracks = static_tracks(images, fg_masks, grid_step=cfg.grid_step, query_stride=cfg.query_stride,
-                           dilate_px=cfg.dilate_px, backend=cfg.flow_backend, cache_dir=flow_cache_dir)
+    tracks = static_tracks(
+        images,
+        fg_masks,
+        grid_step=cfg.grid_step,
+        query_stride=cfg.query_stride,
+        dilate_px=cfg.dilate_px,
+        backend=cfg.flow_backend,
+        cache_dir=flow_cache_dir,
+    )
     t_tracks = time.perf_counter()
     motion = camera_motion_px(tracks)
     finite = motion[np.isfinite(motion)]
     level = float(np.percentile(finite, 90)) if finite.size else 0.0
     thresh = cfg.static_threshold * max(W, H)
     if level < thresh:
-        return _static_result(W, H, focal, motion, t0, f"90th percentile of the median static-track motion {level:.2f} px < {thresh:.2f} px")
+        return _static_result(
+            W,
+            H,
+            focal,
+            motion,
+            t0,
+            f"90th percentile of the median static-track motion {level:.2f} px < {thresh:.2f} px",
+        )
     est = reconstruct_from_tracks(tracks, W, H, prior_disp=prior_disp, prior_valid=prior_valid, focal=focal, cfg=cfg)
     est.motion_px = motion
     est.info.update(motion_level_px=level)
     est.info["seconds"].update(tracks=t_tracks - t0, total=time.perf_counter() - t0)
-    logger.info("cameras: %d frames, focal %.1f px, %d points, reprojection rms %.2f px (scale: %s); %.1f s", T, est.K[0, 0],
-                est.info["num_points"], est.info["rms_final_px"], est.info["scale_from"], est.info["seconds"]["total"])
+    logger.info(
+        "cameras: %d frames, focal %.1f px, %d points, reprojection rms %.2f px (scale: %s); %.1f s",
+        T,
+        est.K[0, 0],
+        est.info["num_points"],
+        est.info["rms_final_px"],
+        est.info["scale_from"],
+        est.info["seconds"]["total"],
+    )
     return est
 
 
@@ -222,8 +264,15 @@ def reconstruct_from_tracks(
     center = np.array([(W - 1) / 2.0, (H - 1) / 2.0])
     f0 = focal
     if f0 is None:
-        f_fund = cinit.estimate_focal(tracks.xy, tracks.visible, W, H, pairs=_pairs(tracks.visible),
-                                      ransac_px=cfg.ransac_px, fov_range=cfg.fov_range_deg)
+        f_fund = cinit.estimate_focal(
+            tracks.xy,
+            tracks.visible,
+            W,
+            H,
+            pairs=_pairs(tracks.visible),
+            ransac_px=cfg.ransac_px,
+            fov_range=cfg.fov_range_deg,
+        )
         f0 = f_fund if f_fund is not None else cinit.focal_from_fov(60.0, W)
     tracks = reject_moving(tracks, cinit.intrinsics(f0, center), cfg.ransac_px)
     tracks = _longest(tracks, cfg.max_points, cfg.seed)
@@ -237,10 +286,28 @@ def reconstruct_from_tracks(
     w2cs[:, :3, 3] *= scale
     X = X * scale
     angle, rms = _point_stats(w2cs, X, has_X, vis, err)
-    info.update(scale=scale, scale_from=how, focal_init=float(f0), num_tracks=int(tracks.num_tracks),
-                num_points=int(has_X.sum()), seconds={"init": t_prep - t0, "adjustment": t_ba - t_prep})
-    return CameraEstimate(w2cs, cinit.intrinsics(f, center), (W, H), False, np.full(T, np.nan), tracks, X, has_X,
-                          vis & has_X[:, None] & np.isfinite(err), angle, rms, info)
+    info.update(
+        scale=scale,
+        scale_from=how,
+        focal_init=float(f0),
+        num_tracks=int(tracks.num_tracks),
+        num_points=int(has_X.sum()),
+        seconds={"init": t_prep - t0, "adjustment": t_ba - t_prep},
+    )
+    return CameraEstimate(
+        w2cs,
+        cinit.intrinsics(f, center),
+        (W, H),
+        False,
+        np.full(T, np.nan),
+        tracks,
+        X,
+        has_X,
+        vis & has_X[:, None] & np.isfinite(err),
+        angle,
+        rms,
+        info,
+    )
 
 
 def _longest(tracks: StaticTracks, n: int, seed: int) -> StaticTracks:
@@ -260,7 +327,9 @@ def _reconstruct(xy, vis, K, f0, center, optimize_focal, cfg):
     info: dict = {}
     if start is None:
         info["init"] = "rotation_only"
-        logger.warning("no frame pair has enough parallax to triangulate: starting from rotations (homographies), zero translations")
+        logger.warning(
+            "no frame pair has enough parallax to triangulate: starting from rotations (homographies), zero translations"
+        )
         w2cs = cinit.rotation_only_init(xy, vis, K, cfg.ransac_px)
         anchor_t = _anchor(vis)
         has_X = vis.sum(1) >= 2
@@ -278,7 +347,8 @@ def _reconstruct(xy, vis, K, f0, center, optimize_focal, cfg):
                 _adjust(xy, vis, w2cs_, f0, center, X_, has_X_, registered, fixed, False, cfg, 20)
 
         w2cs, X, has_X, pnp_ok = cinit.register_incrementally(
-            xy, vis, K, start, ransac_px=cfg.ransac_px, min_angle_deg=cfg.min_angle_deg, on_registered=local_ba)
+            xy, vis, K, start, ransac_px=cfg.ransac_px, min_angle_deg=cfg.min_angle_deg, on_registered=local_ba
+        )
         info["pnp_failed_frames"] = np.nonzero(~pnp_ok)[0].tolist()
     all_frames = np.ones(T, dtype=bool)
     res, err = _adjust(xy, vis, w2cs, f0, center, X, has_X, all_frames, [gauge], optimize_focal, cfg, cfg.max_nfev)
@@ -290,12 +360,17 @@ def _reconstruct(xy, vis, K, f0, center, optimize_focal, cfg):
     vis &= ~bad
     moving = bad.sum(1) > 0.5 * np.isfinite(err).sum(1)
     has_X &= ~moving & (vis.sum(1) >= 2)
-    info.update(rms_first_px=float(np.sqrt(np.mean(finite ** 2))) if finite.size else float("nan"),
-                outlier_observations=int(bad.sum()), outlier_tracks=int(moving.sum()), outlier_threshold_px=thresh)
+    info.update(
+        rms_first_px=float(np.sqrt(np.mean(finite**2))) if finite.size else float("nan"),
+        outlier_observations=int(bad.sum()),
+        outlier_tracks=int(moving.sum()),
+        outlier_threshold_px=thresh,
+    )
     res, err = _adjust(xy, vis, w2cs, f, center, X, has_X, all_frames, [gauge], optimize_focal, cfg, cfg.max_nfev)
     finite = err[np.isfinite(err)]
-    info.update(rms_final_px=float(np.sqrt(np.mean(finite ** 2))) if finite.size else float("nan"),
-                gauge_frame=int(gauge))
+    info.update(
+        rms_final_px=float(np.sqrt(np.mean(finite**2))) if finite.size else float("nan"), gauge_frame=int(gauge)
+    )
     # the world frame is the gauge frame's camera; make it frame 0's camera instead
     M = w2cs[0].copy()
     w2cs = w2cs @ np.linalg.inv(M)

@@ -45,7 +45,9 @@ class GeoDepthConfig:
     """Margin (px, at the estimation resolution) around the foreground left invalid."""
 
 
-def sparse_depth(est: CameraEstimate, cfg: GeoDepthConfig | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def sparse_depth(
+    est: CameraEstimate, cfg: GeoDepthConfig | None = None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per frame ``(xy (n, 2) px, depth (n,) camera z, confidence (n,) in (0, 1])`` at the estimate's
     resolution. Empty arrays for every frame of a static-camera estimate (nothing is triangulated)."""
     cfg = cfg or GeoDepthConfig()
@@ -54,7 +56,9 @@ def sparse_depth(est: CameraEstimate, cfg: GeoDepthConfig | None = None) -> list
     if est.is_static or est.points is None:
         return [empty] * T
     use = est.point_ok & (est.point_angle_deg >= cfg.min_angle_deg) & (est.point_rms_px <= cfg.max_rms_px)
-    conf_p = np.minimum(1.0, est.point_angle_deg / cfg.full_angle_deg) * np.exp(-0.5 * np.minimum(est.point_rms_px, 1e3) ** 2)
+    conf_p = np.minimum(1.0, est.point_angle_deg / cfg.full_angle_deg) * np.exp(
+        -0.5 * np.minimum(est.point_rms_px, 1e3) ** 2
+    )
     out = []
     for t in range(T):
         ids = np.nonzero(use & est.obs_visible[:, t])[0]

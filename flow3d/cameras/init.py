@@ -73,7 +73,9 @@ def _focal_cost_curves(x1, x2, cands, center, ransac_px) -> np.ndarray | None:
     return costs / max(costs.mean(), 1e-12)
 
 
-def estimate_focal(xy, vis, width: int, height: int, *, pairs, ransac_px: float = 1.0, fov_range=(20.0, 120.0)) -> float | None:
+def estimate_focal(
+    xy, vis, width: int, height: int, *, pairs, ransac_px: float = 1.0, fov_range=(20.0, 120.0)
+) -> float | None:
     """Focal length (px) minimising the summed, per-pair normalised self-calibration costs over ``pairs``
     (list of (i, j)); None when no pair has 20 fundamental-matrix inliers."""
     center = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
@@ -91,7 +93,9 @@ def estimate_focal(xy, vis, width: int, height: int, *, pairs, ransac_px: float 
     if used == 0:
         return None
     k = int(np.argmin(total))
-    logger.info("focal length from %d frame pairs: %.1f px (%.1f deg horizontal field of view)", used, cands[k], fovs[k])
+    logger.info(
+        "focal length from %d frame pairs: %.1f px (%.1f deg horizontal field of view)", used, cands[k], fovs[k]
+    )
     return float(cands[k])
 
 
@@ -160,8 +164,16 @@ def initial_pair(xy, vis, K, *, ransac_px: float, min_angle_deg: float, max_pair
 def _pnp(X, x, K, guess: np.ndarray, ransac_px: float):
     rvec0, _ = cv2.Rodrigues(guess[:3, :3])
     ok, rvec, tvec, inliers = cv2.solvePnPRansac(
-        X.astype(np.float64), x.astype(np.float64), K, None, rvec=rvec0.copy(), tvec=guess[:3, 3:].copy(),
-        useExtrinsicGuess=True, iterationsCount=200, reprojectionError=ransac_px, confidence=0.999,
+        X.astype(np.float64),
+        x.astype(np.float64),
+        K,
+        None,
+        rvec=rvec0.copy(),
+        tvec=guess[:3, 3:].copy(),
+        useExtrinsicGuess=True,
+        iterationsCount=200,
+        reprojectionError=ransac_px,
+        confidence=0.999,
         flags=cv2.SOLVEPNP_ITERATIVE,
     )
     if not ok or inliers is None:
@@ -223,7 +235,12 @@ def register_incrementally(xy, vis, K, start, *, ransac_px: float, min_angle_deg
             w2cs[f], pnp_ok[f] = pose, True
         else:
             w2cs[f] = guess
-            logger.warning("frame %d: PnP found %d inliers among %d points; it starts from its neighbour's pose", f, n_inl, len(sel))
+            logger.warning(
+                "frame %d: PnP found %d inliers among %d points; it starts from its neighbour's pose",
+                f,
+                n_inl,
+                len(sel),
+            )
         registered[f] = True
         triangulate_new(xy, vis, K, w2cs, registered, X, has_X, ransac_px=ransac_px, min_angle_deg=min_angle_deg)
         if on_registered is not None:

@@ -12,7 +12,9 @@ import numpy as np
 from flow3d.fileio import write_bytes
 
 
-def write_camera_file(path: str | os.PathLike, w2cs: np.ndarray, K: np.ndarray, img_wh: tuple[int, int], tstamps=None) -> Path:
+def write_camera_file(
+    path: str | os.PathLike, w2cs: np.ndarray, K: np.ndarray, img_wh: tuple[int, int], tstamps=None
+) -> Path:
     """Write a pickled dict ``traj_c2w`` (T, 4, 4), ``img_shape`` (H, W), ``intrinsics`` (fx, fy, cx, cy)
     (OpenCV pixel-centre convention, for images of ``img_wh`` = (W, H)), ``tstamps`` (T,), atomically."""
     w2cs = np.asarray(w2cs, dtype=np.float64)

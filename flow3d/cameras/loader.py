@@ -50,7 +50,9 @@ class LoaderCameras:
     disp_valid: Optional[np.ndarray] = None  # (T, H, W) bool
 
 
-def static_cameras(T: int, W: int, H: int, focal: Optional[float], fov_deg: float) -> tuple[np.ndarray, np.ndarray, float]:
+def static_cameras(
+    T: int, W: int, H: int, focal: Optional[float], fov_deg: float
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Identity poses (T, 4, 4) and Ks (T, 3, 3) with ``focal`` (or one from ``fov_deg``) and the principal
     point at the image centre; also returns the focal length."""
     f = float(focal) if focal is not None else (W / 2.0) / np.tan(np.radians(fov_deg) / 2.0)
@@ -58,7 +60,9 @@ def static_cameras(T: int, W: int, H: int, focal: Optional[float], fov_deg: floa
     return np.repeat(np.eye(4)[None], T, 0), np.repeat(K[None], T, 0), f
 
 
-def fill_foreground(disp: np.ndarray, valid: np.ndarray, masks: np.ndarray, ring_px: int = 15) -> tuple[np.ndarray, np.ndarray, int]:
+def fill_foreground(
+    disp: np.ndarray, valid: np.ndarray, masks: np.ndarray, ring_px: int = 15
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Set the foreground (T, H, W) of a disparity cue to the median valid disparity in a ring of
     ``ring_px`` around it (else of the whole frame, else of the whole video); marks it valid. Returns
     (disp, valid, number of frames with no cue at all)."""
@@ -99,24 +103,42 @@ def estimate_for_loader(
     ``want_depth``, also the geometric depth cue (foreground filled, see the module docstring)."""
     T, H, W = images.shape[:3]
     try:
-        est = estimate_cameras(images, masks, prior_disp=prior_disp, prior_valid=prior_valid, focal=focal, cfg=cfg,
-                               flow_cache_dir=flow_cache_dir)
+        est = estimate_cameras(
+            images,
+            masks,
+            prior_disp=prior_disp,
+            prior_valid=prior_valid,
+            focal=focal,
+            cfg=cfg,
+            flow_cache_dir=flow_cache_dir,
+        )
     except ValueError as e:  # too little static texture, no usable frame pair...: the static camera of before
         w2cs, Ks, f = static_cameras(T, W, H, focal, default_fov_deg)
-        logger.warning("camera estimation failed (%s): assuming a static camera (identity poses, focal length %.1f px); "
-                       "pass --data.missing-camera static to skip the estimation", e, f)
+        logger.warning(
+            "camera estimation failed (%s): assuming a static camera (identity poses, focal length %.1f px); "
+            "pass --data.missing-camera static to skip the estimation",
+            e,
+            f,
+        )
         return LoaderCameras(w2cs, Ks, True)
     if est.is_static:
         w2cs, Ks, f = static_cameras(T, W, H, focal, default_fov_deg)
-        logger.warning("camera estimation: the camera looks static (%s); identity poses, focal length %.1f px",
-                       est.info.get("static_reason", ""), f)
+        logger.warning(
+            "camera estimation: the camera looks static (%s); identity poses, focal length %.1f px",
+            est.info.get("static_reason", ""),
+            f,
+        )
         return LoaderCameras(w2cs, Ks, True)
     out = LoaderCameras(est.w2cs, np.repeat(est.K[None], T, 0), False)
     fov = np.degrees(2 * np.arctan(W / 2.0 / est.K[0, 0]))
     logger.warning(
         "no camera file: estimated the cameras from the video (focal %.1f px = %.1f deg field of view, %d static points, "
-        "reprojection rms %.2f px, scale from the %s)", est.K[0, 0], fov, est.info["num_points"],
-        est.info["rms_final_px"], est.info["scale_from"],
+        "reprojection rms %.2f px, scale from the %s)",
+        est.K[0, 0],
+        fov,
+        est.info["num_points"],
+        est.info["rms_final_px"],
+        est.info["scale_from"],
     )
     if want_depth:
         disp, valid = geometric_depth(est, masks, (H, W), GeoDepthConfig(dilate_px=cfg.dilate_px))
@@ -125,7 +147,9 @@ def estimate_for_loader(
         logger.warning(
             "no depth prior folder: using the geometric depth cue (triangulated static points) as the prior: valid on "
             "%.1f %% of the pixels from triangulation, the foreground filled with the depth of its surroundings "
-            "(%d frames had no cue at all), invalid elsewhere", 100 * static_frac, empty,
+            "(%d frames had no cue at all), invalid elsewhere",
+            100 * static_frac,
+            empty,
         )
         out.disp, out.disp_valid = disp.astype(np.float32), valid
     return out

@@ -34,7 +34,9 @@ def _direction_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def trajectory_errors(c2w_est: np.ndarray, c2w_ref: np.ndarray, focal_est: float | None = None, focal_ref: float | None = None) -> dict:
+def trajectory_errors(
+    c2w_est: np.ndarray, c2w_ref: np.ndarray, focal_est: float | None = None, focal_ref: float | None = None
+) -> dict:
     """Errors of (T, 4, 4) estimated camera-to-world poses against the reference (see the module doc)."""
     c2w_est, c2w_ref = np.asarray(c2w_est, np.float64), np.asarray(c2w_ref, np.float64)
     if c2w_est.shape != c2w_ref.shape or c2w_est.shape[1:] != (4, 4):

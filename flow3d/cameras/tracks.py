@@ -107,7 +107,9 @@ def static_tracks(
     tracks = StaticTracks(np.concatenate(xy_all), np.concatenate(vis_all), np.concatenate(q_all))
     tracks = tracks.subset(tracks.visible.sum(1) >= min_length)
     logger.info(
-        "static tracks: %d from %d query frames, %.1f frames visible on average", tracks.num_tracks, len(queries),
+        "static tracks: %d from %d query frames, %.1f frames visible on average",
+        tracks.num_tracks,
+        len(queries),
         float(tracks.visible.sum(1).mean()) if tracks.num_tracks else 0.0,
     )
     return tracks

@@ -84,7 +84,9 @@ def clear_memo() -> None:
     _MEMO.clear()
 
 
-def cached_sequence(key: str, path: Optional[Path], build: Callable[[], VideoSequence], use_disk: bool = True) -> VideoSequence:
+def cached_sequence(
+    key: str, path: Optional[Path], build: Callable[[], VideoSequence], use_disk: bool = True
+) -> VideoSequence:
     """The one cache protocol of the loaders: the in-process memo, else the ``.npz`` at ``path``, else
     ``build()`` (then written to ``path``). ``path`` None or ``use_disk`` False skips the disk. The memo
     keeps one sequence (they are large).
@@ -121,8 +123,12 @@ def cached_sequence(key: str, path: Optional[Path], build: Callable[[], VideoSeq
 def _skip_warning(path: Path, e: OSError) -> None:
     from flow3d.cli import describe  # noqa: PLC0415 - the one-line form of an OSError
 
-    logger.warning("the data cache %s cannot be used (%s): loading without it (set FLOW3D_CACHE_DIR or "
-                   "--data.cache-dir to a writable folder to keep loads fast)", path, describe(e))
+    logger.warning(
+        "the data cache %s cannot be used (%s): loading without it (set FLOW3D_CACHE_DIR or "
+        "--data.cache-dir to a writable folder to keep loads fast)",
+        path,
+        describe(e),
+    )
 
 
 def _read_cache_entry(path: Path) -> Optional[VideoSequence]:
@@ -131,8 +137,12 @@ def _read_cache_entry(path: Path) -> Optional[VideoSequence]:
     try:
         return load_sequence(path)
     except Exception as e:  # noqa: BLE001 - any failure to read a cache entry means: rebuild it
-        logger.warning("data cache file %s is unreadable (%s: %s); discarding it and building the sequence again "
-                       "from its inputs", path, type(e).__name__, e)
+        logger.warning(
+            "data cache file %s is unreadable (%s: %s); discarding it and building the sequence again from its inputs",
+            path,
+            type(e).__name__,
+            e,
+        )
         path.unlink(missing_ok=True)  # a cache entry, rebuilt below: nothing of the user's is lost
         return None
 
@@ -140,8 +150,12 @@ def _read_cache_entry(path: Path) -> Optional[VideoSequence]:
 def save_sequence(path: Path, seq: VideoSequence) -> None:
     """Write ``seq`` to ``path`` (.npz) atomically (temporary file in the same folder, then rename)."""
     arrays: dict[str, np.ndarray] = {}
-    meta: dict[str, Any] = {"name": seq.name, "scene_scale": seq.scene_scale, "frame_names": seq.frame_names,
-                            "gt_depth_source": seq.gt_depth_source}
+    meta: dict[str, Any] = {
+        "name": seq.name,
+        "scene_scale": seq.scene_scale,
+        "frame_names": seq.frame_names,
+        "gt_depth_source": seq.gt_depth_source,
+    }
     for f in dataclasses.fields(seq):
         v = getattr(seq, f.name)
         if isinstance(v, torch.Tensor):
@@ -163,8 +177,12 @@ def load_sequence(path: Path) -> VideoSequence:
     with np.load(path, allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}
     meta = json.loads(data.pop("__meta__").tobytes().decode())
-    kw: dict[str, Any] = {"name": meta["name"], "scene_scale": meta["scene_scale"], "frame_names": meta["frame_names"],
-                          "gt_depth_source": meta.get("gt_depth_source", "ground truth")}
+    kw: dict[str, Any] = {
+        "name": meta["name"],
+        "scene_scale": meta["scene_scale"],
+        "frame_names": meta["frame_names"],
+        "gt_depth_source": meta.get("gt_depth_source", "ground truth"),
+    }
     val: dict[str, Any] = {}
     for k, v in data.items():
         t = torch.from_numpy(v)

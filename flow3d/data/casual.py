@@ -33,7 +33,14 @@ from flow3d import depth as depth_lib
 from flow3d.cameras import loader as camload
 from flow3d.cameras.estimate import CameraEstimateConfig
 from flow3d.data import io
-from flow3d.data.cache import cache_dir_usable, cache_key, cache_stem, cached_sequence, default_cache_dir, files_signature
+from flow3d.data.cache import (
+    cache_dir_usable,
+    cache_key,
+    cache_stem,
+    cached_sequence,
+    default_cache_dir,
+    files_signature,
+)
 from flow3d.data.common import FileDataConfig, finish_file_sequence
 from flow3d.data.endoscopy import count_stopped, read_depth_folder, read_ignore_folder, stop_tracks_on_ignored
 from flow3d.data.sequence import VideoSequence
@@ -186,7 +193,9 @@ def load_casual(cfg: CustomDataConfig) -> VideoSequence:
     cache_path = Path(cfg.cache_dir or default_cache_dir()) / f"{stem}.npz"
     flow_dir = cache_path.parent / f"{stem}_flow"
     disk = cfg.use_cache and cache_dir_usable(cache_path.parent)  # else one warning, and no disk cache at all
-    return cached_sequence(key, cache_path, lambda: _read_sequence(cfg, inputs, flow_dir if disk else None), use_disk=disk)
+    return cached_sequence(
+        key, cache_path, lambda: _read_sequence(cfg, inputs, flow_dir if disk else None), use_disk=disk
+    )
 
 
 def _find_inputs(cfg: CustomDataConfig) -> _Inputs:
@@ -209,8 +218,14 @@ def _find_inputs(cfg: CustomDataConfig) -> _Inputs:
     if mask_dir is None:
         raise ValueError(f"masks folder not found; tried {_tried(root, cfg.mask_type, cfg.res, cfg.seq_name)}")
     inp = _Inputs(
-        names=all_names[cfg.start:end], n_all=n_all, img_dir=img_dir, images=images_by, mask_dir=mask_dir,
-        depth_dir=None, depth_format=cfg.depth_format, cam_path=_camera_path(cfg, root),
+        names=all_names[cfg.start : end],
+        n_all=n_all,
+        img_dir=img_dir,
+        images=images_by,
+        mask_dir=mask_dir,
+        depth_dir=None,
+        depth_format=cfg.depth_format,
+        cam_path=_camera_path(cfg, root),
         track_dir=_resolve(root, cfg.track_type, cfg.res, cfg.seq_name, (".npy",)),
         ignore_dir=_resolve(root, cfg.ignore_type, cfg.res, cfg.seq_name, (".png",)),
         gt_dir=_resolve(root, cfg.gt_depth_type, cfg.res, cfg.seq_name, (".npy",)),
@@ -228,7 +243,11 @@ def _camera_path(cfg: CustomDataConfig, root: Path) -> Path:
     cam_path = root / cfg.camera_type / f"{cfg.seq_name}.npy"
     estimated = root / camload.CAMERA_DIR / f"{cfg.seq_name}.npy"
     if not cam_path.exists() and cfg.missing_camera == "estimate" and estimated.exists():
-        logger.warning("no camera file at %s: using %s written by python -m flow3d.preprocess.cameras", root / cfg.camera_type, estimated)
+        logger.warning(
+            "no camera file at %s: using %s written by python -m flow3d.preprocess.cameras",
+            root / cfg.camera_type,
+            estimated,
+        )
         return estimated
     return cam_path
 
@@ -241,7 +260,11 @@ def _find_depth(cfg: CustomDataConfig, root: Path, inp: _Inputs) -> None:
     geo_dir = _resolve(root, camload.GEODEPTH_DIR, cfg.res, cfg.seq_name, (".npy",))
     if inp.cam_path.exists() and inp.cam_path.parent.name == camload.CAMERA_DIR and geo_dir is not None:
         inp.depth_dir, inp.depth_format, inp.geodepth_read = geo_dir, "disp_npy", True
-        logger.warning("no depth folder %s: using the geometric depth cue in %s (the cameras' scale)", root / cfg.depth_type, geo_dir)
+        logger.warning(
+            "no depth folder %s: using the geometric depth cue in %s (the cameras' scale)",
+            root / cfg.depth_type,
+            geo_dir,
+        )
     elif inp.estimate_now:
         inp.geodepth_now = True
     else:
@@ -258,9 +281,14 @@ def _read_sequence(cfg: CustomDataConfig, inp: _Inputs, flow_dir: Optional[Path]
     images, shape0 = _read_images(cfg, inp)  # (T, H, W, 3) uint8; shape0 = (H0, W0) before downscaling
     T, H, W = images.shape[:3]
     masks = _read_masks(cfg, inp, shape0, (T, H, W))
-    ignore = read_ignore_folder(inp.ignore_dir, inp.names, shape0, cfg.downscale) if inp.ignore_dir is not None else None
-    gt_depth, gt_source = (read_depth_folder(inp.gt_dir, inp.names, shape0, cfg.downscale) if inp.gt_dir is not None
-                           else (None, "ground truth"))
+    ignore = (
+        read_ignore_folder(inp.ignore_dir, inp.names, shape0, cfg.downscale) if inp.ignore_dir is not None else None
+    )
+    gt_depth, gt_source = (
+        read_depth_folder(inp.gt_dir, inp.names, shape0, cfg.downscale)
+        if inp.gt_dir is not None
+        else (None, "ground truth")
+    )
     disp, disp_valid = _read_depth(cfg, inp, shape0, (T, H, W), masks, ignore, gt_depth)
     w2cs, Ks, disp, disp_valid = _read_cameras(cfg, inp, shape0, images, masks, disp, disp_valid, flow_dir)
     train_ids, val_ids = split_frames(T, cfg.val_every)
@@ -270,11 +298,19 @@ def _read_sequence(cfg: CustomDataConfig, inp: _Inputs, flow_dir: Optional[Path]
         images=torch.from_numpy(images).float() / 255.0,
         fg_masks=torch.from_numpy(masks).float(),
         valid_masks=torch.ones(T, H, W, dtype=torch.bool) if ignore is None else torch.from_numpy(~ignore),
-        prior_disp=torch.from_numpy(disp), prior_valid=torch.from_numpy(disp_valid),
-        w2cs=torch.from_numpy(w2cs).float(), Ks=torch.from_numpy(Ks).float(),
-        time_ids=torch.arange(cfg.start, cfg.start + T), train_ids=train_ids, val_ids=val_ids,
-        tracks_xy=xy, tracks_visible=vis, tracks_conf=conf, tracks_query_t=qt,
-        gt_depth=None if gt_depth is None else torch.from_numpy(gt_depth), gt_depth_source=gt_source,
+        prior_disp=torch.from_numpy(disp),
+        prior_valid=torch.from_numpy(disp_valid),
+        w2cs=torch.from_numpy(w2cs).float(),
+        Ks=torch.from_numpy(Ks).float(),
+        time_ids=torch.arange(cfg.start, cfg.start + T),
+        train_ids=train_ids,
+        val_ids=val_ids,
+        tracks_xy=xy,
+        tracks_visible=vis,
+        tracks_conf=conf,
+        tracks_query_t=qt,
+        gt_depth=None if gt_depth is None else torch.from_numpy(gt_depth),
+        gt_depth_source=gt_source,
         frame_names=inp.names,
     )
     return finish_file_sequence(seq, cfg)
@@ -289,7 +325,9 @@ def _read_images(cfg: CustomDataConfig, inp: _Inputs) -> tuple[np.ndarray, tuple
             shape0 = im.shape[:2]
             check_frame_size(shape0, cfg.downscale, inp.img_dir, _flow_needed(cfg, inp), cfg.flow_backend)
         elif im.shape[:2] != shape0:
-            raise ValueError(f"image {inp.images[n]}: size (H, W) = {im.shape[:2]} differs from the first frame's {shape0}")
+            raise ValueError(
+                f"image {inp.images[n]}: size (H, W) = {im.shape[:2]} differs from the first frame's {shape0}"
+            )
         imgs.append(io.resize_image(im, cfg.downscale))
     return np.stack(imgs), shape0
 
@@ -303,8 +341,14 @@ def _flow_needed(cfg: CustomDataConfig, inp: _Inputs) -> Optional[str]:
     return None
 
 
-def check_frame_size(shape0: tuple[int, int], downscale: int, source: Path, flow_reason: Optional[str], backend: str = "dis",
-                     flag: str = "--data.downscale") -> tuple[int, int]:
+def check_frame_size(
+    shape0: tuple[int, int],
+    downscale: int,
+    source: Path,
+    flow_reason: Optional[str],
+    backend: str = "dis",
+    flag: str = "--data.downscale",
+) -> tuple[int, int]:
     """The loaded size (H, W) of frames of ``shape0`` shrunk by ``downscale``, checked when the first frame is read:
     one error naming ``flag`` when no pixel is left, or when the frames are smaller than the optical flow that
     loading runs (``flow_reason`` says why it does; None: it does not) accepts
@@ -317,8 +361,10 @@ def check_frame_size(shape0: tuple[int, int], downscale: int, source: Path, flow
             check_flow_size(h, w, backend)
         except ValueError as e:
             shrunk = f" ({shape0[1]}x{shape0[0]} / {flag} {downscale})" if downscale > 1 else ""
-            raise ValueError(f"{source}: {e}{shrunk}; {flow_reason}. Use larger frames"
-                             + (f" or a smaller {flag}" if downscale > 1 else "")) from None
+            raise ValueError(
+                f"{source}: {e}{shrunk}; {flow_reason}. Use larger frames"
+                + (f" or a smaller {flag}" if downscale > 1 else "")
+            ) from None
     return h, w
 
 
@@ -327,8 +373,10 @@ def _read_masks(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], th
     exts = (".png", ".jpg", ".jpeg")
     mask_files = _by_stem(io.list_files(inp.mask_dir, exts, "masks"), f"masks folder {inp.mask_dir}")
     if len(mask_files) != inp.n_all:
-        raise ValueError(f"frame-count mismatch: masks folder {inp.mask_dir} has {len(mask_files)} masks, images "
-                         f"folder {inp.img_dir} has {inp.n_all} frames")
+        raise ValueError(
+            f"frame-count mismatch: masks folder {inp.mask_dir} has {len(mask_files)} masks, images "
+            f"folder {inp.img_dir} has {inp.n_all} frames"
+        )
     masks = np.zeros(thw, dtype=bool)
     stats = io.MaskStats()
     for t, n in enumerate(inp.names):
@@ -337,19 +385,30 @@ def _read_masks(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], th
         masks[t] = io.resize_nearest(io.read_mask(mask_files[n], shape0, stats), cfg.downscale)
     io.log_mask_stats(stats, inp.mask_dir)
     if not masks.any():
-        raise ValueError(f"masks folder {inp.mask_dir}: the foreground is empty in every frame (expected foreground pixels > 0)")
+        raise ValueError(
+            f"masks folder {inp.mask_dir}: the foreground is empty in every frame (expected foreground pixels > 0)"
+        )
     return masks
 
 
-def _read_depth(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], thw: tuple[int, int, int], masks: np.ndarray,
-                ignore: Optional[np.ndarray] = None, gt_depth: Optional[np.ndarray] = None):
+def _read_depth(
+    cfg: CustomDataConfig,
+    inp: _Inputs,
+    shape0: tuple[int, int],
+    thw: tuple[int, int, int],
+    masks: np.ndarray,
+    ignore: Optional[np.ndarray] = None,
+    gt_depth: Optional[np.ndarray] = None,
+):
     """(T, H, W) float32 disparity and bool validity (:func:`flow3d.data.io.read_depth_as_disp`). Invalid prior
     pixels are logged with counts: at INFO where they are expected (ignored pixels, e.g. instruments; pixels
     where the reference depth is unknown too, e.g. the holes of a stereo prior), as a WARNING elsewhere."""
     if inp.geodepth_now:  # filled in with the cameras (_read_cameras)
         return np.zeros(thw, np.float32), np.zeros(thw, bool)
     if inp.depth_dir is None:
-        logger.warning("no depth files: assuming a flat depth prior at depth %g (--data.depth-format constant)", cfg.constant_depth)
+        logger.warning(
+            "no depth files: assuming a flat depth prior at depth %g (--data.depth-format constant)", cfg.constant_depth
+        )
         if not cfg.constant_depth > 0:
             raise ValueError(f"constant_depth must be > 0, got {cfg.constant_depth}")
         return np.full(thw, 1.0 / cfg.constant_depth, dtype=np.float32), np.ones(thw, dtype=bool)
@@ -357,8 +416,10 @@ def _read_depth(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], th
     depth_dir = inp.depth_dir
     depth_files = _by_stem(io.list_files(depth_dir, (ext,), f"depth ({inp.depth_format})"), f"depth folder {depth_dir}")
     if len(depth_files) != inp.n_all:
-        raise ValueError(f"frame-count mismatch: depth folder {depth_dir} has {len(depth_files)} {ext} files, images "
-                         f"folder {inp.img_dir} has {inp.n_all} frames")
+        raise ValueError(
+            f"frame-count mismatch: depth folder {depth_dir} has {len(depth_files)} {ext} files, images "
+            f"folder {inp.img_dir} has {inp.n_all} frames"
+        )
     disp = np.zeros(thw, dtype=np.float32)
     disp_valid = np.zeros(thw, dtype=bool)
     bad_frames = []
@@ -378,8 +439,9 @@ def _read_depth(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], th
     return disp, disp_valid
 
 
-def _log_invalid_prior(depth_dir: Path, valid: np.ndarray, ignore: Optional[np.ndarray], gt_depth: Optional[np.ndarray],
-                       names: list[str]) -> None:
+def _log_invalid_prior(
+    depth_dir: Path, valid: np.ndarray, ignore: Optional[np.ndarray], gt_depth: Optional[np.ndarray], names: list[str]
+) -> None:
     invalid = ~valid
     expected = np.zeros_like(invalid)
     if ignore is not None:
@@ -388,18 +450,38 @@ def _log_invalid_prior(depth_dir: Path, valid: np.ndarray, ignore: Optional[np.n
         expected |= gt_depth <= 0
     n_exp, unexpected = int((invalid & expected).sum()), invalid & ~expected
     if n_exp:
-        logger.info("depth prior %s: %d pixels without a value (NaN/Inf or <= %g) are ignored pixels or have no reference "
-                    "depth either, and are masked out (prior_valid=False)", depth_dir, n_exp, depth_lib.EPS)
+        logger.info(
+            "depth prior %s: %d pixels without a value (NaN/Inf or <= %g) are ignored pixels or have no reference "
+            "depth either, and are masked out (prior_valid=False)",
+            depth_dir,
+            n_exp,
+            depth_lib.EPS,
+        )
     per_frame = unexpected.reshape(len(unexpected), -1).sum(1)
     if per_frame.any():
         first = [f"{names[t]} ({int(per_frame[t])})" for t in np.flatnonzero(per_frame)[:5]]
-        logger.warning("depth prior %s: %d pixels in %d of %d frames are NaN/Inf or <= %g and are masked out "
-                       "(prior_valid=False); first: %s", depth_dir, int(per_frame.sum()), int((per_frame > 0).sum()),
-                       len(per_frame), depth_lib.EPS, ", ".join(first))
+        logger.warning(
+            "depth prior %s: %d pixels in %d of %d frames are NaN/Inf or <= %g and are masked out "
+            "(prior_valid=False); first: %s",
+            depth_dir,
+            int(per_frame.sum()),
+            int((per_frame > 0).sum()),
+            len(per_frame),
+            depth_lib.EPS,
+            ", ".join(first),
+        )
 
 
-def _read_cameras(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], images: np.ndarray, masks: np.ndarray,
-                  disp: np.ndarray, disp_valid: np.ndarray, flow_dir: Path):
+def _read_cameras(
+    cfg: CustomDataConfig,
+    inp: _Inputs,
+    shape0: tuple[int, int],
+    images: np.ndarray,
+    masks: np.ndarray,
+    disp: np.ndarray,
+    disp_valid: np.ndarray,
+    flow_dir: Path,
+):
     """w2cs (T, 4, 4), Ks (T, 3, 3) of the loaded frames and the prior (replaced by the geometric depth cue
     when it is made now): from the camera file, estimated from the video, or a static camera."""
     (H0, W0), (T, H, W) = shape0, images.shape[:3]
@@ -408,30 +490,53 @@ def _read_cameras(cfg: CustomDataConfig, inp: _Inputs, shape0: tuple[int, int], 
         sl = slice(cfg.start, cfg.start + T)
         return w2cs_all[sl], _scale_Ks(Ks_all[sl], W / W0, H / H0), disp, disp_valid
     if cfg.missing_camera == "error":
-        raise ValueError(f"camera file not found: {inp.cam_path} (--data.missing-camera error); pass --data.missing-camera estimate or static")
+        raise ValueError(
+            f"camera file not found: {inp.cam_path} (--data.missing-camera error); pass --data.missing-camera estimate or static"
+        )
     if inp.estimate_now:
         has_prior = not inp.geodepth_now and inp.depth_dir is not None
         cams = camload.estimate_for_loader(
-            images, masks, disp if has_prior else None, disp_valid if has_prior else None,
-            focal=cfg.focal_length, default_fov_deg=cfg.default_fov_deg, cfg=CameraEstimateConfig(),
-            want_depth=inp.geodepth_now, flow_cache_dir=flow_dir,
+            images,
+            masks,
+            disp if has_prior else None,
+            disp_valid if has_prior else None,
+            focal=cfg.focal_length,
+            default_fov_deg=cfg.default_fov_deg,
+            cfg=CameraEstimateConfig(),
+            want_depth=inp.geodepth_now,
+            flow_cache_dir=flow_dir,
         )
         if inp.geodepth_now and cams.disp is not None:
             disp, disp_valid = cams.disp, cams.disp_valid
         elif inp.geodepth_now:
-            logger.warning("no depth folder and a static camera (nothing to triangulate): a flat depth prior at depth %g", cfg.constant_depth)
+            logger.warning(
+                "no depth folder and a static camera (nothing to triangulate): a flat depth prior at depth %g",
+                cfg.constant_depth,
+            )
             disp, disp_valid = np.full((T, H, W), 1.0 / cfg.constant_depth, np.float32), np.ones((T, H, W), bool)
         return cams.w2cs, cams.Ks, disp, disp_valid
     w2cs, Ks, f = camload.static_cameras(T, W, H, cfg.focal_length, cfg.default_fov_deg)
     logger.warning(
         "no camera file at %s: assuming a static camera (identity poses), focal length %.1f px (%s), principal point at the image centre",
-        inp.cam_path, f, "--data.focal-length" if cfg.focal_length is not None else f"{cfg.default_fov_deg:g} deg horizontal field of view",
+        inp.cam_path,
+        f,
+        "--data.focal-length"
+        if cfg.focal_length is not None
+        else f"{cfg.default_fov_deg:g} deg horizontal field of view",
     )
     return w2cs, Ks, disp, disp_valid
 
 
-def _read_tracks(cfg: CustomDataConfig, inp: _Inputs, images: np.ndarray, masks: np.ndarray, ignore: Optional[np.ndarray],
-                 train_ids, shape0: tuple[int, int], flow_dir: Path):
+def _read_tracks(
+    cfg: CustomDataConfig,
+    inp: _Inputs,
+    images: np.ndarray,
+    masks: np.ndarray,
+    ignore: Optional[np.ndarray],
+    train_ids,
+    shape0: tuple[int, int],
+    flow_dir: Path,
+):
     """Dense tracks (xy, visible, conf, query_t) from the track folder, or chained from optical flow."""
     T, H, W = images.shape[:3]
     root = Path(cfg.root_dir)
@@ -439,9 +544,12 @@ def _read_tracks(cfg: CustomDataConfig, inp: _Inputs, images: np.ndarray, masks:
         pairs = io.read_track_dir(inp.track_dir, inp.names)
         queries = sorted(q for (q, t) in pairs if q == t)
         if not queries:
-            raise ValueError(f"track folder {inp.track_dir}: no <q>_<q>.npy file for any frame of the clip (query points)")
-        xy, vis, conf, qt = dense_tracks_from_pairs(pairs, T, queries, cfg.max_tracks_per_query, cfg.seed,
-                                                    source=f"track folder {inp.track_dir}")
+            raise ValueError(
+                f"track folder {inp.track_dir}: no <q>_<q>.npy file for any frame of the clip (query points)"
+            )
+        xy, vis, conf, qt = dense_tracks_from_pairs(
+            pairs, T, queries, cfg.max_tracks_per_query, cfg.seed, source=f"track folder {inp.track_dir}"
+        )
         if cfg.downscale > 1:
             H0, W0 = shape0
             xy = (xy + 0.5) * torch.tensor([W / W0, H / H0]) - 0.5
@@ -452,8 +560,14 @@ def _read_tracks(cfg: CustomDataConfig, inp: _Inputs, images: np.ndarray, masks:
         logger.warning("no track folder under %s/%s: continuing without 2D tracks", root, cfg.track_type)
         return dense_tracks_from_pairs({}, T, [])
     queries = train_ids[:: max(cfg.flow_query_stride, 1)].tolist()
-    logger.info("no track folder under %s/%s: building 2D tracks from optical flow (%s) for %d query frames "
-                "(--data.missing-tracks flow, the default)", root, cfg.track_type, cfg.flow_backend, len(queries))
+    logger.info(
+        "no track folder under %s/%s: building 2D tracks from optical flow (%s) for %d query frames "
+        "(--data.missing-tracks flow, the default)",
+        root,
+        cfg.track_type,
+        cfg.flow_backend,
+        len(queries),
+    )
     return flow_tracks(cfg, images, masks, queries, flow_dir, ignore)
 
 
@@ -467,19 +581,25 @@ def _scale_Ks(Ks: np.ndarray, sx: float, sy: float) -> np.ndarray:
     return out
 
 
-def flow_tracks(cfg, images: np.ndarray, masks: np.ndarray, queries: list[int], cache_dir: Path, ignore: Optional[np.ndarray] = None):
+def flow_tracks(
+    cfg, images: np.ndarray, masks: np.ndarray, queries: list[int], cache_dir: Path, ignore: Optional[np.ndarray] = None
+):
     """2D tracks chained from optical flow (:func:`flow3d.flow.tracks_from_flow`) as the dense arrays of
     :func:`flow3d.data.tracks.dense_tracks_from_pairs`. ``cfg`` gives ``flow_grid_step``, ``flow_backend``,
     ``max_tracks_per_query`` and ``seed``; images (T, H, W, 3) uint8, masks (T, H, W) bool foreground.
     With ``ignore`` (T, H, W) bool, the flow is estimated on frames whose ignored pixels are inpainted
     (:func:`flow3d.flow.fill_ignored`: it does not depend on their values), queries never start on an
     ignored pixel and a track ends where it lands on one (:func:`flow3d.data.endoscopy.stop_tracks_on_ignored`)."""
-    pairs = _tracks_from_flow(cfg, fill_ignored(images, ignore), masks if ignore is None else masks & ~ignore, queries, cache_dir)
+    pairs = _tracks_from_flow(
+        cfg, fill_ignored(images, ignore), masks if ignore is None else masks & ~ignore, queries, cache_dir
+    )
     if ignore is not None:
         stopped = stop_tracks_on_ignored(pairs, ignore)
         logger.info("flow tracks: %d entries ended on ignored pixels", count_stopped(pairs, stopped))
         pairs = stopped
-    return dense_tracks_from_pairs(pairs, images.shape[0], queries, cfg.max_tracks_per_query, cfg.seed, source="flow tracks")
+    return dense_tracks_from_pairs(
+        pairs, images.shape[0], queries, cfg.max_tracks_per_query, cfg.seed, source="flow tracks"
+    )
 
 
 def _tracks_from_flow(cfg, images: np.ndarray, masks: np.ndarray, queries: list[int], cache_dir: Path):
@@ -489,5 +609,9 @@ def _tracks_from_flow(cfg, images: np.ndarray, masks: np.ndarray, queries: list[
         try:
             from flow3d.flow.tracks import tracks_from_flow  # noqa: PLC0415
         except ImportError as e:
-            raise ValueError(f"no 2D tracks and flow-based tracks are unavailable ({e}); write track files or turn flow tracks off") from None
-    return tracks_from_flow(images, masks, queries, grid_step=cfg.flow_grid_step, backend=cfg.flow_backend, cache_dir=cache_dir)
+            raise ValueError(
+                f"no 2D tracks and flow-based tracks are unavailable ({e}); write track files or turn flow tracks off"
+            ) from None
+    return tracks_from_flow(
+        images, masks, queries, grid_step=cfg.flow_grid_step, backend=cfg.flow_backend, cache_dir=cache_dir
+    )

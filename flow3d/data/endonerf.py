@@ -48,7 +48,14 @@ from tqdm import tqdm
 
 from flow3d import depth as depth_lib
 from flow3d.data import io
-from flow3d.data.cache import cache_dir_usable, cache_key, cache_stem, cached_sequence, default_cache_dir, files_signature
+from flow3d.data.cache import (
+    cache_dir_usable,
+    cache_key,
+    cache_stem,
+    cached_sequence,
+    default_cache_dir,
+    files_signature,
+)
 from flow3d.data.casual import check_frame_size, flow_tracks
 from flow3d.data.common import FileDataConfig, finish_file_sequence
 from flow3d.data.endoscopy import read_ignore_mask, read_value_map
@@ -106,18 +113,26 @@ def read_poses_bounds(path: Path, num_frames: int, height: int, width: int) -> t
     except Exception as e:  # noqa: BLE001 - any failure of np.load means an unreadable file
         raise ValueError(f"cannot read poses file {path}: {e}") from None
     if arr.ndim != 2 or arr.shape[1] != 17:
-        raise ValueError(f"poses file {path}: expected (N, 17) rows (a 3x5 matrix and near, far per frame), got {arr.shape}")
+        raise ValueError(
+            f"poses file {path}: expected (N, 17) rows (a 3x5 matrix and near, far per frame), got {arr.shape}"
+        )
     if arr.shape[0] != num_frames:
-        raise ValueError(f"frame-count mismatch: poses file {path} has {arr.shape[0]} rows, the images folder has {num_frames} frames")
+        raise ValueError(
+            f"frame-count mismatch: poses file {path} has {arr.shape[0]} rows, the images folder has {num_frames} frames"
+        )
     if not np.isfinite(arr).all():
         raise ValueError(f"poses file {path}: holds NaN/Inf")
     M = arr[:, :15].reshape(-1, 3, 5)
     hwf = M[:, :, 4]  # (T, 3): H, W, focal
     if (hwf <= 0).any():
-        raise ValueError(f"poses file {path}: the last column (H, W, focal) must be positive, got {hwf[(hwf <= 0).any(1)][0]}")
+        raise ValueError(
+            f"poses file {path}: the last column (H, W, focal) must be positive, got {hwf[(hwf <= 0).any(1)][0]}"
+        )
     ratio = (hwf[:, 1] / hwf[:, 0]) / (width / height)
     if np.abs(ratio - 1).max() > 0.01:
-        raise ValueError(f"poses file {path}: its image size (H, W) = {tuple(hwf[0, :2])} has another aspect ratio than the images' {(height, width)}")
+        raise ValueError(
+            f"poses file {path}: its image size (H, W) = {tuple(hwf[0, :2])} has another aspect ratio than the images' {(height, width)}"
+        )
     c2w = np.tile(np.eye(4), (arr.shape[0], 1, 1))
     c2w[:, :3, :4] = M[:, :, :4]
     c2w = c2w @ GL_TO_CV
@@ -145,7 +160,9 @@ BOUNDS_SLACK = 2.0
 """A depth counts as inside its frame's bounds within [near / BOUNDS_SLACK, far * BOUNDS_SLACK]."""
 
 
-def check_depth_scale(depth: np.ndarray, near_far: Optional[np.ndarray], depth_scale: float, source: Path) -> Optional[float]:
+def check_depth_scale(
+    depth: np.ndarray, near_far: Optional[np.ndarray], depth_scale: float, source: Path
+) -> Optional[float]:
     """Warn when most valid depths (``depth`` (T, H, W), 0 = hole) fall outside their frame's bounds
     (``near_far`` (T, 2) from poses_bounds.npy, with :data:`BOUNDS_SLACK`): the stored units are likely not
     what ``depth_scale`` says. Returns the likely depth_scale (``depth_scale`` times the power of ten that
@@ -163,28 +180,45 @@ def check_depth_scale(depth: np.ndarray, near_far: Optional[np.ndarray], depth_s
     med = float(np.median(depth[valid]))
     mid = float(np.median(np.sqrt(near_far[:, 0] * near_far[:, 1])))
     likely = depth_scale * 10.0 ** round(np.log10(med / mid))
-    logger.warning("stereo depth %s at depth_scale %g: median depth %.4g, but %s's near/far bounds are %.4g to %.4g "
-                   "(only %.0f%% of the depths fall between half the near and twice the far bound): the stored values "
-                   "are likely in other units; depth_scale %g would fit (--data.depth-scale, or --depth-scale of "
-                   "python -m flow3d.preprocess.endonerf)", source, depth_scale, med, POSES_FILE,
-                   float(near_far[:, 0].min()), float(near_far[:, 1].max()), 100.0 * inside, likely)
+    logger.warning(
+        "stereo depth %s at depth_scale %g: median depth %.4g, but %s's near/far bounds are %.4g to %.4g "
+        "(only %.0f%% of the depths fall between half the near and twice the far bound): the stored values "
+        "are likely in other units; depth_scale %g would fit (--data.depth-scale, or --depth-scale of "
+        "python -m flow3d.preprocess.endonerf)",
+        source,
+        depth_scale,
+        med,
+        POSES_FILE,
+        float(near_far[:, 0].min()),
+        float(near_far[:, 1].max()),
+        100.0 * inside,
+        likely,
+    )
     return likely
 
 
-def write_poses_bounds(path: Path, w2cs: np.ndarray, Ks: np.ndarray, img_hw: tuple[int, int], near_far: np.ndarray) -> None:
+def write_poses_bounds(
+    path: Path, w2cs: np.ndarray, Ks: np.ndarray, img_hw: tuple[int, int], near_far: np.ndarray
+) -> None:
     """Inverse of :func:`read_poses_bounds` (square pixels, principal point at the image centre):
     ``w2cs`` (T, 4, 4), ``Ks`` (T, 3, 3), ``img_hw`` (H, W), ``near_far`` (T, 2). Written atomically."""
     c2w = np.linalg.inv(np.asarray(w2cs, dtype=np.float64)) @ GL_TO_CV
     H, W = img_hw
-    hwf = np.stack([np.full(len(Ks), float(H)), np.full(len(Ks), float(W)), np.asarray(Ks, dtype=np.float64)[:, 0, 0]], -1)
+    hwf = np.stack(
+        [np.full(len(Ks), float(H)), np.full(len(Ks), float(W)), np.asarray(Ks, dtype=np.float64)[:, 0, 0]], -1
+    )
     M = np.concatenate([c2w[:, :3, :4], hwf[:, :, None]], -1)  # (T, 3, 5)
     io.save_npy_atomic(path, np.concatenate([M.reshape(-1, 15), near_far], -1))
 
 
-def _folder_files(root: Path, sub: str, exts: tuple[str, ...], what: str, num_frames: int, images_dir: Path) -> list[Path]:
+def _folder_files(
+    root: Path, sub: str, exts: tuple[str, ...], what: str, num_frames: int, images_dir: Path
+) -> list[Path]:
     files = io.list_files(root / sub, exts, what)
     if len(files) != num_frames:
-        raise ValueError(f"frame-count mismatch: {what} folder {root / sub} has {len(files)} files, the images folder {images_dir} has {num_frames}")
+        raise ValueError(
+            f"frame-count mismatch: {what} folder {root / sub} has {len(files)} files, the images folder {images_dir} has {num_frames}"
+        )
     return files
 
 
@@ -204,7 +238,11 @@ def _read_prior(files: list[Path], cfg: EndoNeRFDataConfig, shape: tuple[int, in
         valid.append(io.resize_nearest(ok, cfg.downscale))
     disp, valid = np.stack(disp).astype(np.float32), np.stack(valid)
     if (~valid).any():
-        logger.warning("prior %s: %d pixels are NaN/Inf or <= 0 and are masked out (prior_valid=False)", files[0].parent, int((~valid).sum()))
+        logger.warning(
+            "prior %s: %d pixels are NaN/Inf or <= 0 and are masked out (prior_valid=False)",
+            files[0].parent,
+            int((~valid).sum()),
+        )
     return disp, valid
 
 
@@ -239,7 +277,9 @@ def load_endonerf(cfg: EndoNeRFDataConfig) -> VideoSequence:
     cache_path = Path(cfg.cache_dir or default_cache_dir()) / f"{stem}.npz"
     flow_dir = cache_path.parent / f"{stem}_flow"
     disk = cfg.use_cache and cache_dir_usable(cache_path.parent)  # else one warning, and no disk cache at all
-    return cached_sequence(key, cache_path, lambda: _read_sequence(cfg, files, flow_dir if disk else None), use_disk=disk)
+    return cached_sequence(
+        key, cache_path, lambda: _read_sequence(cfg, files, flow_dir if disk else None), use_disk=disk
+    )
 
 
 def _find_files(cfg: EndoNeRFDataConfig) -> _Files:
@@ -249,16 +289,24 @@ def _find_files(cfg: EndoNeRFDataConfig) -> _Files:
     if cfg.downscale < 1:
         raise ValueError(f"downscale must be >= 1, got {cfg.downscale}")
     if not cfg.depth_scale > 0 or not cfg.prior_png_scale > 0:
-        raise ValueError(f"depth_scale and prior_png_scale must be > 0, got {cfg.depth_scale} and {cfg.prior_png_scale}")
+        raise ValueError(
+            f"depth_scale and prior_png_scale must be > 0, got {cfg.depth_scale} and {cfg.prior_png_scale}"
+        )
     img_files = io.list_files(root / "images", io.IMAGE_EXTS, "images")
     T = len(img_files)
     has_depth = (root / "depth").is_dir()
     if not has_depth and cfg.prior_dir is None:
-        raise ValueError(f"depth folder not found: {root / 'depth'} (stereo depth); pass --data.prior-dir NAME for another prior")
+        raise ValueError(
+            f"depth folder not found: {root / 'depth'} (stereo depth); pass --data.prior-dir NAME for another prior"
+        )
     return _Files(
-        root=root, images=img_files, masks=_folder_files(root, "masks", (".png",), "masks", T, root / "images"),
+        root=root,
+        images=img_files,
+        masks=_folder_files(root, "masks", (".png",), "masks", T, root / "images"),
         depth=_folder_files(root, "depth", (".png",), "depth", T, root / "images") if has_depth else [],
-        prior=_folder_files(root, cfg.prior_dir, (".npy", ".png"), "prior", T, root / "images") if cfg.prior_dir else [],
+        prior=_folder_files(root, cfg.prior_dir, (".npy", ".png"), "prior", T, root / "images")
+        if cfg.prior_dir
+        else [],
         poses=root / POSES_FILE,
     )
 
@@ -273,8 +321,14 @@ def _read_sequence(cfg: EndoNeRFDataConfig, files: _Files, flow_dir: Optional[Pa
     ignore = np.stack([io.resize_nearest(read_ignore_mask(p, shape0), cfg.downscale) for p in files.masks])  # (T, H, W)
     stereo = None
     if files.depth:
-        stereo = np.stack([io.resize_nearest(_read_stereo_depth(p, shape0, cfg.depth_scale), cfg.downscale) for p in files.depth])
-        logger.info("stereo depth %s: %.1f%% of pixels are holes (0) and are masked", root / "depth", 100.0 * (stereo <= 0).mean())
+        stereo = np.stack(
+            [io.resize_nearest(_read_stereo_depth(p, shape0, cfg.depth_scale), cfg.downscale) for p in files.depth]
+        )
+        logger.info(
+            "stereo depth %s: %.1f%% of pixels are holes (0) and are masked",
+            root / "depth",
+            100.0 * (stereo <= 0).mean(),
+        )
         check_depth_scale(stereo, read_bounds(files.poses), cfg.depth_scale, root / "depth")
     disp, disp_valid = _read_prior(files.prior, cfg, shape0) if files.prior else _stereo_prior(stereo)
     if not disp_valid.any():
@@ -285,22 +339,41 @@ def _read_sequence(cfg: EndoNeRFDataConfig, files: _Files, flow_dir: Optional[Pa
         xy, vis, conf, qt = flow_tracks(cfg, images, ~ignore, queries, flow_dir, ignore)
     else:
         xy, vis, conf, qt = dense_tracks_from_pairs({}, T, [])
-    logger.info("endonerf %s: %d frames %dx%d, instruments on %.1f%% of pixels, %d tracks", root, T, W, H, 100.0 * ignore.mean(), xy.shape[0])
+    logger.info(
+        "endonerf %s: %d frames %dx%d, instruments on %.1f%% of pixels, %d tracks",
+        root,
+        T,
+        W,
+        H,
+        100.0 * ignore.mean(),
+        xy.shape[0],
+    )
     seq = VideoSequence(
         name=root.name,
         images=torch.from_numpy(images).float() / 255.0,
-        fg_masks=torch.from_numpy(~ignore).float(), valid_masks=torch.from_numpy(~ignore),
-        prior_disp=torch.from_numpy(disp), prior_valid=torch.from_numpy(disp_valid),
-        w2cs=torch.from_numpy(w2cs).float(), Ks=torch.from_numpy(Ks).float(),
-        time_ids=torch.arange(T), train_ids=train_ids, val_ids=val_ids,
-        tracks_xy=xy, tracks_visible=vis, tracks_conf=conf, tracks_query_t=qt,
-        gt_depth=None if stereo is None else torch.from_numpy(stereo), gt_depth_source="stereo",
+        fg_masks=torch.from_numpy(~ignore).float(),
+        valid_masks=torch.from_numpy(~ignore),
+        prior_disp=torch.from_numpy(disp),
+        prior_valid=torch.from_numpy(disp_valid),
+        w2cs=torch.from_numpy(w2cs).float(),
+        Ks=torch.from_numpy(Ks).float(),
+        time_ids=torch.arange(T),
+        train_ids=train_ids,
+        val_ids=val_ids,
+        tracks_xy=xy,
+        tracks_visible=vis,
+        tracks_conf=conf,
+        tracks_query_t=qt,
+        gt_depth=None if stereo is None else torch.from_numpy(stereo),
+        gt_depth_source="stereo",
         frame_names=[p.stem for p in files.images],
     )
     return finish_file_sequence(seq, cfg)
 
 
-def _read_images(files: list[Path], downscale: int, flow_reason: Optional[str] = None, backend: str = "dis") -> tuple[np.ndarray, tuple[int, int]]:
+def _read_images(
+    files: list[Path], downscale: int, flow_reason: Optional[str] = None, backend: str = "dis"
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Frames (T, H', W', 3) uint8 and the size (H, W) of the files; all frames must share it. The loaded size is
     checked on the first frame (:func:`flow3d.data.casual.check_frame_size`)."""
     imgs, shape0 = [], None
@@ -326,7 +399,9 @@ def _read_stereo_depth(path: Path, shape: tuple[int, int], depth_scale: float) -
 # ------------------------------------------------------------------------------------------------
 # Writing a sequence in the EndoNeRF layout (the synthetic tissue scene, for tests and examples)
 # ------------------------------------------------------------------------------------------------
-def stereo_like_depth(depth: np.ndarray, rng: np.random.Generator, noise: float = 0.01, hole_frac: float = 0.03, band_frac: float = 0.03) -> np.ndarray:
+def stereo_like_depth(
+    depth: np.ndarray, rng: np.random.Generator, noise: float = 0.01, hole_frac: float = 0.03, band_frac: float = 0.03
+) -> np.ndarray:
     """A stereo-like copy of true z-depth ``depth`` (T, H, W): multiplicative Gaussian noise of relative
     std ``noise``, then holes (0): random discs covering about ``hole_frac`` of each frame and a band of
     ``band_frac`` of the width on the left (no match there in the right view)."""
@@ -343,8 +418,13 @@ def stereo_like_depth(depth: np.ndarray, rng: np.random.Generator, noise: float 
 
 
 def write_endonerf_layout(
-    seq: VideoSequence, root: Path | str, depth_scale: float = 1000.0, prior_dir: Optional[str] = "mono_disp",
-    stereo_noise: float = 0.01, hole_frac: float = 0.03, seed: int = 0,
+    seq: VideoSequence,
+    root: Path | str,
+    depth_scale: float = 1000.0,
+    prior_dir: Optional[str] = "mono_disp",
+    stereo_noise: float = 0.01,
+    hole_frac: float = 0.03,
+    seed: int = 0,
 ) -> Path:
     """Write ``seq`` (un-normalised, with ``gt_depth``) in the EndoNeRF layout under ``root``, every file
     atomically: ``images/frame-NNNNNN.color.png``; ``depth/frame-NNNNNN.depth.png``, a 16-bit stereo-like
@@ -360,8 +440,14 @@ def write_endonerf_layout(
     T = seq.num_frames
     W, H = seq.img_wh
     K0 = seq.Ks[0]
-    if abs(float(K0[0, 0] - K0[1, 1])) > 1e-4 * float(K0[0, 0]) or abs(float(K0[0, 2]) - (W - 1) / 2) > 1e-3 or abs(float(K0[1, 2]) - (H - 1) / 2) > 1e-3:
-        raise ValueError("write_endonerf_layout: poses_bounds stores one focal length and a centred principal point; the sequence's Ks differ")
+    if (
+        abs(float(K0[0, 0] - K0[1, 1])) > 1e-4 * float(K0[0, 0])
+        or abs(float(K0[0, 2]) - (W - 1) / 2) > 1e-3
+        or abs(float(K0[1, 2]) - (H - 1) / 2) > 1e-3
+    ):
+        raise ValueError(
+            "write_endonerf_layout: poses_bounds stores one focal length and a centred principal point; the sequence's Ks differ"
+        )
     gt = seq.gt_depth.double().numpy()
     stereo = stereo_like_depth(gt, np.random.default_rng(seed), stereo_noise, hole_frac)
     stored = np.clip(np.round(stereo * depth_scale), 0, 65535).astype(np.uint16)
@@ -369,9 +455,14 @@ def write_endonerf_layout(
     for t in range(T):
         io.write_png_atomic(root / "images" / f"frame-{t:06d}.color.png", imgs[t])
         io.write_png_atomic(root / "depth" / f"frame-{t:06d}.depth.png", stored[t])
-        io.write_png_atomic(root / "masks" / f"frame-{t:06d}.mask.png", (~seq.valid_masks[t]).numpy().astype(np.uint8) * 255)
+        io.write_png_atomic(
+            root / "masks" / f"frame-{t:06d}.mask.png", (~seq.valid_masks[t]).numpy().astype(np.uint8) * 255
+        )
         if prior_dir is not None:
-            io.save_npy_atomic(root / prior_dir / f"frame-{t:06d}.npy", torch.where(seq.prior_valid[t], seq.prior_disp[t], 0.0).numpy().astype(np.float32))
+            io.save_npy_atomic(
+                root / prior_dir / f"frame-{t:06d}.npy",
+                torch.where(seq.prior_valid[t], seq.prior_disp[t], 0.0).numpy().astype(np.float32),
+            )
     near_far = np.stack([0.9 * gt.reshape(T, -1).min(1), 1.1 * gt.reshape(T, -1).max(1)], -1)
     write_poses_bounds(root / POSES_FILE, seq.w2cs.double().numpy(), seq.Ks.double().numpy(), (H, W), near_far)
     return root

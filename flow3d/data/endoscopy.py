@@ -40,7 +40,9 @@ def read_ignore_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return m > 127
 
 
-def read_value_map(path: Path, shape: tuple[int, int], what: str, png_dtypes: Sequence = (np.uint8, np.uint16)) -> np.ndarray:
+def read_value_map(
+    path: Path, shape: tuple[int, int], what: str, png_dtypes: Sequence = (np.uint8, np.uint16)
+) -> np.ndarray:
     """Float64 (H, W) values of one per-frame map: ``.npy`` (a numeric (H, W) or (H, W, 1) array) or a
     one-channel PNG whose dtype is one of ``png_dtypes`` (three equal channels count as one). ``what``
     names the map in errors, which also name the file. Values are returned as stored (no scaling)."""
@@ -84,7 +86,9 @@ def read_ignore_folder(folder: Path, names: Sequence[str], shape: tuple[int, int
     return ignore
 
 
-def read_depth_folder(folder: Path, names: Sequence[str], shape: tuple[int, int], downscale: int = 1) -> tuple[np.ndarray, str]:
+def read_depth_folder(
+    folder: Path, names: Sequence[str], shape: tuple[int, int], downscale: int = 1
+) -> tuple[np.ndarray, str]:
     """Reference z-depth (T, H', W') float32 of frames ``names`` from ``folder/NAME.npy`` (0, NaN, Inf or
     negative = unknown, returned as 0), and what it is: the first line of ``folder/source.txt`` when that
     file exists ("ground truth" or "stereo"), else "ground truth"."""
@@ -105,7 +109,9 @@ def read_depth_folder(folder: Path, names: Sequence[str], shape: tuple[int, int]
     return np.stack(out).astype(np.float32), source
 
 
-def stop_tracks_on_ignored(pairs: Mapping[tuple[int, int], np.ndarray], ignore: np.ndarray, unknown_logit: float = 10.0) -> dict[tuple[int, int], np.ndarray]:
+def stop_tracks_on_ignored(
+    pairs: Mapping[tuple[int, int], np.ndarray], ignore: np.ndarray, unknown_logit: float = 10.0
+) -> dict[tuple[int, int], np.ndarray]:
     """End TAPIR-format tracks ``{(q, t): (P, 4)}`` where they land on an ignored pixel.
 
     Walking away from each query frame q (forwards, then backwards), a track ends at the first frame

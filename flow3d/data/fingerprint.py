@@ -102,8 +102,10 @@ def content_differences(old: dict, seq) -> Optional[str]:
     bad = torch.nonzero(diff > THUMB_TOLERANCE).flatten().tolist()
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        return (f"frame {bad[0]}{more} is not the image it was trained on "
-                f"(mean thumbnail difference {float(diff[bad[0]]):.1f} of 255)")
+        return (
+            f"frame {bad[0]}{more} is not the image it was trained on "
+            f"(mean thumbnail difference {float(diff[bad[0]]):.1f} of 255)"
+        )
     why = _prior_or_tracks_difference(old, new)
     if why is not None:
         return why
@@ -127,14 +129,18 @@ def _prior_or_tracks_difference(old: dict, new: dict) -> Optional[str]:
         bad = torch.nonzero((diff > PRIOR_TOLERANCE) | one.any(dim=(1, 2))).flatten().tolist()
         if bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            return (f"the depth prior of frame {bad[0]}{more} differs from the one it was trained on (mean "
-                    f"difference {float(diff[bad[0]]):.2f} standard deviations of its 8x8 thumbnail; another "
-                    "--data.depth-type or changed prior files?)")
+            return (
+                f"the depth prior of frame {bad[0]}{more} differs from the one it was trained on (mean "
+                f"difference {float(diff[bad[0]]):.2f} standard deviations of its 8x8 thumbnail; another "
+                "--data.depth-type or changed prior files?)"
+            )
     if "tracks" in old:
         (n0, *m0), (n1, *m1) = old["tracks"], new["tracks"]
         if int(n0) != int(n1) or any(abs(a - b) > TRACKS_TOLERANCE_PX for a, b in zip(m0, m1)):
-            return (f"the 2D tracks differ from the ones it was trained on ({int(n0)} tracks then, {int(n1)} now; "
-                    "changed track files or track options?)")
+            return (
+                f"the 2D tracks differ from the ones it was trained on ({int(n0)} tracks then, {int(n1)} now; "
+                "changed track files or track options?)"
+            )
     return None
 
 
@@ -145,8 +151,10 @@ def check_same_content(record: Optional[dict], seq, ckpt: Path) -> None:
         return
     why = content_differences(record, seq)
     if why is not None:
-        raise ValueError(f"checkpoint {ckpt} does not match the data: {why}. Use the data it was trained on, "
-                         "or another --work-dir for a new training")
+        raise ValueError(
+            f"checkpoint {ckpt} does not match the data: {why}. Use the data it was trained on, "
+            "or another --work-dir for a new training"
+        )
 
 
 def config_differences(old: dict, new: dict, prefix: str = "data.") -> list[str]:
@@ -172,5 +180,13 @@ def check_data_config(record: Optional[dict], config_now: dict, ckpt: Path) -> N
         )
 
 
-__all__ = ["check_data_config", "check_same_content", "config_differences", "content_differences", "content_record",
-           "prior_thumbnails", "thumbnails", "tracks_summary"]
+__all__ = [
+    "check_data_config",
+    "check_same_content",
+    "config_differences",
+    "content_differences",
+    "content_record",
+    "prior_thumbnails",
+    "thumbnails",
+    "tracks_summary",
+]

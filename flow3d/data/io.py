@@ -11,6 +11,7 @@ file's name on stderr, which :func:`imread` captures (:func:`decode_messages`).
 
 from __future__ import annotations
 
+import io as _io
 import os
 import sys
 import tempfile
@@ -19,14 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Optional, Sequence
 
-import io as _io
-
 import cv2
 import numpy as np
 import torch
 
 from flow3d import depth as depth_lib
-
 from flow3d.fileio import write_bytes
 from flow3d.log import get_logger
 
@@ -64,8 +62,9 @@ def check_jpeg_complete(path: Path) -> None:
         f.seek(max(0, size - JPEG_TAIL))
         tail = f.read()
     if b"\xff\xd9" not in tail:
-        raise ValueError(f"image {path} is truncated or corrupt (no JPEG end marker): replace the file, or remove "
-                         "the frame")
+        raise ValueError(
+            f"image {path} is truncated or corrupt (no JPEG end marker): replace the file, or remove the frame"
+        )
 
 
 SEQ_NAME_MAX_BYTES = 255
@@ -73,16 +72,20 @@ SEQ_NAME_MAX_BYTES = 255
 
 
 def check_seq_name(name: str, flag: str = "--data.seq-name") -> str:
-    """``name`` when it is a single path component (not empty, ``.`` or ``..``, no ``/`` or ``\\``, at most
+    r"""``name`` when it is a single path component (not empty, ``.`` or ``..``, no ``/`` or ``\``, at most
     :data:`SEQ_NAME_MAX_BYTES` bytes), else a ``ValueError`` naming ``flag``. Every command that takes a sequence
     name checks it with this: a name that is a path would read, write or delete (``--overwrite``) outside the
     sequence's folders."""
     if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
-        raise ValueError(f"{flag} {name!r} must be a single folder name (not empty, '.' or '..', without '/' or "
-                         "'\\'): it names this sequence's own folders")
+        raise ValueError(
+            f"{flag} {name!r} must be a single folder name (not empty, '.' or '..', without '/' or "
+            "'\\'): it names this sequence's own folders"
+        )
     if len(name.encode()) > SEQ_NAME_MAX_BYTES:
-        raise ValueError(f"{flag} is {len(name.encode())} bytes long; it must be a single folder name of at most "
-                         f"{SEQ_NAME_MAX_BYTES} bytes")
+        raise ValueError(
+            f"{flag} is {len(name.encode())} bytes long; it must be a single folder name of at most "
+            f"{SEQ_NAME_MAX_BYTES} bytes"
+        )
     return name
 
 
@@ -92,13 +95,22 @@ def check_downscaled_size(hw: tuple[int, int], factor: int, source, flag: str = 
     H, W = int(hw[0]), int(hw[1])
     h, w = H // factor, W // factor
     if h < 1 or w < 1:
-        raise ValueError(f"{flag} {factor} shrinks the {W}x{H} frames of {source} to {w}x{h} pixels; use a factor of "
-                         f"at most {min(H, W)}")
+        raise ValueError(
+            f"{flag} {factor} shrinks the {W}x{H} frames of {source} to {w}x{h} pixels; use a factor of "
+            f"at most {min(H, W)}"
+        )
     return h, w
 
 
-JPEG_CORRUPTION = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters", "Huffman",
-                   "Bogus", "Must resync", "Application transferred too")
+JPEG_CORRUPTION = (
+    "Corrupt JPEG data",
+    "Premature end of JPEG file",
+    "Invalid SOS parameters",
+    "Huffman",
+    "Bogus",
+    "Must resync",
+    "Application transferred too",
+)
 """Starts of libjpeg's warnings that mean damaged pixel data (its other messages are about metadata)."""
 
 
@@ -137,8 +149,10 @@ def imread(path: Path, what: str = "image", flags: int = cv2.IMREAD_UNCHANGED) -
         img = cv2.imread(str(path), flags)
     bad = [m for m in msgs if m.startswith(JPEG_CORRUPTION)]
     if bad and img is not None:
-        raise ValueError(f"{what} {path} is corrupt: the JPEG decoder reports {bad[0]!r} (the pixels it could not "
-                         "decode would be grey); replace the file, or remove the frame")
+        raise ValueError(
+            f"{what} {path} is corrupt: the JPEG decoder reports {bad[0]!r} (the pixels it could not "
+            "decode would be grey); replace the file, or remove the frame"
+        )
     for m in msgs:
         if m not in bad:
             logger.info("%s %s: the JPEG decoder says %r", what, path, m)
@@ -258,13 +272,20 @@ def read_mask(path: Path, shape: Optional[tuple[int, int]], stats: Optional[Mask
 def log_mask_stats(stats: MaskStats, folder: Path) -> None:
     """One line about the masks of ``folder`` that were not plain 0/255 (nothing when they all were)."""
     if stats.label_files:
-        logger.info("masks %s: %d of %d files hold only values below %d (0/1 or object-index masks): foreground "
-                    "where > 0", folder, stats.label_files, stats.files, MASK_THRESHOLD)
+        logger.info(
+            "masks %s: %d of %d files hold only values below %d (0/1 or object-index masks): foreground where > 0",
+            folder,
+            stats.label_files,
+            stats.files,
+            MASK_THRESHOLD,
+        )
     if not stats.odd:
         return
     frac = stats.odd / max(stats.pixels, 1)
-    msg = ("masks %s: %d pixels (%.2f%%) in %d files are neither 0 nor 255; foreground is >= %d (half of 255), "
-           "so %d of them that are above 0 count as background")
+    msg = (
+        "masks %s: %d pixels (%.2f%%) in %d files are neither 0 nor 255; foreground is >= %d (half of 255), "
+        "so %d of them that are above 0 count as background"
+    )
     args = (folder, stats.odd, 100.0 * frac, stats.files, MASK_THRESHOLD, stats.below_half)
     if stats.jpeg_files == stats.files and stats.mid <= JPEG_NOISE_MID_FRACTION * stats.pixels:
         logger.info(msg + " (JPEG compression noise; save masks as PNG to avoid it)", *args)
@@ -272,7 +293,9 @@ def log_mask_stats(stats: MaskStats, folder: Path) -> None:
         logger.warning(msg + " (soft or re-encoded masks? save them as 0/255 PNG)", *args)
 
 
-def read_depth_as_disp(path: Path, fmt: DepthFormat, shape: tuple[int, int], png_scale: float = 1000.0) -> tuple[np.ndarray, np.ndarray]:
+def read_depth_as_disp(
+    path: Path, fmt: DepthFormat, shape: tuple[int, int], png_scale: float = 1000.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Disparity float32 (H, W) and validity bool (H, W) from one depth-prior file.
 
     ``disp_npy``: disparity (1/z up to scale and shift); ``depth_npy``: z-depth; ``depth_png``: 16-bit
@@ -322,7 +345,9 @@ def read_droid_recon(path: Path, num_frames: int, height: int, width: int) -> tu
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"cannot read camera file {path}: {e}") from None
     if not isinstance(recon, dict):
-        raise ValueError(f"camera file {path}: expected a pickled dict with traj_c2w, img_shape, intrinsics; got {type(recon).__name__}")
+        raise ValueError(
+            f"camera file {path}: expected a pickled dict with traj_c2w, img_shape, intrinsics; got {type(recon).__name__}"
+        )
     for key in ("traj_c2w", "img_shape", "intrinsics"):
         if key not in recon:
             raise ValueError(f"camera file {path}: missing field {key!r} (has {sorted(recon)})")
@@ -330,20 +355,28 @@ def read_droid_recon(path: Path, num_frames: int, height: int, width: int) -> tu
     if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
         raise ValueError(f"camera file {path}: field 'traj_c2w' must be (N, 4, 4), got {c2w.shape}")
     if c2w.shape[0] != num_frames:
-        raise ValueError(f"camera file {path}: field 'traj_c2w' has {c2w.shape[0]} poses, the images folder has {num_frames} frames")
+        raise ValueError(
+            f"camera file {path}: field 'traj_c2w' has {c2w.shape[0]} poses, the images folder has {num_frames} frames"
+        )
     if not np.isfinite(c2w).all():
         raise ValueError(f"camera file {path}: field 'traj_c2w' holds NaN/Inf")
     R = c2w[:, :3, :3]
     err = np.abs(R @ R.transpose(0, 2, 1) - np.eye(3)).max()
     if err > 1e-2:
-        raise ValueError(f"camera file {path}: field 'traj_c2w' rotations are not orthonormal (max |R R^T - I| = {err:.3g})")
+        raise ValueError(
+            f"camera file {path}: field 'traj_c2w' rotations are not orthonormal (max |R R^T - I| = {err:.3g})"
+        )
     shape = _numbers(recon["img_shape"], path, "img_shape").reshape(-1)
     intr = _numbers(recon["intrinsics"], path, "intrinsics").reshape(-1)
     if shape.size < 2 or not np.isfinite(shape[:2]).all() or (shape[:2] < 1).any():
-        raise ValueError(f"camera file {path}: field 'img_shape' must be the (h, w) in pixels of the images the "
-                         f"intrinsics refer to, both >= 1; got {recon['img_shape']!r}")
+        raise ValueError(
+            f"camera file {path}: field 'img_shape' must be the (h, w) in pixels of the images the "
+            f"intrinsics refer to, both >= 1; got {recon['img_shape']!r}"
+        )
     if intr.size != 4 or not np.isfinite(intr).all() or intr[0] <= 0 or intr[1] <= 0:
-        raise ValueError(f"camera file {path}: field 'intrinsics' must be 4 finite numbers (fx, fy, cx, cy) with fx, fy > 0, got {intr}")
+        raise ValueError(
+            f"camera file {path}: field 'intrinsics' must be 4 finite numbers (fx, fy, cx, cy) with fx, fy > 0, got {intr}"
+        )
     h, w = float(shape[0]), float(shape[1])
     sx, sy = width / w, height / h
     fx, fy, cx, cy = intr
@@ -369,7 +402,9 @@ def read_track_file(path: Path) -> np.ndarray:
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"cannot read track file {path}: {e}") from None
     if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"track file {path}: expected (P, 4) rows (x, y, occlusion logit, distance logit), got {arr.shape}")
+        raise ValueError(
+            f"track file {path}: expected (P, 4) rows (x, y, occlusion logit, distance logit), got {arr.shape}"
+        )
     return arr.astype(np.float32)
 
 
@@ -388,8 +423,8 @@ def read_track_dir(track_dir: Path, names: list[str]) -> dict[tuple[int, int], n
     for p in sorted(Path(track_dir).glob("*.npy")):
         stem = p.stem
         for k in range(len(stem)):
-            if stem[k] == "_" and stem[:k] in index and stem[k + 1:] in index:
-                pairs[(index[stem[:k]], index[stem[k + 1:]])] = read_track_file(p)
+            if stem[k] == "_" and stem[:k] in index and stem[k + 1 :] in index:
+                pairs[(index[stem[:k]], index[stem[k + 1 :]])] = read_track_file(p)
                 break
     rows = bad = files = 0
     for arr in pairs.values():
@@ -403,8 +438,14 @@ def read_track_dir(track_dir: Path, names: list[str]) -> dict[tuple[int, int], n
     if rows and bad == rows:
         raise ValueError(f"track folder {track_dir}: every track entry holds NaN/Inf ({rows} rows)")
     if bad:
-        logger.warning("track folder %s: %d of %d track entries (in %d files) hold NaN/Inf and are masked out "
-                       "(unknown: neither visible nor occluded)", track_dir, bad, rows, files)
+        logger.warning(
+            "track folder %s: %d of %d track entries (in %d files) hold NaN/Inf and are masked out "
+            "(unknown: neither visible nor occluded)",
+            track_dir,
+            bad,
+            rows,
+            files,
+        )
     return pairs
 
 

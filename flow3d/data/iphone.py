@@ -83,7 +83,9 @@ def _read_camera(path: Path, factor: int) -> tuple[np.ndarray, np.ndarray]:
     except KeyError as e:
         raise ValueError(f"camera file {path}: missing field {e.args[0]!r}") from None
     if R.shape != (3, 3) or c.shape != (3,) or pp.shape != (2,):
-        raise ValueError(f"camera file {path}: expected orientation (3, 3), position (3,), principal_point (2,), got {R.shape}, {c.shape}, {pp.shape}")
+        raise ValueError(
+            f"camera file {path}: expected orientation (3, 3), position (3,), principal_point (2,), got {R.shape}, {c.shape}, {pp.shape}"
+        )
     for k in ("radial_distortion", "tangential_distortion"):
         if np.any(np.asarray(cam.get(k, 0.0), dtype=np.float64) != 0):
             raise ValueError(f"camera file {path}: field {k!r} is non-zero; undistorted images are expected")
@@ -106,7 +108,9 @@ def _load_frames(d: Path, names: list[str], factor: int, want_masks: bool, desc:
         imgs.append(rgb)
         valids.append(alpha)
         if want_masks:
-            masks.append(io.read_mask(d / "flow3d_preprocessed" / "track_anything" / f"{factor}x" / f"{n}.png", rgb.shape[:2]))
+            masks.append(
+                io.read_mask(d / "flow3d_preprocessed" / "track_anything" / f"{factor}x" / f"{n}.png", rgb.shape[:2])
+            )
     shapes = {i.shape for i in imgs}
     if len(shapes) != 1:
         raise ValueError(f"{d}/rgb/{factor}x: frames have different sizes {sorted(shapes)}")
@@ -124,8 +128,8 @@ def load_iphone(cfg: IPhoneDataConfig) -> VideoSequence:
     end = n_all if cfg.end == -1 else min(cfg.end, n_all)
     if not 0 <= cfg.start < end:
         raise ValueError(f"frame range start={cfg.start}, end={cfg.end} is invalid for {n_all} train frames")
-    names = train["frame_names"][cfg.start:end]
-    time_ids = np.asarray(train["time_ids"][cfg.start:end], dtype=np.int64)
+    names = train["frame_names"][cfg.start : end]
+    time_ids = np.asarray(train["time_ids"][cfg.start : end], dtype=np.int64)
     depth_dir, fmt = _depth_source(d, cfg)
     sig_dirs = [d / "splits", d / "camera", d / "rgb" / f"{cfg.factor}x", depth_dir]
     sig = [files_signature(sorted(p for p in x.iterdir() if p.is_file())) for x in sig_dirs if x.is_dir()]
@@ -156,8 +160,9 @@ def _depth_source(d: Path, cfg: IPhoneDataConfig) -> tuple[Path, str]:
     return depth_dir, fmt
 
 
-def _read_sequence(cfg: IPhoneDataConfig, d: Path, names: list[str], time_ids: np.ndarray, val: dict,
-                   depth_dir: Path, fmt: str) -> VideoSequence:
+def _read_sequence(
+    cfg: IPhoneDataConfig, d: Path, names: list[str], time_ids: np.ndarray, val: dict, depth_dir: Path, fmt: str
+) -> VideoSequence:
     F, T = cfg.factor, len(names)
     images, valid, masks = _load_frames(d, names, F, True, "iphone train")
     H, W = images.shape[1:3]
@@ -167,8 +172,9 @@ def _read_sequence(cfg: IPhoneDataConfig, d: Path, names: list[str], time_ids: n
     if track_dir.is_dir():
         pairs = io.read_track_dir(track_dir, names)
         queries = sorted(q for (q, t) in pairs if q == t)
-        xy, vis, conf, qt = dense_tracks_from_pairs(pairs, T, queries, cfg.max_tracks_per_query, cfg.seed,
-                                                    source=f"track folder {track_dir}")
+        xy, vis, conf, qt = dense_tracks_from_pairs(
+            pairs, T, queries, cfg.max_tracks_per_query, cfg.seed, source=f"track folder {track_dir}"
+        )
     else:
         logger.warning("iphone: no track folder %s; continuing without 2D tracks", track_dir)
         xy, vis, conf, qt = dense_tracks_from_pairs({}, T, [])
@@ -178,11 +184,23 @@ def _read_sequence(cfg: IPhoneDataConfig, d: Path, names: list[str], time_ids: n
     else:
         train_ids, val_ids = split_frames(T, cfg.val_every)
     seq = VideoSequence(
-        name=d.name, images=torch.from_numpy(images).float() / 255.0, fg_masks=torch.from_numpy(masks).float(),
-        valid_masks=torch.from_numpy(valid), prior_disp=torch.from_numpy(disp), prior_valid=torch.from_numpy(disp_valid),
-        w2cs=torch.from_numpy(np.stack([c[0] for c in cams])).float(), Ks=torch.from_numpy(np.stack([c[1] for c in cams])).float(),
-        time_ids=torch.from_numpy(time_ids), train_ids=train_ids, val_ids=val_ids,
-        tracks_xy=xy, tracks_visible=vis, tracks_conf=conf, tracks_query_t=qt, val_views=val_views, frame_names=list(names),
+        name=d.name,
+        images=torch.from_numpy(images).float() / 255.0,
+        fg_masks=torch.from_numpy(masks).float(),
+        valid_masks=torch.from_numpy(valid),
+        prior_disp=torch.from_numpy(disp),
+        prior_valid=torch.from_numpy(disp_valid),
+        w2cs=torch.from_numpy(np.stack([c[0] for c in cams])).float(),
+        Ks=torch.from_numpy(np.stack([c[1] for c in cams])).float(),
+        time_ids=torch.from_numpy(time_ids),
+        train_ids=train_ids,
+        val_ids=val_ids,
+        tracks_xy=xy,
+        tracks_visible=vis,
+        tracks_conf=conf,
+        tracks_query_t=qt,
+        val_views=val_views,
+        frame_names=list(names),
     )
     return finish_file_sequence(seq, cfg)
 
@@ -215,8 +233,11 @@ def _read_val_views(d: Path, F: int, val: dict, time_ids: np.ndarray) -> HeldOut
     if cov_dir.is_dir():
         cov = torch.from_numpy(np.stack([io.read_mask(cov_dir / f"{n}.png", vimg.shape[1:3]) for n in vnames]))
     return HeldOutViews(
-        images=torch.from_numpy(vimg).float() / 255.0, valid_masks=torch.from_numpy(vvalid),
+        images=torch.from_numpy(vimg).float() / 255.0,
+        valid_masks=torch.from_numpy(vvalid),
         w2cs=torch.from_numpy(np.stack([c[0] for c in vcams])).float(),
         Ks=torch.from_numpy(np.stack([c[1] for c in vcams])).float(),
-        t=torch.tensor([t for _, t in keep], dtype=torch.long), names=vnames, covisible_masks=cov,
+        t=torch.tensor([t for _, t in keep], dtype=torch.long),
+        names=vnames,
+        covisible_masks=cov,
     )

@@ -65,6 +65,7 @@ def apply_scene_norm(seq: VideoSequence, scale: float, transform: Tensor) -> Vid
     object poses and surface points, held-out views. ``seq`` must be un-normalised (``scene_scale`` 1, identity transform)."""
     S = torch.diag(torch.tensor([1.0 / scale, 1.0 / scale, 1.0 / scale, 1.0], dtype=torch.float64))
     Tm = transform.double()
+
     def cams(w2cs: Tensor) -> Tensor:
         out = w2cs.double() @ torch.linalg.inv(Tm)
         out[..., :3, 3] /= scale
@@ -74,7 +75,9 @@ def apply_scene_norm(seq: VideoSequence, scale: float, transform: Tensor) -> Vid
         return (transform_points(Tm, x.double()) / scale).float()
 
     changes = dict(
-        w2cs=cams(seq.w2cs), prior_disp=seq.prior_disp * scale, scene_scale=float(scale),
+        w2cs=cams(seq.w2cs),
+        prior_disp=seq.prior_disp * scale,
+        scene_scale=float(scale),
         scene_transform=transform.float().clone(),
     )
     if seq.gt_depth is not None:
@@ -112,8 +115,11 @@ def normalize_from_tracks(seq: VideoSequence, seed: int = 0, num_points: int = 5
         depth = seq.prior_depth()[t, y, x]
         xy = torch.stack([x, y], -1).to(depth.dtype)[:, None]  # (P, 1, 2)
         pts = unproject_pixels(xy, depth[:, None], seq.Ks[t], seq.c2ws[t])[:, 0]
-        logger.warning("scene normalisation: %d foreground track points; using %d depth-prior points of all pixels "
-                       "instead", int(tr.visible.sum()), pts.shape[0])
+        logger.warning(
+            "scene normalisation: %d foreground track points; using %d depth-prior points of all pixels instead",
+            int(tr.visible.sum()),
+            pts.shape[0],
+        )
     scale, transform = compute_scene_norm(pts, seq.w2cs)
     logger.info("scene normalisation: scale %.4g (from %d points)", scale, pts.shape[0])
     return apply_scene_norm(seq, scale, transform)

@@ -125,8 +125,9 @@ def _world_points(z: Tensor, xy: Tensor, w: Tensor, seq, iters: int = 3) -> tupl
     return X, (w > 0).sum(0) >= 2
 
 
-def _fit_frames(disp: Tensor, target: Tensor, w: Tensor, min_points: int, fit: str,
-                irls: int = 3) -> tuple[Tensor, Tensor, Tensor]:
+def _fit_frames(
+    disp: Tensor, target: Tensor, w: Tensor, min_points: int, fit: str, irls: int = 3
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-frame robust fit of ``s * disp (+ t)`` to ``target`` (T, M) under weights w; (s, t, ok) each (T,)."""
     wt = w.clone()
     for _ in range(irls + 1):
@@ -167,8 +168,12 @@ def _static_map(seq, frame_ids: Tensor, erode_px: int) -> Tensor:
     fg = (seq.fg_masks[frame_ids] > 0.5).float()[:, None]
     if erode_px > 0:
         fg = F.max_pool2d(fg, 2 * erode_px + 1, stride=1, padding=erode_px)
-    return (seq.prior_valid[frame_ids] & seq.valid_masks[frame_ids].bool() & (fg[:, 0] < 0.5)
-            & (seq.prior_disp[frame_ids] > 0))
+    return (
+        seq.prior_valid[frame_ids]
+        & seq.valid_masks[frame_ids].bool()
+        & (fg[:, 0] < 0.5)
+        & (seq.prior_disp[frame_ids] > 0)
+    )
 
 
 def _source_offsets(F_: int) -> list[int]:
@@ -181,8 +186,9 @@ def _source_offsets(F_: int) -> list[int]:
     return gaps
 
 
-def _static_samples(seq, frame_ids: Tensor, per_frame: int = 1000, min_pixels: int = 200, erode_px: int = 3,
-                    min_frac: float = 0.8) -> _StaticSamples | None:
+def _static_samples(
+    seq, frame_ids: Tensor, per_frame: int = 1000, min_pixels: int = 200, erode_px: int = 3, min_frac: float = 0.8
+) -> _StaticSamples | None:
     """Up to ``per_frame`` static pixels per fitted frame (a fixed random subset), or None when fewer than
     ``min_frac`` of the fitted frames have ``min_pixels`` static pixels (no static background to fit on)."""
     frame_ids = frame_ids.long()
@@ -208,12 +214,21 @@ def _static_samples(seq, frame_ids: Tensor, per_frame: int = 1000, min_pixels: i
     gaps = _source_offsets(Fn)
     src = torch.arange(Fn)[:, None] + torch.tensor(gaps)[None]
     src_ok = (src >= 0) & (src < Fn)
-    return _StaticSamples(frame_ids, xy, disp, w, src.clamp(0, Fn - 1), src_ok, static.double()[:, None],
-                          seq.prior_disp[frame_ids].double()[:, None])
+    return _StaticSamples(
+        frame_ids,
+        xy,
+        disp,
+        w,
+        src.clamp(0, Fn - 1),
+        src_ok,
+        static.double()[:, None],
+        seq.prior_disp[frame_ids].double()[:, None],
+    )
 
 
-def _reproject(st: _StaticSamples, seq64, scale: Tensor, shift: Tensor, src_disp: Tensor | None = None,
-               maps: Tensor | None = None):
+def _reproject(
+    st: _StaticSamples, seq64, scale: Tensor, shift: Tensor, src_disp: Tensor | None = None, maps: Tensor | None = None
+):
     """Static pixels of every source frame lifted with their corrected prior and projected into each target
     frame. Returns, each (F, S*N): the target's raw prior there ``d``, the disparity the point should have
     there ``target``, the weight ``w`` (0: no source, off the image, onto a non-static pixel), the source's
@@ -259,7 +274,9 @@ def _gauge(s_new: Tensor, t_new: Tensor, ok: Tensor) -> tuple[Tensor, Tensor]:
     return s_new / s_med, (t_new - t_med) / s_med
 
 
-def _fit_dense(st: _StaticSamples, seq64, T: int, fit: str, rounds: int, min_points: int) -> tuple[Tensor, Tensor, Tensor]:
+def _fit_dense(
+    st: _StaticSamples, seq64, T: int, fit: str, rounds: int, min_points: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-frame (scale, shift, ok) that make the static background's reprojected prior agree across frames.
 
     All frames at once (a per-frame fit to the other frames' current state converges slowly, like
@@ -281,7 +298,7 @@ def _fit_dense(st: _StaticSamples, seq64, T: int, fit: str, rounds: int, min_poi
         s, t = scale[ids], shift[ids]
         good = (w > 0) & (D > 0)
         alpha = (1.0 / target.clamp_min(1e-12) - beta) * D
-        gp = alpha * target ** 2 / D.clamp_min(1e-12) ** 2  # dg/dD
+        gp = alpha * target**2 / D.clamp_min(1e-12) ** 2  # dg/dD
         r = (s[:, None] * d + t[:, None] - target) / target.clamp_min(1e-12)
         wt = (w * good * _cauchy(r, _mad_scale(r, w * good)) / target.clamp_min(1e-12) ** 2)[good]
         ti, si, dd, ds, g, gpp, DD = (x[good] for x in (tgt_idx, src_idx, d, d_src, target, gp, D))
@@ -402,8 +419,9 @@ def _maps_consistency(st: _StaticSamples, seq64, scale: Tensor, shift: Tensor, m
     return float(r[w > 0].median()) if bool((w > 0).any()) else float("nan")
 
 
-def _fit_monotone(st: _StaticSamples, seq64, scale: Tensor, shift: Tensor, min_points: int, rounds: int = 2,
-                  bins: int = 24) -> list:
+def _fit_monotone(
+    st: _StaticSamples, seq64, scale: Tensor, shift: Tensor, min_points: int, rounds: int = 2, bins: int = 24
+) -> list:
     """Per fitted frame the monotone map of its affine-corrected prior onto what the other frames' static
     background says (the reprojected disparity), refitted ``rounds`` times with the sources corrected."""
     Fn = st.frame_ids.numel()
@@ -459,8 +477,16 @@ def _track_consistency(seq, seq64, frame_ids: Tensor, region: str, scale: Tensor
 
 
 def _identity(T: int, source: str, before: float = float("nan"), after: float = float("nan")) -> PriorDrift:
-    return PriorDrift(torch.ones(T), torch.zeros(T), torch.zeros(T, dtype=torch.long), float("nan"),
-                      source=source, consistency_raw=before, consistency_aligned=after, applied=False)
+    return PriorDrift(
+        torch.ones(T),
+        torch.zeros(T),
+        torch.zeros(T, dtype=torch.long),
+        float("nan"),
+        source=source,
+        consistency_raw=before,
+        consistency_aligned=after,
+        applied=False,
+    )
 
 
 def estimate_prior_drift(
@@ -519,8 +545,10 @@ def estimate_prior_drift(
     ones, zeros = torch.ones(T, dtype=torch.float64), torch.zeros(T, dtype=torch.float64)
     if source == "dense":
         if static is None:
-            logger.warning("prior drift: no static background (outside the foreground masks) in 80%% of the "
-                           "fitted frames to reproject; the prior is left as it is")
+            logger.warning(
+                "prior drift: no static background (outside the foreground masks) in 80%% of the "
+                "fitted frames to reproject; the prior is left as it is"
+            )
             return _identity(T, "dense")
         fits = ("scale", "scale_shift") if fit == "auto" else (fit,)
         cands = {f: _fit_dense(static, seq64, T, f, rounds, min_points) for f in fits}
@@ -544,8 +572,12 @@ def estimate_prior_drift(
             fit = "scale_shift" if region == "bg" else "scale"
         scale, shift, ok, resid, n = _fit_tracks(seq, seq64, frame_ids, region, fit, rounds, min_points)
         if not bool(ok.any()):
-            logger.warning("prior drift: no frame has %d tracked points with a valid prior (region %r); the prior "
-                           "is left as it is", min_points, region)
+            logger.warning(
+                "prior drift: no frame has %d tracked points with a valid prior (region %r); the prior "
+                "is left as it is",
+                min_points,
+                region,
+            )
             return _identity(T, "tracks")
         what = f"{region} tracks, {fit} fit"
         if static is not None:
@@ -562,25 +594,59 @@ def estimate_prior_drift(
         fitted = _fit_monotone(static, seq64, scale, shift, min_points)
         mono = _maps_consistency(static, seq64, scale, shift, _corrected_maps(static, scale, shift, fitted))
         if mono < (1.0 - min_gain) * after:
-            logger.info("prior drift: per-frame monotone maps on %d of %d fitted frames; static-pixel reprojection "
-                        "disagreement %.4f affine -> %.4f monotone", sum(c is not None for c in fitted),
-                        len(fitted), after, mono)
+            logger.info(
+                "prior drift: per-frame monotone maps on %d of %d fitted frames; static-pixel reprojection "
+                "disagreement %.4f affine -> %.4f monotone",
+                sum(c is not None for c in fitted),
+                len(fitted),
+                after,
+                mono,
+            )
             curves = [None] * T
             for f, c in zip(static.frame_ids.tolist(), fitted):
                 curves[f] = c
             after = mono
         else:
-            logger.warning("prior drift: per-frame monotone maps NOT applied (static-pixel reprojection disagreement "
-                           "%.4f affine, %.4f monotone)", after, mono)
+            logger.warning(
+                "prior drift: per-frame monotone maps NOT applied (static-pixel reprojection disagreement "
+                "%.4f affine, %.4f monotone)",
+                after,
+                mono,
+            )
     if not (after < (1.0 - min_gain) * before):
-        logger.warning("prior drift (%s): NOT applied -- it does not make the prior more consistent across frames "
-                       "(%s disagreement %.4f raw, %.4f aligned)", what, kind, before, after)
+        logger.warning(
+            "prior drift (%s): NOT applied -- it does not make the prior more consistent across frames "
+            "(%s disagreement %.4f raw, %.4f aligned)",
+            what,
+            kind,
+            before,
+            after,
+        )
         return _identity(T, source, before, after)
-    logger.info("prior drift (%s): scale %.3f..%.3f, shift %.3g..%.3g over %d fitted frames; %s disagreement "
-                "%.4f raw -> %.4f aligned", what, float(scale.min()), float(scale.max()), float(shift.min()),
-                float(shift.max()), int(ok.sum()), kind, before, after)
-    return PriorDrift(scale.float(), shift.float(), n.long(), resid, source=source, consistency_raw=before,
-                      consistency_aligned=after, applied=True, curves=curves)
+    logger.info(
+        "prior drift (%s): scale %.3f..%.3f, shift %.3g..%.3g over %d fitted frames; %s disagreement "
+        "%.4f raw -> %.4f aligned",
+        what,
+        float(scale.min()),
+        float(scale.max()),
+        float(shift.min()),
+        float(shift.max()),
+        int(ok.sum()),
+        kind,
+        before,
+        after,
+    )
+    return PriorDrift(
+        scale.float(),
+        shift.float(),
+        n.long(),
+        resid,
+        source=source,
+        consistency_raw=before,
+        consistency_aligned=after,
+        applied=True,
+        curves=curves,
+    )
 
 
 def apply_prior_drift(seq, drift: PriorDrift):

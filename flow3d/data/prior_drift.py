@@ -35,8 +35,10 @@ import numpy as np
 def _smooth_curve(T: int, rng: np.random.Generator) -> np.ndarray:
     """A smooth random curve (T,) with max |u| = 1: two sinusoids of 0.5-2 cycles over the video."""
     s = np.linspace(0.0, 1.0, T)
-    u = sum(rng.uniform(0.5, 1.0) * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * s + rng.uniform(0, 2 * np.pi))
-            for _ in range(2))
+    u = sum(
+        rng.uniform(0.5, 1.0) * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * s + rng.uniform(0, 2 * np.pi))
+        for _ in range(2)
+    )
     return u / max(float(np.abs(u).max()), 1e-12)
 
 

@@ -102,7 +102,9 @@ class VideoSequence:
     # A deforming surface (the tissue scene) instead of rigid objects: its material points on a grid.
     gt_surface_points: Optional[Tensor] = None  # (T, Hs, Ws, 3) world position of each grid point at each frame
     gt_surface_uv: Optional[Tensor] = None  # (T, H, W, 2) grid coords (x, y) of the surface point behind each pixel
-    gt_hidden_images: Optional[Tensor] = None  # (T, H, W, 3) what the scene looks like without what ignored pixels show (the tissue under instruments)
+    gt_hidden_images: Optional[Tensor] = (
+        None  # (T, H, W, 3) what the scene looks like without what ignored pixels show (the tissue under instruments)
+    )
     gt_never_seen: Optional[Tensor] = None  # (T, H, W) bool: the pixel's surface point is seen by no training frame
     val_views: Optional[HeldOutViews] = None
     frame_names: list[str] = field(default_factory=list)
@@ -122,8 +124,12 @@ class VideoSequence:
         ok = self.prior_valid.to(torch.bool) & depth_lib.is_valid(self.prior_disp)
         n_bad = int((self.prior_valid.to(torch.bool) & ~ok).sum())
         if n_bad:
-            logger.warning("depth prior of %s: %d pixels are NaN/Inf or <= %g; they are masked out (prior_valid=False)",
-                           self.name, n_bad, depth_lib.EPS)
+            logger.warning(
+                "depth prior of %s: %d pixels are NaN/Inf or <= %g; they are masked out (prior_valid=False)",
+                self.name,
+                n_bad,
+                depth_lib.EPS,
+            )
         valid = self.valid_masks.to(torch.bool)
         self.prior_valid = ok & valid
         self.prior_disp = torch.where(self.prior_valid, self.prior_disp, torch.zeros_like(self.prior_disp))
@@ -138,8 +144,13 @@ class VideoSequence:
         unknown = on_ignored | starts_ignored[:, None]
         n_vis = int((unknown & self.tracks_visible).sum())
         if n_vis or bool(starts_ignored.any()):
-            logger.info("tracks of %s: %d tracks start on ignored pixels and %d visible entries lie on ignored "
-                        "pixels; they are unknown (not visible, confidence 0)", self.name, int(starts_ignored.sum()), n_vis)
+            logger.info(
+                "tracks of %s: %d tracks start on ignored pixels and %d visible entries lie on ignored "
+                "pixels; they are unknown (not visible, confidence 0)",
+                self.name,
+                int(starts_ignored.sum()),
+                n_vis,
+            )
         self.tracks_visible = self.tracks_visible & ~unknown
         self.tracks_conf = torch.where(unknown, torch.zeros_like(self.tracks_conf), self.tracks_conf)
 
@@ -208,7 +219,9 @@ class VideoSequence:
         instruments, from gt_surface_points/gt_surface_uv)."""
         rigid = self.gt_points is not None and self.gt_object_ids is not None and self.gt_object_poses is not None
         if not rigid and (self.gt_surface_uv is None or self.gt_surface_points is None):
-            raise ValueError(f"sequence {self.name!r} has no ground-truth geometry (gt_points/gt_object_poses or gt_surface_*)")
+            raise ValueError(
+                f"sequence {self.name!r} has no ground-truth geometry (gt_points/gt_object_poses or gt_surface_*)"
+            )
         Xj = self._gt_points_moved(i, j)
         xy, _ = project_points(Xj, self.Ks[j], self.w2cs[j])
         H, W = self.images.shape[1:3]
@@ -260,8 +273,12 @@ class VideoSequence:
         """
         T = self.num_frames
         empty = Tracks3D(
-            torch.zeros(0, T, 3), torch.zeros(0, T, dtype=torch.bool), torch.zeros(0, T, dtype=torch.bool),
-            torch.zeros(0, T), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, T, 3),
+            torch.zeros(0, T, dtype=torch.bool),
+            torch.zeros(0, T, dtype=torch.bool),
+            torch.zeros(0, T),
+            torch.zeros(0, 3),
+            torch.zeros(0, dtype=torch.long),
         )
         if self.tracks_xy.shape[0] == 0 or num <= 0:
             return empty
@@ -269,7 +286,12 @@ class VideoSequence:
         usable = (fg & self.prior_valid).float()  # (T, H, W)
         xy = self.tracks_xy.transpose(0, 1)  # (T, M, 2)
         in_fg = bilinear_sample(usable[:, None], xy)[..., 0] > 0.999  # (T, M)
-        in_img = (xy[..., 0] >= 0) & (xy[..., 0] <= self.img_wh[0] - 1) & (xy[..., 1] >= 0) & (xy[..., 1] <= self.img_wh[1] - 1)
+        in_img = (
+            (xy[..., 0] >= 0)
+            & (xy[..., 0] <= self.img_wh[0] - 1)
+            & (xy[..., 1] >= 0)
+            & (xy[..., 1] <= self.img_wh[1] - 1)
+        )
         in_fg = in_fg & in_img
         train_q = self.is_train_frame()[self.tracks_query_t]  # (M,)
         M = xy.shape[1]
@@ -296,8 +318,12 @@ class VideoSequence:
             img = self.images[qq].permute(2, 0, 1)[None]  # (1, 3, H, W)
             colors[sel] = bilinear_sample(img, qxy[sel][None])[0]
         return Tracks3D(
-            pts, visible[:, idx].T.contiguous(), invisible[:, idx].T.contiguous(),
-            (conf[:, idx] * (visible[:, idx] | invisible[:, idx])).T.contiguous(), colors, q,
+            pts,
+            visible[:, idx].T.contiguous(),
+            invisible[:, idx].T.contiguous(),
+            (conf[:, idx] * (visible[:, idx] | invisible[:, idx])).T.contiguous(),
+            colors,
+            q,
         )
 
     def get_bg_points(self, num: int, generator: Optional[torch.Generator] = None, erosion_px: int = 3) -> BgPoints:

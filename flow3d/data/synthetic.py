@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-import cv2
 import numpy as np
 import torch
 import tyro
@@ -39,8 +38,8 @@ from flow3d.data.cache import cache_key, cached_sequence
 from flow3d.data.common import CommonDataConfig
 from flow3d.data.endoscopy import GT_DEPTH_SOURCE_FILE
 from flow3d.data.normalize import apply_scene_norm, compute_scene_norm
-from flow3d.data.sequence import VideoSequence
 from flow3d.data.prior_drift import drifting_prior
+from flow3d.data.sequence import VideoSequence
 from flow3d.data.split import split_frames
 from flow3d.data.tissue import make_tissue_sequence
 from flow3d.data.tracks import visibility_to_tapir
@@ -176,7 +175,13 @@ def _build_scene(cfg: SyntheticDataConfig, rng: np.random.Generator) -> _Scene:
         spin0 = rng.uniform(0, 2 * math.pi)
         for t in range(T):
             theta = phase + direction * math.pi * s[t]
-            p = _CENTER + np.array([radius * math.sin(theta), height + 0.12 * math.sin(2 * math.pi * s[t] + bob_phase), -radius * math.cos(theta)])
+            p = _CENTER + np.array(
+                [
+                    radius * math.sin(theta),
+                    height + 0.12 * math.sin(2 * math.pi * s[t] + bob_phase),
+                    -radius * math.cos(theta),
+                ]
+            )
             poses[k, t] = np.eye(4)
             poses[k, t, :3, :3] = _rodrigues(axis, spin0 + spin * s[t])
             poses[k, t, :3, 3] = p
@@ -295,9 +300,13 @@ def foreground_tracks_only(seq: VideoSequence) -> VideoSequence:
     keep = seq.fg_masks[seq.tracks_query_t, y, x] > 0.5
     logger.info("track region fg: %d of %d tracks start on the foreground", int(keep.sum()), M)
     return dataclasses.replace(
-        seq, tracks_xy=seq.tracks_xy[keep], tracks_visible=seq.tracks_visible[keep], tracks_conf=seq.tracks_conf[keep],
+        seq,
+        tracks_xy=seq.tracks_xy[keep],
+        tracks_visible=seq.tracks_visible[keep],
+        tracks_conf=seq.tracks_conf[keep],
         tracks_query_t=seq.tracks_query_t[keep],
-        gt_tracks_3d=None if seq.gt_tracks_3d is None else seq.gt_tracks_3d[keep])
+        gt_tracks_3d=None if seq.gt_tracks_3d is None else seq.gt_tracks_3d[keep],
+    )
 
 
 def _make_objects_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
@@ -312,14 +321,26 @@ def _make_objects_sequence(cfg: SyntheticDataConfig) -> VideoSequence:
     f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
     seq = VideoSequence(
         name=f"synthetic_s{cfg.seed}",
-        images=f32(images), fg_masks=f32(ids >= 0), valid_masks=torch.ones(T, H, W, dtype=torch.bool),
-        prior_disp=f32(prior), prior_valid=torch.from_numpy(prior_valid),
-        w2cs=f32(scene.w2cs), Ks=f32(np.repeat(scene.K[None], T, 0)), time_ids=torch.arange(T),
-        train_ids=train_ids, val_ids=val_ids,
-        tracks_xy=f32(xy_obs), tracks_visible=torch.from_numpy(vis), tracks_conf=torch.ones(M, T),
+        images=f32(images),
+        fg_masks=f32(ids >= 0),
+        valid_masks=torch.ones(T, H, W, dtype=torch.bool),
+        prior_disp=f32(prior),
+        prior_valid=torch.from_numpy(prior_valid),
+        w2cs=f32(scene.w2cs),
+        Ks=f32(np.repeat(scene.K[None], T, 0)),
+        time_ids=torch.arange(T),
+        train_ids=train_ids,
+        val_ids=val_ids,
+        tracks_xy=f32(xy_obs),
+        tracks_visible=torch.from_numpy(vis),
+        tracks_conf=torch.ones(M, T),
         tracks_query_t=torch.from_numpy(query_t).long(),
-        gt_depth=f32(depth), gt_tracks_3d=f32(gt3d), gt_points=f32(points), gt_object_ids=torch.from_numpy(ids),
-        gt_object_poses=f32(scene.poses), gt_prior_affine=f32(np.stack([a_t, b_t], -1)),
+        gt_depth=f32(depth),
+        gt_tracks_3d=f32(gt3d),
+        gt_points=f32(points),
+        gt_object_ids=torch.from_numpy(ids),
+        gt_object_poses=f32(scene.poses),
+        gt_prior_affine=f32(np.stack([a_t, b_t], -1)),
         frame_names=[f"{t:05d}" for t in range(T)],
     )
     if cfg.normalize_scene:
@@ -394,7 +415,13 @@ def _project_tracks(scene: _Scene, gt3d: np.ndarray, query_t: np.ndarray, H: int
         z = cam[:, 2]
         uv = cam @ scene.K.T
         xy[:, t] = uv[:, :2] / np.where(z > 1e-9, z, 1e-9)[:, None]
-        inside = (z > 1e-6) & (xy[:, t, 0] >= -0.5) & (xy[:, t, 0] <= W - 0.5) & (xy[:, t, 1] >= -0.5) & (xy[:, t, 1] <= H - 0.5)
+        inside = (
+            (z > 1e-6)
+            & (xy[:, t, 0] >= -0.5)
+            & (xy[:, t, 0] <= W - 0.5)
+            & (xy[:, t, 1] >= -0.5)
+            & (xy[:, t, 1] <= H - 0.5)
+        )
         idx = np.nonzero(inside)[0]
         o, d = _rays(scene, t, xy[idx, t])
         tau = _cast(scene, t, o, d)[0]
@@ -407,9 +434,13 @@ def _project_tracks(scene: _Scene, gt3d: np.ndarray, query_t: np.ndarray, H: int
 # Writing any (un-normalised) sequence in the custom layout
 # ------------------------------------------------------------------------------------------------
 def write_custom_layout(
-    seq: VideoSequence, root: Path | str, seq_name: str, depth_type: str = "aligned_depth_anything", track_type: Optional[str] = "bootstapir"
+    seq: VideoSequence,
+    root: Path | str,
+    seq_name: str,
+    depth_type: str = "aligned_depth_anything",
+    track_type: Optional[str] = "bootstapir",
 ) -> Path:
-    """Write ``seq`` as Shape of Motion's custom layout under ``root`` (every file atomically):
+    """Write ``seq`` as Shape of Motion's custom layout under ``root`` (every file atomically).
 
     ``images/SEQ/NNNNN.png``, ``masks/SEQ/NNNNN.png`` (255 = foreground), ``<depth_type>/SEQ/NNNNN.npy``
     (float32 disparity, 0 = invalid), ``droid_recon/SEQ.npy`` (pickled dict ``traj_c2w`` (T, 4, 4),
@@ -425,7 +456,9 @@ def write_custom_layout(
         raise ValueError("write_custom_layout needs an un-normalised sequence (scene_scale 1, identity transform)")
     K0 = seq.Ks[0]
     if not torch.allclose(seq.Ks, K0.expand_as(seq.Ks)):
-        raise ValueError("write_custom_layout: droid_recon stores one intrinsic matrix; the sequence's Ks differ per frame")
+        raise ValueError(
+            "write_custom_layout: droid_recon stores one intrinsic matrix; the sequence's Ks differ per frame"
+        )
     names = seq.frame_names or [f"{t:05d}" for t in range(seq.num_frames)]
     folders = {"images": "images", "masks": "masks", "depth": depth_type, "ignore": "ignore_masks", "gt": "gt_depth"}
     d = {k: root / v / seq_name for k, v in folders.items()}
@@ -434,7 +467,9 @@ def write_custom_layout(
     for t, n in enumerate(names):
         io.write_png_atomic(d["images"] / f"{n}.png", imgs[t])
         io.write_png_atomic(d["masks"] / f"{n}.png", ((seq.fg_masks[t] > 0.5).numpy() * 255).astype(np.uint8))
-        io.save_npy_atomic(d["depth"] / f"{n}.npy", torch.where(seq.prior_valid[t], seq.prior_disp[t], 0.0).numpy().astype(np.float32))
+        io.save_npy_atomic(
+            d["depth"] / f"{n}.npy", torch.where(seq.prior_valid[t], seq.prior_disp[t], 0.0).numpy().astype(np.float32)
+        )
         if ignore is not None:
             io.write_png_atomic(d["ignore"] / f"{n}.png", ignore[t].astype(np.uint8) * 255)
         if seq.gt_depth is not None:

@@ -45,9 +45,9 @@ import numpy as np
 import torch
 
 from flow3d.data.normalize import apply_scene_norm, compute_scene_norm
+from flow3d.data.prior_drift import drifting_prior
 from flow3d.data.sequence import VideoSequence
 from flow3d.data.split import split_frames
-from flow3d.data.prior_drift import drifting_prior
 from flow3d.log import get_logger
 
 logger = get_logger(__name__)
@@ -95,8 +95,14 @@ def build_tissue_scene(cfg, rng: np.random.Generator) -> TissueScene:
         cx = rng.uniform(0.35, 0.65) if k == 0 else rng.choice([0.2, 0.8])
         cy = rng.uniform(0.35, 0.65)
         ang = rng.uniform(0, 2 * np.pi)
-        grabs.append((np.array([cx * W, cy * H]), sigma * W, (1.0 if k == 0 else 0.45) * cfg.tissue_pull,
-                      lateral * W * np.array([math.cos(ang), math.sin(ang)])))
+        grabs.append(
+            (
+                np.array([cx * W, cy * H]),
+                sigma * W,
+                (1.0 if k == 0 else 0.45) * cfg.tissue_pull,
+                lateral * W * np.array([math.cos(ang), math.sin(ang)]),
+            )
+        )
 
     def waves(n, lo, hi):
         r = rng.uniform(lo, hi, n)
@@ -106,11 +112,22 @@ def build_tissue_scene(cfg, rng: np.random.Generator) -> TissueScene:
     tex_low, tex_fine = waves(6, 2.0, 6.0), waves(6, 6.0, 14.0)
     vessels = np.concatenate([waves(3, 2.5, 4.5), waves(3, 1.0, 2.0)], -1)
     instruments = []
-    paths = [((0.22, 0.65), (0.55, 0.45), 0.50, (-0.85, 0.35, -0.25)), ((0.82, 0.25), (0.62, 0.50), 0.55, (0.80, -0.45, -0.25))]
+    paths = [
+        ((0.22, 0.65), (0.55, 0.45), 0.50, (-0.85, 0.35, -0.25)),
+        ((0.82, 0.25), (0.62, 0.50), 0.55, (0.80, -0.45, -0.25)),
+    ]
     for a, b, z, d in paths[: cfg.num_instruments]:
         j = rng.uniform(-0.04, 0.04, 4)
         d = np.asarray(d) / np.linalg.norm(d)
-        instruments.append((np.array([a[0] + j[0], a[1] + j[1]]) * [W, H], np.array([b[0] + j[2], b[1] + j[3]]) * [W, H], z * _DEPTH, d, 0.035 * _DEPTH))
+        instruments.append(
+            (
+                np.array([a[0] + j[0], a[1] + j[1]]) * [W, H],
+                np.array([b[0] + j[2], b[1] + j[3]]) * [W, H],
+                z * _DEPTH,
+                d,
+                0.035 * _DEPTH,
+            )
+        )
     return TissueScene(W, H, T, K, c2w, bumps, grabs, tex_low, tex_fine, vessels, instruments)
 
 
@@ -181,7 +198,9 @@ def invert(sc: TissueScene, q: np.ndarray, s: float) -> np.ndarray:
         m = m - np.stack([d * F[..., 0] - b * F[..., 1], a * F[..., 1] - c * F[..., 0]], -1) / det[..., None]
     res = np.abs(m + lateral(sc, m, s) - q).max() if q.size else 0.0
     if res > _INVERT_TOL_PX:
-        raise RuntimeError(f"tissue scene: inverting the deformation did not converge (residual {res:.3g} px); lower tissue_pull")
+        raise RuntimeError(
+            f"tissue scene: inverting the deformation did not converge (residual {res:.3g} px); lower tissue_pull"
+        )
     return m
 
 
@@ -214,7 +233,9 @@ def invert_shifted(sc: TissueScene, q: np.ndarray, s: float, baseline: float) ->
         m = m - np.stack([d * F[..., 0] - b * F[..., 1], a * F[..., 1] - c * F[..., 0]], -1) / det[..., None]
     res = np.abs(residual(m)).max() if q.size else 0.0
     if res > _INVERT_TOL_PX:
-        raise RuntimeError(f"tissue scene: inverting the deformation for the right view did not converge (residual {res:.3g} px)")
+        raise RuntimeError(
+            f"tissue scene: inverting the deformation for the right view did not converge (residual {res:.3g} px)"
+        )
     return m
 
 
@@ -241,20 +262,25 @@ def albedo(sc: TissueScene, m: np.ndarray) -> np.ndarray:
     col = np.array([0.80, 0.42, 0.40]) * (0.85 + 0.25 * low)[..., None] * (1.0 + 0.25 * fine)[..., None]
     vessel = np.zeros(u.shape[:-1])
     for g0, g1, ph, h0, h1, ph2 in sc.vessels:
-        w = np.sin(2 * np.pi * (g0 * u[..., 0] + g1 * u[..., 1]) + ph + 0.8 * np.sin(2 * np.pi * (h0 * u[..., 0] + h1 * u[..., 1]) + ph2))
+        w = np.sin(
+            2 * np.pi * (g0 * u[..., 0] + g1 * u[..., 1])
+            + ph
+            + 0.8 * np.sin(2 * np.pi * (h0 * u[..., 0] + h1 * u[..., 1]) + ph2)
+        )
         vessel = np.maximum(vessel, np.exp(-(w * w) / 0.06))
     v = 0.6 * vessel[..., None]
     return np.clip((1 - v) * col + v * np.array([0.42, 0.08, 0.12]), 0.0, 1.0)
 
 
-def blinn_phong(base: np.ndarray, X: np.ndarray, n: np.ndarray, ks: float, shininess: float,
-                origin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def blinn_phong(
+    base: np.ndarray, X: np.ndarray, n: np.ndarray, ks: float, shininess: float, origin: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Colour (..., 3) and specular term (...,) of camera-frame points X with normals n under the light
     beside the lens: ``base (0.4 + 0.6 max(n.l, 0)) + ks max(n.h, 0)^shininess`` (white highlights),
     seen from the camera centre ``origin`` (default the left camera's, 0)."""
     l_dir = _LIGHT - X
     l_dir = l_dir / np.linalg.norm(l_dir, axis=-1, keepdims=True)
-    v_dir = (-X if origin is None else origin - X)
+    v_dir = -X if origin is None else origin - X
     v_dir = v_dir / np.linalg.norm(v_dir, axis=-1, keepdims=True)
     h = l_dir + v_dir
     h = h / np.linalg.norm(h, axis=-1, keepdims=True)
@@ -299,7 +325,9 @@ def _capsule_hit(a: np.ndarray, b: np.ndarray, r: float, rd: np.ndarray) -> np.n
     return np.where(body, t, np.where(cap, tc, np.inf))
 
 
-def instruments_depth(sc: TissueScene, xy: np.ndarray, s: float, origin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def instruments_depth(
+    sc: TissueScene, xy: np.ndarray, s: float, origin: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """z-depth (P,) of the nearest instrument through pixels xy (P, 2) (inf where none), its camera-frame
     point (P, 3), and the instrument index (P,) (-1 where none). ``origin`` (3,): the centre of the
     camera (same orientation and K) in the left camera's frame, default 0; the returned points are in
@@ -318,7 +346,9 @@ def instruments_depth(sc: TissueScene, xy: np.ndarray, s: float, origin: np.ndar
     return np.where(np.isfinite(best), X[:, 2], np.inf), X, idx
 
 
-def _shade_instruments(sc: TissueScene, X: np.ndarray, idx: np.ndarray, s: float, origin: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _shade_instruments(
+    sc: TissueScene, X: np.ndarray, idx: np.ndarray, s: float, origin: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Metallic grey shafts with dark rings: colour (P, 3) and specular term (P,) at hit points X."""
     col = np.zeros_like(X)
     n = np.zeros_like(X)
@@ -351,8 +381,9 @@ def render_tissue_frame(sc: TissueScene, t: int, baseline: float = 0.0) -> dict[
     m = invert_shifted(sc, q, s, baseline)
     z = depth(sc, m, s)
     X = position(sc, m, s)
-    rgb, spec = blinn_phong(albedo(sc, m), X, _normals(sc, m, s), ks=0.8, shininess=120.0,
-                            origin=None if baseline == 0.0 else o)
+    rgb, spec = blinn_phong(
+        albedo(sc, m), X, _normals(sc, m, s), ks=0.8, shininess=120.0, origin=None if baseline == 0.0 else o
+    )
     tissue_rgb = np.clip(rgb, 0.0, 1.0)
     zi, Xi, idx = instruments_depth(sc, q.reshape(-1, 2), s, origin=None if baseline == 0.0 else o)
     inst = (idx >= 0) & (zi < z.reshape(-1))
@@ -361,8 +392,15 @@ def render_tissue_frame(sc: TissueScene, t: int, baseline: float = 0.0) -> dict[
         rgb.reshape(-1, 3)[inst] = rgb_i
         spec.reshape(-1)[inst] = spec_i
     inst = inst.reshape(H, W)
-    return dict(rgb=np.clip(rgb, 0.0, 1.0), tissue_rgb=tissue_rgb, specular=spec, tissue_depth=z, material=m,
-                instrument=inst, visible_depth=np.where(inst, zi.reshape(H, W), z))
+    return dict(
+        rgb=np.clip(rgb, 0.0, 1.0),
+        tissue_rgb=tissue_rgb,
+        specular=spec,
+        tissue_depth=z,
+        material=m,
+        instrument=inst,
+        visible_depth=np.where(inst, zi.reshape(H, W), z),
+    )
 
 
 def never_seen(sc: TissueScene, material: np.ndarray, instrument: np.ndarray, train_ids) -> np.ndarray:
@@ -414,7 +452,11 @@ def write_right_views(cfg, root, seq_name: str, baseline: float, names, right_ty
         raise ValueError(f"{len(names)} frame names for {right.shape[0]} right views")
     for n, img in zip(names, right):
         io.write_png_atomic(Path(root) / right_type / seq_name / f"{n}.png", (img * 255.0).round().astype(np.uint8))
-    logger.info("tissue scene: right views (baseline %g scene units) written to %s", baseline, Path(root) / right_type / seq_name)
+    logger.info(
+        "tissue scene: right views (baseline %g scene units) written to %s",
+        baseline,
+        Path(root) / right_type / seq_name,
+    )
 
 
 def _to_world(sc: TissueScene, X: np.ndarray) -> np.ndarray:
@@ -468,7 +510,12 @@ def make_tissue_sequence(cfg) -> VideoSequence:
     hidden_rgb = np.round(np.stack([f["tissue_rgb"] for f in frames]) * 255.0) / 255.0
     material = np.stack([f["material"] for f in frames])
     tissue_depth = np.stack([f["tissue_depth"] for f in frames])
-    prior, prior_valid, a_t, b_t = drifting_prior(np.stack([f["visible_depth"] for f in frames]), cfg, rng, objects=np.where(~inst & (_gauss(sc, material)[0] > 0.5), 0, -1))
+    prior, prior_valid, a_t, b_t = drifting_prior(
+        np.stack([f["visible_depth"] for f in frames]),
+        cfg,
+        rng,
+        objects=np.where(~inst & (_gauss(sc, material)[0] > 0.5), 0, -1),
+    )
     gt3d, xy, vis, query_t = _tracks(sc, cfg, material, inst)
     xy_obs = xy.copy()
     if cfg.track_noise_px > 0:
@@ -484,21 +531,41 @@ def make_tissue_sequence(cfg) -> VideoSequence:
     M = len(query_t)
     seq = VideoSequence(
         name=f"tissue_s{cfg.seed}",
-        images=f32(images), fg_masks=f32(~inst), valid_masks=torch.from_numpy(~inst),
-        prior_disp=f32(prior), prior_valid=torch.from_numpy(prior_valid),
-        w2cs=f32(np.repeat(w2c[None], T, 0)), Ks=f32(np.repeat(sc.K[None], T, 0)), time_ids=torch.arange(T),
-        train_ids=train_ids, val_ids=val_ids,
-        tracks_xy=f32(xy_obs), tracks_visible=torch.from_numpy(vis), tracks_conf=torch.ones(M, T),
+        images=f32(images),
+        fg_masks=f32(~inst),
+        valid_masks=torch.from_numpy(~inst),
+        prior_disp=f32(prior),
+        prior_valid=torch.from_numpy(prior_valid),
+        w2cs=f32(np.repeat(w2c[None], T, 0)),
+        Ks=f32(np.repeat(sc.K[None], T, 0)),
+        time_ids=torch.arange(T),
+        train_ids=train_ids,
+        val_ids=val_ids,
+        tracks_xy=f32(xy_obs),
+        tracks_visible=torch.from_numpy(vis),
+        tracks_conf=torch.ones(M, T),
         tracks_query_t=torch.from_numpy(query_t).long(),
-        gt_depth=f32(tissue_depth), gt_tracks_3d=f32(gt3d), gt_prior_affine=f32(np.stack([a_t, b_t], -1)),
-        gt_surface_points=f32(surface), gt_surface_uv=f32((material + pad) / step),
-        gt_hidden_images=f32(hidden_rgb), gt_never_seen=torch.from_numpy(unseen),
+        gt_depth=f32(tissue_depth),
+        gt_tracks_3d=f32(gt3d),
+        gt_prior_affine=f32(np.stack([a_t, b_t], -1)),
+        gt_surface_points=f32(surface),
+        gt_surface_uv=f32((material + pad) / step),
+        gt_hidden_images=f32(hidden_rgb),
+        gt_never_seen=torch.from_numpy(unseen),
         frame_names=[f"{t:05d}" for t in range(T)],
     )
     if cfg.normalize_scene:
         scale, transform = compute_scene_norm(seq.gt_tracks_3d.reshape(-1, 3), seq.w2cs)
         seq = apply_scene_norm(seq, scale, transform)
-    logger.info("tissue scene: %d frames %dx%d, %d instruments (%.1f%% of pixels), %d tracks, %.2f%% of "
-                "pixels show tissue no training frame sees", T, W, H, len(sc.instruments), 100.0 * inst.mean(), M,
-                100.0 * unseen.mean())
+    logger.info(
+        "tissue scene: %d frames %dx%d, %d instruments (%.1f%% of pixels), %d tracks, %.2f%% of "
+        "pixels show tissue no training frame sees",
+        T,
+        W,
+        H,
+        len(sc.instruments),
+        100.0 * inst.mean(),
+        M,
+        100.0 * unseen.mean(),
+    )
     return seq

@@ -27,7 +27,9 @@ def tapir_to_visibility(tracks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     ``confidence`` > 0 where the point is confidently visible or confidently occluded, else 0.
     """
     if tracks.shape[-1] != 4:
-        raise ValueError(f"tracks must be (..., 4) rows (x, y, occlusion logit, distance logit), got {tuple(tracks.shape)}")
+        raise ValueError(
+            f"tracks must be (..., 4) rows (x, y, occlusion logit, distance logit), got {tuple(tracks.shape)}"
+        )
     visibility = 1.0 - torch.sigmoid(tracks[..., 2])
     confidence = 1.0 - torch.sigmoid(tracks[..., 3])
     visible = visibility * confidence > 0.5
@@ -86,7 +88,9 @@ def dense_tracks_from_pairs(
                 continue
             arr = torch.as_tensor(np.asarray(arr, dtype=np.float32))
             if arr.ndim != 2 or arr.shape != (P, 4):
-                raise ValueError(f"{source}: entry ({q}, {t}) must have shape ({P}, 4) like ({q}, {q}), got {tuple(arr.shape)}")
+                raise ValueError(
+                    f"{source}: entry ({q}, {t}) must have shape ({P}, 4) like ({q}, {q}), got {tuple(arr.shape)}"
+                )
             a_xy, a_vis, a_conf = tapir_to_visibility(arr[rows])
             bad = ~torch.isfinite(a_xy).all(-1)
             xy[:, t] = torch.where(bad[:, None], torch.zeros_like(a_xy), a_xy)
@@ -97,6 +101,10 @@ def dense_tracks_from_pairs(
         confs.append(conf)
         qs.append(torch.full((len(rows),), int(q), dtype=torch.long))
     if not xys:
-        return (torch.zeros(0, num_frames, 2), torch.zeros(0, num_frames, dtype=torch.bool),
-                torch.zeros(0, num_frames), torch.zeros(0, dtype=torch.long))
+        return (
+            torch.zeros(0, num_frames, 2),
+            torch.zeros(0, num_frames, dtype=torch.bool),
+            torch.zeros(0, num_frames),
+            torch.zeros(0, dtype=torch.long),
+        )
     return torch.cat(xys), torch.cat(viss), torch.cat(confs), torch.cat(qs)

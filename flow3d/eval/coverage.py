@@ -31,7 +31,9 @@ from flow3d.log import get_logger
 logger = get_logger(__name__)
 
 
-def surface_in_frustum_mask(seq, t: int, w2c: Tensor, K: Tensor, img_wh: tuple[int, int], erode_px: int = 2) -> np.ndarray:
+def surface_in_frustum_mask(
+    seq, t: int, w2c: Tensor, K: Tensor, img_wh: tuple[int, int], erode_px: int = 2
+) -> np.ndarray:
     """Bool (H, W): pixels of the camera (``w2c``, ``K``) where the true surface at frame ``t``'s time lies,
     restricted to surface points inside some training camera's image (module docstring)."""
     if seq.gt_surface_points is None:
@@ -42,7 +44,9 @@ def surface_in_frustum_mask(seq, t: int, w2c: Tensor, K: Tensor, img_wh: tuple[i
     Ws, Hs = seq.img_wh
     for tt in seq.train_ids.tolist():
         xy, z = project_points(pts, seq.Ks[tt].double(), seq.w2cs[tt].double())
-        inside_any |= (z > 0) & (xy[:, 0] >= -0.5) & (xy[:, 0] <= Ws - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= Hs - 0.5)
+        inside_any |= (
+            (z > 0) & (xy[:, 0] >= -0.5) & (xy[:, 0] <= Ws - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= Hs - 0.5)
+        )
     xy, z = project_points(pts[inside_any], K.double(), w2c.double())
     px = xy.round().long()
     ok = (z > 0) & (px[:, 0] >= 0) & (px[:, 0] < W) & (px[:, 1] >= 0) & (px[:, 1] < H)
@@ -50,7 +54,9 @@ def surface_in_frustum_mask(seq, t: int, w2c: Tensor, K: Tensor, img_wh: tuple[i
     m[px[ok, 1].numpy(), px[ok, 0].numpy()] = 1
     m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))  # sampling gaps of the grid
     if erode_px > 0:
-        m = cv2.erode(m, np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1)
+        m = cv2.erode(
+            m, np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1
+        )
     return m > 0
 
 
@@ -94,8 +100,17 @@ class CoverageResult:
 
 
 @torch.no_grad()
-def coverage(model, seq, degrees: float = 15.0, num_orbit: int = 7, min_alpha: float = 0.99, erode_px: int = 2,
-             bg: Optional[Tensor] = None, backend: str = "auto", frames: Optional[list[int]] = None) -> CoverageResult:
+def coverage(
+    model,
+    seq,
+    degrees: float = 15.0,
+    num_orbit: int = 7,
+    min_alpha: float = 0.99,
+    erode_px: int = 2,
+    bg: Optional[Tensor] = None,
+    backend: str = "auto",
+    frames: Optional[list[int]] = None,
+) -> CoverageResult:
     """Holes of ``model`` on ``seq``'s held-out frames (``frames``, default ``val_ids``) seen from their own
     cameras and from the orbit views (module docstring)."""
     W, H = seq.img_wh
@@ -104,15 +119,28 @@ def coverage(model, seq, degrees: float = 15.0, num_orbit: int = 7, min_alpha: f
     bg = torch.zeros(3) if bg is None else bg
     rows = []
     for t in frames:
-        views = [("held_out", f"frame {t}", seq.w2cs[t], 0.0)] + [("orbit", f"frame {t} orbit {a:+.1f} deg", w, a) for w, a in zip(orbit, angles)]
+        views = [("held_out", f"frame {t}", seq.w2cs[t], 0.0)] + [
+            ("orbit", f"frame {t} orbit {a:+.1f} deg", w, a) for w, a in zip(orbit, angles)
+        ]
         for kind, name, w2c, ang in views:
             mask = surface_in_frustum_mask(seq, t, w2c, seq.Ks[t], (W, H), erode_px)
-            out = model.render(torch.tensor([t]), w2c[None].float(), seq.Ks[t][None].float(), (W, H), bg_color=bg, backend=backend)
+            out = model.render(
+                torch.tensor([t]), w2c[None].float(), seq.Ks[t][None].float(), (W, H), bg_color=bg, backend=backend
+            )
             alpha = out.alpha[0, ..., 0].float().cpu().numpy()
             holes = mask & (alpha < min_alpha)
-            rows.append(dict(kind=kind, view=name, frame=t, angle=ang, num_pixels=int(mask.sum()),
-                             hole_px=int(holes.sum()), hole_frac=float(holes.sum() / max(1, mask.sum())),
-                             min_alpha=float(alpha[mask].min()) if mask.any() else float("nan")))
+            rows.append(
+                dict(
+                    kind=kind,
+                    view=name,
+                    frame=t,
+                    angle=ang,
+                    num_pixels=int(mask.sum()),
+                    hole_px=int(holes.sum()),
+                    hole_frac=float(holes.sum() / max(1, mask.sum())),
+                    min_alpha=float(alpha[mask].min()) if mask.any() else float("nan"),
+                )
+            )
     return CoverageResult(rows)
 
 
@@ -158,13 +186,19 @@ def _main(argv: list[str]) -> None:
     a = tyro.cli(Args, args=argv, description=__doc__, prog="python -m flow3d.eval.coverage")
     model, seq, bg, backend = load_run(a.work_dir, a.model)
     res = coverage(model, seq, a.degrees, a.num_orbit, a.min_alpha, bg=bg, backend=backend)
-    summary = {kind: {"views": sum(r["kind"] == kind for r in res.rows),
-                      "max_hole_frac": max(r["hole_frac"] for r in res.rows if r["kind"] == kind),
-                      "hole_px": sum(r["hole_px"] for r in res.rows if r["kind"] == kind),
-                      "pixels": sum(r["num_pixels"] for r in res.rows if r["kind"] == kind),
-                      "min_alpha": min(r["min_alpha"] for r in res.rows if r["kind"] == kind)}
-               for kind in ("held_out", "orbit")}
-    (Path(a.work_dir) / "coverage.json").write_text(json.dumps({"summary": summary, "views": res.rows}, indent=1) + "\n")
+    summary = {
+        kind: {
+            "views": sum(r["kind"] == kind for r in res.rows),
+            "max_hole_frac": max(r["hole_frac"] for r in res.rows if r["kind"] == kind),
+            "hole_px": sum(r["hole_px"] for r in res.rows if r["kind"] == kind),
+            "pixels": sum(r["num_pixels"] for r in res.rows if r["kind"] == kind),
+            "min_alpha": min(r["min_alpha"] for r in res.rows if r["kind"] == kind),
+        }
+        for kind in ("held_out", "orbit")
+    }
+    (Path(a.work_dir) / "coverage.json").write_text(
+        json.dumps({"summary": summary, "views": res.rows}, indent=1) + "\n"
+    )
     print(json.dumps(summary, indent=1))
 
 

@@ -155,8 +155,9 @@ def mssim_som(
         zx, mx = blur_1d(z, m[:, None], (1, window_size))
         return blur_1d(zx, mx, (window_size, 1))[0]
 
-    smap = ssim_map(pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=data_range, blur=blur,
-                    clip_moments=True)  # (B, 3, H - 10, W - 10)
+    smap = ssim_map(
+        pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=data_range, blur=blur, clip_moments=True
+    )  # (B, 3, H - 10, W - 10)
     return smap.mean(dim=(1, 2, 3))
 
 
@@ -165,7 +166,13 @@ def mssim_som(
 # ----------------------------------------------------------------------------------------------
 
 # torchvision's AlexNet ``features`` convolutions: (index in features, in, out, kernel, stride, pad).
-_ALEX_CONVS = [(0, 3, 64, 11, 4, 2), (3, 64, 192, 5, 1, 2), (6, 192, 384, 3, 1, 1), (8, 384, 256, 3, 1, 1), (10, 256, 256, 3, 1, 1)]
+_ALEX_CONVS = [
+    (0, 3, 64, 11, 4, 2),
+    (3, 64, 192, 5, 1, 2),
+    (6, 192, 384, 3, 1, 1),
+    (8, 384, 256, 3, 1, 1),
+    (10, 256, 256, 3, 1, 1),
+]
 _ALEX_POOL_AFTER = {0, 3}  # max-pool (3, stride 2) after the ReLU of these convs, before the next tap
 _LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 _LPIPS_SCALE = (0.458, 0.448, 0.450)
@@ -448,12 +455,24 @@ def depth_metrics(
     abs_rel = _masked_mean_or_nan(err.abs() / gt, w, dims)
     rmse = torch.sqrt(_masked_mean_or_nan(err * err, w, dims))
     pos = aligned > 0
-    ratio = torch.where(pos, torch.maximum(aligned / gt, gt / torch.where(pos, aligned, torch.ones_like(aligned))), torch.full_like(aligned, float("inf")))
+    ratio = torch.where(
+        pos,
+        torch.maximum(aligned / gt, gt / torch.where(pos, aligned, torch.ones_like(aligned))),
+        torch.full_like(aligned, float("inf")),
+    )
     delta1 = _masked_mean_or_nan((ratio < 1.25).to(w.dtype), w, dims)
     scale = torch.where(count > 0, scale, torch.full_like(scale, float("nan")))
     shift = torch.where(count > 0, shift, torch.full_like(shift, float("nan")))
-    res = MetricResult(per_frame={"abs_rel": abs_rel, "rmse": rmse, "delta1": delta1, "scale": scale, "shift": shift,
-                                  "num_valid": count})
+    res = MetricResult(
+        per_frame={
+            "abs_rel": abs_rel,
+            "rmse": rmse,
+            "delta1": delta1,
+            "scale": scale,
+            "shift": shift,
+            "num_valid": count,
+        }
+    )
     for k in ("abs_rel", "rmse", "delta1"):
         res.aggregate[k] = _nanmean(res.per_frame[k])
     if alignment.startswith("sequence"):
@@ -480,7 +499,9 @@ def prior_depth_metrics(
     of the prior's disparity itself.
     """
     if prior_disp.shape != gt_depth.shape:
-        raise ValueError(f"prior_disp must have gt_depth's shape {tuple(gt_depth.shape)}, got {tuple(prior_disp.shape)}")
+        raise ValueError(
+            f"prior_disp must have gt_depth's shape {tuple(gt_depth.shape)}, got {tuple(prior_disp.shape)}"
+        )
     depth, ok = disp_to_depth(prior_disp, valid)
     return depth_metrics(depth, gt_depth, ok, alignment=alignment)
 
@@ -532,19 +553,25 @@ def depth_order_accuracy(
     used = pred_depth.new_zeros((T,))
     pooled: list[tuple[Tensor, Tensor, Tensor]] = []
     for t in range(T):
-        pairs = sample_pixel_pairs(ok[t], num_pairs, prior=reference[t], prior_kind=kind,
-                                   min_rel_diff=tie_threshold, generator=gen)
+        pairs = sample_pixel_pairs(
+            ok[t], num_pairs, prior=reference[t], prior_kind=kind, min_rel_diff=tie_threshold, generator=gen
+        )
         used[t] = len(pairs)
         if len(pairs) == 0:
             continue
         p = pred_depth[t]
-        vals = (p[pairs.xy_a[:, 1], pairs.xy_a[:, 0]], p[pairs.xy_b[:, 1], pairs.xy_b[:, 0]], pairs.order.to(torch.int8))
+        vals = (
+            p[pairs.xy_a[:, 1], pairs.xy_a[:, 0]],
+            p[pairs.xy_b[:, 1], pairs.xy_b[:, 0]],
+            pairs.order.to(torch.int8),
+        )
         acc[t] = ordinal_accuracy(*vals).to(acc.dtype)
         pooled.append(vals)
     used_total = int(used.sum())
     res = MetricResult(per_frame={"accuracy": acc, "num_pairs": used})
-    res.aggregate["accuracy"] = (float(ordinal_accuracy(*(torch.cat(v) for v in zip(*pooled))))
-                                 if used_total > 0 else float("nan"))
+    res.aggregate["accuracy"] = (
+        float(ordinal_accuracy(*(torch.cat(v) for v in zip(*pooled)))) if used_total > 0 else float("nan")
+    )
     res.aggregate["num_pairs"] = float(used_total)
     if used_total == 0:
         res.notes["accuracy"] = "no pixel pair outside the near-tie threshold"
@@ -569,7 +596,9 @@ def temporal_consistency(
     pixels) and num_valid (B,); aggregate: mean over pairs with valid pixels.
     """
     if depth.dim() != 3 or depth.shape != depth_next.shape:
-        raise ValueError(f"depth and depth_next must both be (B, H, W), got {tuple(depth.shape)} and {tuple(depth_next.shape)}")
+        raise ValueError(
+            f"depth and depth_next must both be (B, H, W), got {tuple(depth.shape)} and {tuple(depth_next.shape)}"
+        )
     B, H, W = depth.shape
     if flow.shape != (B, H, W, 2):
         raise ValueError(f"flow must be (B, H, W, 2) = {(B, H, W, 2)} (dx, dy) pixels, got {tuple(flow.shape)}")
@@ -619,7 +648,9 @@ def tracking_metrics(
     mean over thresholds, TAP-Vid's < delta^x_avg >).
     """
     if pred_xy.dim() != 3 or pred_xy.shape[-1] != 2 or pred_xy.shape != gt_xy.shape:
-        raise ValueError(f"pred_xy and gt_xy must both be (M, T, 2), got {tuple(pred_xy.shape)} and {tuple(gt_xy.shape)}")
+        raise ValueError(
+            f"pred_xy and gt_xy must both be (M, T, 2), got {tuple(pred_xy.shape)} and {tuple(gt_xy.shape)}"
+        )
     if gt_visible.shape != pred_xy.shape[:2]:
         raise ValueError(f"gt_visible must be (M, T) = {tuple(pred_xy.shape[:2])}, got {tuple(gt_visible.shape)}")
     M, T = gt_visible.shape
@@ -635,9 +666,13 @@ def tracking_metrics(
     w = vis.to(pred_xy.dtype)
     res = MetricResult()
     finite_w = w * torch.isfinite(dist).to(w.dtype)
-    res.per_frame["epe"] = _masked_mean_or_nan(torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist)), finite_w, (0,))
+    res.per_frame["epe"] = _masked_mean_or_nan(
+        torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist)), finite_w, (0,)
+    )
     n = w.sum()
-    res.aggregate["epe"] = float((dist * finite_w).nan_to_num(0.0).sum() / finite_w.sum()) if finite_w.sum() > 0 else float("nan")
+    res.aggregate["epe"] = (
+        float((dist * finite_w).nan_to_num(0.0).sum() / finite_w.sum()) if finite_w.sum() > 0 else float("nan")
+    )
     fracs = []
     for d in thresholds:
         within = (dist < d).to(w.dtype)
@@ -670,7 +705,9 @@ def keypoint_pck(
     per_frame: pck (B,) per pair; aggregate: pck, threshold_px, num_empty_pairs.
     """
     if pred_kps.dim() != 3 or pred_kps.shape[-1] != 2 or pred_kps.shape != gt_kps.shape:
-        raise ValueError(f"pred_kps and gt_kps must both be (B, P, 2), got {tuple(pred_kps.shape)} and {tuple(gt_kps.shape)}")
+        raise ValueError(
+            f"pred_kps and gt_kps must both be (B, P, 2), got {tuple(pred_kps.shape)} and {tuple(gt_kps.shape)}"
+        )
     if visible.shape != pred_kps.shape[:2]:
         raise ValueError(f"visible must be (B, P) = {tuple(pred_kps.shape[:2])}, got {tuple(visible.shape)}")
     if len(img_wh) != 2 or min(img_wh) <= 0:
@@ -682,12 +719,18 @@ def keypoint_pck(
     total = vis.sum(1).to(pred_kps.dtype)
     pck = correct / total.clamp_min(1e-8)
     n_empty = int((total == 0).sum())
-    res = MetricResult(per_frame={"pck": pck}, aggregate={
-        "pck": float(pck.mean()) if pck.numel() else float("nan"), "threshold_px": float(thr),
-        "num_empty_pairs": float(n_empty),
-    })
+    res = MetricResult(
+        per_frame={"pck": pck},
+        aggregate={
+            "pck": float(pck.mean()) if pck.numel() else float("nan"),
+            "threshold_px": float(thr),
+            "num_empty_pairs": float(n_empty),
+        },
+    )
     if n_empty:
-        res.notes["pck"] = f"{n_empty} of {pck.numel()} pairs have no keypoint visible in both frames and count as 0 (SoM)"
+        res.notes["pck"] = (
+            f"{n_empty} of {pck.numel()} pairs have no keypoint visible in both frames and count as 0 (SoM)"
+        )
     return res
 
 

@@ -49,7 +49,9 @@ def _scalar(v: Any) -> tuple[Any, str | None]:
     raise ValueError(f"metric values must be numbers, strings, None or Unavailable, got {type(v).__name__}")
 
 
-def aggregate_per_frame(per_frame: Sequence[Mapping[str, Any]], skip: Sequence[str] = ("frame",)) -> tuple[dict[str, float], dict[str, str]]:
+def aggregate_per_frame(
+    per_frame: Sequence[Mapping[str, Any]], skip: Sequence[str] = ("frame",)
+) -> tuple[dict[str, float], dict[str, str]]:
     """Mean of every numeric column over the frames where it is finite.
 
     Returns (aggregate, notes): notes say "mean over k of n frames" when some frames had no finite
@@ -158,4 +160,6 @@ def format_table(aggregate: Mapping[str, Any], notes: Mapping[str, str] | None =
         return "(no metrics)"
     w = max(len(k) for k, _ in lines)
     header = f"{'metric':<{w}}  value"
-    return "\n".join([header, "-" * (w + 2 + max(5, max(len(t) for _, t in lines)))] + [f"{k:<{w}}  {t}" for k, t in lines])
+    return "\n".join(
+        [header, "-" * (w + 2 + max(5, max(len(t) for _, t in lines)))] + [f"{k:<{w}}  {t}" for k, t in lines]
+    )

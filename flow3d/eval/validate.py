@@ -178,7 +178,10 @@ def parse_val_args(argv: list[str], description: str | None = None) -> ValConfig
     cls = _val_config_with_data_default(default_data)
     default = cls(work_dir=work_dir if work_dir is not None else tyro.MISSING, data=default_data)
     return tyro.cli(
-        cls, default=default, args=argv, description=description,
+        cls,
+        default=default,
+        args=argv,
+        description=description,
         config=(tyro.conf.CascadeSubcommandArgs,),
     )
 
@@ -203,7 +206,9 @@ def _val_config_with_data_default(default_data) -> type:
             marks = [tyro.conf.subcommand(name, default=default_data)]
         members.append(typing.Annotated[(cls, *marks)])
     return dataclasses.make_dataclass(
-        "ValConfig", [("data", typing.Union[tuple(members)], dataclasses.field(default_factory=lambda: default_data))], bases=(ValConfig,)
+        "ValConfig",
+        [("data", typing.Union[tuple(members)], dataclasses.field(default_factory=lambda: default_data))],
+        bases=(ValConfig,),
     )
 
 
@@ -230,10 +235,17 @@ class _View:
 
 def _video_view(seq, t: int, scored: bool) -> _View:
     return _View(
-        t=t, name=seq.frame_names[t] if t < len(seq.frame_names) else str(t), w2c=seq.w2cs[t], K=seq.Ks[t],
-        image=seq.images[t], valid=seq.valid_masks[t].bool(), fg=seq.fg_masks[t],
-        prior_disp=seq.prior_disp[t], prior_valid=seq.prior_valid[t].bool(),
-        gt_depth=None if seq.gt_depth is None else seq.gt_depth[t], scored=scored,
+        t=t,
+        name=seq.frame_names[t] if t < len(seq.frame_names) else str(t),
+        w2c=seq.w2cs[t],
+        K=seq.Ks[t],
+        image=seq.images[t],
+        valid=seq.valid_masks[t].bool(),
+        fg=seq.fg_masks[t],
+        prior_disp=seq.prior_disp[t],
+        prior_valid=seq.prior_valid[t].bool(),
+        gt_depth=None if seq.gt_depth is None else seq.gt_depth[t],
+        scored=scored,
     )
 
 
@@ -241,12 +253,18 @@ def _held_out_views(seq) -> list[_View]:
     v = seq.val_views
     out = []
     for i in range(v.images.shape[0]):
-        out.append(_View(
-            t=int(v.t[i]), name=v.names[i] if i < len(v.names) else f"view{i}", w2c=v.w2cs[i], K=v.Ks[i],
-            image=v.images[i], valid=v.valid_masks[i].bool(),
-            fg=None if v.fg_masks is None else v.fg_masks[i],
-            covisible=None if v.covisible_masks is None else v.covisible_masks[i].bool(),
-        ))
+        out.append(
+            _View(
+                t=int(v.t[i]),
+                name=v.names[i] if i < len(v.names) else f"view{i}",
+                w2c=v.w2cs[i],
+                K=v.Ks[i],
+                image=v.images[i],
+                valid=v.valid_masks[i].bool(),
+                fg=None if v.fg_masks is None else v.fg_masks[i],
+                covisible=None if v.covisible_masks is None else v.covisible_masks[i].bool(),
+            )
+        )
     return out
 
 
@@ -282,8 +300,12 @@ def _make_lpips(cfg: ValConfig) -> LpipsScorer:
 def _render_view(model, view: _View, device, bg: Tensor, backend: str) -> dict[str, np.ndarray]:
     H, W = view.image.shape[:2]
     out = model.render(
-        torch.tensor([view.t], device=device), view.w2c[None].to(device), view.K[None].to(device), (W, H),
-        bg_color=bg, backend=backend,
+        torch.tensor([view.t], device=device),
+        view.w2c[None].to(device),
+        view.K[None].to(device),
+        (W, H),
+        bg_color=bg,
+        backend=backend,
     )
     return {
         "rgb": out.img[0].clamp(0, 1).float().cpu().numpy(),  # (H, W, 3)
@@ -320,8 +342,14 @@ def _predicted_tracks(model, seq, query_frames: list[int], targets: list[int], d
             tg = targets[c : c + chunk]
             tg_t = torch.tensor(tg, device=device)
             out = model.render(
-                torch.tensor([q], device=device), seq.w2cs[q : q + 1].to(device), seq.Ks[q : q + 1].to(device), (W, H),
-                target_ts=tg_t, target_w2cs=seq.w2cs[tg].to(device), bg_color=bg, backend=backend,
+                torch.tensor([q], device=device),
+                seq.w2cs[q : q + 1].to(device),
+                seq.Ks[q : q + 1].to(device),
+                (W, H),
+                target_ts=tg_t,
+                target_w2cs=seq.w2cs[tg].to(device),
+                bg_color=bg,
+                backend=backend,
             )
             Bt = len(tg)
             maps = torch.cat([out.tracks_3d.reshape(1, H, W, Bt * 3), out.alpha], dim=-1).permute(0, 3, 1, 2)
@@ -470,7 +498,9 @@ def evaluate(cfg: ValConfig) -> ValResult:
     made = [p for p in (out_dir.parent.parent, out_dir.parent) if not p.exists()]  # val/, val/<step>/
     staging.mkdir(parents=True)
     try:
-        result = _evaluate_into(cfg, staging, model, seq, views, video_views, held_out, device, bg, backend, step, split, ckpt_path)
+        result = _evaluate_into(
+            cfg, staging, model, seq, views, video_views, held_out, device, bg, backend, step, split, ckpt_path
+        )
         replace_dir(staging, out_dir)
     finally:
         if staging.exists():
@@ -484,7 +514,9 @@ def evaluate(cfg: ValConfig) -> ValResult:
     return result
 
 
-def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, bg, backend, step, split, ckpt_path) -> ValResult:
+def _evaluate_into(
+    cfg, out, model, seq, views, video_views, held_out, device, bg, backend, step, split, ckpt_path
+) -> ValResult:
     lpips = _make_lpips(cfg)
     renders: dict[int, dict[str, np.ndarray]] = {}  # index into video_views -> render
     image_cols: dict[str, list] = {}
@@ -497,9 +529,12 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
             continue
         pred = torch.from_numpy(r["rgb"])[None]
         m = image_metrics(
-            pred, v.image[None].float(), fg_mask=None if v.fg is None else v.fg[None].float(),
+            pred,
+            v.image[None].float(),
+            fg_mask=None if v.fg is None else v.fg[None].float(),
             covisible_mask=None if v.covisible is None else v.covisible[None].float(),
-            valid_mask=v.valid[None].float(), lpips=lpips,
+            valid_mask=v.valid[None].float(),
+            lpips=lpips,
         )
         for k, val in m.items():
             image_cols.setdefault(k, []).append(val if isinstance(val, Unavailable) else float(val[0]))
@@ -511,8 +546,21 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
     agg: dict[str, Any] = {}
     notes: dict[str, str] = {}
     # ---- images
-    for k in ("psnr", "ssim", "lpips", "ssim_endo", "lpips_endo", "fg_psnr", "fg_ssim", "fg_lpips", "bg_psnr",
-              "bg_ssim", "bg_lpips", "mpsnr", "mssim"):
+    for k in (
+        "psnr",
+        "ssim",
+        "lpips",
+        "ssim_endo",
+        "lpips_endo",
+        "fg_psnr",
+        "fg_ssim",
+        "fg_lpips",
+        "bg_psnr",
+        "bg_ssim",
+        "bg_lpips",
+        "mpsnr",
+        "mssim",
+    ):
         if k.endswith("_endo") and not any(not bool(v.valid.all()) for v in sv):
             continue  # nothing ignored: the EndoNeRF-family numbers equal ssim / lpips
         if k in image_cols:
@@ -521,7 +569,9 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
             cols[k] = [Unavailable("no foreground masks for these views")] * ns
         else:
             cols[k] = [Unavailable("no covisibility masks in this dataset (SoM's mPSNR/mSSIM need them)")] * ns
-    img_agg, img_notes = aggregate_per_frame([{k: cols[k][j] for k in cols if k not in ("frame", "view")} for j in range(ns)])
+    img_agg, img_notes = aggregate_per_frame(
+        [{k: cols[k][j] for k in cols if k not in ("frame", "view")} for j in range(ns)]
+    )
     agg.update(img_agg)
     notes.update(img_notes)
     notes.setdefault("psnr", "dB, mean over views")
@@ -546,10 +596,14 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
         cols.update({f"depth_{k}_scale_shift": [float(x) for x in ss_res.per_frame[k]] for k in depth_keys})
         agg.update({f"depth_{k}_scale_shift": ss_res.aggregate[k] for k in depth_keys})
         agg["depth_disp_scale"], agg["depth_disp_shift"] = ss_res.aggregate["scale"], ss_res.aggregate["shift"]
-        notes["depth_abs_rel"] = f"vs {seq.gt_depth_source} depth, one LSQ depth scale per sequence: absolute depth up to scale (*_frame: per frame)"
+        notes["depth_abs_rel"] = (
+            f"vs {seq.gt_depth_source} depth, one LSQ depth scale per sequence: absolute depth up to scale (*_frame: per frame)"
+        )
         notes["depth_abs_rel_scale_shift"] = "one LSQ scale + shift of disparity per sequence: shape"
         agg["depth_reference"] = seq.gt_depth_source
-        notes["depth_rmse"] = "scene units" if seq.scene_scale == 1 else f"scene units (x {seq.scene_scale:g} = original)"
+        notes["depth_rmse"] = (
+            "scene units" if seq.scene_scale == 1 else f"scene units (x {seq.scene_scale:g} = original)"
+        )
         pd = torch.stack([v.prior_disp for v in sv]) if sv[0].prior_disp is not None else None
         if pd is not None:
             pvalid = valid & torch.stack([v.prior_valid for v in sv])
@@ -575,12 +629,21 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
     if gt is not None and not held_out and seq.gt_never_seen is not None and seq.gt_hidden_images is not None:
         ts = [v.t for v in sv]
         ns_res = never_seen_metrics(
-            torch.stack([torch.from_numpy(renders[i]["rgb"]) for i in scored_idx]), rd, seq.gt_hidden_images[ts].float(),
-            gt, seq.gt_never_seen[ts], valid, seq_scale, torch.stack([torch.from_numpy(renders[i]["alpha"]) for i in scored_idx]))
+            torch.stack([torch.from_numpy(renders[i]["rgb"]) for i in scored_idx]),
+            rd,
+            seq.gt_hidden_images[ts].float(),
+            gt,
+            seq.gt_never_seen[ts],
+            valid,
+            seq_scale,
+            torch.stack([torch.from_numpy(renders[i]["alpha"]) for i in scored_idx]),
+        )
         cols.update({k: [float(x) for x in v] for k, v in ns_res.per_frame.items()})
         agg.update(ns_res.aggregate)
-        notes["never_seen_psnr"] = ("dB over pixels whose tissue no training frame saw (under the instruments or not), vs the "
-                                    "tissue without instruments; seen_*: visible pixels some training frame saw; depth with depth_scale")
+        notes["never_seen_psnr"] = (
+            "dB over pixels whose tissue no training frame saw (under the instruments or not), vs the "
+            "tissue without instruments; seen_*: visible pixels some training frame saw; depth with depth_scale"
+        )
 
     # ---- depth order
     if sv[0].prior_disp is not None:
@@ -622,7 +685,8 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
         notes.update(tr_notes)
     agg["keypoint_pck"] = Unavailable(
         "keypoint annotations are not loaded by the data layer (flow3d.data.iphone does not read them)"
-        if held_out else "no keypoint annotations in this dataset"
+        if held_out
+        else "no keypoint annotations in this dataset"
     )
     agg["num_views"] = ns
     agg["step"] = step
@@ -630,12 +694,30 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
 
     per_frame = [{k: cols[k][j] for k in cols} for j in range(ns)]
     files["metrics"], files["per_frame"] = write_metrics(out, per_frame, agg, notes)
-    plot_keys = [k for k in ("psnr", "ssim", "fg_psnr", "lpips", "depth_abs_rel", "depth_abs_rel_frame",
-                             "depth_abs_rel_scale_shift", "prior_abs_rel", "prior_abs_rel_scale_shift",
-                             "ordinal_acc_prior", "ordinal_acc_gt", "temporal_consistency", "temporal_consistency_gt",
-                             "track_epe") if k in cols]
-    plot_rows = [{"frame": cols["frame"][j], **{k: cols[k][j] for k in plot_keys if not isinstance(cols[k][j], Unavailable)}}
-                 for j in range(ns)]
+    plot_keys = [
+        k
+        for k in (
+            "psnr",
+            "ssim",
+            "fg_psnr",
+            "lpips",
+            "depth_abs_rel",
+            "depth_abs_rel_frame",
+            "depth_abs_rel_scale_shift",
+            "prior_abs_rel",
+            "prior_abs_rel_scale_shift",
+            "ordinal_acc_prior",
+            "ordinal_acc_gt",
+            "temporal_consistency",
+            "temporal_consistency_gt",
+            "track_epe",
+        )
+        if k in cols
+    ]
+    plot_rows = [
+        {"frame": cols["frame"][j], **{k: cols[k][j] for k in plot_keys if not isinstance(cols[k][j], Unavailable)}}
+        for j in range(ns)
+    ]
     try:
         files["plot"] = plot_per_frame_metrics(out / "per_frame.png", plot_rows)
     except ValueError as e:
@@ -646,9 +728,14 @@ def _evaluate_into(cfg, out, model, seq, views, video_views, held_out, device, b
         ddir.mkdir()
         for v, i in zip(sv, scored_idx):
             np.save(ddir / f"{v.t:05d}.npy", renders[i]["depth"].astype(np.float32))
-        meta = {"units": "scene units (z along the optical axis); x scene_scale = original units; 0 = nothing rendered",
-                "scene_scale": seq.scene_scale, "frames": [v.t for v in sv], "views": [v.name for v in sv],
-                "checkpoint": ckpt_path.name, "step": step}
+        meta = {
+            "units": "scene units (z along the optical axis); x scene_scale = original units; 0 = nothing rendered",
+            "scene_scale": seq.scene_scale,
+            "frames": [v.t for v in sv],
+            "views": [v.name for v in sv],
+            "checkpoint": ckpt_path.name,
+            "step": step,
+        }
         (ddir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         files["depth"] = ddir
     if cfg.save_renders:
@@ -679,8 +766,12 @@ def _temporal(cfg, model, seq, sv, rd, rendered, device, bg, backend) -> tuple[d
         ign_t, ign_n = ~seq.valid_masks[v.t], ~seq.valid_masks[n]  # (H, W) ignored pixels (instruments)
         # flow on frames with ignored pixels inpainted (it does not depend on them); a pixel whose flow lands
         # on an ignored pixel of frame n is not scored
-        fr = cache.get(v.t, n, fill_ignored(_to_u8(seq.images[v.t]), ign_t.numpy()),
-                       fill_ignored(_to_u8(seq.images[n]), ign_n.numpy()))
+        fr = cache.get(
+            v.t,
+            n,
+            fill_ignored(_to_u8(seq.images[v.t]), ign_t.numpy()),
+            fill_ignored(_to_u8(seq.images[n]), ign_n.numpy()),
+        )
         flow = torch.from_numpy(fr.flow)[None]
         H, W = ign_t.shape
         dest = (pixel_grid(H, W) + flow[0]).reshape(-1, 1, 2)  # (H*W, 1, 2) positions in frame n
@@ -721,14 +812,18 @@ def _region_notes(views: list[_View]) -> dict[str, str]:
     valid = torch.stack([v.valid for v in views])
     notes: dict[str, str] = {}
     no_bg = all(v.fg is not None for v in views) and not bool(
-        torch.stack([(1 - v.fg.float()) * v.valid.float() for v in views]).gt(0).any())
+        torch.stack([(1 - v.fg.float()) * v.valid.float() for v in views]).gt(0).any()
+    )
     if not bool(valid.all()):
         pct = 100.0 * float((~valid).float().mean())
         what = "tissue pixels" if no_bg else "valid pixels"
-        notes["psnr"] = f"dB over the {what} only ({pct:.1f}% ignored pixels, e.g. instruments, excluded), mean over views"
+        notes["psnr"] = (
+            f"dB over the {what} only ({pct:.1f}% ignored pixels, e.g. instruments, excluded), mean over views"
+        )
     if no_bg:
         why = "no background: the foreground mask covers every scored pixel" + (
-            " (all the tissue deforms)" if not bool(valid.all()) else "")
+            " (all the tissue deforms)" if not bool(valid.all()) else ""
+        )
         notes.update({"bg_psnr": why, "bg_ssim": why, "bg_lpips": why})
     return notes
 
@@ -738,7 +833,9 @@ def _nanmean(vals: list[float]) -> float:
     return sum(f) / len(f) if f else float("nan")
 
 
-def depth_error_maps(depths: np.ndarray, gts: np.ndarray, valid: np.ndarray, scale: float) -> tuple[np.ndarray, tuple[float, float]]:
+def depth_error_maps(
+    depths: np.ndarray, gts: np.ndarray, valid: np.ndarray, scale: float
+) -> tuple[np.ndarray, tuple[float, float]]:
     """The video's ``|error|`` panel: (``|scale * depths - gts|`` (T, H, W), NaN where no depth metric scores
     -- no reference depth (:func:`flow3d.depth.is_valid`) or an ignored pixel (``valid`` False, e.g. an
     instrument), drawn black -- and its colour range (0, 98th percentile of the scored errors))."""
@@ -763,8 +860,12 @@ def _write_videos(cfg, out: Path, seq, video_views: list[_View], renders, seq_sc
         vmin, vmax = 0.0, 1.0
     prior_depths = None
     if has_prior:
-        prior_depths, pv = (x.numpy() for x in disp_to_depth(torch.stack([v.prior_disp for v in video_views]),
-                                                             torch.stack([v.prior_valid for v in video_views])))
+        prior_depths, pv = (
+            x.numpy()
+            for x in disp_to_depth(
+                torch.stack([v.prior_disp for v in video_views]), torch.stack([v.prior_valid for v in video_views])
+            )
+        )
         both = pv & is_valid(torch.from_numpy(ref)).numpy()
         den = float((prior_depths[both] ** 2).sum())
         s = float((prior_depths[both] * ref[both]).sum()) / den if den > 0 else 1.0
@@ -780,8 +881,14 @@ def _write_videos(cfg, out: Path, seq, video_views: list[_View], renders, seq_sc
     num_panels = 3 + (prior_depths is not None) + 2 * has_gt
     k_max = max(1, (MAX_VIDEO_WIDTH - 600) // (num_panels * (W + 2)))  # 600: the colour bars' room
     if k > k_max:
-        logger.warning("--video-min-height %d: panels enlarged x%d instead of x%d, so that depth.mp4's frames stay "
-                       "within %d pixels wide (the encoder's limit)", cfg.video_min_height, k_max, k, MAX_VIDEO_WIDTH)
+        logger.warning(
+            "--video-min-height %d: panels enlarged x%d instead of x%d, so that depth.mp4's frames stay "
+            "within %d pixels wide (the encoder's limit)",
+            cfg.video_min_height,
+            k_max,
+            k,
+            MAX_VIDEO_WIDTH,
+        )
         k = k_max
     # frames are made as the video is written and only the contact sheet's are kept: memory is a few frames,
     # not the whole video (which --video-min-height and --video-frames all can make large)
@@ -790,8 +897,11 @@ def _write_videos(cfg, out: Path, seq, video_views: list[_View], renders, seq_sc
 
     def frames():
         for i, v in enumerate(video_views):
-            panels = [("input", to_uint8_rgb(v.image.numpy())), ("rendered", to_uint8_rgb(renders[i]["rgb"])),
-                      ("depth", colorize_depth(depths[i], vmin, vmax))]
+            panels = [
+                ("input", to_uint8_rgb(v.image.numpy())),
+                ("rendered", to_uint8_rgb(renders[i]["rgb"])),
+                ("depth", colorize_depth(depths[i], vmin, vmax)),
+            ]
             if prior_depths is not None:
                 panels.append(("prior (scaled)", colorize_depth(prior_depths[i], vmin, vmax)))
             if has_gt:

@@ -99,7 +99,9 @@ def colorize_depth(
     return colorize_scalar(d, vmin, vmax, cmap=cmap, invalid=bad, invalid_color=invalid_color, reverse=True)
 
 
-def depth_range_for_video(depths, valid=None, percentiles: tuple[float, float] = (2, 98), max_samples: int = 2_000_000) -> tuple[float, float]:
+def depth_range_for_video(
+    depths, valid=None, percentiles: tuple[float, float] = (2, 98), max_samples: int = 2_000_000
+) -> tuple[float, float]:
     """One (vmin, vmax) for a whole video: percentiles of the valid depths of all frames.
 
     depths: (T, H, W) (numpy or torch); valid: (T, H, W) bool or None (then finite and > 0).
@@ -125,7 +127,9 @@ def depth_range_for_video(depths, valid=None, percentiles: tuple[float, float] =
     return float(lo), float(hi)
 
 
-def _put_text(img: np.ndarray, text: str, org: tuple[int, int], scale: float, color=(255, 255, 255), thickness: int = 1) -> None:
+def _put_text(
+    img: np.ndarray, text: str, org: tuple[int, int], scale: float, color=(255, 255, 255), thickness: int = 1
+) -> None:
     cv2.putText(img, text, org, _FONT, scale, color, thickness, cv2.LINE_AA)
 
 
@@ -228,7 +232,9 @@ def to_uint8_rgb(img) -> np.ndarray:
     return (np.clip(np.nan_to_num(a.astype(np.float64)), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def compose_panels(panels: Sequence[tuple[str, np.ndarray]], title_height: int | None = None, gap: int = 2) -> np.ndarray:
+def compose_panels(
+    panels: Sequence[tuple[str, np.ndarray]], title_height: int | None = None, gap: int = 2
+) -> np.ndarray:
     """Put (title, image) panels side by side with a title strip above each; returns uint8 (H', W', 3).
 
     Images are (H_i, W_i, 3) uint8; shorter ones are padded with black at the bottom to the tallest.
@@ -277,7 +283,9 @@ def _ffmpeg_exe() -> str:
         ) from None
 
 
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.0, quality: int = 8, log: bool = True) -> Path:
+def write_video(
+    path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.0, quality: int = 8, log: bool = True
+) -> Path:
     """Write (H, W, 3) uint8 frames to an H.264 mp4 (yuv420p) with imageio + ffmpeg, atomically.
 
     All frames must have one size; odd sizes are padded with one black row/column (yuv420p needs
@@ -300,8 +308,9 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.
             raise interrupt from None  # not the ffmpeg error the interrupt caused: exit 128 + the signal
         if isinstance(e, OSError) and "FFMPEG COMMAND" in str(e):  # imageio-ffmpeg's: its whole command line
             first = str(e).strip().splitlines()[0] if str(e).strip() else "ffmpeg stopped"
-            raise OSError(e.errno, f"ffmpeg could not encode the video ({first}; see ffmpeg's message above)",
-                          str(path)) from None
+            raise OSError(
+                e.errno, f"ffmpeg could not encode the video ({first}; see ffmpeg's message above)", str(path)
+            ) from None
         raise
     if log:
         logger.info("wrote %d frames to %s", n, path)
@@ -358,8 +367,14 @@ def _write_frames(tmp: Path, frames: Iterable[np.ndarray], fps: float, quality: 
             if size is None:
                 size = fr.shape
                 writer = imageio.get_writer(
-                    tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=quality,
-                    pixelformat="yuv420p", macro_block_size=1,
+                    tmp,
+                    format="FFMPEG",
+                    mode="I",
+                    fps=fps,
+                    codec="libx264",
+                    quality=quality,
+                    pixelformat="yuv420p",
+                    macro_block_size=1,
                 )
             elif fr.shape != size:
                 raise ValueError(f"frames[{i}] has shape {fr.shape}, expected {size} like frames[0]")
@@ -385,7 +400,9 @@ def _write_png(path: Path, img: np.ndarray) -> Path:
     return path
 
 
-def write_contact_sheet(path: str | Path, frames: Sequence[np.ndarray], num: int = 6, cols: int | None = None) -> list[int]:
+def write_contact_sheet(
+    path: str | Path, frames: Sequence[np.ndarray], num: int = 6, cols: int | None = None
+) -> list[int]:
     """Save ``num`` evenly spaced frames (first and last included) as one PNG grid; returns their indices.
 
     frames: sequence of (H, W, 3) uint8 of one size (e.g. the composed video frames); ``cols``
@@ -495,5 +512,12 @@ def depth_video_frame(
     bar = colorbar_image(H, depth_range[0], depth_range[1], cmap=cmap, reverse=True, label="depth", units=units)
     bars = [("", bar)]
     if error_range is not None:
-        bars.append(("", colorbar_image(H, error_range[0], error_range[1], cmap=error_cmap, reverse=False, label="|error|", units=units)))
+        bars.append(
+            (
+                "",
+                colorbar_image(
+                    H, error_range[0], error_range[1], cmap=error_cmap, reverse=False, label="|error|", units=units
+                ),
+            )
+        )
     return compose_panels(labelled + bars)

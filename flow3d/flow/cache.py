@@ -99,7 +99,9 @@ class FlowCache:
         fb_coeffs = dict(fb_coeffs or {})
         unknown = sorted(set(fb_coeffs) - set(FB_RULES[fb_rule]))
         if unknown:
-            raise ValueError(f"unknown fb_coeffs {unknown} for fb rule {fb_rule!r}; allowed: {sorted(FB_RULES[fb_rule])}")
+            raise ValueError(
+                f"unknown fb_coeffs {unknown} for fb rule {fb_rule!r}; allowed: {sorted(FB_RULES[fb_rule])}"
+            )
         self.cache_dir = Path(cache_dir)
         self.backend = backend
         self.options = {k: _jsonable(v) for k, v in sorted(options.items())}
@@ -134,8 +136,13 @@ class FlowCache:
         if not sidecar.is_file():
             others = sorted(p.name for p in self.cache_dir.glob("*/settings.json")) if self.cache_dir.is_dir() else []
             if others:
-                logger.info("flow cache %s: no folder for these settings yet (%d folder(s) made with other settings "
-                            "are left untouched); computing into %s", self.cache_dir, len(others), folder.name)
+                logger.info(
+                    "flow cache %s: no folder for these settings yet (%d folder(s) made with other settings "
+                    "are left untouched); computing into %s",
+                    self.cache_dir,
+                    len(others),
+                    folder.name,
+                )
             write_json(sidecar, settings, sort_keys=True, default=str)
         self._dirs[(height, width)] = folder
         return folder
@@ -177,8 +184,12 @@ class FlowCache:
 
     def _skip_disk(self, e: OSError) -> None:
         self._disk = False
-        logger.warning("flow cache %s cannot be used (%s: %s): computing the flows without it", self.cache_dir,
-                       e.strerror or type(e).__name__, e.filename or e)
+        logger.warning(
+            "flow cache %s cannot be used (%s: %s): computing the flows without it",
+            self.cache_dir,
+            e.strerror or type(e).__name__,
+            e.filename or e,
+        )
 
     def _compute(self, img_a: np.ndarray, img_b: np.ndarray) -> dict:
         flow_ab = estimate_flow(img_a, img_b, self.backend, **self.options)
@@ -186,8 +197,12 @@ class FlowCache:
         valid_ab, conf_ab = fb_mask_and_confidence(flow_ab, flow_ba, self.fb_rule, **self.fb_coeffs)
         valid_ba, conf_ba = fb_mask_and_confidence(flow_ba, flow_ab, self.fb_rule, **self.fb_coeffs)
         return {
-            "flow_ab": flow_ab, "flow_ba": flow_ba, "valid_ab": valid_ab, "valid_ba": valid_ba,
-            "conf_ab": conf_ab.astype(np.float16), "conf_ba": conf_ba.astype(np.float16),
+            "flow_ab": flow_ab,
+            "flow_ba": flow_ba,
+            "valid_ab": valid_ab,
+            "valid_ba": valid_ba,
+            "conf_ab": conf_ab.astype(np.float16),
+            "conf_ba": conf_ba.astype(np.float16),
             "crc": np.array([_image_crc(img_a), _image_crc(img_b)], dtype=np.int64),
         }
 

@@ -67,8 +67,16 @@ def farneback_flow(img0: np.ndarray, img1: np.ndarray, **options) -> np.ndarray:
     _check_options("farneback", options, FARNEBACK_DEFAULTS)
     p = {**FARNEBACK_DEFAULTS, **options}
     flow = cv2.calcOpticalFlowFarneback(
-        to_gray(img0), to_gray(img1), None, p["pyr_scale"], int(p["levels"]), int(p["winsize"]),
-        int(p["iterations"]), int(p["poly_n"]), p["poly_sigma"], 0,
+        to_gray(img0),
+        to_gray(img1),
+        None,
+        p["pyr_scale"],
+        int(p["levels"]),
+        int(p["winsize"]),
+        int(p["iterations"]),
+        int(p["poly_n"]),
+        p["poly_sigma"],
+        0,
     )
     return flow.astype(np.float32, copy=False)
 
@@ -89,8 +97,10 @@ FLOW_BACKENDS: dict[str, Callable[..., np.ndarray]] = {
 def check_image_pair(img0, img1) -> None:
     """Raise one ValueError unless img0 and img1 are numpy uint8 frames of the same (H, W, 3) or (H, W) shape."""
     for name, img in (("img0", img0), ("img1", img1)):
-        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or not (
-            img.ndim == 3 and img.shape[-1] == 3 or img.ndim == 2
+        if (
+            not isinstance(img, np.ndarray)
+            or img.dtype != np.uint8
+            or not (img.ndim == 3 and img.shape[-1] == 3 or img.ndim == 2)
         ):
             desc = f"{type(img).__name__} {getattr(img, 'dtype', '')} {tuple(getattr(img, 'shape', ()))}"
             raise ValueError(f"{name} must be a numpy uint8 array of shape (H, W, 3) (or (H, W) gray), got {desc}")
@@ -132,7 +142,11 @@ def check_flow_size(height: int, width: int, backend: str = "dis", **options) ->
         return
     why = _probe(backend, int(height), int(width), key)
     if why is not None:
-        hint = " (DIS at its default patch size needs both sides >= 8 pixels and the longer >= 12)" if backend == "dis" else ""
+        hint = (
+            " (DIS at its default patch size needs both sides >= 8 pixels and the longer >= 12)"
+            if backend == "dis"
+            else ""
+        )
         raise ValueError(f"frames of {width}x{height} pixels are too small for the {backend} optical flow{hint}: {why}")
 
 

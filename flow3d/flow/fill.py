@@ -31,8 +31,10 @@ def fill_ignored(images: np.ndarray, ignore: np.ndarray | None) -> np.ndarray:
     ign = np.asarray(ignore, dtype=bool)
     ign = ign[None] if single else ign
     if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[-1] != 3 or ign.shape != imgs.shape[:3]:
-        raise ValueError(f"fill_ignored: expected uint8 images (T, H, W, 3) and a bool ignore mask (T, H, W), got "
-                         f"{imgs.dtype} {imgs.shape} and {ign.shape}")
+        raise ValueError(
+            f"fill_ignored: expected uint8 images (T, H, W, 3) and a bool ignore mask (T, H, W), got "
+            f"{imgs.dtype} {imgs.shape} and {ign.shape}"
+        )
     out = imgs.copy()
     for t in range(imgs.shape[0]):
         if not ign[t].any():

@@ -34,7 +34,9 @@ class PixelPairs:
     def subset(self, keep: Tensor) -> "PixelPairs":
         """The pairs where ``keep`` (P,) bool is True (every field that is set)."""
         pick = lambda x: None if x is None else x[keep.to(x.device)]  # noqa: E731
-        return PixelPairs(self.xy_a[keep], self.xy_b[keep], pick(self.xy_a_next), pick(self.xy_b_next), pick(self.order))
+        return PixelPairs(
+            self.xy_a[keep], self.xy_b[keep], pick(self.xy_a_next), pick(self.xy_b_next), pick(self.order)
+        )
 
 
 def _check_map(x: Tensor | None, name: str, shape: tuple, bool_required: bool = False) -> None:
@@ -84,8 +86,10 @@ def sample_pixel_pairs(
     local partners not found), and none when fewer than two pixels are allowed.
     """
     if not torch.is_tensor(valid) or valid.dim() != 2 or valid.dtype != torch.bool:
-        raise ValueError(f"valid must be an (H, W) bool tensor, got {getattr(valid, 'dtype', type(valid))} "
-                         f"{tuple(getattr(valid, 'shape', ()))}")
+        raise ValueError(
+            f"valid must be an (H, W) bool tensor, got {getattr(valid, 'dtype', type(valid))} "
+            f"{tuple(getattr(valid, 'shape', ()))}"
+        )
     H, W = valid.shape
     _check_map(region, "region", (H, W), bool_required=True)
     _check_map(prior, "prior", (H, W))

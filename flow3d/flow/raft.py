@@ -74,7 +74,9 @@ def load_raft(weights: str | os.PathLike | None, model: str = "raft_large", devi
             f"RAFT weights file not found: {path} (set the 'weights' option to a local state dict file; "
             "flow3d never downloads weights)"
         )
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     key = (model, str(path.resolve()), path.stat().st_mtime_ns, str(device))
     if key not in _MODEL_CACHE:
         optical_flow = _import_torchvision_raft()
@@ -89,7 +91,9 @@ def load_raft(weights: str | os.PathLike | None, model: str = "raft_large", devi
     return _MODEL_CACHE[key]
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int = 8, min_size: int = 0) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int = 8, min_size: int = 0
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Edge-pad (B, C, H, W) so H and W are multiples of ``multiple`` and at least ``min_size``.
 
     The padding is split evenly (the extra pixel goes below / right). Returns the tensor and

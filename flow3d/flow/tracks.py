@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from flow3d.fileio import write_bytes
 from flow3d.flow.cache import FlowCache, FlowResult
 from flow3d.flow.consistency import FB_RULES, fb_mask_and_confidence
 from flow3d.flow.estimate import estimate_flow
-from flow3d.fileio import write_bytes
 from flow3d.geometry import bilinear_sample, inside_image
 
 TRACK_LOGIT = 10.0  # |logit| written for "surely visible" (negative) and "unknown / ended" (positive)
@@ -46,7 +46,9 @@ TRACK_LOGIT = 10.0  # |logit| written for "surely visible" (negative) and "unkno
 def query_grid(mask: np.ndarray, grid_step: int) -> np.ndarray:
     """(P, 2) float32 (x, y) of grid pixels (every ``grid_step`` px, offset ``grid_step // 2``) inside ``mask`` (H, W)."""
     H, W = mask.shape
-    ys, xs = np.meshgrid(np.arange(grid_step // 2, H, grid_step), np.arange(grid_step // 2, W, grid_step), indexing="ij")
+    ys, xs = np.meshgrid(
+        np.arange(grid_step // 2, H, grid_step), np.arange(grid_step // 2, W, grid_step), indexing="ij"
+    )
     keep = mask[ys, xs]
     return np.stack([xs[keep], ys[keep]], axis=-1).astype(np.float32)
 
@@ -56,7 +58,9 @@ class _PairFlows:
 
     def __init__(self, images: np.ndarray, backend: str, cache_dir, fb_rule: str, fb_coeffs: dict, options: dict):
         self.images = images
-        self.cache = FlowCache(cache_dir, backend, fb_rule=fb_rule, fb_coeffs=fb_coeffs, **options) if cache_dir else None
+        self.cache = (
+            FlowCache(cache_dir, backend, fb_rule=fb_rule, fb_coeffs=fb_coeffs, **options) if cache_dir else None
+        )
         self.backend, self.fb_rule, self.fb_coeffs, self.options = backend, fb_rule, fb_coeffs, options
         self.memory: dict[tuple[int, int], FlowResult] = {}
 
@@ -149,7 +153,9 @@ def tracks_from_flow(
             (+1, range(queries[0], T - 1)),
             (-1, range(queries[-1], 0, -1)),
         ):
-            bar = tqdm(steps, desc=f"tracks {'forward' if direction > 0 else 'backward'}", disable=not progress, leave=False)
+            bar = tqdm(
+                steps, desc=f"tracks {'forward' if direction > 0 else 'backward'}", disable=not progress, leave=False
+            )
             for t in bar:
                 active = [q for q in queries if (q <= t if direction > 0 else q >= t)]
                 step = _step_image(flows.get(t, t + direction))

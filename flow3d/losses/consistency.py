@@ -87,7 +87,11 @@ def depth_gradients(depth: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def fit_scale_shift(
-    pred: Tensor, tgt: Tensor, weight: Tensor, dims: tuple[int, ...], mode: str = "scale_shift",
+    pred: Tensor,
+    tgt: Tensor,
+    weight: Tensor,
+    dims: tuple[int, ...],
+    mode: str = "scale_shift",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Weighted least-squares ``s, t = argmin sum_dims weight * (s * pred + t - tgt)^2``.
 

@@ -170,8 +170,10 @@ def estimate_k_obj_from_dataset(
     if isinstance(gt_mask01, Tensor):
         gt_mask01, depth_map, f_px = [gt_mask01], [depth_map], [f_px]
     if not (len(gt_mask01) == len(depth_map) == len(f_px)):
-        raise ValueError(f"{fn}: gt_mask01, depth_map and f_px must hold as many batches, got "
-                         f"{len(gt_mask01)}, {len(depth_map)}, {len(f_px)}")
+        raise ValueError(
+            f"{fn}: gt_mask01, depth_map and f_px must hold as many batches, got "
+            f"{len(gt_mask01)}, {len(depth_map)}, {len(f_px)}"
+        )
     ks = []
     for m, dm, f in zip(gt_mask01, depth_map, f_px):
         _check_maps(m, "gt_mask01", dm, fn)

@@ -19,9 +19,14 @@ from torch import Tensor, nn
 from flow3d.depth import Kind, depth_order_sign, kind_sign
 from flow3d.losses.reduce import as_weight, check_same, check_tensor, masked_mean
 
-__all__ = ["HingeOrdinalLoss", "ModgsOrdinalLoss", "depth_order_sign", "hinge_ordinal_loss", "modgs_ordinal_loss",
-           "ordinal_accuracy"]
-
+__all__ = [
+    "HingeOrdinalLoss",
+    "ModgsOrdinalLoss",
+    "depth_order_sign",
+    "hinge_ordinal_loss",
+    "modgs_ordinal_loss",
+    "ordinal_accuracy",
+]
 
 
 def _check_pairs(fn: str, ref_name: str, ref: Tensor, **others: Tensor | None) -> None:
@@ -189,8 +194,15 @@ class ModgsOrdinalLoss(nn.Module):
 
     def forward(self, pred_a, pred_b, prior_a, prior_b, mask=None) -> Tensor:
         return modgs_ordinal_loss(
-            pred_a, pred_b, prior_a, prior_b, prior_kind=self.prior_kind, pred_kind=self.pred_kind,
-            alpha=self.alpha, min_gap_frac=self.min_gap_frac, mask=mask,
+            pred_a,
+            pred_b,
+            prior_a,
+            prior_b,
+            prior_kind=self.prior_kind,
+            pred_kind=self.pred_kind,
+            alpha=self.alpha,
+            min_gap_frac=self.min_gap_frac,
+            mask=mask,
         )
 
 
@@ -203,6 +215,11 @@ class HingeOrdinalLoss(nn.Module):
 
     def forward(self, pred_a, pred_b, order_sign, mask=None) -> Tensor:
         return hinge_ordinal_loss(
-            pred_a, pred_b, order_sign, margin=self.margin, normalize=self.normalize,
-            pred_kind=self.pred_kind, mask=mask,
+            pred_a,
+            pred_b,
+            order_sign,
+            margin=self.margin,
+            normalize=self.normalize,
+            pred_kind=self.pred_kind,
+            mask=mask,
         )

@@ -45,9 +45,7 @@ def weighted_pearson_corr(x: Tensor, y: Tensor, w: Tensor) -> tuple[Tensor, Tens
     return corr, n_valid >= 2
 
 
-def _patch_index(
-    B: int, H: int, W: int, patch_size: int, num_patches: int, mode: str, generator, device
-) -> Tensor:
+def _patch_index(B: int, H: int, W: int, patch_size: int, num_patches: int, mode: str, generator, device) -> Tensor:
     """(B, Np, p*p) flat pixel indices of square patches."""
     p = patch_size
     ar = torch.arange(p, device=device)
@@ -135,6 +133,11 @@ class PearsonDepthLoss(nn.Module):
 
     def forward(self, pred: Tensor, prior: Tensor, mask: Tensor | None = None, generator=None) -> Tensor:
         return pearson_depth_loss(
-            pred, prior, mask, patch_size=self.patch_size, num_patches=self.num_patches,
-            patch_mode=self.patch_mode, generator=generator,
+            pred,
+            prior,
+            mask,
+            patch_size=self.patch_size,
+            num_patches=self.num_patches,
+            patch_mode=self.patch_mode,
+            generator=generator,
         )

@@ -51,7 +51,9 @@ def ssim_map(
     if blur is None:
         blur = lambda z: _separable_gaussian_blur(z, window_size, sigma)  # noqa: E731
     # the five local moments in one blur call: (B, 5C, H, W) -> five (B, C, H, W)
-    mu0, mu1, e00, e11, e01 = blur(torch.cat([img0, img1, img0 * img0, img1 * img1, img0 * img1], dim=1)).chunk(5, dim=1)
+    mu0, mu1, e00, e11, e01 = blur(torch.cat([img0, img1, img0 * img0, img1 * img1, img0 * img1], dim=1)).chunk(
+        5, dim=1
+    )
     s00 = e00 - mu0**2
     s11 = e11 - mu1**2
     s01 = e01 - mu0 * mu1
@@ -103,7 +105,9 @@ def rgb_loss(pred: Tensor, gt: Tensor, mask: Tensor | None = None) -> Tensor:
     values in either image. Scalar; an empty mask gives a differentiable 0.
     """
     if pred.dim() != 4 or gt.shape != pred.shape:
-        raise ValueError(f"rgb_loss: pred and gt must both be (B, H, W, C), got {tuple(pred.shape)} and {tuple(gt.shape)}")
+        raise ValueError(
+            f"rgb_loss: pred and gt must both be (B, H, W, C), got {tuple(pred.shape)} and {tuple(gt.shape)}"
+        )
     gt = gt.to(pred.dtype)
     if mask is None:
         l1 = (pred - gt).abs()

@@ -119,11 +119,24 @@ def scale_adaptive_loss(
 class ScaleAdaptiveLoss(nn.Module):
     """Stores the options of :func:`scale_adaptive_loss` and calls it. Prints nothing."""
 
-    def __init__(self, lambda_sg: float = 0.5, num_scales: int = 4, use_absolute: bool = True,
-                 use_inv_depth: bool = False, epsilon: float = 1e-8, mask_all_terms: bool = False):
+    def __init__(
+        self,
+        lambda_sg: float = 0.5,
+        num_scales: int = 4,
+        use_absolute: bool = True,
+        use_inv_depth: bool = False,
+        epsilon: float = 1e-8,
+        mask_all_terms: bool = False,
+    ):
         super().__init__()
-        self.options = dict(lambda_sg=lambda_sg, num_scales=num_scales, use_absolute=use_absolute,
-                            use_inv_depth=use_inv_depth, epsilon=epsilon, mask_all_terms=mask_all_terms)
+        self.options = dict(
+            lambda_sg=lambda_sg,
+            num_scales=num_scales,
+            use_absolute=use_absolute,
+            use_inv_depth=use_inv_depth,
+            epsilon=epsilon,
+            mask_all_terms=mask_all_terms,
+        )
 
     def forward(self, pred_inv_depth: Tensor, gt_inv_depth: Tensor, mask: Tensor | None = None):
         return scale_adaptive_loss(pred_inv_depth, gt_inv_depth, mask, **self.options)

@@ -40,12 +40,17 @@ def _row_weights(mask: Tensor | None, pred: Tensor, fn: str) -> Tensor:
 
 def _is_row_mask(mask: Tensor | None, pred: Tensor) -> bool:
     """True when ``mask`` weights whole rows (shape (...,) or (..., 1)) of a multi-channel ``pred``."""
-    return (mask is not None and pred.dim() >= 1 and pred.shape[-1] > 1
-            and mask.shape in (pred.shape[:-1], pred.shape[:-1] + (1,)))
+    return (
+        mask is not None
+        and pred.dim() >= 1
+        and pred.shape[-1] > 1
+        and mask.shape in (pred.shape[:-1], pred.shape[:-1] + (1,))
+    )
 
 
-def _masked_trimmed(err: Tensor, pred: Tensor, mask: Tensor | None, quantile: float, fn: str,
-                    trim_rows: bool = False) -> Tensor:
+def _masked_trimmed(
+    err: Tensor, pred: Tensor, mask: Tensor | None, quantile: float, fn: str, trim_rows: bool = False
+) -> Tensor:
     if not (0.0 < quantile <= 1.0):
         raise ValueError(f"{fn}: quantile must be in (0, 1], got {quantile}")
     w = _row_weights(mask, pred, fn)
@@ -171,8 +176,9 @@ def se3_smoothness_loss(
     check_tensor("rots", rots, fn=fn, ndims=(3,))
     check_tensor("transls", transls, fn=fn, ndims=(3,))
     if rots.shape[:2] != transls.shape[:2] or transls.shape[-1] != 3:
-        raise ValueError(f"{fn}: rots (K, T, 6|4) and transls (K, T, 3) disagree: {tuple(rots.shape)} vs "
-                         f"{tuple(transls.shape)}")
+        raise ValueError(
+            f"{fn}: rots (K, T, 6|4) and transls (K, T, 3) disagree: {tuple(rots.shape)} vs {tuple(transls.shape)}"
+        )
     return weight_rot * motion_acceleration_loss(rots) + weight_transl * motion_acceleration_loss(transls)
 
 
@@ -208,8 +214,10 @@ def z_acceleration_loss(
     if mask.shape == points_cam.shape[:-1]:
         mask = mask[..., 1:-1]
     if mask.shape != along.shape:
-        raise ValueError(f"{fn}: mask has shape {tuple(mask.shape)}; expected {tuple(along.shape)} (middle frames) "
-                         f"or {tuple(points_cam.shape[:-1])} for points_cam {tuple(points_cam.shape)}")
+        raise ValueError(
+            f"{fn}: mask has shape {tuple(mask.shape)}; expected {tuple(along.shape)} (middle frames) "
+            f"or {tuple(points_cam.shape[:-1])} for points_cam {tuple(points_cam.shape)}"
+        )
     return masked_mean(along, mask.to(along.dtype).clamp_min(0.0))
 
 

@@ -35,10 +35,10 @@ from typing import Optional
 
 import numpy as np
 
-from flow3d.cli import run_main
 from flow3d.cameras import CameraEstimateConfig, GeoDepthConfig, estimate_cameras, geometric_depth, write_camera_file
 from flow3d.cameras.io import write_npy
 from flow3d.cameras.loader import CAMERA_DIR, GEODEPTH_DIR
+from flow3d.cli import run_main
 from flow3d.data import io as data_io
 from flow3d.data.casual import check_frame_size
 from flow3d.fileio import write_bytes
@@ -78,8 +78,14 @@ def _load(cfg: CamerasPreprocessConfig):
     first = data_io.read_image(frames[0])
     H0, W0 = first.shape[:2]
     # before the other frames are read: the estimation chains optical flow on the shrunk frames
-    check_frame_size((H0, W0), cfg.downscale, frames[0].parent, "the cameras are estimated from optical flow",
-                     cfg.estimate.flow_backend, flag="--downscale")
+    check_frame_size(
+        (H0, W0),
+        cfg.downscale,
+        frames[0].parent,
+        "the cameras are estimated from optical flow",
+        cfg.estimate.flow_backend,
+        flag="--downscale",
+    )
     imgs = [first] + [data_io.read_image(p) for p in frames[1:]]
     for p, im in zip(frames, imgs):
         if im.shape[:2] != (H0, W0):
@@ -90,7 +96,9 @@ def _load(cfg: CamerasPreprocessConfig):
         masks = np.zeros(images.shape[:3], bool)
     else:
         stats = data_io.MaskStats()
-        masks = np.stack([data_io.resize_nearest(data_io.read_mask(m, (H0, W0), stats), cfg.downscale) for m in mask_files])
+        masks = np.stack(
+            [data_io.resize_nearest(data_io.read_mask(m, (H0, W0), stats), cfg.downscale) for m in mask_files]
+        )
         data_io.log_mask_stats(stats, mask_files[0].parent)
     prior = valid = None
     depth_dir = Path(cfg.root_dir) / cfg.depth_type / cfg.seq_name
@@ -116,18 +124,40 @@ def preprocess_cameras(cfg: CamerasPreprocessConfig) -> dict:
     H, W = images.shape[1:3]
     focal = None if cfg.focal_length is None else cfg.focal_length * W / W0
     t_load = time.perf_counter()
-    est = estimate_cameras(images, masks, prior_disp=prior, prior_valid=valid, focal=focal, cfg=cfg.estimate,
-                           flow_cache_dir=out_root / "flow" / cfg.seq_name)
+    est = estimate_cameras(
+        images,
+        masks,
+        prior_disp=prior,
+        prior_valid=valid,
+        focal=focal,
+        cfg=cfg.estimate,
+        flow_cache_dir=out_root / "flow" / cfg.seq_name,
+    )
     cam_path = write_camera_file(out_root / CAMERA_DIR / f"{cfg.seq_name}.npy", est.w2cs, est.K, est.img_wh)
-    summary = {"frames": len(frames), "estimation_size_wh": [W, H], "static_camera": est.is_static,
-               "camera_file": str(cam_path), "focal_px_full_size": float(est.K[0, 0] * W0 / W),
-               "fov_deg": float(np.degrees(2 * np.arctan(W / 2.0 / est.K[0, 0])))}
+    summary = {
+        "frames": len(frames),
+        "estimation_size_wh": [W, H],
+        "static_camera": est.is_static,
+        "camera_file": str(cam_path),
+        "focal_px_full_size": float(est.K[0, 0] * W0 / W),
+        "fov_deg": float(np.degrees(2 * np.arctan(W / 2.0 / est.K[0, 0]))),
+    }
     if not est.is_static:
         buf = _io.BytesIO()
-        np.savez_compressed(buf, xy=est.tracks.xy, visible=est.obs_visible, points=est.points, point_ok=est.point_ok,
-                            angle_deg=est.point_angle_deg, rms_px=est.point_rms_px, img_wh=np.array(est.img_wh))
+        np.savez_compressed(
+            buf,
+            xy=est.tracks.xy,
+            visible=est.obs_visible,
+            points=est.points,
+            point_ok=est.point_ok,
+            angle_deg=est.point_angle_deg,
+            rms_px=est.point_rms_px,
+            img_wh=np.array(est.img_wh),
+        )
         write_bytes(out_root / CAMERA_DIR / f"{cfg.seq_name}_points.npz", buf.getvalue())
-        summary.update(points=est.info["num_points"], rms_px=est.info["rms_final_px"], scale_from=est.info["scale_from"])
+        summary.update(
+            points=est.info["num_points"], rms_px=est.info["rms_final_px"], scale_from=est.info["scale_from"]
+        )
         if cfg.depth_cue:
             disp, ok = geometric_depth(est, masks, (H0, W0), cfg.geodepth)
             geo_dir = out_root / GEODEPTH_DIR / cfg.seq_name
@@ -137,8 +167,12 @@ def preprocess_cameras(cfg: CamerasPreprocessConfig) -> dict:
     else:
         summary["static_reason"] = est.info.get("static_reason")
     wall = time.perf_counter() - t0
-    summary.update(seconds=wall, seconds_estimate=est.info["seconds"]["total"], seconds_load=t_load - t0,
-                   seconds_per_frame=wall / len(frames))
+    summary.update(
+        seconds=wall,
+        seconds_estimate=est.info["seconds"]["total"],
+        seconds_load=t_load - t0,
+        seconds_per_frame=wall / len(frames),
+    )
     return summary
 
 

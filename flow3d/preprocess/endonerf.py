@@ -67,9 +67,8 @@ class ConvertArgs:
 def convert(args: ConvertArgs) -> Path:
     """Load ``args.src`` with data:endonerf's reader and write it in the casual layout; returns the root."""
     from flow3d.data.endonerf import EndoNeRFDataConfig  # noqa: PLC0415 - keep --help fast
-    from flow3d.data.synthetic import write_custom_layout  # noqa: PLC0415
-
     from flow3d.data.io import check_seq_name  # noqa: PLC0415
+    from flow3d.data.synthetic import write_custom_layout  # noqa: PLC0415
 
     check_seq_name(args.seq_name, "--seq-name")  # --overwrite deletes ROOT/<folder>/SEQ: SEQ must be one name
     check_seq_name(args.depth_type, "--depth-type")
@@ -80,8 +79,15 @@ def convert(args: ConvertArgs) -> Path:
     if existing and not args.overwrite:
         raise ValueError(f"output exists: {', '.join(map(str, existing))} (pass --overwrite to replace it)")
     cfg = EndoNeRFDataConfig(
-        root_dir=args.src, depth_scale=args.depth_scale, prior_dir=args.prior_dir, prior_kind=args.prior_kind,
-        prior_png_scale=args.prior_png_scale, downscale=args.downscale, tracks="none", normalize_scene=False, use_cache=False,
+        root_dir=args.src,
+        depth_scale=args.depth_scale,
+        prior_dir=args.prior_dir,
+        prior_kind=args.prior_kind,
+        prior_png_scale=args.prior_png_scale,
+        downscale=args.downscale,
+        tracks="none",
+        normalize_scene=False,
+        use_cache=False,
     )
     seq = cfg.load()
     for p in existing:
@@ -103,8 +109,11 @@ def _main(argv: list[str]) -> None:
     setup_logging()
     args = tyro.cli(ConvertArgs, args=argv, description=__doc__, prog="python -m flow3d.preprocess.endonerf")
     root = convert(args)
-    print(f"wrote {root}; train with: run_training.py --work-dir W data:custom --data.seq-name {args.seq_name} "
-          f"--data.root-dir {root} --data.is-train True" + (f" --data.depth-type {args.depth_type}" if args.depth_type != "aligned_depth_anything" else ""))
+    print(
+        f"wrote {root}; train with: run_training.py --work-dir W data:custom --data.seq-name {args.seq_name} "
+        f"--data.root-dir {root} --data.is-train True"
+        + (f" --data.depth-type {args.depth_type}" if args.depth_type != "aligned_depth_anything" else "")
+    )
 
 
 if __name__ == "__main__":

@@ -127,8 +127,11 @@ def backend_options(cfg: FlowPreprocessConfig) -> dict:
     if cfg.backend == "dis":
         return {"preset": cfg.dis_preset}
     if cfg.backend == "raft":
-        return {"weights": str(cfg.raft_weights) if cfg.raft_weights else None, "model": cfg.raft_model,
-                "num_flow_updates": cfg.num_flow_updates}
+        return {
+            "weights": str(cfg.raft_weights) if cfg.raft_weights else None,
+            "model": cfg.raft_model,
+            "num_flow_updates": cfg.num_flow_updates,
+        }
     return {}
 
 
@@ -155,10 +158,20 @@ def preprocess_flow(cfg: FlowPreprocessConfig) -> dict:
     t0 = time.perf_counter()
     for i, j in tqdm(todo, desc=f"flow {cfg.backend}", unit="pair"):
         cache.get(i, j, image(i), image(j))
-    summary = {"frames": T, "pairs": len(pairs), "pairs_computed": len(todo), "flow_dir": str(cache.folder(H, W)),
-               "flow_seconds": time.perf_counter() - t0}
-    logger.info("flow: %d pairs (%d computed, %d already done) in %s", len(pairs), len(todo), len(pairs) - len(todo),
-                summary["flow_dir"])
+    summary = {
+        "frames": T,
+        "pairs": len(pairs),
+        "pairs_computed": len(todo),
+        "flow_dir": str(cache.folder(H, W)),
+        "flow_seconds": time.perf_counter() - t0,
+    }
+    logger.info(
+        "flow: %d pairs (%d computed, %d already done) in %s",
+        len(pairs),
+        len(todo),
+        len(pairs) - len(todo),
+        summary["flow_dir"],
+    )
     if cfg.tracks:
         summary.update(_tracks(cfg, frames, mask_files, cache, tracks_dir, options, (H, W)))
     return summary
@@ -167,8 +180,16 @@ def preprocess_flow(cfg: FlowPreprocessConfig) -> dict:
 def _tracks(cfg, frames, mask_files, cache, tracks_dir: Path, options: dict, hw) -> dict:
     names = [f.stem for f in frames]
     queries = list(range(0, len(frames), cfg.query_stride))
-    stamp = {"backend": cfg.backend, "options": options, "fb_rule": cfg.fb_rule, "grid_step": cfg.grid_step,
-             "queries": queries, "frame_names": names, "frame_size_hw": list(hw), "mask_files": mask_files is not None}
+    stamp = {
+        "backend": cfg.backend,
+        "options": options,
+        "fb_rule": cfg.fb_rule,
+        "grid_step": cfg.grid_step,
+        "queries": queries,
+        "frame_names": names,
+        "frame_size_hw": list(hw),
+        "mask_files": mask_files is not None,
+    }
     done = tracks_dir / "done.json"
     if done.is_file():
         try:
@@ -186,15 +207,32 @@ def _tracks(cfg, frames, mask_files, cache, tracks_dir: Path, options: dict, hw)
         masks = np.ones(images.shape[:3], bool)
     else:
         masks = np.stack([load_mask(m) for m in mask_files])
-    tracks = tracks_from_flow(images, masks, queries, grid_step=cfg.grid_step, backend=cfg.backend,
-                              cache_dir=cache.cache_dir, fb_rule=cfg.fb_rule, flow_options=options, progress=True)
+    tracks = tracks_from_flow(
+        images,
+        masks,
+        queries,
+        grid_step=cfg.grid_step,
+        backend=cfg.backend,
+        cache_dir=cache.cache_dir,
+        fb_rule=cfg.fb_rule,
+        flow_options=options,
+        progress=True,
+    )
     paths = write_som_tracks(tracks_dir, tracks, frame_names=names)
     done.write_text(json.dumps(stamp, indent=2, default=str) + "\n")
     visible = np.mean([float((a[:, 2] < 0).mean()) for (q, t), a in tracks.items() if q != t and len(a)] or [0.0])
-    logger.info("tracks: %d files in %s (mean visible fraction over (query, target) pairs %.2f)", len(paths),
-                tracks_dir, visible)
-    return {"tracks_dir": str(tracks_dir), "tracks_written": len(paths), "tracks_seconds": time.perf_counter() - t0,
-            "tracks_visible_fraction": visible}
+    logger.info(
+        "tracks: %d files in %s (mean visible fraction over (query, target) pairs %.2f)",
+        len(paths),
+        tracks_dir,
+        visible,
+    )
+    return {
+        "tracks_dir": str(tracks_dir),
+        "tracks_written": len(paths),
+        "tracks_seconds": time.perf_counter() - t0,
+        "tracks_visible_fraction": visible,
+    }
 
 
 def _main(argv: list[str]) -> dict:

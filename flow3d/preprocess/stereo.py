@@ -85,14 +85,23 @@ def sgbm_matcher(args: StereoArgs, width: int):
     """The configured ``cv2.StereoSGBM`` and its number of disparities."""
     nd = args.num_disparities or 16 * max(1, math.ceil(width / 8 / 16))
     if nd <= 0 or nd % 16:
-        raise ValueError(f"--num-disparities must be a positive multiple of 16 (or 0 = auto), got {args.num_disparities}")
+        raise ValueError(
+            f"--num-disparities must be a positive multiple of 16 (or 0 = auto), got {args.num_disparities}"
+        )
     if args.block_size < 1 or args.block_size % 2 == 0:
         raise ValueError(f"--block-size must be odd and >= 1, got {args.block_size}")
     b = args.block_size
     sgbm = cv2.StereoSGBM_create(
-        minDisparity=args.min_disparity, numDisparities=nd, blockSize=b, P1=8 * 3 * b * b, P2=32 * 3 * b * b,
-        disp12MaxDiff=-1, uniquenessRatio=args.uniqueness, speckleWindowSize=args.speckle_window,
-        speckleRange=args.speckle_range, mode=cv2.STEREO_SGBM_MODE_SGBM,
+        minDisparity=args.min_disparity,
+        numDisparities=nd,
+        blockSize=b,
+        P1=8 * 3 * b * b,
+        P2=32 * 3 * b * b,
+        disp12MaxDiff=-1,
+        uniquenessRatio=args.uniqueness,
+        speckleWindowSize=args.speckle_window,
+        speckleRange=args.speckle_range,
+        mode=cv2.STEREO_SGBM_MODE_SGBM,
     )
     return sgbm, nd
 
@@ -135,8 +144,10 @@ def _focal(args: StereoArgs, root: Path, num_frames: int, shape: tuple[int, int]
 def run(args: StereoArgs) -> Path:
     """Compute and write the prior of every frame; returns the output folder."""
     if args.baseline is None:
-        raise ValueError("--baseline is missing: the distance between the left and right camera centres is needed "
-                         "to turn disparity into depth")
+        raise ValueError(
+            "--baseline is missing: the distance between the left and right camera centres is needed "
+            "to turn disparity into depth"
+        )
     if not (math.isfinite(args.baseline) and args.baseline > 0):
         raise ValueError(f"--baseline must be a positive distance, got {args.baseline}")
     root = Path(args.root_dir)
@@ -150,19 +161,31 @@ def run(args: StereoArgs) -> Path:
     for lp in tqdm(lefts, desc="stereo", dynamic_ncols=True):
         rp = rights.get(lp.stem)
         if rp is None:
-            raise ValueError(f"right view of frame {lp.stem!r} not found in {right_dir} (expected {lp.stem}.png or .jpg)")
+            raise ValueError(
+                f"right view of frame {lp.stem!r} not found in {right_dir} (expected {lp.stem}.png or .jpg)"
+            )
         left, right = io.read_image(lp), io.read_image(rp)
         if left.shape != right.shape or left.shape != first.shape:
-            raise ValueError(f"right view {rp} is {right.shape[1]}x{right.shape[0]} but left view {lp} is "
-                             f"{left.shape[1]}x{left.shape[0]} (the first left view {first.shape[1]}x{first.shape[0]}): "
-                             "not a rectified pair of one camera model; rectify the pair first")
+            raise ValueError(
+                f"right view {rp} is {right.shape[1]}x{right.shape[0]} but left view {lp} is "
+                f"{left.shape[1]}x{left.shape[0]} (the first left view {first.shape[1]}x{first.shape[0]}): "
+                "not a rectified pair of one camera model; rectify the pair first"
+            )
         d, valid = disparity(cv2.cvtColor(left, cv2.COLOR_RGB2BGR), cv2.cvtColor(right, cv2.COLOR_RGB2BGR), args)
         inv_depth = np.where(valid, d / (f * args.baseline), 0.0).astype(np.float32)
         io.save_npy_atomic(out_dir / f"{lp.stem}.npy", inv_depth)
         fracs.append(float(valid.mean()))
-    logger.info("stereo: %d frames, f_x %.2f px, baseline %g: valid disparity on %.1f%% of pixels (min %.1f%%, frame "
-                "%s); invalid pixels are 0 in %s", len(lefts), f, args.baseline, 100 * np.mean(fracs),
-                100 * min(fracs), lefts[int(np.argmin(fracs))].stem, out_dir)
+    logger.info(
+        "stereo: %d frames, f_x %.2f px, baseline %g: valid disparity on %.1f%% of pixels (min %.1f%%, frame "
+        "%s); invalid pixels are 0 in %s",
+        len(lefts),
+        f,
+        args.baseline,
+        100 * np.mean(fracs),
+        100 * min(fracs),
+        lefts[int(np.argmin(fracs))].stem,
+        out_dir,
+    )
     return out_dir
 
 
@@ -172,9 +195,11 @@ def _main(argv: list[str]) -> None:
     setup_logging()
     args = tyro.cli(StereoArgs, args=argv, description=__doc__, prog="python -m flow3d.preprocess.stereo")
     out = run(args)
-    print(f"wrote the stereo prior (inverse depth, 0 = invalid) to {out}\n"
-          f"train on it with: data:custom --data.root-dir {args.root_dir} --data.seq-name {args.seq_name} "
-          f"--data.depth-type {args.out_type}")
+    print(
+        f"wrote the stereo prior (inverse depth, 0 = invalid) to {out}\n"
+        f"train on it with: data:custom --data.root-dir {args.root_dir} --data.seq-name {args.seq_name} "
+        f"--data.depth-type {args.out_type}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,9 @@ class WriteArgs:
 
     out_dir: str
     """Root folder to write (created if missing)."""
-    data: Annotated[SyntheticDataConfig, tyro.conf.OmitArgPrefixes] = dataclasses.field(default_factory=SyntheticDataConfig)
+    data: Annotated[SyntheticDataConfig, tyro.conf.OmitArgPrefixes] = dataclasses.field(
+        default_factory=SyntheticDataConfig
+    )
     """Options of the scene (the fields of data:synthetic)."""
     layout: Literal["custom", "endonerf"] = "custom"
     """custom (Shape of Motion's casual layout; both scenes) or endonerf (EndoNeRF's layout; tissue scene only)."""
@@ -61,7 +63,9 @@ def write(args: WriteArgs) -> str:
     if args.data.normalize_scene:
         raise ValueError("--normalize-scene True cannot be written: the layouts store original units")
     if args.layout == "endonerf" and args.data.scene != "tissue":
-        raise ValueError("--layout endonerf needs --scene tissue (the objects scene has a moving camera and no instruments)")
+        raise ValueError(
+            "--layout endonerf needs --scene tissue (the objects scene has a moving camera and no instruments)"
+        )
     if args.layout == "custom":
         from flow3d.data.io import check_seq_name  # noqa: PLC0415
 
@@ -76,12 +80,18 @@ def write(args: WriteArgs) -> str:
             from flow3d.data.tissue import write_right_views  # noqa: PLC0415
 
             write_right_views(args.data, root, args.seq_name, args.stereo_baseline, seq.frame_names)
-            how += (f"\nstereo prior: python -m flow3d.preprocess.stereo --root-dir {root} --seq-name {args.seq_name} "
-                    f"--baseline {args.stereo_baseline:g}, then --data.depth-type stereo_disp")
+            how += (
+                f"\nstereo prior: python -m flow3d.preprocess.stereo --root-dir {root} --seq-name {args.seq_name} "
+                f"--baseline {args.stereo_baseline:g}, then --data.depth-type stereo_disp"
+            )
     else:
-        root = write_endonerf_layout(seq, args.out_dir, args.depth_scale, args.prior_dir, args.stereo_noise, args.stereo_holes, args.data.seed)
-        how = (f"data:endonerf --data.root-dir {root} --data.depth-scale {args.depth_scale:g}"
-               f"  (monocular prior: add --data.prior-dir {args.prior_dir} --data.prior-kind disparity)")
+        root = write_endonerf_layout(
+            seq, args.out_dir, args.depth_scale, args.prior_dir, args.stereo_noise, args.stereo_holes, args.data.seed
+        )
+        how = (
+            f"data:endonerf --data.root-dir {root} --data.depth-scale {args.depth_scale:g}"
+            f"  (monocular prior: add --data.prior-dir {args.prior_dir} --data.prior-kind disparity)"
+        )
     return f"wrote {seq.num_frames} frames of {seq.img_wh[0]}x{seq.img_wh[1]} ({args.data.scene} scene, {args.layout} layout) to {root}\nload it with: {how}"
 
 

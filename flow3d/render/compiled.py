@@ -77,7 +77,7 @@ def extension_dir() -> Path:
 
 @contextlib.contextmanager
 def _quiet_torch_build_log():
-    """torch's build messages (e.g. "compiler not compatible", or a CUDA build of torch saying on import
+    """Torch's build messages (e.g. "compiler not compatible", or a CUDA build of torch saying on import
     that no CUDA runtime is found) would add lines to our one-line verdict: errors only, meanwhile."""
     torch_log = logging.getLogger("torch.utils.cpp_extension")
     level = torch_log.level
@@ -333,7 +333,15 @@ def project_compiled(
     """
     if not load_extension():
         raise RuntimeError(f"the compiled CPU rasterizer is unavailable: {load_error()}")
-    args = (int(width), int(height), float(eps2d), float(near_plane), float(far_plane), float(radius_clip), bool(antialiased))
+    args = (
+        int(width),
+        int(height),
+        float(eps2d),
+        float(near_plane),
+        float(far_plane),
+        float(radius_clip),
+        bool(antialiased),
+    )
     out = _ProjectCompiled.apply(means, quats, scales, opacities, viewmats, Ks, args)
     return dict(zip(("means2d", "conics", "depths", "radii", "opacities", "compensations"), out))
 
@@ -351,13 +359,24 @@ def build_tile_plan_compiled(
     if not load_extension():
         raise RuntimeError(f"the compiled CPU rasterizer is unavailable: {load_error()}")
     flat_ids, starts, counts, order = torch.ops.flow3d_raster.tile_lists(
-        means2d.detach().contiguous(), radii.to(torch.int32).contiguous(), depths.detach().to(means2d.dtype).contiguous(),
-        int(width), int(height), int(tile_size),
+        means2d.detach().contiguous(),
+        radii.to(torch.int32).contiguous(),
+        depths.detach().to(means2d.dtype).contiguous(),
+        int(width),
+        int(height),
+        int(tile_size),
     )
     return TilePlan(
-        flat_ids=flat_ids, starts=starts, counts=counts, order=order, n_images=means2d.shape[0],
-        tile_width=math.ceil(width / tile_size), tile_height=math.ceil(height / tile_size), tile_size=tile_size,
-        width=width, height=height,
+        flat_ids=flat_ids,
+        starts=starts,
+        counts=counts,
+        order=order,
+        n_images=means2d.shape[0],
+        tile_width=math.ceil(width / tile_size),
+        tile_height=math.ceil(height / tile_size),
+        tile_size=tile_size,
+        width=width,
+        height=height,
     )
 
 
@@ -372,7 +391,12 @@ class _RasterizeTilesCompiled(torch.autograd.Function):
             opacities.detach().reshape(I * N).contiguous(),
             colors.detach().reshape(I * N, D).contiguous(),
         )
-        lists = (plan.flat_ids.contiguous(), plan.starts.contiguous(), plan.counts.contiguous(), plan.order.contiguous())
+        lists = (
+            plan.flat_ids.contiguous(),
+            plan.starts.contiguous(),
+            plan.counts.contiguous(),
+            plan.order.contiguous(),
+        )
         acc, T, last = torch.ops.flow3d_raster.forward(
             *tabs, *lists, I, plan.width, plan.height, plan.tile_size, plan.tile_width, plan.tile_height, whole_tiles
         )
@@ -386,8 +410,22 @@ class _RasterizeTilesCompiled(torch.autograd.Function):
         means2d, m, c, o, col, T, last = ctx.saved_tensors
         plan, (I, N, D) = ctx.plan, ctx.shape
         grads, abs_grads = torch.ops.flow3d_raster.backward(
-            m, c, o, col, *ctx.lists, T, last, g_acc.contiguous(), g_T.contiguous(),
-            plan.width, plan.height, plan.tile_size, plan.tile_width, plan.tile_height, ctx.absgrad, ctx.whole_tiles,
+            m,
+            c,
+            o,
+            col,
+            *ctx.lists,
+            T,
+            last,
+            g_acc.contiguous(),
+            g_T.contiguous(),
+            plan.width,
+            plan.height,
+            plan.tile_size,
+            plan.tile_width,
+            plan.tile_height,
+            ctx.absgrad,
+            ctx.whole_tiles,
         )
         if ctx.absgrad:
             means2d.absgrad = abs_grads.reshape(I, N, 2)

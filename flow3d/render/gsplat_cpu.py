@@ -51,8 +51,10 @@ def unsupported_reason() -> str | None:
     except Exception as e:  # noqa: BLE001 - any import failure is a reason to skip
         return f"gsplat does not import ({type(e).__name__}: {e})"
     if gsplat.__version__ not in SUPPORTED_GSPLAT:
-        return (f"gsplat {gsplat.__version__} is installed; the CPU stand-ins follow the internal op signatures "
-                f"of gsplat {', '.join(SUPPORTED_GSPLAT)} only")
+        return (
+            f"gsplat {gsplat.__version__} is installed; the CPU stand-ins follow the internal op signatures "
+            f"of gsplat {', '.join(SUPPORTED_GSPLAT)} only"
+        )
     return None
 
 
@@ -61,7 +63,9 @@ def unsupported_reason() -> str | None:
 
 def _no_batch_dims(means: Tensor) -> None:
     if means.dim() != 2:
-        raise NotImplementedError(f"gsplat CPU stand-ins: batch dimensions are not supported (means {tuple(means.shape)})")
+        raise NotImplementedError(
+            f"gsplat CPU stand-ins: batch dimensions are not supported (means {tuple(means.shape)})"
+        )
 
 
 def _covars(covars, quats, scales) -> Tensor:
@@ -70,8 +74,23 @@ def _covars(covars, quats, scales) -> Tensor:
     return quat_scale_to_covar(quats, scales)
 
 
-def projection_fwd(means, covars, quats, scales, opacities, viewmats, Ks, width, height, eps2d, near_plane,
-                   far_plane, radius_clip, calc_compensations, camera_model):
+def projection_fwd(
+    means,
+    covars,
+    quats,
+    scales,
+    opacities,
+    viewmats,
+    Ks,
+    width,
+    height,
+    eps2d,
+    near_plane,
+    far_plane,
+    radius_clip,
+    calc_compensations,
+    camera_model,
+):
     """``projection_ewa_3dgs_fused_fwd``: (radii (C, N, 2) int32, means2d, depths, conics, compensations)."""
     _no_batch_dims(means)
     if camera_model != "PINHOLE":
@@ -79,24 +98,65 @@ def projection_fwd(means, covars, quats, scales, opacities, viewmats, Ks, width,
     opac = opacities if opacities is not None else means.new_ones(means.shape[0])
     with torch.no_grad():
         p = project_gaussians(
-            means, _covars(covars, quats, scales), opac, viewmats, Ks, width, height, eps2d=eps2d,
-            near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, antialiased=bool(calc_compensations),
+            means,
+            _covars(covars, quats, scales),
+            opac,
+            viewmats,
+            Ks,
+            width,
+            height,
+            eps2d=eps2d,
+            near_plane=near_plane,
+            far_plane=far_plane,
+            radius_clip=radius_clip,
+            antialiased=bool(calc_compensations),
         )
     comp = p["compensations"] if calc_compensations else means.new_zeros(0)
     return p["radii"].contiguous(), p["means2d"].contiguous(), p["depths"].contiguous(), p["conics"].contiguous(), comp
 
 
-def projection_bwd(means, covars, quats, scales, viewmats, Ks, width, height, eps2d, camera_model, radii, conics,
-                   compensations, v_means2d, v_depths, v_conics, v_compensations, viewmats_requires_grad):
+def projection_bwd(
+    means,
+    covars,
+    quats,
+    scales,
+    viewmats,
+    Ks,
+    width,
+    height,
+    eps2d,
+    camera_model,
+    radii,
+    conics,
+    compensations,
+    v_means2d,
+    v_depths,
+    v_conics,
+    v_compensations,
+    viewmats_requires_grad,
+):
     """``projection_ewa_3dgs_fused_bwd``: (v_means, v_covars, v_quats, v_scales, v_viewmats)."""
     valid = (radii > 0).all(dim=-1)  # (C, N): gsplat's kernel returns early for culled entries
     with torch.enable_grad():
-        leaves = [means.detach().requires_grad_(), quats.detach().requires_grad_(), scales.detach().requires_grad_(),
-                  viewmats.detach().requires_grad_(bool(viewmats_requires_grad))]
+        leaves = [
+            means.detach().requires_grad_(),
+            quats.detach().requires_grad_(),
+            scales.detach().requires_grad_(),
+            viewmats.detach().requires_grad_(bool(viewmats_requires_grad)),
+        ]
         m, q, s, vm = leaves
         p = project_gaussians(
-            m, quat_scale_to_covar(q, s), m.new_ones(m.shape[0]), vm, Ks, width, height, eps2d=eps2d,
-            near_plane=1e-9, far_plane=math.inf, antialiased=compensations is not None,
+            m,
+            quat_scale_to_covar(q, s),
+            m.new_ones(m.shape[0]),
+            vm,
+            Ks,
+            width,
+            height,
+            eps2d=eps2d,
+            near_plane=1e-9,
+            far_plane=math.inf,
+            antialiased=compensations is not None,
         )
         outs = [p["means2d"], p["depths"], p["conics"]]
         grads = [v_means2d * valid[..., None], v_depths * valid, v_conics * valid[..., None]]
@@ -113,8 +173,9 @@ def projection_bwd(means, covars, quats, scales, viewmats, Ks, width, height, ep
 # ---------------------------------------------------------------------------------------------- tile lists
 
 
-def intersect_tile(means2d, radii, depths, image_ids, gaussian_ids, n_images, tile_size, tile_width, tile_height,
-                   sort, segmented):
+def intersect_tile(
+    means2d, radii, depths, image_ids, gaussian_ids, n_images, tile_size, tile_width, tile_height, sort, segmented
+):
     """``intersect_tile``: (tiles_per_gauss int32 (..., N), isect_ids int64 (n,), flatten_ids int32 (n,))."""
     if image_ids is not None or gaussian_ids is not None:
         raise NotImplementedError("gsplat CPU stand-ins: packed mode is not supported")
@@ -163,8 +224,19 @@ def intersect_offset(isect_ids, n_images, tile_width, tile_height):
 # ---------------------------------------------------------------------------------------------- compositing
 
 
-def _composite(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, isect_offsets, flatten_ids,
-               pair_leaves: list | None = None):
+def _composite(
+    means2d,
+    conics,
+    colors,
+    opacities,
+    backgrounds,
+    width,
+    height,
+    tile_size,
+    isect_offsets,
+    flatten_ids,
+    pair_leaves: list | None = None,
+):
     """Differentiable gsplat compositing. Returns colours (I, H, W, D), alphas (I, H, W, 1), last_ids (I, H, W).
 
     With ``pair_leaves`` (a list), each tile reads ``means2d`` through a fresh leaf of shape (P, K, 2),
@@ -215,8 +287,11 @@ def _composite(means2d, conics, colors, opacities, backgrounds, width, height, t
                 used = (torch.cumsum(done.int(), dim=1) == 0) & keep
                 k = torch.arange(gids.numel()).expand_as(used)
                 last_k = torch.where(used, k, torch.full_like(k, -1)).max(dim=1).values
-                last[y0:y1, x0:x1] = torch.where(last_k >= 0, start + last_k, torch.zeros_like(last_k)).reshape(
-                    y1 - y0, x1 - x0).to(torch.int32)
+                last[y0:y1, x0:x1] = (
+                    torch.where(last_k >= 0, start + last_k, torch.zeros_like(last_k))
+                    .reshape(y1 - y0, x1 - x0)
+                    .to(torch.int32)
+                )
             w = alpha * before * used  # (P, K)
             t_final = torch.prod(torch.where(used, 1.0 - alpha, torch.ones_like(alpha)), dim=1, keepdim=True)  # (P, 1)
             pix = w @ col[i, gids]  # (P, D)
@@ -228,32 +303,64 @@ def _composite(means2d, conics, colors, opacities, backgrounds, width, height, t
         out_a.append(img_a)
         out_last.append(last)
     shape = isect_offsets.shape[:-2]
-    return (torch.stack(out_c).reshape(*shape, height, width, D), torch.stack(out_a).reshape(*shape, height, width, 1),
-            torch.stack(out_last).reshape(*shape, height, width))
+    return (
+        torch.stack(out_c).reshape(*shape, height, width, D),
+        torch.stack(out_a).reshape(*shape, height, width, 1),
+        torch.stack(out_last).reshape(*shape, height, width),
+    )
 
 
-def rasterize_fwd(means2d, conics, colors, opacities, backgrounds, masks, width, height, tile_size, isect_offsets,
-                  flatten_ids):
+def rasterize_fwd(
+    means2d, conics, colors, opacities, backgrounds, masks, width, height, tile_size, isect_offsets, flatten_ids
+):
     """``rasterize_to_pixels_3dgs_fwd``: (render_colors, render_alphas, last_ids)."""
     if masks is not None:
         raise NotImplementedError("gsplat CPU stand-ins: tile masks are not supported")
     with torch.no_grad():
-        return _composite(means2d, conics, colors, opacities, backgrounds, width, height, tile_size, isect_offsets,
-                          flatten_ids)
+        return _composite(
+            means2d, conics, colors, opacities, backgrounds, width, height, tile_size, isect_offsets, flatten_ids
+        )
 
 
-def rasterize_bwd(means2d, conics, colors, opacities, backgrounds, masks, width, height, tile_size, isect_offsets,
-                  flatten_ids, render_alphas, last_ids, v_render_colors, v_render_alphas, absgrad):
+def rasterize_bwd(
+    means2d,
+    conics,
+    colors,
+    opacities,
+    backgrounds,
+    masks,
+    width,
+    height,
+    tile_size,
+    isect_offsets,
+    flatten_ids,
+    render_alphas,
+    last_ids,
+    v_render_colors,
+    v_render_alphas,
+    absgrad,
+):
     """``rasterize_to_pixels_3dgs_bwd``: (v_means2d_abs, v_means2d, v_conics, v_colors, v_opacities)."""
     with torch.enable_grad():
         leaves = [x.detach().requires_grad_() for x in (conics, colors, opacities)]
         pairs: list = []
         bg = None if backgrounds is None else backgrounds.detach()
-        rc, ra, _ = _composite(means2d.detach(), *leaves[:2], leaves[2], bg, width, height, tile_size, isect_offsets,
-                               flatten_ids, pair_leaves=pairs)
+        rc, ra, _ = _composite(
+            means2d.detach(),
+            *leaves[:2],
+            leaves[2],
+            bg,
+            width,
+            height,
+            tile_size,
+            isect_offsets,
+            flatten_ids,
+            pair_leaves=pairs,
+        )
         wrt = leaves + [p[2] for p in pairs]
-        g = torch.autograd.grad([rc, ra], wrt, [v_render_colors.to(rc.dtype), v_render_alphas.to(ra.dtype)],
-                                allow_unused=True)
+        g = torch.autograd.grad(
+            [rc, ra], wrt, [v_render_colors.to(rc.dtype), v_render_alphas.to(ra.dtype)], allow_unused=True
+        )
     g = [torch.zeros_like(x) if gi is None else gi for gi, x in zip(g, wrt)]
     v_conics, v_colors, v_opacities = g[:3]
     N = means2d.shape[-2]
@@ -278,8 +385,10 @@ OPS = {
 
 def _lazy_func(name: str):
     if name not in OPS:
+
         def missing(*args, **kwargs):
             raise NotImplementedError(f"gsplat CPU stand-ins: no CPU version of gsplat's CUDA op {name!r}")
+
         return missing
     return OPS[name]
 

@@ -35,9 +35,15 @@ def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
     w, x, y, z = q.unbind(-1)
     R = torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=-1,
     ).reshape(*q.shape[:-1], 3, 3)
@@ -88,9 +94,7 @@ def project_gaussians(
 
     zero = torch.zeros_like(zs)
     rz = 1.0 / zs
-    J = torch.stack(
-        [fx * rz, zero, -fx * tx * rz * rz, zero, fy * rz, -fy * ty * rz * rz], dim=-1
-    ).reshape(C, N, 2, 3)
+    J = torch.stack([fx * rz, zero, -fx * tx * rz * rz, zero, fy * rz, -fy * ty * rz * rz], dim=-1).reshape(C, N, 2, 3)
     cov2d = J @ covars_c @ J.transpose(-1, -2)  # (C, N, 2, 2)
     means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)  # (C, N, 2)
 

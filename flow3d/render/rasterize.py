@@ -18,7 +18,6 @@ from flow3d.render import compiled, gsplat_backend
 from flow3d.render.projection import project_gaussians, quat_scale_to_covar
 from flow3d.render.tile_raster import build_tile_plan, rasterize_tiles
 
-
 logger = get_logger(__name__)
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
@@ -48,7 +47,9 @@ def _check_shape(name: str, x: Tensor, expected: tuple) -> None:
         raise ValueError(f"{name} must have shape {exp}, got {tuple(x.shape)}")
 
 
-def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds, render_mode, backend, tile_size):
+def _validate(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds, render_mode, backend, tile_size
+):
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
     if backend not in BACKENDS:
@@ -66,14 +67,24 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
     else:
         _check_shape("colors", colors, (C, N, None))
     if render_mode in ("RGB", "RGB+D", "RGB+ED") and colors.shape[-1] == 0:
-        raise ValueError(f"colors must have at least one channel for render_mode={render_mode!r}, got {tuple(colors.shape)}")
+        raise ValueError(
+            f"colors must have at least one channel for render_mode={render_mode!r}, got {tuple(colors.shape)}"
+        )
     if backgrounds is not None:
         _check_shape("backgrounds", backgrounds, (C, colors.shape[-1]))
     if int(width) != width or int(height) != height or width <= 0 or height <= 0:
         raise ValueError(f"width and height must be positive integers, got width={width}, height={height}")
     if int(tile_size) != tile_size or tile_size <= 0:
         raise ValueError(f"tile_size must be a positive integer, got {tile_size}")
-    named = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors, "viewmats": viewmats, "Ks": Ks}
+    named = {
+        "means": means,
+        "quats": quats,
+        "scales": scales,
+        "opacities": opacities,
+        "colors": colors,
+        "viewmats": viewmats,
+        "Ks": Ks,
+    }
     if backgrounds is not None:
         named["backgrounds"] = backgrounds
     dtypes = {k: v.dtype for k, v in named.items()}
@@ -85,7 +96,7 @@ _fallback_warned = False
 
 
 def _resolve_cpu_backend(x: Tensor, backend: str) -> str:
-    """"cpu" when the compiled rasterizer can run on tensors like ``x``, else "torch" ("auto") or an error ("cpu")."""
+    """The backend for tensors like ``x``: "cpu" where the compiled rasterizer runs, else "torch" ("auto") or an error."""
     if backend == "cpu" and x.device.type != "cpu":
         raise ValueError(f"backend='cpu' needs CPU tensors, got means on {x.device}; use 'auto', 'gsplat' or 'torch'")
     if x.device.type != "cpu":
@@ -103,7 +114,8 @@ def _resolve_cpu_backend(x: Tensor, backend: str) -> str:
         _fallback_warned = True
         logger.warning(
             "compiled CPU rasterizer unavailable (%s); using the PyTorch backend (%s)",
-            compiled.load_error(), compiled.FALLBACK_SLOWDOWN,
+            compiled.load_error(),
+            compiled.FALLBACK_SLOWDOWN,
         )
     return "torch"
 
@@ -156,7 +168,21 @@ def rasterization(
     "torch" ignored by the others, ``torch_chunk`` (Gaussians per tile per step, default 32) and
     ``torch_block_elems`` ((Gaussian, pixel) pairs per block, default 2**20, the memory bound).
     """
-    _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds, render_mode, backend, tile_size)
+    _validate(
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        backgrounds,
+        render_mode,
+        backend,
+        tile_size,
+    )
     width, height = int(width), int(height)
     if backend == "auto":
         backend = "gsplat" if gsplat_backend.gsplat_available_for(means) else _resolve_cpu_backend(means, "auto")
@@ -165,29 +191,80 @@ def rasterization(
     torch_only = {k: gsplat_kwargs.pop(k) for k in _TORCH_ONLY_KWARGS if k in gsplat_kwargs}
     if backend == "gsplat":
         return gsplat_backend.rasterization_gsplat(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-            near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, backgrounds=backgrounds,
-            render_mode=render_mode, absgrad=absgrad, packed=packed, tile_size=tile_size, **gsplat_kwargs,
+            means,
+            quats,
+            scales,
+            opacities,
+            colors,
+            viewmats,
+            Ks,
+            width,
+            height,
+            near_plane=near_plane,
+            far_plane=far_plane,
+            eps2d=eps2d,
+            backgrounds=backgrounds,
+            render_mode=render_mode,
+            absgrad=absgrad,
+            packed=packed,
+            tile_size=tile_size,
+            **gsplat_kwargs,
         )
     if packed:
         logger.debug("backend=%r has no packed mode: returning gsplat's dense (C, N) layout", backend)
     return _rasterization_tiles(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-        near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, backgrounds=backgrounds,
-        render_mode=render_mode, absgrad=absgrad, tile_size=tile_size, backend=backend,
-        chunk=int(torch_only.get("torch_chunk", 32)), block_elems=int(torch_only.get("torch_block_elems", 1 << 20)),
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane=near_plane,
+        far_plane=far_plane,
+        eps2d=eps2d,
+        backgrounds=backgrounds,
+        render_mode=render_mode,
+        absgrad=absgrad,
+        tile_size=tile_size,
+        backend=backend,
+        chunk=int(torch_only.get("torch_chunk", 32)),
+        block_elems=int(torch_only.get("torch_block_elems", 1 << 20)),
         **gsplat_kwargs,
     )
 
 
 def _rasterization_tiles(
-    means, quats, scales, opacities, colors, viewmats, Ks, width, height, *,
-    near_plane, far_plane, eps2d, backgrounds, render_mode, absgrad, tile_size, backend, chunk, block_elems, **kwargs,
+    means,
+    quats,
+    scales,
+    opacities,
+    colors,
+    viewmats,
+    Ks,
+    width,
+    height,
+    *,
+    near_plane,
+    far_plane,
+    eps2d,
+    backgrounds,
+    render_mode,
+    absgrad,
+    tile_size,
+    backend,
+    chunk,
+    block_elems,
+    **kwargs,
 ):
     """The CPU backends: projection, tile lists and compositing compiled ("cpu") or in PyTorch ("torch")."""
     for k, v in kwargs.items():
         if k not in _TORCH_KWARGS:
-            raise ValueError(f"backend={backend!r} does not support the gsplat keyword {k!r}; supported: {sorted(_TORCH_KWARGS)}")
+            raise ValueError(
+                f"backend={backend!r} does not support the gsplat keyword {k!r}; supported: {sorted(_TORCH_KWARGS)}"
+            )
         allowed = _TORCH_KWARGS[k]
         if allowed is not None and v not in allowed:
             raise ValueError(f"backend={backend!r} supports {k} in {allowed}, got {v!r}")
@@ -198,16 +275,43 @@ def _rasterization_tiles(
     compiled_projection = backend == "cpu" and not (viewmats.requires_grad or Ks.requires_grad)
     if compiled_projection:
         proj = compiled.project_compiled(
-            means, quats, scales, opacities, viewmats, Ks, width, height,
-            eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, antialiased=antialiased,
+            means,
+            quats,
+            scales,
+            opacities,
+            viewmats,
+            Ks,
+            width,
+            height,
+            eps2d=eps2d,
+            near_plane=near_plane,
+            far_plane=far_plane,
+            radius_clip=radius_clip,
+            antialiased=antialiased,
         )
     else:  # the PyTorch projection (also the one that passes gradients to the cameras)
         covars = quat_scale_to_covar(quats, scales)  # (N, 3, 3)
         proj = project_gaussians(
-            means, covars, opacities, viewmats, Ks, width, height,
-            eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, antialiased=antialiased,
+            means,
+            covars,
+            opacities,
+            viewmats,
+            Ks,
+            width,
+            height,
+            eps2d=eps2d,
+            near_plane=near_plane,
+            far_plane=far_plane,
+            radius_clip=radius_clip,
+            antialiased=antialiased,
         )
-    means2d, conics, depths, radii, opac = proj["means2d"], proj["conics"], proj["depths"], proj["radii"], proj["opacities"]
+    means2d, conics, depths, radii, opac = (
+        proj["means2d"],
+        proj["conics"],
+        proj["depths"],
+        proj["radii"],
+        proj["opacities"],
+    )
 
     feats = colors if colors.dim() == 3 else colors[None].expand(C, -1, -1)  # (C, N, D)
     bgs = backgrounds

@@ -211,7 +211,18 @@ def _block_composite(alpha: Tensor, T: Tensor, live: Tensor):
 
 class _RasterizeTiles(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, colors, backgrounds, plan: TilePlan, chunk: int, block_elems: int, absgrad: bool):
+    def forward(
+        ctx,
+        means2d,
+        conics,
+        opacities,
+        colors,
+        backgrounds,
+        plan: TilePlan,
+        chunk: int,
+        block_elems: int,
+        absgrad: bool,
+    ):
         # means2d (I, N, 2), conics (I, N, 3), opacities (I, N), colors (I, N, D), backgrounds (I, D) or None
         I, N, D = colors.shape
         dtype, device = colors.dtype, colors.device

@@ -60,7 +60,9 @@ class CameraRefine(nn.Module):
         """A copy of a :class:`flow3d.train.batch.Batch` with its cameras and target cameras corrected."""
         import dataclasses
 
-        return dataclasses.replace(batch, w2cs=self(batch.w2cs, batch.ts), target_w2cs=self(batch.target_w2cs, batch.target_ts))
+        return dataclasses.replace(
+            batch, w2cs=self(batch.w2cs, batch.ts), target_w2cs=self(batch.target_w2cs, batch.target_ts)
+        )
 
 
 def make_camera_refine(num_frames: int, train_ids: Tensor, lr: float, device, state: dict | None = None):

@@ -119,7 +119,9 @@ def interpolate_missing(x: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid.any(dim=1)[:, None, None], out, x)
 
 
-def kmeans(features: Tensor, k: int, iters: int = 30, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def kmeans(
+    features: Tensor, k: int, iters: int = 30, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Lloyd's k-means with k-means++ seeding. features (P, F) -> labels (P,), centroids (k, F)."""
     P = features.shape[0]
     k = min(k, P)
@@ -148,7 +150,9 @@ def knn_scale(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
     return torch.cat(out).clamp_min(1e-4)
 
 
-def fit_bases_procrustes(pts: Tensor, valid: Tensor, weights: Tensor, labels: Tensor, can_t: int, k: int) -> MotionBases:
+def fit_bases_procrustes(
+    pts: Tensor, valid: Tensor, weights: Tensor, labels: Tensor, can_t: int, k: int
+) -> MotionBases:
     """Per cluster and frame, the rigid transform taking canonical points to frame-t points."""
     M, T, _ = pts.shape
     rots = torch.eye(3).expand(k, T, 3, 3).clone()
@@ -160,7 +164,9 @@ def fit_bases_procrustes(pts: Tensor, valid: Tensor, weights: Tensor, labels: Te
         for t in range(T):
             ok = valid[sel, t] & valid[sel, can_t]
             if ok.sum() >= 3:
-                R, tr = roma.rigid_points_registration(x_can[ok], pts[sel, t][ok], weights=weights[sel, t][ok].clamp_min(1e-6))
+                R, tr = roma.rigid_points_registration(
+                    x_can[ok], pts[sel, t][ok], weights=weights[sel, t][ok].clamp_min(1e-6)
+                )
                 rots[j, t], transls[j, t] = R, tr
                 fitted[j, t] = True
     # frames without enough points (held-out frames, occlusions): interpolate between fitted neighbours
@@ -196,7 +202,10 @@ def initialize_scene(seq, cfg: InitConfig, generator: torch.Generator | None = N
     coef_logits = -dists / dists.mean().clamp_min(1e-8) * 4.0
     logger.info(
         "init: %d foreground tracks, canonical frame %d, K=%d bases (cluster sizes %s)",
-        len(idx), can_t, k, torch.bincount(labels, minlength=k).tolist(),
+        len(idx),
+        can_t,
+        k,
+        torch.bincount(labels, minlength=k).tolist(),
     )
 
     means_can = pts[:, can_t]
@@ -226,8 +235,9 @@ def _valid_colors(image: Tensor, valid: Tensor, xy: Tensor) -> Tensor:
     return s[:, :3] / s[:, 3:].clamp_min(1e-6)
 
 
-def _densify_foreground(seq, can_t: int, tracks_fg: GaussianParams, bases: MotionBases, cfg: InitConfig,
-                        generator) -> GaussianParams:
+def _densify_foreground(
+    seq, can_t: int, tracks_fg: GaussianParams, bases: MotionBases, cfg: InitConfig, generator
+) -> GaussianParams:
     """Tracks are sparse (a grid of queries); fill the canonical frame's foreground up to ``num_fg``
     Gaussians with back-projected prior depth. Each new Gaussian takes the basis weights of its 3 nearest
     fitted track Gaussians (inverse-distance blend of their logits). Every Gaussian's size is its pixel
@@ -290,8 +300,9 @@ def _blend_logits(points: Tensor, track_points: Tensor, track_logits: Tensor, k:
     return (track_logits[nn_idx] * w[..., None]).sum(1)
 
 
-def _hidden_foreground(seq, can_t: int, tracks_fg: GaussianParams, bases: MotionBases, rate: float,
-                       generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _hidden_foreground(
+    seq, can_t: int, tracks_fg: GaussianParams, bases: MotionBases, rate: float, generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Canonical Gaussians for foreground that ignored pixels hide in the canonical frame ``can_t``.
 
     The other training frames are visited from the nearest in time. In each, every valid foreground pixel
@@ -314,8 +325,9 @@ def _hidden_foreground(seq, can_t: int, tracks_fg: GaussianParams, bases: Motion
         if bool((claimed | ~hidden).all()):
             break
         cand = torch.nonzero(seq.valid_masks[t] & seq.prior_valid[t] & (seq.fg_masks[t] > 0.5))  # (P, 2) (y, x)
-        X_t = unproject_pixels(cand.flip(-1).to(depth.dtype), depth[t][cand[:, 0], cand[:, 1]], seq.Ks[t],
-                               torch.linalg.inv(seq.w2cs[t]))  # (P, 3) world points at time t
+        X_t = unproject_pixels(
+            cand.flip(-1).to(depth.dtype), depth[t][cand[:, 0], cand[:, 1]], seq.Ks[t], torch.linalg.inv(seq.w2cs[t])
+        )  # (P, 3) world points at time t
         R, tr = bases.compute_transforms(torch.tensor([t]), coefs)  # (N, 1, 3, 3), (N, 1, 3)
         tracks_t = (R[:, 0] @ tracks_fg.get_means()[..., None])[..., 0] + tr[:, 0]
         logits = _blend_logits(X_t, tracks_t, tracks_fg.params["motion_coefs"])
@@ -340,8 +352,14 @@ def _hidden_foreground(seq, can_t: int, tracks_fg: GaussianParams, bases: Motion
         K = tracks_fg.params["motion_coefs"].shape[1]
         return (torch.zeros(0, 3), torch.zeros(0, K), torch.zeros(0, 3), torch.zeros(0)) + maps
     res = tuple(torch.cat(v) for v in out)
-    logger.info("init: %d foreground Gaussians for what ignored pixels hide in canonical frame %d, from other "
-                "frames (%d of its %d ignored pixels reached)", res[0].shape[0], can_t, int(claimed.sum()), int(hidden.sum()))
+    logger.info(
+        "init: %d foreground Gaussians for what ignored pixels hide in canonical frame %d, from other "
+        "frames (%d of its %d ignored pixels reached)",
+        res[0].shape[0],
+        can_t,
+        int(claimed.sum()),
+        int(hidden.sum()),
+    )
     return res + maps
 
 
@@ -383,16 +401,28 @@ def harmonic_fill(values: Tensor, known: Tensor, fill: Tensor) -> Tensor:
         rows.append(r)
         cols.append(idx[nyc[r], nxc[r]])
         vals.append(-np.ones(len(r)))
-    A = sparse.csr_matrix((np.concatenate([diag, *vals]), (np.concatenate([np.arange(len(ys)), *rows]),
-                                                            np.concatenate([np.arange(len(ys)), *cols]))),
-                          shape=(len(ys), len(ys)))
+    A = sparse.csr_matrix(
+        (
+            np.concatenate([diag, *vals]),
+            (np.concatenate([np.arange(len(ys)), *rows]), np.concatenate([np.arange(len(ys)), *cols])),
+        ),
+        shape=(len(ys), len(ys)),
+    )
     sol = spsolve(A.tocsc(), rhs)
     out[ys, xs] = sol.reshape(len(ys), C)
     return torch.from_numpy(out)
 
 
-def _complete_unseen(seq, can_t: int, tracks_fg: GaussianParams, claimed_z: Tensor, claimed_rgb: Tensor, rate: float,
-                     border_px: int, generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _complete_unseen(
+    seq,
+    can_t: int,
+    tracks_fg: GaussianParams,
+    claimed_z: Tensor,
+    claimed_rgb: Tensor,
+    rate: float,
+    border_px: int,
+    generator,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Canonical Gaussians where the canonical frame has no depth of its own: its ignored pixels -- those
     that :func:`_hidden_foreground` reached from other frames (``claimed_z`` > 0) and those it did not (an
     instrument covered that tissue in every training frame) -- and valid pixels without a valid prior.
@@ -417,26 +447,40 @@ def _complete_unseen(seq, can_t: int, tracks_fg: GaussianParams, claimed_z: Tens
     depth_known = dvalid & ~near_ignored
     # depth only from the canonical frame's own prior (the points carried from other frames carry their
     # frames' prior scale and the fitted motion's error); the fill spans all it does not know
-    z = harmonic_fill(torch.where(depth_known, prior_depth, torch.zeros_like(prior_depth))[..., None], depth_known,
-                      ~depth_known)[..., 0]
-    rgb_map = torch.where(valid[..., None], seq.images[can_t], torch.where(reached[..., None], claimed_rgb, torch.zeros_like(claimed_rgb)))
+    z = harmonic_fill(
+        torch.where(depth_known, prior_depth, torch.zeros_like(prior_depth))[..., None], depth_known, ~depth_known
+    )[..., 0]
+    rgb_map = torch.where(
+        valid[..., None], seq.images[can_t], torch.where(reached[..., None], claimed_rgb, torch.zeros_like(claimed_rgb))
+    )
     rgb_known = valid | reached
     rgb = harmonic_fill(rgb_map, rgb_known, ~rgb_known)
     ok = gap_depth & torch.isfinite(z) & (z > 0) & torch.isfinite(rgb).all(-1)
     ij = torch.nonzero(ok)
     n_unseen = int((gap_depth & ~valid & ~reached).sum())
     if len(ij) == 0:
-        logger.warning("init: %d canonical pixels have no surface point and no tissue around them to complete from", int(gap_depth.sum()))
+        logger.warning(
+            "init: %d canonical pixels have no surface point and no tissue around them to complete from",
+            int(gap_depth.sum()),
+        )
         return empty
     ij = ij[torch.rand(len(ij), generator=generator) < rate]
     zz = z[ij[:, 0], ij[:, 1]].to(seq.images.dtype)
     means = unproject_pixels(ij.flip(-1).to(zz.dtype), zz, seq.Ks[can_t], torch.linalg.inv(seq.w2cs[can_t]))
-    logits = _blend_logits(means, tracks_fg.get_means(), tracks_fg.params["motion_coefs"]) if len(ij) else torch.zeros(0, K)
+    logits = (
+        _blend_logits(means, tracks_fg.get_means(), tracks_fg.params["motion_coefs"]) if len(ij) else torch.zeros(0, K)
+    )
     cols = rgb[ij[:, 0], ij[:, 1]].to(seq.images.dtype)
-    logger.info("init: completed %d canonical pixels without depth (%d behind instruments in every training frame, "
-                "%d hidden here but seen elsewhere: their colour from there, %d without a valid prior) from the "
-                "surrounding tissue: %d Gaussians", int(ok.sum()), n_unseen, int(reached.sum()),
-                int((gap_depth & valid).sum()), len(ij))
+    logger.info(
+        "init: completed %d canonical pixels without depth (%d behind instruments in every training frame, "
+        "%d hidden here but seen elsewhere: their colour from there, %d without a valid prior) from the "
+        "surrounding tissue: %d Gaussians",
+        int(ok.sum()),
+        n_unseen,
+        int(reached.sum()),
+        int((gap_depth & valid).sum()),
+        len(ij),
+    )
     return means, logits, cols, zz
 
 
@@ -448,7 +492,9 @@ def _first_per_value(values: Tensor) -> tuple[Tensor, Tensor]:
     return uniq, first
 
 
-def _fit_motion_to_tracks(fg: GaussianParams, bases: MotionBases, pts: Tensor, valid: Tensor, conf: Tensor, cfg: InitConfig) -> None:
+def _fit_motion_to_tracks(
+    fg: GaussianParams, bases: MotionBases, pts: Tensor, valid: Tensor, conf: Tensor, cfg: InitConfig
+) -> None:
     """Refine bases, weights and canonical means so the blended motion follows the lifted tracks."""
     if cfg.init_fit_steps <= 0:
         return
@@ -473,8 +519,10 @@ def _fit_motion_to_tracks(fg: GaussianParams, bases: MotionBases, pts: Tensor, v
 
 def _init_background(seq, cfg: InitConfig, generator: torch.Generator | None) -> GaussianParams | None:
     if bool(((seq.fg_masks[seq.train_ids] > 0.5) | ~seq.valid_masks[seq.train_ids]).all()):
-        logger.info("init: every valid pixel is foreground (e.g. deforming tissue under a static endoscope): "
-                    "no background Gaussians; every Gaussian moves on the motion bases")
+        logger.info(
+            "init: every valid pixel is foreground (e.g. deforming tissue under a static endoscope): "
+            "no background Gaussians; every Gaussian moves on the motion bases"
+        )
         return None
     if cfg.num_bg <= 0:
         return None

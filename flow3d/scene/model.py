@@ -148,8 +148,17 @@ class SceneModel(nn.Module):
                 quats = torch.cat([quats, self.bg.get_quats()])
             if depth_only:  # "ED": the colours are not composited (nor their background)
                 colors, alpha, meta = rasterization(
-                    means, quats, scales, opacities, static_colors,
-                    w2cs[b : b + 1], Ks_gs[b : b + 1], W, H, render_mode="ED", backend=backend,
+                    means,
+                    quats,
+                    scales,
+                    opacities,
+                    static_colors,
+                    w2cs[b : b + 1],
+                    Ks_gs[b : b + 1],
+                    W,
+                    H,
+                    render_mode="ED",
+                    backend=backend,
                 )
                 depths.append(colors)
                 alphas.append(alpha)
@@ -157,15 +166,24 @@ class SceneModel(nn.Module):
                 radii.append(meta["radii"])
                 continue
             colors, alpha, meta = rasterization(
-                means, quats, scales, opacities, static_colors,
-                w2cs[b : b + 1], Ks_gs[b : b + 1], W, H,
-                backgrounds=backgrounds, render_mode="RGB+ED", backend=backend,
+                means,
+                quats,
+                scales,
+                opacities,
+                static_colors,
+                w2cs[b : b + 1],
+                Ks_gs[b : b + 1],
+                W,
+                H,
+                backgrounds=backgrounds,
+                render_mode="RGB+ED",
+                backend=backend,
             )
             imgs.append(colors[..., :3])
             fgs.append(colors[..., 3:4])
             if target_ts is not None:
                 tracks.append(colors[..., 4:D].reshape(1, H, W, -1, 3))
-            depths.append(colors[..., D:D + 1])
+            depths.append(colors[..., D : D + 1])
             alphas.append(alpha)
             means2d.append(meta["means2d"])
             radii.append(meta["radii"])

@@ -126,7 +126,9 @@ def read_splat_ply(path: str | Path) -> Splats:
     try:
         vertex = PlyData.read(str(path))["vertex"]
     except (OSError, ValueError, KeyError, IndexError, PlyParseError) as e:
-        raise ValueError(f"{path} is not a readable PLY file with a 'vertex' element ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"{path} is not a readable PLY file with a 'vertex' element ({type(e).__name__}: {e})"
+        ) from None
     names = set(vertex.data.dtype.names or ())
     missing = [p for p in SPLAT_PROPERTIES if p not in names and not p.startswith("n")]
     if missing:
@@ -158,7 +160,9 @@ def write_point_ply(path: str | Path, xyz: Tensor, rgb: Tensor) -> int:
         logger.warning("%s: left out %d of %d points with non-finite coordinates", path, int((~ok).sum()), len(xyz))
         xyz, rgb = xyz[ok], rgb[ok]
     rgb8 = (torch.nan_to_num(rgb).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-    vertex = np.empty(len(xyz), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    vertex = np.empty(
+        len(xyz), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    )
     for i, k in enumerate("xyz"):
         vertex[k] = xyz[:, i].numpy()
     for i, k in enumerate(("red", "green", "blue")):

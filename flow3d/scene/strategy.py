@@ -82,7 +82,9 @@ def update_param_with_optimizer(
         st = opt.state.pop(old, None)
         opt.param_groups[0]["params"] = [new]
         if st:
-            opt.state[new] = {k: (state_fn(name, v) if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in st.items()}
+            opt.state[new] = {
+                k: (state_fn(name, v) if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in st.items()
+            }
 
 
 def centre_on_ignored(means2d: Tensor, valid: Tensor) -> Tensor:
@@ -199,7 +201,9 @@ class DensifyStrategy:
 
     def _duplicate(self, group: GaussianParams, name: str, optimizers, sel: Tensor) -> None:
         update_param_with_optimizer(
-            group, name, optimizers,
+            group,
+            name,
+            optimizers,
             lambda _, p: torch.cat([p, p[sel]]),
             lambda _, v: torch.cat([v, v.new_zeros((int(sel.sum()), *v.shape[1:]))]),
         )
@@ -208,7 +212,9 @@ class DensifyStrategy:
         """Each selected Gaussian becomes two, sampled from it, with scales / 1.6."""
         scales = group.get_scales()[sel]
         R = roma.unitquat_to_rotmat(quat_wxyz_to_xyzw(group.get_quats()[sel]))
-        offsets = torch.einsum("nij,snj->sni", R, scales * torch.randn(2, *scales.shape, dtype=scales.dtype, device=scales.device))
+        offsets = torch.einsum(
+            "nij,snj->sni", R, scales * torch.randn(2, *scales.shape, dtype=scales.dtype, device=scales.device)
+        )
         rest = ~sel
         n = int(sel.sum())
 
@@ -222,7 +228,10 @@ class DensifyStrategy:
             return torch.cat([p[rest], new])
 
         update_param_with_optimizer(
-            group, name, optimizers, param_fn,
+            group,
+            name,
+            optimizers,
+            param_fn,
             lambda _, v: torch.cat([v[rest], v.new_zeros((2 * n, *v.shape[1:]))]),
         )
 
@@ -233,7 +242,9 @@ class DensifyStrategy:
             if group is None:
                 continue
             update_param_with_optimizer(
-                group, name, optimizers,
+                group,
+                name,
+                optimizers,
                 lambda pn, p: p.clamp_max(ceiling) if pn == "opacities" else p,
                 lambda pn, v: torch.zeros_like(v) if pn == "opacities" else v,
             )

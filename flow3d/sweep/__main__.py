@@ -61,8 +61,9 @@ def _dry_run(spec, out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = tyro.cli(SweepArgs, args=sys.argv[1:] if argv is None else argv, description=__doc__,
-                    prog="python -m flow3d.sweep")
+    args = tyro.cli(
+        SweepArgs, args=sys.argv[1:] if argv is None else argv, description=__doc__, prog="python -m flow3d.sweep"
+    )
     setup_logging()
     from flow3d.cli import describe
     from flow3d.sweep import load_spec, run_sweep
@@ -77,8 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             _dry_run(spec, args.out_dir)
             return 0
-        rows = run_sweep(spec, args.out_dir, args.cpus_per_trial, args.gpus_per_trial, args.address, args.num_cpus,
-                         on_result=lambda line: print(line, flush=True))
+        rows = run_sweep(
+            spec,
+            args.out_dir,
+            args.cpus_per_trial,
+            args.gpus_per_trial,
+            args.address,
+            args.num_cpus,
+            on_result=lambda line: print(line, flush=True),
+        )
     except (ValueError, RuntimeError, OSError) as e:
         raise SystemExit(f"error: {describe(e)}") from None
     except KeyboardInterrupt:
@@ -86,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     failed = [r for r in rows if r["status"] == "failed"]
     skipped = sum(r["status"] == "skipped" for r in rows)
-    print(f"{len(rows)} trials: {len(rows) - len(failed)} finished ({skipped} skipped as finished before), "
-          f"{len(failed)} failed. Results: {args.out_dir / 'results.csv'}, {args.out_dir / 'summary.md'}")
+    print(
+        f"{len(rows)} trials: {len(rows) - len(failed)} finished ({skipped} skipped as finished before), "
+        f"{len(failed)} failed. Results: {args.out_dir / 'results.csv'}, {args.out_dir / 'summary.md'}"
+    )
     for r in failed:
         print(f"FAILED {r['run']} / {r['data']} / seed {r['seed']}: {r['error']} (log: {r['log']})")
     return 1 if failed else 0

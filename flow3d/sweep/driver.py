@@ -25,7 +25,7 @@ logger = get_logger(__name__)
 
 INSTALL_HINT = 'pip install -e ".[sweep]"'
 #: object store of a local Ray instance: trials exchange only small dicts
-LOCAL_OBJECT_STORE_BYTES = 128 * 1024 ** 2
+LOCAL_OBJECT_STORE_BYTES = 128 * 1024**2
 
 
 def import_ray():
@@ -78,7 +78,9 @@ def format_progress(i: int, n: int, row: dict) -> str:
     return f"{head} " + ", ".join(parts)
 
 
-def _run_on_ray(todo: list[Trial], cpus_per_trial: float, gpus_per_trial: float, report: Callable[[dict], None]) -> None:
+def _run_on_ray(
+    todo: list[Trial], cpus_per_trial: float, gpus_per_trial: float, report: Callable[[dict], None]
+) -> None:
     ray = import_ray()
     _check_resources(ray, cpus_per_trial, gpus_per_trial)
     remote = ray.remote(run_trial).options(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=1)
@@ -91,7 +93,11 @@ def _run_on_ray(todo: list[Trial], cpus_per_trial: float, gpus_per_trial: float,
             try:
                 row = ray.get(done[0])
             except Exception as e:  # noqa: BLE001 - a lost worker or node: report the trial, keep going
-                row = {**result_row(trial), "status": "failed", "error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}"}
+                row = {
+                    **result_row(trial),
+                    "status": "failed",
+                    "error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}",
+                }
             report(row)
     finally:
         for ref in pending:  # interrupted: stop the remaining trials (their children die with them)
@@ -115,7 +121,9 @@ def run_sweep(
     shut down again unless it was already initialised by the caller.
     """
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
-        raise ValueError(f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got {cpus_per_trial}, {gpus_per_trial}")
+        raise ValueError(
+            f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got {cpus_per_trial}, {gpus_per_trial}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trials = spec.trials(out)

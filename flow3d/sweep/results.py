@@ -25,8 +25,12 @@ _LOWER = ("abs_rel", "rmse", "lpips", "temporal_consistency", "epe", "s_per_step
 _HIGHER = ("psnr", "ssim", "delta1", "ordinal_acc", "within", "delta_avg", "pck")
 #: rows that score the depth prior / the ground truth itself, shown under the runs: name -> column -> metric
 REFERENCE_ROWS = {
-    "prior (reference)": {"depth_abs_rel": "prior_abs_rel", "depth_rmse": "prior_rmse", "depth_delta1": "prior_delta1",
-                          "depth_abs_rel_scale_shift": "prior_abs_rel_scale_shift"},
+    "prior (reference)": {
+        "depth_abs_rel": "prior_abs_rel",
+        "depth_rmse": "prior_rmse",
+        "depth_delta1": "prior_delta1",
+        "depth_abs_rel_scale_shift": "prior_abs_rel_scale_shift",
+    },
     "gt (reference)": {"temporal_consistency": "temporal_consistency_gt"},
 }
 
@@ -104,8 +108,12 @@ def summarize(rows: Sequence[dict], metrics: Sequence[str]) -> dict[tuple[str, s
     for data in dict.fromkeys(d for d, _ in groups):
         done = [r for r in rows if r["data"] == data and r["status"] in FINISHED]
         for ref, cols in REFERENCE_ROWS.items():
-            ref_stats = {m: stats([v for r in done if (v := value_of(r, cols[m])) is not None]) if m in cols
-                         else (None, None, 0, []) for m in metrics}
+            ref_stats = {
+                m: stats([v for r in done if (v := value_of(r, cols[m])) is not None])
+                if m in cols
+                else (None, None, 0, [])
+                for m in metrics
+            }
             if any(s[2] for s in ref_stats.values()):
                 out[(data, ref)] = ref_stats
     return out
@@ -123,10 +131,14 @@ def format_summary(rows: Sequence[dict], metrics: Sequence[str], title: str = "S
     table = summarize(rows, metrics)
     n_failed = sum(r["status"] not in FINISHED for r in rows)
     arrows = {"lower": " ↓", "higher": " ↑", None: ""}
-    lines = [f"# {title}", "",
-             f"{len(rows)} trials, {len(rows) - n_failed} finished, {n_failed} failed. Each cell is the mean ± "
-             "the sample standard deviation over the seeds that finished (n in the `seeds` column); the best "
-             "mean of each column is in bold (↑ higher is better, ↓ lower)." + (f" {note}" if note else ""), ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(rows)} trials, {len(rows) - n_failed} finished, {n_failed} failed. Each cell is the mean ± "
+        "the sample standard deviation over the seeds that finished (n in the `seeds` column); the best "
+        "mean of each column is in bold (↑ higher is better, ↓ lower)." + (f" {note}" if note else ""),
+        "",
+    ]
     for data in dict.fromkeys(r["data"] for r in rows):
         runs = [run for (d, run) in table if d == data]
         best = {}
@@ -136,8 +148,12 @@ def format_summary(rows: Sequence[dict], metrics: Sequence[str], title: str = "S
             means = [v for v in means if v is not None]
             if direction and means:
                 best[m] = min(means) if direction == "lower" else max(means)
-        lines += [f"## {data}", "", "| run | seeds | " + " | ".join(m + arrows[metric_direction(m)] for m in metrics) + " |",
-                  "|---" * (len(metrics) + 2) + "|"]
+        lines += [
+            f"## {data}",
+            "",
+            "| run | seeds | " + " | ".join(m + arrows[metric_direction(m)] for m in metrics) + " |",
+            "|---" * (len(metrics) + 2) + "|",
+        ]
         for run in runs:
             cells = []
             for m in metrics:
@@ -151,8 +167,10 @@ def format_summary(rows: Sequence[dict], metrics: Sequence[str], title: str = "S
     failed = [r for r in rows if r["status"] not in FINISHED]
     if failed:
         lines += ["## Failed trials", ""]
-        lines += [f"- {r['run']} / {r['data']} / seed {r['seed']}: {r.get('error') or r['status']} (log: {r['log']})"
-                  for r in failed]
+        lines += [
+            f"- {r['run']} / {r['data']} / seed {r['seed']}: {r.get('error') or r['status']} (log: {r['log']})"
+            for r in failed
+        ]
         lines.append("")
     return "\n".join(lines)
 
@@ -189,11 +207,17 @@ def plot_summary(rows: Sequence[dict], metrics: Sequence[str], path: str | Path)
             ax.plot([x + 0.15] * n, vals, ".", ms=5, color="0.35")
         ax.set_xlim(-0.6, len(keys) - 0.4)
         ax.set_xticks(range(len(keys)))
-        ax.set_xticklabels([f"{run}\n{data}" if len({d for d, _ in keys}) > 1 else run for data, run in keys],
-                           rotation=45, ha="right", fontsize=7)
+        ax.set_xticklabels(
+            [f"{run}\n{data}" if len({d for d, _ in keys}) > 1 else run for data, run in keys],
+            rotation=45,
+            ha="right",
+            fontsize=7,
+        )
         ax.grid(axis="y", alpha=0.3)
-        ax.set_title(m + {"lower": " (lower is better)", "higher": " (higher is better)", None: ""}[metric_direction(m)],
-                     fontsize=9)
+        ax.set_title(
+            m + {"lower": " (lower is better)", "higher": " (higher is better)", None: ""}[metric_direction(m)],
+            fontsize=9,
+        )
     fig.suptitle("mean ± std over seeds (grey dots: the seeds)", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -205,8 +229,10 @@ def plot_summary(rows: Sequence[dict], metrics: Sequence[str], path: str | Path)
 def write_all(rows: Sequence[dict], metrics: Sequence[str], out_dir: str | Path, note: str = "") -> dict[str, Path]:
     """results.csv, summary.md and summary.png in ``out_dir``."""
     out = Path(out_dir)
-    files = {"results": write_results_csv(rows, out / "results.csv"),
-             "summary": write_summary(rows, metrics, out / "summary.md", note=note)}
+    files = {
+        "results": write_results_csv(rows, out / "results.csv"),
+        "summary": write_summary(rows, metrics, out / "summary.md", note=note),
+    }
     plot = plot_summary(rows, metrics, out / "summary.png")
     if plot is not None:
         files["plot"] = plot

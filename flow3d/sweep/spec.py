@@ -95,6 +95,7 @@ class SweepSpec:
 
     def select(self, runs=None, data=None, seeds=None, max_steps=None) -> "SweepSpec":
         """A copy restricted to some runs / data / seeds, or with another step count (names must exist)."""
+
         def pick(table: dict, names, what: str) -> dict:
             if not names:
                 return dict(table)
@@ -104,9 +105,13 @@ class SweepSpec:
             return {n: table[n] for n in names}
 
         return SweepSpec(
-            runs=pick(self.runs, runs, "runs"), data=pick(self.data, data, "data"),
-            seeds=list(seeds) if seeds else list(self.seeds), max_steps=max_steps or self.max_steps,
-            train_args=list(self.train_args), val_args=list(self.val_args), metrics=list(self.metrics),
+            runs=pick(self.runs, runs, "runs"),
+            data=pick(self.data, data, "data"),
+            seeds=list(seeds) if seeds else list(self.seeds),
+            max_steps=max_steps or self.max_steps,
+            train_args=list(self.train_args),
+            val_args=list(self.val_args),
+            metrics=list(self.metrics),
             source=self.source,
         )
 
@@ -118,8 +123,17 @@ class SweepSpec:
             for run, run_args in self.runs.items():
                 for data, data_args in self.data.items():
                     work = out / run / data / f"seed{seed}"
-                    train = [*self.train_args, *run_args, "--seed", str(seed), "--max-steps", str(self.max_steps),
-                             "--work-dir", str(work), *data_args]
+                    train = [
+                        *self.train_args,
+                        *run_args,
+                        "--seed",
+                        str(seed),
+                        "--max-steps",
+                        str(self.max_steps),
+                        "--work-dir",
+                        str(work),
+                        *data_args,
+                    ]
                     val = ["--work-dir", str(work), "--model", "last", "--data.is-train", "False", *self.val_args]
                     trials.append(Trial(run, data, seed, self.max_steps, work, tuple(train), tuple(val)))
         return trials
@@ -185,7 +199,11 @@ def parse_spec(doc: Any, source: str = "<spec>") -> SweepSpec:
     _reject_flags(train_args, SWEEP_TRAIN_FLAGS, f"{source}: train_args")
     _reject_flags(val_args, SWEEP_VAL_FLAGS, f"{source}: val_args")
     seeds = doc["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise ValueError(f"{source}: seeds: expected a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"{source}: seeds: {seeds} repeats a seed")

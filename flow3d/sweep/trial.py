@@ -101,7 +101,7 @@ def last_error_line(log_path: Path, max_bytes: int = 65536) -> str:
             text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    text = text[max(0, text.rfind("\n=== ")):]  # the last stage's output (from its header line on)
+    text = text[max(0, text.rfind("\n=== ")) :]  # the last stage's output (from its header line on)
     lines = [ln.strip() for ln in re.split(r"[\r\n]+", text) if ln.strip() and not ln.startswith("=== ")]
     for i in range(len(lines) - 1, -1, -1):
         if _ERROR_LINE.match(lines[i]):
@@ -115,6 +115,7 @@ def last_error_line(log_path: Path, max_bytes: int = 65536) -> str:
                 body.append(inner)
             return f"{lines[i].strip('╭─╮ ')}: {' '.join(body)}"
     return lines[-1] if lines else ""
+
 
 # ---------------------------------------------------------------------------------------------- running
 
@@ -134,16 +135,26 @@ def child_env(cpus: float) -> dict[str, str]:
     return env
 
 
-def _run_stage(trial: Trial, status: dict, stage: str, module: str, argv: tuple[str, ...],
-               env: dict[str, str], cwd: str) -> int:
+def _run_stage(
+    trial: Trial, status: dict, stage: str, module: str, argv: tuple[str, ...], env: dict[str, str], cwd: str
+) -> int:
     """Run one CLI as a child process, its output appended to the trial log; returns its exit code."""
     cmd = [*module_command(module), *argv]
     with open(trial.log_path, "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {stage} (attempt {status['attempts']}, "
-                  f"{socket.gethostname()}): {' '.join(cmd)}\n".encode())
+        log.write(
+            f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {stage} (attempt {status['attempts']}, "
+            f"{socket.gethostname()}): {' '.join(cmd)}\n".encode()
+        )
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=cwd, preexec_fn=_die_with_parent if _LIBC is not None else None)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            preexec_fn=_die_with_parent if _LIBC is not None else None,
+        )
         write_status(trial, {**status, "stage": stage, "pid": proc.pid})
         try:
             return proc.wait()
@@ -199,10 +210,18 @@ def run_trial(trial: Trial, cpus: float = 1.0, cwd: Optional[str] = None) -> dic
         return {**result_row(trial), "status": "failed", "error": conflict_message(trial)}
     old = read_status(trial) or {}
     status = {
-        "status": "running", "args": trial.args_record, "attempts": int(old.get("attempts", 0)) + 1,
-        "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": None, "pid": None,
-        "trial_seconds": float(old.get("trial_seconds") or 0.0), "s_per_step": old.get("s_per_step"),
-        "log": str(trial.log_path), "error": None, "returncode": None,
+        "status": "running",
+        "args": trial.args_record,
+        "attempts": int(old.get("attempts", 0)) + 1,
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "stage": None,
+        "pid": None,
+        "trial_seconds": float(old.get("trial_seconds") or 0.0),
+        "s_per_step": old.get("s_per_step"),
+        "log": str(trial.log_path),
+        "error": None,
+        "returncode": None,
     }
     write_status(trial, status)
     t0 = time.perf_counter()
@@ -217,8 +236,12 @@ def run_trial(trial: Trial, cpus: float = 1.0, cwd: Optional[str] = None) -> dic
                 status["s_per_step"] = _seconds_per_step(trial)
             if code != 0:
                 error = last_error_line(trial.log_path) or _failed_message(code, stage)
-                status.update(status="failed", stage=stage, returncode=code,
-                              error=f"{_failed_message(code, stage)}: {error}" if code < 0 else error)
+                status.update(
+                    status="failed",
+                    stage=stage,
+                    returncode=code,
+                    error=f"{_failed_message(code, stage)}: {error}" if code < 0 else error,
+                )
                 break
         else:
             if not trial.metrics_path.is_file():
@@ -255,8 +278,14 @@ def result_row(trial: Trial, skipped: bool = False) -> dict[str, Any]:
     if metrics:  # run_val.py swaps its folder in only once everything is written: metrics mean done
         state = "skipped" if skipped else "done"
     return {
-        "run": trial.run, "data": trial.data, "seed": trial.seed, "status": state,
-        "trial_seconds": status.get("trial_seconds"), "s_per_step": status.get("s_per_step"),
-        "metrics": metrics, "work_dir": str(trial.work_dir), "log": str(trial.log_path),
+        "run": trial.run,
+        "data": trial.data,
+        "seed": trial.seed,
+        "status": state,
+        "trial_seconds": status.get("trial_seconds"),
+        "s_per_step": status.get("s_per_step"),
+        "metrics": metrics,
+        "work_dir": str(trial.work_dir),
+        "log": str(trial.log_path),
         "error": status.get("error") if state == "failed" else None,
     }

@@ -58,8 +58,14 @@ class UsableTracks:
         return cls(mask=mask, per_frame=[torch.nonzero(mask[:, t])[:, 0] for t in range(mask.shape[1])])
 
 
-def sample_batch(seq, batch_size: int, num_targets: int, num_track_samples: int, generator: torch.Generator,
-                 usable: UsableTracks | None = None) -> Batch:
+def sample_batch(
+    seq,
+    batch_size: int,
+    num_targets: int,
+    num_track_samples: int,
+    generator: torch.Generator,
+    usable: UsableTracks | None = None,
+) -> Batch:
     """Frames and targets are drawn from the training split; track points are the tracks visible in each
     frame (all query frames' tracks count), sampled without replacement where there are enough.
 
@@ -93,11 +99,23 @@ def sample_batch(seq, batch_size: int, num_targets: int, num_track_samples: int,
     dvalid = bilinear_sample(seq.prior_valid[target_ts][:, None].float(), xy_t)[..., 0] > 0.999
     unflat = lambda x: x.reshape(Bt, len(ts), P).permute(1, 2, 0)  # noqa: E731
     return Batch(
-        ts=ts, w2cs=seq.w2cs[ts], Ks=seq.Ks[ts], imgs=seq.images[ts], fg_masks=seq.fg_masks[ts],
-        valid_masks=seq.valid_masks[ts], prior_disp=seq.prior_disp[ts], prior_valid=seq.prior_valid[ts],
-        target_ts=target_ts, target_w2cs=seq.w2cs[target_ts], target_Ks=seq.Ks[target_ts],
-        query_xy=query_xy, query_valid=query_valid, target_xy=target_xy, target_weight=weight,
-        target_prior_disp=unflat(disp), target_prior_valid=unflat(dvalid),
+        ts=ts,
+        w2cs=seq.w2cs[ts],
+        Ks=seq.Ks[ts],
+        imgs=seq.images[ts],
+        fg_masks=seq.fg_masks[ts],
+        valid_masks=seq.valid_masks[ts],
+        prior_disp=seq.prior_disp[ts],
+        prior_valid=seq.prior_valid[ts],
+        target_ts=target_ts,
+        target_w2cs=seq.w2cs[target_ts],
+        target_Ks=seq.Ks[target_ts],
+        query_xy=query_xy,
+        query_valid=query_valid,
+        target_xy=target_xy,
+        target_weight=weight,
+        target_prior_disp=unflat(disp),
+        target_prior_valid=unflat(dvalid),
     )
 
 

@@ -35,7 +35,7 @@ def region_mask(fg_mask: Tensor, region: str) -> Tensor | None:
 
 
 def _values_at(img: Tensor, xy: Tensor) -> Tensor:
-    """img (H, W) at integer pixels xy (P, 2) long (moved to the image's device)."""
+    """Img (H, W) at integer pixels xy (P, 2) long (moved to the image's device)."""
     xy = xy.to(img.device)
     return img[xy[:, 1], xy[:, 0]]
 
@@ -43,8 +43,12 @@ def _values_at(img: Tensor, xy: Tensor) -> Tensor:
 def _note_empty(ctx: StepContext, term: str, t: int) -> None:
     if (term, t) not in ctx.reported:
         ctx.reported.add((term, t))
-        logger.warning("%s: frame %d has no valid pixel pairs (no fb-consistent pixels with a reliable prior "
-                       "order in the region); it is skipped", term, t)
+        logger.warning(
+            "%s: frame %d has no valid pixel pairs (no fb-consistent pixels with a reliable prior "
+            "order in the region); it is skipped",
+            term,
+            t,
+        )
 
 
 def _drop_pairs_landing_on_ignored(pairs, next_valid: Tensor | None):
@@ -67,9 +71,16 @@ def hinge_ordinal_term(ctx: StepContext) -> Tensor:
             continue
         valid = nf.valid & b.prior_valid[i].cpu() & b.valid_masks[i].cpu()
         pairs = sample_pixel_pairs(
-            valid, cfg.num_pairs, strategy=cfg.strategy, radius=cfg.local_radius,
-            region=region_mask(b.fg_masks[i].cpu(), cfg.region), prior=b.prior_disp[i].cpu(), prior_kind="disparity",
-            min_rel_diff=cfg.min_rel_diff, flow=nf.flow, generator=ctx.generator,
+            valid,
+            cfg.num_pairs,
+            strategy=cfg.strategy,
+            radius=cfg.local_radius,
+            region=region_mask(b.fg_masks[i].cpu(), cfg.region),
+            prior=b.prior_disp[i].cpu(),
+            prior_kind="disparity",
+            min_rel_diff=cfg.min_rel_diff,
+            flow=nf.flow,
+            generator=ctx.generator,
         )
         pairs = _drop_pairs_landing_on_ignored(pairs, nf.next_valid)
         if len(pairs) == 0:
@@ -86,8 +97,9 @@ def hinge_ordinal_term(ctx: StepContext) -> Tensor:
         order.append(o.to(device=d_next.device, dtype=torch.int8))
     if not pa:
         return next_out.depth.sum() * 0.0
-    return L.hinge_ordinal_loss(torch.cat(pa), torch.cat(pb), torch.cat(order),
-                                margin=cfg.hinge_margin, normalize=cfg.hinge_normalize)
+    return L.hinge_ordinal_loss(
+        torch.cat(pa), torch.cat(pb), torch.cat(order), margin=cfg.hinge_margin, normalize=cfg.hinge_normalize
+    )
 
 
 def modgs_ordinal_term(ctx: StepContext) -> Tensor:
@@ -102,7 +114,10 @@ def modgs_ordinal_term(ctx: StepContext) -> Tensor:
             allowed = allowed & region
         n = int(allowed.sum())
         pairs = sample_pixel_pairs(
-            allowed, min(n, cfg.modgs_num_pairs), strategy=cfg.strategy, radius=cfg.local_radius,
+            allowed,
+            min(n, cfg.modgs_num_pairs),
+            strategy=cfg.strategy,
+            radius=cfg.local_radius,
             generator=ctx.generator,
         )
         if len(pairs) == 0:
@@ -111,12 +126,19 @@ def modgs_ordinal_term(ctx: StepContext) -> Tensor:
         d = ctx.out.depth[i, ..., 0]
         prior_depth, _ = disp_to_depth(b.prior_disp[i], b.prior_valid[i])
         allowed_depth = prior_depth[allowed.to(prior_depth.device)]
-        vals.append(L.modgs_ordinal_loss(
-            _values_at(d, pairs.xy_a), _values_at(d, pairs.xy_b),
-            _values_at(prior_depth, pairs.xy_a), _values_at(prior_depth, pairs.xy_b),
-            prior_kind="depth", pred_kind="depth", alpha=cfg.modgs_alpha, min_gap_frac=cfg.modgs_min_gap_frac,
-            prior_range=allowed_depth.max() - allowed_depth.min(),
-        ))
+        vals.append(
+            L.modgs_ordinal_loss(
+                _values_at(d, pairs.xy_a),
+                _values_at(d, pairs.xy_b),
+                _values_at(prior_depth, pairs.xy_a),
+                _values_at(prior_depth, pairs.xy_b),
+                prior_kind="depth",
+                pred_kind="depth",
+                alpha=cfg.modgs_alpha,
+                min_gap_frac=cfg.modgs_min_gap_frac,
+                prior_range=allowed_depth.max() - allowed_depth.min(),
+            )
+        )
     if not vals:
         return ctx.out.depth.sum() * 0.0
     return torch.stack(vals).mean()
@@ -125,32 +147,45 @@ def modgs_ordinal_term(ctx: StepContext) -> Tensor:
 def pearson_term(ctx: StepContext) -> Tensor:
     cfg = ctx.cfg.order
     patch = cfg.pearson_patch_size if cfg.pearson_patch_size > 0 else None
-    return L.pearson_depth_loss(ctx.pred_disp(), ctx.batch.prior_disp, ctx.depth_mask(), patch_size=patch,
-                                num_patches=cfg.pearson_num_patches, generator=ctx.generator)
+    return L.pearson_depth_loss(
+        ctx.pred_disp(),
+        ctx.batch.prior_disp,
+        ctx.depth_mask(),
+        patch_size=patch,
+        num_patches=cfg.pearson_num_patches,
+        generator=ctx.generator,
+    )
 
 
 def depth_consistency_term(ctx: StepContext) -> Tensor:
     b = ctx.batch
     flows = ctx.neighbor_flows or {}
-    conf = torch.stack([
-        flows[t].conf.to(b.prior_disp) if t in flows else torch.ones_like(b.prior_disp[0]) for t in b.ts.tolist()
-    ])[:, None]
+    conf = torch.stack(
+        [flows[t].conf.to(b.prior_disp) if t in flows else torch.ones_like(b.prior_disp[0]) for t in b.ts.tolist()]
+    )[:, None]
     valid = ctx.depth_mask()[:, None]
     d_tgt = torch.where(valid, b.prior_disp[:, None], torch.full_like(b.prior_disp[:, None], float("nan")))
     terms = L.depth_consistency_loss(
-        ctx.pred_disp()[:, None], d_tgt, b.fg_masks[:, None], conf * valid, align=ctx.cfg.order.consistency_align,
+        ctx.pred_disp()[:, None],
+        d_tgt,
+        b.fg_masks[:, None],
+        conf * valid,
+        align=ctx.cfg.order.consistency_align,
     )
     return terms.total
 
 
 def g2_monodepth_term(ctx: StepContext) -> Tensor:
-    total, _ = L.g2_monodepth_loss(ctx.pred_disp()[:, None], ctx.batch.prior_disp[:, None], ctx.depth_mask()[:, None].float())
+    total, _ = L.g2_monodepth_loss(
+        ctx.pred_disp()[:, None], ctx.batch.prior_disp[:, None], ctx.depth_mask()[:, None].float()
+    )
     return total
 
 
 def scale_adaptive_term(ctx: StepContext) -> Tensor:
-    total, _ = L.scale_adaptive_loss(ctx.pred_disp()[:, None], ctx.batch.prior_disp[:, None],
-                                     ctx.depth_mask()[:, None].float(), use_inv_depth=True)
+    total, _ = L.scale_adaptive_loss(
+        ctx.pred_disp()[:, None], ctx.batch.prior_disp[:, None], ctx.depth_mask()[:, None].float(), use_inv_depth=True
+    )
     return total
 
 
@@ -170,7 +205,7 @@ def depth_aware_scale_term(ctx: StepContext) -> Tensor:
         return ctx.out.fg.sum() * 0.0
     # the depth statistic reads only valid prior pixels (NaN elsewhere, also on ignored pixels)
     disp = torch.where(b.prior_valid, b.prior_disp, torch.full_like(b.prior_disp, float("nan")))[:, None]
-    loss, _ = L.depth_aware_scale_loss(ctx.out.fg.permute(0, 3, 1, 2), disp, b.Ks[:, 0, 0], ctx.k_obj,
-                                       depth_mode="inv_depth")
+    loss, _ = L.depth_aware_scale_loss(
+        ctx.out.fg.permute(0, 3, 1, 2), disp, b.Ks[:, 0, 0], ctx.k_obj, depth_mode="inv_depth"
+    )
     return loss
-

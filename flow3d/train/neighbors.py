@@ -25,7 +25,7 @@ logger = get_logger(__name__)
 
 
 def neighbor_map(train_ids: Tensor, stride: int) -> dict[int, int]:
-    """frame -> its neighbour frame, both in the training split."""
+    """Frame -> its neighbour frame, both in the training split."""
     ids = train_ids.tolist()
     n = len(ids)
     out = {}
@@ -66,6 +66,10 @@ def prepare_neighbor_flows(seq, cfg: DepthOrderConfig, work_dir: Path) -> dict[i
         )
         kept.append(float(res.valid.mean()))
     if kept:
-        logger.info("neighbour flows: %d pairs, fb-consistent pixels %.1f%% on average (min %.1f%%)",
-                    len(kept), 100 * np.mean(kept), 100 * np.min(kept))
+        logger.info(
+            "neighbour flows: %d pairs, fb-consistent pixels %.1f%% on average (min %.1f%%)",
+            len(kept),
+            100 * np.mean(kept),
+            100 * np.min(kept),
+        )
     return out

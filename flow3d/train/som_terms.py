@@ -29,8 +29,9 @@ def depth_reg_term(ctx: StepContext) -> Tensor:
 
 
 def depth_grad_term(ctx: StepContext) -> Tensor:
-    return L.disparity_gradient_loss(ctx.pred_disp(), ctx.batch.prior_disp, ctx.depth_mask(),
-                                     quantile=ctx.cfg.depth_grad_trim_quantile)
+    return L.disparity_gradient_loss(
+        ctx.pred_disp(), ctx.batch.prior_disp, ctx.depth_mask(), quantile=ctx.cfg.depth_grad_trim_quantile
+    )
 
 
 def _tracks_at_queries(ctx: StepContext) -> Tensor:

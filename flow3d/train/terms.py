@@ -91,12 +91,15 @@ def check_weights(loss_cfg, terms: tuple[Term, ...] = TERMS) -> dict[str, float]
     wanted = {t.weight for t in terms}
     missing = sorted(t.name for t in terms if t.weight not in fields)
     if missing:
-        raise ValueError(f"loss terms {missing} have no weight field in {type(loss_cfg).__name__} "
-                         f"(expected {[term(n, terms).weight for n in missing]})")
+        raise ValueError(
+            f"loss terms {missing} have no weight field in {type(loss_cfg).__name__} "
+            f"(expected {[term(n, terms).weight for n in missing]})"
+        )
     unused = sorted(fields - wanted)
     if unused:
-        raise ValueError(f"{type(loss_cfg).__name__} has weight fields {unused} that no loss term reads; terms "
-                         f"are {names}")
+        raise ValueError(
+            f"{type(loss_cfg).__name__} has weight fields {unused} that no loss term reads; terms are {names}"
+        )
     for t in terms:
         bad = sorted(t.needs - set(NEEDS))
         if bad:

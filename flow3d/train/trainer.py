@@ -38,8 +38,15 @@ from tqdm import tqdm
 
 from flow3d.checkpoint import resume_point, save_checkpoint
 from flow3d.config import (
-    TrainConfig, config_history, config_to_dict, data_config_record, describe_changes, flag_name, resume_differences,
-    save_config, validate_config,
+    TrainConfig,
+    config_history,
+    config_to_dict,
+    data_config_record,
+    describe_changes,
+    flag_name,
+    resume_differences,
+    save_config,
+    validate_config,
 )
 from flow3d.data import apply_prior_drift, check_data_config, check_same_content, content_record, estimate_prior_drift
 from flow3d.depth import disp_to_depth
@@ -62,8 +69,14 @@ from flow3d.workdir import WorkDirLock, prepare_work_dir
 logger = get_logger(__name__)
 
 LR_FIELDS = {  # parameter name -> OptimConfig field
-    "means": "lr_means", "quats": "lr_quats", "scales": "lr_scales", "opacities": "lr_opacities",
-    "colors": "lr_colors", "motion_coefs": "lr_motion_coefs", "rots": "lr_bases_rots", "transls": "lr_bases_transls",
+    "means": "lr_means",
+    "quats": "lr_quats",
+    "scales": "lr_scales",
+    "opacities": "lr_opacities",
+    "colors": "lr_colors",
+    "motion_coefs": "lr_motion_coefs",
+    "rots": "lr_bases_rots",
+    "transls": "lr_bases_transls",
 }
 DECAYING = {"means", "rots", "transls"}
 
@@ -135,8 +148,11 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
-            raise Interrupted(signum, f"aborted by a second {signal_name(signum)}; the files on disk are whole: "
-                                      "run the same command again to resume from the last checkpoint")
+            raise Interrupted(
+                signum,
+                f"aborted by a second {signal_name(signum)}; the files on disk are whole: "
+                "run the same command again to resume from the last checkpoint",
+            )
         self.signum = signum
 
     def __exit__(self, *exc) -> None:
@@ -197,21 +213,28 @@ class Trainer:
         self.cam_refine = self.cam_opt = None
         if cfg.optim.refine_cameras:
             self.cam_refine, self.cam_opt = make_camera_refine(
-                self.seq.num_frames, self.seq.train_ids, cfg.optim.lr_cameras, self.device, self._camera_state)
+                self.seq.num_frames, self.seq.train_ids, cfg.optim.lr_cameras, self.device, self._camera_state
+            )
         self.writer = None
         self.reported: set = set()  # (term, frame) pairs already warned about, shared across steps
         if self.finished:  # nothing to train: nothing more is prepared (and no file is written)
             self.neighbor_flows = self.k_obj = None
             return
-        self.neighbor_flows = (prepare_neighbor_flows(self.seq, cfg.losses.order, self.work_dir)
-                               if "flow" in self.needs else None)
+        self.neighbor_flows = (
+            prepare_neighbor_flows(self.seq, cfg.losses.order, self.work_dir) if "flow" in self.needs else None
+        )
         if self.neighbor_flows is not None and not self.neighbor_flows:
             flow_terms = sorted(t.name for t in self.terms if "flow" in needs_of((t,)))
             stride = cfg.losses.order.neighbor_stride
             logger.warning(
                 "%s %d: no training frame has a neighbour (%d training frames), so %s get no pixel pairs and do "
-                "nothing in this run; use a stride below %d", flag_name("losses.order.neighbor_stride"), stride,
-                len(self.seq.train_ids), ", ".join(flow_terms) or "the flow terms", max(len(self.seq.train_ids), 2))
+                "nothing in this run; use a stride below %d",
+                flag_name("losses.order.neighbor_stride"),
+                stride,
+                len(self.seq.train_ids),
+                ", ".join(flow_terms) or "the flow terms",
+                max(len(self.seq.train_ids), 2),
+            )
         self.k_obj = depth_order.calibrate_k_obj(self.seq) if "k_obj" in self.needs else None
 
     def _check_resume_config(self, path: Path, payload: dict) -> list:
@@ -222,11 +245,16 @@ class Trainer:
         safe changes (:data:`flow3d.config.RESUME_SAFE`) are logged."""
         cfg, step = self.cfg, int(payload["step"])
         cfg_path = self.work_dir / "cfg.yaml"
-        history = list(payload["config_history"]) if isinstance(payload.get("config_history"), list) else config_history(cfg_path)
+        history = (
+            list(payload["config_history"])
+            if isinstance(payload.get("config_history"), list)
+            else config_history(cfg_path)
+        )
         if cfg.max_steps < step:
             raise ValueError(
                 f"--max-steps {cfg.max_steps} is below the step of {path} ({step}): a training never goes back; "
-                f"give --max-steps {step} or more to continue it, or another --work-dir for a new training")
+                f"give --max-steps {step} or more to continue it, or another --work-dir for a new training"
+            )
         old = payload.get("config")
         if not isinstance(old, dict):
             import yaml
@@ -236,8 +264,12 @@ class Trainer:
             except (OSError, yaml.YAMLError, UnicodeDecodeError):
                 old = None
             if not isinstance(old, dict):
-                logger.warning("%s records no options and %s cannot be read: the options of this command are not "
-                               "compared with the checkpoint's", path, cfg_path)
+                logger.warning(
+                    "%s records no options and %s cannot be read: the options of this command are not "
+                    "compared with the checkpoint's",
+                    path,
+                    cfg_path,
+                )
                 return history
         guarded, safe = resume_differences(old, cfg)
         if guarded and not cfg.resume_with_changes:
@@ -245,15 +277,27 @@ class Trainer:
                 f"{path} (step {step}) was trained with other options than this command's (checkpoint -> now): "
                 f"{describe_changes(guarded)}. "
                 f"Give another --work-dir for a new training with these options, or add --resume-with-changes to "
-                f"continue this one with them (recorded in the history of {cfg_path})")
+                f"continue this one with them (recorded in the history of {cfg_path})"
+            )
         if safe:
-            logger.info("resuming with changed options that are safe to change (checkpoint -> now): %s",
-                        describe_changes(safe))
+            logger.info(
+                "resuming with changed options that are safe to change (checkpoint -> now): %s", describe_changes(safe)
+            )
         if guarded:
-            logger.warning("--resume-with-changes: continuing %s (step %d) with changed options: %s (recorded in %s)",
-                           path, step, describe_changes(guarded), cfg_path)
-            history.append({"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                            "changed": {flag_name(n): {"from": o, "to": v} for n, o, v in guarded + safe}})
+            logger.warning(
+                "--resume-with-changes: continuing %s (step %d) with changed options: %s (recorded in %s)",
+                path,
+                step,
+                describe_changes(guarded),
+                cfg_path,
+            )
+            history.append(
+                {
+                    "step": step,
+                    "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "changed": {flag_name(n): {"from": o, "to": v} for n, o, v in guarded + safe},
+                }
+            )
         return history
 
     def _is_finished(self, step: int) -> bool:
@@ -310,9 +354,11 @@ class Trainer:
         except (KeyError, TypeError, IndexError, RuntimeError) as e:
             if isinstance(e, RuntimeError) and not any(k in str(e) for k in ("state_dict", "size mismatch", "loading")):
                 raise
-            raise ValueError(f"checkpoint {path} cannot be resumed from ({type(e).__name__}: {' '.join(str(e).split())[:300]}): "
-                             "it was not written by this version of run_training.py; move it away, or give another "
-                             "--work-dir") from None
+            raise ValueError(
+                f"checkpoint {path} cannot be resumed from ({type(e).__name__}: {' '.join(str(e).split())[:300]}): "
+                "it was not written by this version of run_training.py; move it away, or give another "
+                "--work-dir"
+            ) from None
 
     def _restore(self, path: Path, payload: dict) -> None:
         self.model = SceneModel.from_state_dict(payload["model"]).to(self.device)
@@ -336,8 +382,17 @@ class Trainer:
         Returns the unweighted terms with 'total' and 'psnr' (detached, for logging), or None when the
         step was skipped because the loss was not finite."""
         t0 = time.perf_counter()
-        batch = batch_to(sample_batch(self.seq, self.cfg.batch_size, self.cfg.num_targets,
-                                      self.cfg.losses.num_track_samples, self.generator, self.usable_tracks), self.device)
+        batch = batch_to(
+            sample_batch(
+                self.seq,
+                self.cfg.batch_size,
+                self.cfg.num_targets,
+                self.cfg.losses.num_track_samples,
+                self.generator,
+                self.usable_tracks,
+            ),
+            self.device,
+        )
         if self.cam_refine is not None:
             batch = self.cam_refine.refine_batch(batch)
         all_w2cs = self.current_w2cs()
@@ -349,8 +404,9 @@ class Trainer:
         if not torch.isfinite(total):
             self._skip(values)
             return None
-        valid = list(batch.valid_masks) + (list(self.seq.valid_masks[self._next_ts(batch)].to(self.device))
-                                           if next_out is not None else [])
+        valid = list(batch.valid_masks) + (
+            list(self.seq.valid_masks[self._next_ts(batch)].to(self.device)) if next_out is not None else []
+        )
         self._optimise(total, [r for r in (out, next_out) if r is not None], batch.img_wh, valid)
         self._add_timing(t0, t1, t2)
         self._last_out, self._last_batch = out, batch
@@ -365,16 +421,27 @@ class Trainer:
         cfg, tracks = self.cfg, "tracks" in self.needs
         bg = torch.tensor(cfg.bg_color, device=self.device)
         out = self.model.render(
-            batch.ts, batch.w2cs, batch.Ks, batch.img_wh,
-            target_ts=batch.target_ts if tracks else None, target_w2cs=batch.target_w2cs if tracks else None,
-            bg_color=bg, backend=cfg.render_backend,
+            batch.ts,
+            batch.w2cs,
+            batch.Ks,
+            batch.img_wh,
+            target_ts=batch.target_ts if tracks else None,
+            target_w2cs=batch.target_w2cs if tracks else None,
+            bg_color=bg,
+            backend=cfg.render_backend,
         )
         if "neighbor_render" not in self.needs:
             return out, None
         next_ts = self._next_ts(batch).to(self.device)
         # the terms read the neighbours' depth only (flow3d.train.depth_order): no colour channels
-        next_out = self.model.render(next_ts, all_w2cs[next_ts], self.seq.Ks[next_ts.cpu()].to(self.device),
-                                     batch.img_wh, backend=cfg.render_backend, depth_only=True)
+        next_out = self.model.render(
+            next_ts,
+            all_w2cs[next_ts],
+            self.seq.Ks[next_ts.cpu()].to(self.device),
+            batch.img_wh,
+            backend=cfg.render_backend,
+            depth_only=True,
+        )
         return out, next_out
 
     def _next_ts(self, batch) -> Tensor:
@@ -384,17 +451,32 @@ class Trainer:
 
     def _context(self, batch, out: RenderOutput, next_out: RenderOutput | None, all_w2cs: Tensor) -> StepContext:
         return StepContext(
-            batch=batch, out=out, model=self.model, cfg=self.cfg.losses, generator=self.generator, step=self.step,
-            all_w2cs=all_w2cs, next_out=next_out, neighbor_flows=self.neighbor_flows, k_obj=self.k_obj,
+            batch=batch,
+            out=out,
+            model=self.model,
+            cfg=self.cfg.losses,
+            generator=self.generator,
+            step=self.step,
+            all_w2cs=all_w2cs,
+            next_out=next_out,
+            neighbor_flows=self.neighbor_flows,
+            k_obj=self.k_obj,
             reported=self.reported,
         )
 
-    def _optimise(self, total: Tensor, renders: list[RenderOutput], img_wh: tuple[int, int], valid: list[Tensor]) -> None:
+    def _optimise(
+        self, total: Tensor, renders: list[RenderOutput], img_wh: tuple[int, int], valid: list[Tensor]
+    ) -> None:
         """Backward, one Adam step per parameter, densification, learning-rate schedules. ``valid``: each
         rendered frame's (H, W) valid mask, in the order of the renders' frames (densification statistics)."""
         self.nonfinite_in_row = 0
-        info = {"means2d": [m for r in renders for m in r.means2d], "radii": [x for r in renders for x in r.radii],
-                "img_wh": img_wh, "valid": valid, "batch_size": len(renders[0].means2d)}
+        info = {
+            "means2d": [m for r in renders for m in r.means2d],
+            "radii": [x for r in renders for x in r.radii],
+            "img_wh": img_wh,
+            "valid": valid,
+            "batch_size": len(renders[0].means2d),
+        }
         self.strategy.step_pre_backward(self.model, self.optimizers, self.strategy_state, self.step, info)
         total.backward()
         for o in self._all_optimizers():
@@ -409,9 +491,13 @@ class Trainer:
         """A non-finite loss: nothing is updated; too many in a row stop the run with a clear error."""
         bad = [k for k, v in values.items() if not torch.isfinite(v)]
         self.nonfinite_in_row += 1
-        logger.warning("step %d: non-finite loss in %s; step skipped (%d in a row)", self.step, bad, self.nonfinite_in_row)
+        logger.warning(
+            "step %d: non-finite loss in %s; step skipped (%d in a row)", self.step, bad, self.nonfinite_in_row
+        )
         if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
-            raise TrainingError(f"{self.nonfinite_in_row} consecutive steps had a non-finite loss ({self._nonfinite_advice(bad)})")
+            raise TrainingError(
+                f"{self.nonfinite_in_row} consecutive steps had a non-finite loss ({self._nonfinite_advice(bad)})"
+            )
         for o in self._all_optimizers():
             o.zero_grad(set_to_none=True)
         self.step += 1
@@ -423,15 +509,20 @@ class Trainer:
         top = max(self.terms, key=lambda t: abs(self.weights[t.name]))
         largest = f"the largest weight is {flag_name('losses.' + top.weight)} {self.weights[top.name]:g}"
         if not bad or bad == ["total"]:
-            return (f"every term is finite but their weighted sum is not: a loss weight is too large ({largest}); "
-                    "lower it")
+            return (
+                f"every term is finite but their weighted sum is not: a loss weight is too large ({largest}); lower it"
+            )
         params = named_params(self.model)
         diverged = sorted(k for k, p in params.items() if not bool(torch.isfinite(p.detach()).all()))
         if diverged:
-            return (f"terms {bad}; the scene's parameters {diverged[:4]} are no longer finite: the optimisation "
-                    f"diverged; lower the learning rates (--optim.lr-*) or large loss weights ({largest})")
-        return (f"terms {bad} with finite parameters: check their inputs (the depth prior for the depth terms, the "
-                f"tracks for the track terms) and the learning rates")
+            return (
+                f"terms {bad}; the scene's parameters {diverged[:4]} are no longer finite: the optimisation "
+                f"diverged; lower the learning rates (--optim.lr-*) or large loss weights ({largest})"
+            )
+        return (
+            f"terms {bad} with finite parameters: check their inputs (the depth prior for the depth terms, the "
+            f"tracks for the track terms) and the learning rates"
+        )
 
     def _all_optimizers(self) -> list:
         """The scene's optimisers and, with --optim.refine-cameras, the cameras' (kept out of the dict that the
@@ -467,7 +558,11 @@ class Trainer:
         prior_depth, _ = disp_to_depth(b.prior_disp[0], b.prior_valid[0])
         norm = lambda d: (d - d.min()) / (d.max() - d.min()).clamp_min(1e-8)  # noqa: E731
         panel = torch.cat(
-            [out.img[0].detach().clamp(0, 1), norm(depth)[..., None].expand(-1, -1, 3), norm(prior_depth)[..., None].expand(-1, -1, 3)],
+            [
+                out.img[0].detach().clamp(0, 1),
+                norm(depth)[..., None].expand(-1, -1, 3),
+                norm(prior_depth)[..., None].expand(-1, -1, 3),
+            ],
             dim=1,
         )
         self.writer.add_image("train/rgb|depth|prior_depth", panel.cpu(), self.step, dataformats="HWC")
@@ -483,9 +578,12 @@ class Trainer:
         for t in ids.tolist():
             ts = torch.tensor([t], device=self.device)
             out = self.model.render(
-                ts, w2cs[t : t + 1], self.seq.Ks[t : t + 1].to(self.device),
+                ts,
+                w2cs[t : t + 1],
+                self.seq.Ks[t : t + 1].to(self.device),
                 (self.seq.images.shape[2], self.seq.images.shape[1]),
-                bg_color=torch.tensor(self.cfg.bg_color, device=self.device), backend=self.cfg.render_backend,
+                bg_color=torch.tensor(self.cfg.bg_color, device=self.device),
+                backend=self.cfg.render_backend,
             )
             valid = self.seq.valid_masks[t : t + 1, ..., None].to(self.device)  # (1, H, W, 1)
             vals.append(float(psnr(out.img, self.seq.images[t : t + 1].to(self.device), valid)))
@@ -517,15 +615,21 @@ class Trainer:
                 bar.close()  # an error raised mid-training starts its own line, not the bar's
             last = self.save(numbered=stop.signum is None)  # interrupted: last.ckpt at this step only
         if stop.signum is not None:
-            raise Interrupted(stop.signum, f"interrupted by {signal_name(stop.signum)} at step {self.step}: saved {last}; "
-                                           "run the same command again to resume")
+            raise Interrupted(
+                stop.signum,
+                f"interrupted by {signal_name(stop.signum)} at step {self.step}: saved {last}; "
+                "run the same command again to resume",
+            )
         return self._finish(start, time.perf_counter() - t_start)
 
     def _nothing_to_train(self) -> dict:
         """A finished training re-run: no step to take, no file written; the stats it wrote are returned."""
         stats_path = self.work_dir / "train_stats.json"
-        logger.info("nothing to train: %s is at step %d = --max-steps; no file was written (raise --max-steps to "
-                    "train on)", self.work_dir / "checkpoints", self.step)
+        logger.info(
+            "nothing to train: %s is at step %d = --max-steps; no file was written (raise --max-steps to train on)",
+            self.work_dir / "checkpoints",
+            self.step,
+        )
         return {**json.loads(stats_path.read_text(encoding="utf-8")), "steps_this_run": 0}
 
     EXPECTED_TIME_STEPS = 6
@@ -549,8 +653,13 @@ class Trainer:
                 logger.warning(
                     "on the CPU this run takes about %s more (%.2f s/step over steps %d-%d, %d steps to go): its "
                     "config is sized for a GPU; for a CPU run in minutes use --preset cpu_demo (or --preset "
-                    "cpu_endonerf for endoscopy)", _duration(left), per_step, start + 2, self.step,
-                    self.cfg.max_steps - self.step)
+                    "cpu_endonerf for endoscopy)",
+                    _duration(left),
+                    per_step,
+                    start + 2,
+                    self.step,
+                    self.cfg.max_steps - self.step,
+                )
 
     def _fit_step(self, bar) -> None:
         """One step of :meth:`fit` with its logging and periodic checkpoints."""
@@ -560,8 +669,11 @@ class Trainer:
         if terms is None:
             return
         if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-            bar.set_postfix(loss=f"{float(terms['total']):.4f}", psnr=f"{float(terms['psnr']):.2f}",
-                            n=self.model.num_fg + self.model.num_bg)
+            bar.set_postfix(
+                loss=f"{float(terms['total']):.4f}",
+                psnr=f"{float(terms['psnr']):.2f}",
+                n=self.model.num_fg + self.model.num_bg,
+            )
             self._log(terms)
         if cfg.image_every > 0 and self.step % cfg.image_every == 0:
             self._log_images()
@@ -572,8 +684,11 @@ class Trainer:
         """train_stats.json (valid JSON: null where a value is not finite) and the closing log line."""
         n = max(self.timing["steps"], 1)
         if len(self.seq.val_ids) == 0:
-            logger.info("no held-out frame (%d frames, --data.val-every %s): val_psnr is null in train_stats.json",
-                        self.seq.num_frames, getattr(self.cfg.data, "val_every", "?"))
+            logger.info(
+                "no held-out frame (%d frames, --data.val-every %s): val_psnr is null in train_stats.json",
+                self.seq.num_frames,
+                getattr(self.cfg.data, "val_every", "?"),
+            )
         stats = {
             "steps": self.step,
             "steps_this_run": self.step - start,
@@ -590,7 +705,10 @@ class Trainer:
         held_out = "none" if stats["val_psnr"] is None else f"{stats['val_psnr']:.2f} dB"
         logger.info(
             "done: %d steps in %.1f s; held-out PSNR %s; per step: render %.3f s, losses %.3f s, backward+optim %.3f s",
-            self.step, wall, held_out, *stats["seconds_per_step"].values(),
+            self.step,
+            wall,
+            held_out,
+            *stats["seconds_per_step"].values(),
         )
         return stats
 
@@ -601,8 +719,11 @@ def _log_split(data_cfg, seq) -> None:
     n_train, n_val = len(seq.train_ids), len(seq.val_ids)
     split = f"{n_train} training frames ({n_val} held out, --data.val-every {getattr(data_cfg, 'val_every', '?')})"
     if getattr(data_cfg, "is_train", True) is False:
-        logger.warning("--data.is-train False does not change what trains: run_training.py always fits the %s; "
-                       "--data.is-train selects the frames run_val.py scores", split)
+        logger.warning(
+            "--data.is-train False does not change what trains: run_training.py always fits the %s; "
+            "--data.is-train selects the frames run_val.py scores",
+            split,
+        )
     else:
         logger.info("training on the %s", split)
 

@@ -131,6 +131,13 @@ def scale_intrinsics(K: Tensor, s: float) -> Tensor:
 
 
 __all__ = [
-    "camera_centers", "cameras_up", "look_at_w2cs", "orbit_path", "play_times", "scale_intrinsics",
-    "scene_look_at", "spiral_path", "triangulate_axes",
+    "camera_centers",
+    "cameras_up",
+    "look_at_w2cs",
+    "orbit_path",
+    "play_times",
+    "scale_intrinsics",
+    "scene_look_at",
+    "spiral_path",
+    "triangulate_axes",
 ]

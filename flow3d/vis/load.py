@@ -71,8 +71,12 @@ class TrainedRun:
         """
         model = subset_model(self.model, fg, bg)
         out = model.render(
-            torch.tensor([int(t)], device=self.device), w2c[None].to(self.device, torch.float32),
-            K[None].to(self.device, torch.float32), img_wh, bg_color=self.bg_color, backend=self.backend,
+            torch.tensor([int(t)], device=self.device),
+            w2c[None].to(self.device, torch.float32),
+            K[None].to(self.device, torch.float32),
+            img_wh,
+            bg_color=self.bg_color,
+            backend=self.backend,
         )
         return {
             "rgb": out.img[0].clamp(0, 1).float().cpu().numpy(),  # (H, W, 3)
@@ -113,7 +117,12 @@ def load_trained_run(
     bg = torch.tensor(cfg.bg_color, device=dev, dtype=torch.float32)
     logger.info(
         "loaded %s (step %d): %d dynamic + %d static Gaussians, %d frames, on %s",
-        ckpt_path, int(payload["step"]), scene.num_fg, scene.num_bg, scene.num_frames, dev,
+        ckpt_path,
+        int(payload["step"]),
+        scene.num_fg,
+        scene.num_bg,
+        scene.num_frames,
+        dev,
     )
     return TrainedRun(work_dir, cfg, scene, int(payload["step"]), ckpt_path, dev, backend, bg)
 
@@ -145,8 +154,13 @@ def subset_model(model: SceneModel, fg: bool = True, bg: bool = True) -> SceneMo
         return SceneModel(model.fg, model.bases, None)
     p = model.fg.params
     empty = GaussianParams(
-        p["means"][:0], p["quats"][:0], p["scales"][:0], p["opacities"][:0], p["colors"][:0],
-        p["motion_coefs"][:0], raw=True,
+        p["means"][:0],
+        p["quats"][:0],
+        p["scales"][:0],
+        p["opacities"][:0],
+        p["colors"][:0],
+        p["motion_coefs"][:0],
+        raw=True,
     )
     return SceneModel(empty, model.bases, model.bg if bg else None)
 

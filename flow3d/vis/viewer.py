@@ -47,7 +47,9 @@ class ViewerStats:
     last_sent: np.ndarray | None = field(default=None, repr=False)  # (H, W, 3) uint8, the last image sent
 
 
-def camera_from_viser(wxyz: np.ndarray, position: np.ndarray, fov: float, img_wh: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def camera_from_viser(
+    wxyz: np.ndarray, position: np.ndarray, fov: float, img_wh: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
     """(w2c (4, 4), K (3, 3)) of a viser camera: ``wxyz``/``position`` camera -> world (OpenCV axes, as viser
     uses them), ``fov`` vertical in radians, square pixels, principal point at the image centre."""
     import viser.transforms as vtf
@@ -162,8 +164,17 @@ class SceneViewer:
     camera moves. Call :meth:`stop` to shut the server down.
     """
 
-    def __init__(self, run, seq, host: str = "127.0.0.1", port: int = 8080, max_res: int = 640,
-                 target_fps: float = 8.0, settle_s: float = 0.3, max_frustums: int = 60):
+    def __init__(
+        self,
+        run,
+        seq,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        max_res: int = 640,
+        target_fps: float = 8.0,
+        settle_s: float = 0.3,
+        max_frustums: int = 60,
+    ):
         import viser
 
         self.run, self.seq = run, seq
@@ -177,8 +188,11 @@ class SceneViewer:
         T = seq.num_frames
         W, H = seq.img_wh
         self._train_fov = 2.0 * math.atan(H / 2.0 / float(seq.Ks[T // 2, 1, 1]))
-        self.server = start_within(lambda: viser.ViserServer(host=host, port=port, label="flow3d", verbose=False),
-                                   SERVER_START_TIMEOUT_S, f"the viewer's server on --host {host} --port {port}")
+        self.server = start_within(
+            lambda: viser.ViserServer(host=host, port=port, label="flow3d", verbose=False),
+            SERVER_START_TIMEOUT_S,
+            f"the viewer's server on --host {host} --port {port}",
+        )
         self.look_at, self.depth_range = self._scene_geometry()
         self._build_gui(T)
         self._add_frustums(max_frustums)
@@ -203,8 +217,9 @@ class SceneViewer:
         """The training cameras' look-at point and one depth colour range from a few training views."""
         seq, run, T = self.seq, self.run, self.seq.num_frames
         ref = T // 2
-        look_at = scene_look_at(seq.w2cs.double(), seq.w2cs[ref].double(), seq.Ks[ref].double(), seq.img_wh,
-                                run.centres_at(ref))
+        look_at = scene_look_at(
+            seq.w2cs.double(), seq.w2cs[ref].double(), seq.Ks[ref].double(), seq.img_wh, run.centres_at(ref)
+        )
         W, H = seq.img_wh
         s = min(1.0, 96.0 / max(W, H))
         wh = (max(1, round(W * s)), max(1, round(H * s)))
@@ -222,8 +237,9 @@ class SceneViewer:
     def _build_gui(self, T: int) -> None:
         gui = self.server.gui
         with gui.add_folder("Time"):
-            self.gui_time = gui.add_slider("frame", min=0, max=max(T - 1, 1), step=1, initial_value=T // 2,
-                                           disabled=T == 1)
+            self.gui_time = gui.add_slider(
+                "frame", min=0, max=max(T - 1, 1), step=1, initial_value=T // 2, disabled=T == 1
+            )
             self.gui_play = gui.add_button("play", disabled=T == 1)
             self.gui_pause = gui.add_button("pause", visible=False)
             self.gui_fps = gui.add_slider("play fps", min=1, max=30, step=1, initial_value=10)
@@ -232,8 +248,13 @@ class SceneViewer:
             self.gui_fg = gui.add_checkbox("dynamic Gaussians", initial_value=True)
             self.gui_bg = gui.add_checkbox("static Gaussians", initial_value=True)
             self.gui_cams = gui.add_checkbox("training cameras", initial_value=True)
-            self.gui_res = gui.add_slider("max resolution", min=min(64, self.max_res), max=max(2048, self.max_res),
-                                          step=16, initial_value=self.max_res)
+            self.gui_res = gui.add_slider(
+                "max resolution",
+                min=min(64, self.max_res),
+                max=max(2048, self.max_res),
+                step=16,
+                initial_value=self.max_res,
+            )
             self.gui_status = gui.add_markdown("waiting for a render")
         for h in (self.gui_time, self.gui_mode, self.gui_fg, self.gui_bg, self.gui_res):
             h.on_update(lambda _: self._request_all())
@@ -266,8 +287,16 @@ class SceneViewer:
             c2w = np.linalg.inv(seq.w2cs[t].double().numpy())
             fov = 2.0 * math.atan(H / 2.0 / float(seq.Ks[t, 1, 1]))
             handle = self.server.scene.add_camera_frustum(
-                f"/training_cameras/{t:05d}", fov=fov, aspect=W / H, scale=size, color=(60, 110, 230),
-                thickness=1.5, thickness_units="screen", wxyz=vtf.SO3.from_matrix(c2w[:3, :3]).wxyz, position=c2w[:3, 3], visible=t != self._inside,
+                f"/training_cameras/{t:05d}",
+                fov=fov,
+                aspect=W / H,
+                scale=size,
+                color=(60, 110, 230),
+                thickness=1.5,
+                thickness_units="screen",
+                wxyz=vtf.SO3.from_matrix(c2w[:3, :3]).wxyz,
+                position=c2w[:3, 3],
+                visible=t != self._inside,
             )
             handle.on_click(lambda event, t=t: self.jump_to(event.client, t))
             self._frustums[t] = handle

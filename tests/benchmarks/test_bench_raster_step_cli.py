@@ -9,8 +9,17 @@ import torch
 from flow3d.benchmarks import raster, step
 
 FLAGS = {
-    step: ("--steps", "--warmup", "--threads", "--sizes", "--size-steps", "--skip-torch-sizes", "--profile", "--full",
-           "--neighbour-render"),
+    step: (
+        "--steps",
+        "--warmup",
+        "--threads",
+        "--sizes",
+        "--size-steps",
+        "--skip-torch-sizes",
+        "--profile",
+        "--full",
+        "--neighbour-render",
+    ),
     raster: ("--threads", "--repeats", "--quick", "--profile"),
 }
 
@@ -34,11 +43,15 @@ def test_unknown_flag_is_a_usage_error(mod, argv, capsys):
     assert e.value.code == 2
 
 
-@pytest.mark.parametrize("mod, argv, names", [
-    (step, ["--sizes", "128"], "--sizes"),
-    (step, ["--steps", "0"], "--steps"),
-    (raster, ["--repeats", "0"], "--repeats"),
-], ids=["step-sizes", "step-steps", "raster-repeats"])
+@pytest.mark.parametrize(
+    "mod, argv, names",
+    [
+        (step, ["--sizes", "128"], "--sizes"),
+        (step, ["--steps", "0"], "--steps"),
+        (raster, ["--repeats", "0"], "--repeats"),
+    ],
+    ids=["step-sizes", "step-steps", "raster-repeats"],
+)
 def test_bad_values_end_in_one_error_line(mod, argv, names):
     with pytest.raises(SystemExit) as e:
         mod.main(argv)

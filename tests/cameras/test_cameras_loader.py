@@ -137,8 +137,12 @@ def test_estimate_mode_on_the_fly_moving_camera_with_depth_cue(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="flow3d"):
         seq = cfg(r).load()
     assert "estimated the cameras" in caplog.text and "geometric depth cue" in caplog.text
-    err = trajectory_errors(torch.linalg.inv(seq.w2cs.double()).numpy(), torch.linalg.inv(scene.w2cs.double()).numpy(),
-                            float(seq.Ks[0, 0, 0]), float(scene.Ks[0, 0, 0]))
+    err = trajectory_errors(
+        torch.linalg.inv(seq.w2cs.double()).numpy(),
+        torch.linalg.inv(scene.w2cs.double()).numpy(),
+        float(seq.Ks[0, 0, 0]),
+        float(scene.Ks[0, 0, 0]),
+    )
     # measured (same scene through estimate_cameras): ATE 1.1 % of the path, 0.9 deg, focal 17 %; cue AbsRel 0.08
     assert err["ate_rmse"] < 0.04 * err["trajectory_length"] and err["rel_rot_err_deg_all_pairs"] < 2.5, err
     assert err["focal_rel_err"] < 0.3, err
@@ -167,8 +171,16 @@ def test_command_line_writes_cameras_and_cue(root, capsys):
 def _7scenes(real_data: Path, ds: int):
     src = real_data / "7scenes_tsdf_fusion"
     names = sorted(Path(p).name.split(".")[0] for p in glob.glob(str(src / "frame-*.color.jpg")))
-    imgs = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(src / f"{n}.color.jpg")), cv2.COLOR_BGR2RGB), (640 // ds, 480 // ds),
-                                interpolation=cv2.INTER_AREA) for n in names])
+    imgs = np.stack(
+        [
+            cv2.resize(
+                cv2.cvtColor(cv2.imread(str(src / f"{n}.color.jpg")), cv2.COLOR_BGR2RGB),
+                (640 // ds, 480 // ds),
+                interpolation=cv2.INTER_AREA,
+            )
+            for n in names
+        ]
+    )
     c2w = np.stack([np.loadtxt(src / f"{n}.pose.txt") for n in names])
     return imgs, c2w
 
@@ -187,8 +199,16 @@ def test_7scenes_trajectory(real_data):
 @pytest.mark.slow
 def test_tum_pair_relative_pose(real_data):
     src = real_data / "tum_fr2_pair_slambook2"
-    imgs = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(src / f"{i}.png")), cv2.COLOR_BGR2RGB), (320, 240),
-                                interpolation=cv2.INTER_AREA) for i in (1, 2)])
+    imgs = np.stack(
+        [
+            cv2.resize(
+                cv2.cvtColor(cv2.imread(str(src / f"{i}.png")), cv2.COLOR_BGR2RGB),
+                (320, 240),
+                interpolation=cv2.INTER_AREA,
+            )
+            for i in (1, 2)
+        ]
+    )
     est = estimate_cameras(imgs, np.zeros(imgs.shape[:3], bool), focal=520.9 / 2)
     rel = est.w2cs[1] @ np.linalg.inv(est.w2cs[0])  # camera 1 -> camera 2
     angle = np.degrees(np.arccos(np.clip((np.trace(rel[:3, :3]) - 1) / 2, -1, 1)))

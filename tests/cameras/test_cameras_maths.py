@@ -74,9 +74,11 @@ def test_bundle_adjustment_recovers_poses_focal_and_reduces_error(jacobian):
     anchor_xy = tracks.xy[np.arange(len(X)), anchor_t]
     rho0 = points_from_world(w2cs, FOCAL, CENTER, X, anchor_t, anchor_xy) * rng.uniform(0.9, 1.1, len(X))
     obs = Observations.from_tracks(tracks.xy, tracks.visible)
-    res = bundle_adjust(obs, w2cs0, FOCAL * 1.08, CENTER, rho0, anchor_t, anchor_xy, loss="linear", max_nfev=100, jacobian=jacobian)
+    res = bundle_adjust(
+        obs, w2cs0, FOCAL * 1.08, CENTER, rho0, anchor_t, anchor_xy, loss="linear", max_nfev=100, jacobian=jacobian
+    )
     rms0 = np.sqrt(2 * res.cost_init / (2 * len(obs.p)))
-    rms = np.sqrt(np.mean(np.sum(res.residuals ** 2, -1)))
+    rms = np.sqrt(np.mean(np.sum(res.residuals**2, -1)))
     assert rms < 0.5 < rms0, (rms0, rms)  # noise is 0.3 px per coordinate
     err = trajectory_errors(np.linalg.inv(res.w2cs), np.linalg.inv(w2cs), res.focal, FOCAL)
     assert err["focal_rel_err"] < 0.01
@@ -106,7 +108,9 @@ def test_rotation_only_init_recovers_a_pure_pan():
     w2cs[:, :3, :3] = rots
     tracks, _ = scene_tracks(w2cs, n=300, noise_px=0.2, drop=0.0)
     est = cinit.rotation_only_init(tracks.xy, tracks.visible, cinit.intrinsics(FOCAL, CENTER), 1.0)
-    err = np.degrees([np.linalg.norm(Rotation.from_matrix(e[:3, :3] @ g[:3, :3].T).as_rotvec()) for e, g in zip(est, w2cs)])
+    err = np.degrees(
+        [np.linalg.norm(Rotation.from_matrix(e[:3, :3] @ g[:3, :3].T).as_rotvec()) for e, g in zip(est, w2cs)]
+    )
     assert err.max() < 0.3, err
 
 
@@ -118,8 +122,11 @@ def test_reconstruct_from_tracks_multi_view_with_moving_outliers():
     # 40 "moving" tracks the masks missed: random walks in the image
     rng = np.random.default_rng(5)
     mv_xy = rng.uniform([40, 40], [W - 40, H - 40], (40, 1, 2)) + np.cumsum(rng.normal(0, 4.0, (40, T, 2)), 1)
-    all_tracks = StaticTracks(np.concatenate([tracks.xy, mv_xy]), np.concatenate([tracks.visible, np.ones((40, T), bool)]),
-                              np.concatenate([tracks.query_t, np.zeros(40, int)]))
+    all_tracks = StaticTracks(
+        np.concatenate([tracks.xy, mv_xy]),
+        np.concatenate([tracks.visible, np.ones((40, T), bool)]),
+        np.concatenate([tracks.query_t, np.zeros(40, int)]),
+    )
     est = reconstruct_from_tracks(all_tracks, W, H)
     err = trajectory_errors(np.linalg.inv(est.w2cs), np.linalg.inv(w2cs), est.K[0, 0], FOCAL)
     assert err["focal_rel_err"] < 0.03, err
@@ -160,7 +167,9 @@ def test_trajectory_errors_invariant_to_a_similarity_and_hand_values():
     moved = S @ c2w
     moved[:, :3, 3] *= 2.5  # c' = 2.5 (R c + t); rotations are unaffected by the scale
     e = trajectory_errors(moved, c2w, 300.0, 250.0)
-    assert e["ate_rmse"] < 1e-9 and e["rel_rot_err_deg_all_pairs"] < 1e-5 and e["rel_trans_dir_err_deg_all_pairs"] < 1e-5
+    assert (
+        e["ate_rmse"] < 1e-9 and e["rel_rot_err_deg_all_pairs"] < 1e-5 and e["rel_trans_dir_err_deg_all_pairs"] < 1e-5
+    )
     assert abs(e["sim3_scale"] - 1 / 2.5) < 1e-9 and abs(e["focal_rel_err"] - 0.2) < 1e-12
     s, R, t = align_similarity(moved[:, :3, 3], c2w[:, :3, 3])
     np.testing.assert_allclose(s * moved[:, :3, 3] @ R.T + t, c2w[:, :3, 3], atol=1e-9)

@@ -17,7 +17,14 @@ import pytest
 import torch
 import tyro
 
-from flow3d.data import CustomDataConfig, DataConfig, DavisDataConfig, SyntheticDataConfig, make_synthetic_sequence, write_custom_layout
+from flow3d.data import (
+    CustomDataConfig,
+    DataConfig,
+    DavisDataConfig,
+    SyntheticDataConfig,
+    make_synthetic_sequence,
+    write_custom_layout,
+)
 from flow3d.data import cache as data_cache
 from flow3d.data import io as data_io
 from flow3d.geometry import project_points
@@ -62,8 +69,20 @@ def cfg(root: Path, **kw) -> CustomDataConfig:
 # ------------------------------------------------------------------------------------------------
 def test_custom_reads_back_what_synthetic_wrote(synth, layout):
     seq = cfg(layout).load()
-    for k in ("images", "fg_masks", "prior_disp", "prior_valid", "Ks", "tracks_xy", "tracks_visible",
-              "tracks_conf", "tracks_query_t", "train_ids", "val_ids", "time_ids"):
+    for k in (
+        "images",
+        "fg_masks",
+        "prior_disp",
+        "prior_valid",
+        "Ks",
+        "tracks_xy",
+        "tracks_visible",
+        "tracks_conf",
+        "tracks_query_t",
+        "train_ids",
+        "val_ids",
+        "time_ids",
+    ):
         a, b = getattr(synth, k), getattr(seq, k)
         assert a.shape == b.shape and a.dtype == b.dtype, k
         assert torch.equal(a, b), k
@@ -118,7 +137,9 @@ def test_cache_avoids_decoding(layout, tmp_path, monkeypatch):
     assert first.scene_scale == second.scene_scale
     # is_train does not change what is loaded, so it shares the cache
     data_cache.clear_memo()
-    third = CustomDataConfig(seq_name=SEQ, root_dir=str(layout), cache_dir=str(tmp_path / "c"), missing_tracks="none", is_train=False).load()
+    third = CustomDataConfig(
+        seq_name=SEQ, root_dir=str(layout), cache_dir=str(tmp_path / "c"), missing_tracks="none", is_train=False
+    ).load()
     assert torch.equal(third.images, first.images)
 
 
@@ -164,7 +185,12 @@ def test_init_helpers_lift_into_the_right_places(synth, layout):
     torch.testing.assert_close(bg.normals.norm(dim=-1), torch.ones(2000), atol=1e-4, rtol=0)
     # background points lie on the room's planes: back wall z=6, floor y=1.2, ceiling y=-2.2, walls x=+-3.5
     P = bg.points
-    on_plane = ((P[:, 2] - 6).abs() < 0.02) | ((P[:, 1] - 1.2).abs() < 0.02) | ((P[:, 1] + 2.2).abs() < 0.02) | ((P[:, 0].abs() - 3.5).abs() < 0.02)
+    on_plane = (
+        ((P[:, 2] - 6).abs() < 0.02)
+        | ((P[:, 1] - 1.2).abs() < 0.02)
+        | ((P[:, 1] + 2.2).abs() < 0.02)
+        | ((P[:, 0].abs() - 3.5).abs() < 0.02)
+    )
     assert on_plane.float().mean() > 0.97
 
 
@@ -184,10 +210,20 @@ class _ValArgs:
 
 
 def test_issue_command_lines_parse():
-    a = tyro.cli(_TrainArgs, args="--work-dir ./outputs/pulling_60_ordinal data:custom --data.seq-name pulling --data.root-dir /data/pulling --data.is-train True".split())
+    a = tyro.cli(
+        _TrainArgs,
+        args="--work-dir ./outputs/pulling_60_ordinal data:custom --data.seq-name pulling --data.root-dir /data/pulling --data.is-train True".split(),
+    )
     assert isinstance(a.data, CustomDataConfig) and a.data.is_train is True
-    assert a.data.seq_name == "pulling" and a.data.root_dir == "/data/pulling" and a.work_dir == "./outputs/pulling_60_ordinal"
-    v = tyro.cli(_ValArgs, args="--work-dir OUT --model 4000 data:custom --data.seq-name pulling --data.root-dir /data/pulling --data.is-train False".split())
+    assert (
+        a.data.seq_name == "pulling"
+        and a.data.root_dir == "/data/pulling"
+        and a.work_dir == "./outputs/pulling_60_ordinal"
+    )
+    v = tyro.cli(
+        _ValArgs,
+        args="--work-dir OUT --model 4000 data:custom --data.seq-name pulling --data.root-dir /data/pulling --data.is-train False".split(),
+    )
     assert isinstance(v.data, CustomDataConfig) and v.data.is_train is False and v.model == "4000"
     s = tyro.cli(_TrainArgs, args="--work-dir o data:synthetic --data.num-frames 8 --data.prior-drift none".split())
     assert isinstance(s.data, SyntheticDataConfig) and s.data.num_frames == 8
@@ -210,7 +246,12 @@ def test_help_lists_subcommands_with_field_help(capsys):
                 continue
             body = ast.parse(textwrap.dedent(inspect.getsource(base))).body[0].body
             for a, b in zip(body, body[1:]):
-                if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant) and str(b.value.value).strip():
+                if (
+                    isinstance(a, ast.AnnAssign)
+                    and isinstance(b, ast.Expr)
+                    and isinstance(b.value, ast.Constant)
+                    and str(b.value.value).strip()
+                ):
                     documented.add(a.target.id)
         for f in dataclasses.fields(cls):
             assert f.name in documented, f"{cls.__name__}.{f.name} has no docstring"
@@ -226,7 +267,9 @@ def test_depth_formats(synth, root):
             if fmt == "depth_npy":
                 np.save(root / folder / SEQ / f"{n}.npy", depth_m[t].numpy())
             else:
-                cv2.imwrite(str(root / folder / SEQ / f"{n}.png"), (depth_m[t].numpy() * 1000).round().astype(np.uint16))
+                cv2.imwrite(
+                    str(root / folder / SEQ / f"{n}.png"), (depth_m[t].numpy() * 1000).round().astype(np.uint16)
+                )
         seq = cfg(root, depth_type=folder, depth_format=fmt).load()
         tol = 1e-5 if fmt == "depth_npy" else 1e-3
         torch.testing.assert_close(seq.prior_disp, synth.prior_disp, rtol=tol, atol=0)
@@ -256,8 +299,11 @@ def test_missing_tracks_call_flow_fallback(synth, root, monkeypatch):
     def fake(images, masks, query_frames, grid_step=8, backend="dis", cache_dir=None):
         calls.update(images=images, masks=masks, queries=list(query_frames), grid_step=grid_step, backend=backend)
         T = images.shape[0]
-        return {(q, t): np.array([[1.0 + t, 2.0, -20.0, -20.0], [3.0, 4.0 + q, 20.0, -20.0]], np.float32)
-                for q in query_frames for t in range(T)}
+        return {
+            (q, t): np.array([[1.0 + t, 2.0, -20.0, -20.0], [3.0, 4.0 + q, 20.0, -20.0]], np.float32)
+            for q in query_frames
+            for t in range(T)
+        }
 
     monkeypatch.setattr(flow_mod, "tracks_from_flow", fake)
     seq = cfg(root, missing_tracks="flow", flow_grid_step=6, flow_query_stride=2).load()
@@ -315,7 +361,9 @@ def test_missing_masks_or_depth_folder(root):
 
 def test_frame_count_mismatches(root):
     (root / "masks" / SEQ / "00003.png").unlink()
-    with pytest.raises(ValueError, match=r"frame-count mismatch: masks folder .* has 11 masks, images folder .* has 12"):
+    with pytest.raises(
+        ValueError, match=r"frame-count mismatch: masks folder .* has 11 masks, images folder .* has 12"
+    ):
         cfg(root).load()
 
 
@@ -336,7 +384,9 @@ def test_camera_count_mismatch_and_corrupt_camera(root):
     rec = np.load(path, allow_pickle=True).item()
     rec["traj_c2w"] = rec["traj_c2w"][:10]
     np.save(path, rec, allow_pickle=True)
-    with pytest.raises(ValueError, match=r"droid_recon/syn.npy: field 'traj_c2w' has 10 poses, the images folder has 12"):
+    with pytest.raises(
+        ValueError, match=r"droid_recon/syn.npy: field 'traj_c2w' has 10 poses, the images folder has 12"
+    ):
         cfg(root).load()
     del rec["intrinsics"]
     np.save(path, rec, allow_pickle=True)
@@ -355,7 +405,9 @@ def test_unreadable_image(root):
 
 def test_depth_of_wrong_size(root):
     np.save(root / "aligned_depth_anything" / SEQ / "00002.npy", np.ones((10, 10), np.float32))
-    with pytest.raises(ValueError, match=r"depth file .*00002.npy: expected size \(H, W\) = \(48, 64\) like the images, got \(10, 10\)"):
+    with pytest.raises(
+        ValueError, match=r"depth file .*00002.npy: expected size \(H, W\) = \(48, 64\) like the images, got \(10, 10\)"
+    ):
         cfg(root).load()
 
 

@@ -18,7 +18,13 @@ import torch
 import tyro
 
 from flow3d.config import TrainConfig
-from flow3d.data import CustomDataConfig, DataConfig, EndoNeRFDataConfig, SyntheticDataConfig, make_synthetic_sequence, write_custom_layout
+from flow3d.data import (
+    CustomDataConfig,
+    DataConfig,
+    EndoNeRFDataConfig,
+    SyntheticDataConfig,
+    make_synthetic_sequence,
+)
 from flow3d.data import cache as data_cache
 from flow3d.data.endonerf import GL_TO_CV, write_endonerf_layout, write_poses_bounds
 from flow3d.data.endoscopy import read_value_map, stop_tracks_on_ignored
@@ -120,7 +126,9 @@ def test_pose_convention_on_a_hand_built_poses_file(tmp_path):
     C = np.array([1.0, 2.0, 3.0])
     right, up, back = np.array([1.0, 0, 0]), np.array([0, 0, 1.0]), np.array([0, -1.0, 0])  # looks along +y
     M = np.stack([right, up, back, C, [12.0, 16.0, 20.0]], 1)  # (3, 5)
-    np.save(root / "poses_bounds.npy", np.concatenate([np.tile(M.reshape(1, 15), (3, 1)), np.tile([[0.5, 3.0]], (3, 1))], 1))
+    np.save(
+        root / "poses_bounds.npy", np.concatenate([np.tile(M.reshape(1, 15), (3, 1)), np.tile([[0.5, 3.0]], (3, 1))], 1)
+    )
     seq = cfg(root, depth_scale=1000).load()
     # f scales with the image: 20 * 8 / 16 = 10; principal point at the centre of the 8x6 image
     torch.testing.assert_close(seq.Ks[0], torch.tensor([[10.0, 0, 3.5], [0, 10.0, 2.5], [0, 0, 1]]))
@@ -159,7 +167,11 @@ def test_prior_dir_kinds_and_scales(tmp_path):
     for kind, folder, write in (
         ("disparity", "p_disp", lambda p, t: np.save(p.with_suffix(".npy"), 1.0 / depth[t])),
         ("depth", "p_depth", lambda p, t: np.save(p.with_suffix(".npy"), depth[t].astype(np.float32))),
-        ("depth", "p_png", lambda p, t: cv2.imwrite(str(p.with_suffix(".png")), np.round(depth[t] * 10000).astype(np.uint16))),
+        (
+            "depth",
+            "p_png",
+            lambda p, t: cv2.imwrite(str(p.with_suffix(".png")), np.round(depth[t] * 10000).astype(np.uint16)),
+        ),
     ):
         (root / folder).mkdir()
         for t in range(3):
@@ -189,7 +201,12 @@ def test_stop_tracks_on_ignored_hand_example():
     ignore[3, :, 6] = True  # column 6 is an instrument in frame 3 only
     ignore[0, :, 0] = True  # column 0 in frame 0
     # one track moving right by 1 px per frame from (2, 1) at query frame 1; one staying at (8.5, 2)
-    pairs = {(1, t): np.array([[2.0 + (t - 1), 1.0, -TRACK_LOGIT, -TRACK_LOGIT], [8.5, 2.0, -TRACK_LOGIT, -TRACK_LOGIT]], np.float32) for t in range(T)}
+    pairs = {
+        (1, t): np.array(
+            [[2.0 + (t - 1), 1.0, -TRACK_LOGIT, -TRACK_LOGIT], [8.5, 2.0, -TRACK_LOGIT, -TRACK_LOGIT]], np.float32
+        )
+        for t in range(T)
+    }
     pairs[(1, 0)][0, :2] = (0.5, 1.0)  # backwards it lands half on column 0 (bilinear footprint)
     out = stop_tracks_on_ignored(pairs, ignore)
     vis = {t: out[(1, t)][:, 2] < 0 for t in range(T)}
@@ -242,9 +259,17 @@ class _ValArgs:
 def test_issue_command_lines_parse_and_help_documents_every_field(capsys):
     a = tyro.cli(TrainConfig, args="--work-dir W data:endonerf --data.root-dir ROOT --data.is-train True".split())
     assert isinstance(a.data, EndoNeRFDataConfig) and a.data.root_dir == "ROOT" and a.data.is_train is True
-    v = tyro.cli(_ValArgs, args="--work-dir W --model last data:endonerf --data.root-dir ROOT --data.is-train False "
-                 "--data.prior-dir mono_disp --data.prior-kind depth --data.depth-scale 100".split())
-    assert v.data.is_train is False and v.data.prior_dir == "mono_disp" and v.data.prior_kind == "depth" and v.data.depth_scale == 100
+    v = tyro.cli(
+        _ValArgs,
+        args="--work-dir W --model last data:endonerf --data.root-dir ROOT --data.is-train False "
+        "--data.prior-dir mono_disp --data.prior-kind depth --data.depth-scale 100".split(),
+    )
+    assert (
+        v.data.is_train is False
+        and v.data.prior_dir == "mono_disp"
+        and v.data.prior_kind == "depth"
+        and v.data.depth_scale == 100
+    )
     s = tyro.cli(TrainConfig, args="--work-dir W data:synthetic --data.scene tissue".split())
     assert isinstance(s.data, SyntheticDataConfig) and s.data.scene == "tissue"
     with pytest.raises(SystemExit):
@@ -263,7 +288,13 @@ def test_synthetic_writer_cli_both_layouts(tmp_path, capsys):
     small = ["--scene", "tissue", "--num-frames", "4", "--width", "32", "--height", "24"]
     synth_cli.main([*small, "--layout", "endonerf", "--out-dir", str(tmp_path / "e"), "--depth-scale", "500"])
     assert "data:endonerf" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["depth", "images", "masks", "mono_disp", "poses_bounds.npy"]
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
+        "depth",
+        "images",
+        "masks",
+        "mono_disp",
+        "poses_bounds.npy",
+    ]
     d = cv2.imread(str(tmp_path / "e" / "depth" / "frame-000002.depth.png"), cv2.IMREAD_UNCHANGED)
     assert d.dtype == np.uint16 and 350 < np.median(d[d > 0]) < 600  # depth ~0.8-1.1 stored x 500
     e = cfg(tmp_path / "e", depth_scale=500, prior_dir="mono_disp").load()
@@ -282,12 +313,23 @@ def test_synthetic_writer_cli_both_layouts(tmp_path, capsys):
 # The converter: endonerf -> custom loads the same sequence
 def test_converter_round_trip(endo_root, tmp_path, capsys):
     out = tmp_path / "casual"
-    convert_cli.main(["--src", str(endo_root), "--out-root", str(out), "--seq-name", "pulling", "--depth-scale", str(DEPTH_SCALE)])
+    convert_cli.main(
+        ["--src", str(endo_root), "--out-root", str(out), "--seq-name", "pulling", "--depth-scale", str(DEPTH_SCALE)]
+    )
     assert "data:custom --data.seq-name pulling" in capsys.readouterr().out
     kw = dict(normalize_scene=False, use_cache=False, flow_grid_step=6, max_tracks_per_query=0)
     a = cfg(endo_root, tracks="flow", **{k: v for k, v in kw.items() if k != "use_cache"}).load()
     b = CustomDataConfig(root_dir=str(out), seq_name="pulling", cache_dir=str(tmp_path / "cache"), **kw).load()
-    for f in ("images", "fg_masks", "valid_masks", "prior_valid", "train_ids", "val_ids", "tracks_query_t", "tracks_visible"):
+    for f in (
+        "images",
+        "fg_masks",
+        "valid_masks",
+        "prior_valid",
+        "train_ids",
+        "val_ids",
+        "tracks_query_t",
+        "tracks_visible",
+    ):
         assert torch.equal(getattr(a, f), getattr(b, f)), f
     for f in ("prior_disp", "w2cs", "Ks", "gt_depth", "tracks_xy"):
         torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=1e-6, atol=1e-6, msg=f)
@@ -297,7 +339,9 @@ def test_converter_round_trip(endo_root, tmp_path, capsys):
     with pytest.raises(SystemExit, match="error: output exists: .*images/pulling.*--overwrite"):
         convert_cli.main(args)
     convert_cli.main([*args, "--overwrite"])
-    c = CustomDataConfig(root_dir=str(out), seq_name="pulling", cache_dir=str(tmp_path / "cache"), missing_tracks="none", **kw).load()
+    c = CustomDataConfig(
+        root_dir=str(out), seq_name="pulling", cache_dir=str(tmp_path / "cache"), missing_tracks="none", **kw
+    ).load()
     mono = cfg(endo_root, prior_dir="mono_disp").load()
     torch.testing.assert_close(c.prior_disp, mono.prior_disp, rtol=1e-6, atol=0)
     with pytest.raises(SystemExit, match="error: root_dir not found"):
@@ -326,7 +370,9 @@ def test_missing_or_bad_poses_file(root):
     with pytest.raises(ValueError, match=r"poses_bounds\.npy: expected \(N, 17\)"):
         cfg(root).load()
     np.save(root / "poses_bounds.npy", np.zeros((9, 17)))
-    with pytest.raises(ValueError, match=r"frame-count mismatch: poses file .*poses_bounds\.npy has 9 rows.* 10 frames"):
+    with pytest.raises(
+        ValueError, match=r"frame-count mismatch: poses file .*poses_bounds\.npy has 9 rows.* 10 frames"
+    ):
         cfg(root).load()
     rows = np.zeros((10, 17))
     rows[:, :15] = np.concatenate([np.eye(3, 4), [[48.0], [80.0], [50.0]]], 1).reshape(15)  # 80x48: not 4:3
@@ -347,7 +393,10 @@ def test_wrong_sizes_and_kinds_name_the_file(root):
     cv2.imwrite(str(bad), np.ones((10, 10), np.uint16))
     with pytest.raises(ValueError, match=r"frame-000003\.depth\.png: expected size \(H, W\) = \(96, 128\)"):
         cfg(root).load()
-    cv2.imwrite(str(bad), np.dstack([np.ones((96, 128), np.uint8), np.zeros((96, 128), np.uint8), np.zeros((96, 128), np.uint8)]))
+    cv2.imwrite(
+        str(bad),
+        np.dstack([np.ones((96, 128), np.uint8), np.zeros((96, 128), np.uint8), np.zeros((96, 128), np.uint8)]),
+    )
     with pytest.raises(ValueError, match=r"frame-000003\.depth\.png: expected one channel"):
         cfg(root).load()
     shutil.copy(root / "depth" / "frame-000004.depth.png", bad)

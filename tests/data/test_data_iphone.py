@@ -24,18 +24,38 @@ def _rot_y(a: float) -> np.ndarray:
 def _write_fixture(d: Path, n_train: int = 4, with_val: bool = True) -> Path:
     rng = np.random.default_rng(0)
     (d / "splits").mkdir(parents=True)
-    for sub in ("camera", "rgb/2x", "flow3d_preprocessed/track_anything/2x", "depth/2x",
-                "flow3d_preprocessed/2d_tracks/2x", "flow3d_preprocessed/covisible/2x/val"):
+    for sub in (
+        "camera",
+        "rgb/2x",
+        "flow3d_preprocessed/track_anything/2x",
+        "depth/2x",
+        "flow3d_preprocessed/2d_tracks/2x",
+        "flow3d_preprocessed/covisible/2x/val",
+    ):
         (d / sub).mkdir(parents=True, exist_ok=True)
     train = [f"0_{i:05d}" for i in range(n_train)]
     val = [f"1_{i:05d}" for i in (1, 3)] if with_val else []
-    json.dump({"frame_names": train, "time_ids": list(range(n_train)), "camera_ids": [0] * n_train}, open(d / "splits/train.json", "w"))
-    json.dump({"frame_names": val, "time_ids": [1, 3][: len(val)], "camera_ids": [1] * len(val)}, open(d / "splits/val.json", "w"))
+    json.dump(
+        {"frame_names": train, "time_ids": list(range(n_train)), "camera_ids": [0] * n_train},
+        open(d / "splits/train.json", "w"),
+    )
+    json.dump(
+        {"frame_names": val, "time_ids": [1, 3][: len(val)], "camera_ids": [1] * len(val)},
+        open(d / "splits/val.json", "w"),
+    )
     json.dump({"fps": 30.0}, open(d / "extra.json", "w"))
     for i, n in enumerate(train + val):
-        cam = {"orientation": _rot_y(0.05 * i).tolist(), "position": [0.1 * i, 0.0, -2.0], "focal_length": 40.0,
-               "principal_point": [16.0, 12.0], "skew": 0.0, "pixel_aspect_ratio": 1.0,
-               "radial_distortion": [0.0, 0.0, 0.0], "tangential_distortion": [0.0, 0.0], "image_size": [W1, H1]}
+        cam = {
+            "orientation": _rot_y(0.05 * i).tolist(),
+            "position": [0.1 * i, 0.0, -2.0],
+            "focal_length": 40.0,
+            "principal_point": [16.0, 12.0],
+            "skew": 0.0,
+            "pixel_aspect_ratio": 1.0,
+            "radial_distortion": [0.0, 0.0, 0.0],
+            "tangential_distortion": [0.0, 0.0],
+            "image_size": [W1, H1],
+        }
         json.dump(cam, open(d / "camera" / f"{n}.json", "w"))
         rgba = rng.integers(0, 255, size=(12, 16, 4), dtype=np.uint8)
         rgba[..., 3] = 255
@@ -94,7 +114,9 @@ def test_iphone_without_val_split_uses_every_nth_frame_and_normalises(tmp_path):
     seq = IPhoneDataConfig(data_dir=str(d), depth_type="lidar", use_cache=False).load()
     assert seq.val_views is None and seq.val_ids.tolist() == [1, 9]
     assert seq.scene_scale > 0
-    torch.testing.assert_close(seq.prior_depth()[0][seq.prior_valid[0]] * seq.scene_scale, torch.full((191,), 2.0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        seq.prior_depth()[0][seq.prior_valid[0]] * seq.scene_scale, torch.full((191,), 2.0), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_iphone_bad_inputs(tmp_path):

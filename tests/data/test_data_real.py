@@ -37,8 +37,12 @@ def _convert_7scenes(src: Path, dst: Path, identity_poses: bool = False) -> Path
         cv2.imwrite(str(dst / "masks" / SEQ / f"{n}.png"), m)
         c2ws.append(np.eye(4) if identity_poses else np.loadtxt(src / f"{n}.pose.txt"))
     (dst / "droid_recon").mkdir()
-    rec = {"traj_c2w": np.stack(c2ws), "img_shape": (480, 640), "intrinsics": np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]),
-           "tstamps": np.arange(len(frames))}
+    rec = {
+        "traj_c2w": np.stack(c2ws),
+        "img_shape": (480, 640),
+        "intrinsics": np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]]),
+        "tstamps": np.arange(len(frames)),
+    }
     np.save(dst / "droid_recon" / f"{SEQ}.npy", rec, allow_pickle=True)
     return dst
 
@@ -68,15 +72,17 @@ def _no_memo():
 @pytest.mark.parametrize("normalize", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_7scenes_reprojection_pins_camera_conventions(real_data, tmp_path, normalize):
     root = _convert_7scenes(real_data / "7scenes_tsdf_fusion", tmp_path / "ok")
-    seq = CustomDataConfig(seq_name=SEQ, root_dir=str(root), missing_tracks="none", normalize_scene=normalize,
-                           use_cache=False).load()
+    seq = CustomDataConfig(
+        seq_name=SEQ, root_dir=str(root), missing_tracks="none", normalize_scene=normalize, use_cache=False
+    ).load()
     assert seq.num_frames == 20 and seq.img_wh == (640, 480)
     errs = [_reprojection_error_mm(seq, 0, b) for b in (1, 10, 19)]
     # SOURCE.md measured 4 / 8 / 10 mm with the raw files for 50 -> 51 / 60 / 69
     assert max(errs) < 15.0, errs
     root_id = _convert_7scenes(real_data / "7scenes_tsdf_fusion", tmp_path / "identity", identity_poses=True)
-    seq_id = CustomDataConfig(seq_name=SEQ, root_dir=str(root_id), missing_tracks="none", normalize_scene=normalize,
-                              use_cache=False).load()
+    seq_id = CustomDataConfig(
+        seq_name=SEQ, root_dir=str(root_id), missing_tracks="none", normalize_scene=normalize, use_cache=False
+    ).load()
     err_id = _reprojection_error_mm(seq_id, 0, 19)
     assert err_id > 5 * errs[2], (err_id, errs)
 
@@ -93,8 +99,16 @@ def _davis_root(real_data: Path, tmp_path: Path) -> Path:
 def test_davis_flat_layout_static_camera_constant_depth(real_data, tmp_path, caplog):
     root = _davis_root(real_data, tmp_path)
     with caplog.at_level(logging.WARNING, logger="flow3d"):
-        seq = DavisDataConfig(seq_name="horsejump-high", root_dir=str(root), depth_format="constant", missing_tracks="none",
-                              normalize_scene=False, cache_dir=str(tmp_path / "cache"), downscale=2, missing_camera="static").load()
+        seq = DavisDataConfig(
+            seq_name="horsejump-high",
+            root_dir=str(root),
+            depth_format="constant",
+            missing_tracks="none",
+            normalize_scene=False,
+            cache_dir=str(tmp_path / "cache"),
+            downscale=2,
+            missing_camera="static",
+        ).load()
     assert seq.num_frames == 50 and seq.img_wh == (427, 240)
     assert "static camera" in caplog.text and "flat depth prior" in caplog.text and "without 2D tracks" in caplog.text
     assert torch.equal(seq.w2cs, torch.eye(4).expand(50, 4, 4))
@@ -111,8 +125,16 @@ def test_davis_with_synthetic_depth_and_flow_tracks(real_data, tmp_path):
     yy = np.linspace(0.2, 1.0, 480, dtype=np.float32)[:, None].repeat(854, 1)  # disparity ramp: ground plane
     for i in range(50):
         np.save(ddir / f"{i:05d}.npy", yy)
-    seq = DavisDataConfig(seq_name="horsejump-high", root_dir=str(root), depth_type="my_depth", end=8, downscale=4,
-                          flow_grid_step=4, cache_dir=str(tmp_path / "cache"), missing_camera="static").load()
+    seq = DavisDataConfig(
+        seq_name="horsejump-high",
+        root_dir=str(root),
+        depth_type="my_depth",
+        end=8,
+        downscale=4,
+        flow_grid_step=4,
+        cache_dir=str(tmp_path / "cache"),
+        missing_camera="static",
+    ).load()
     assert seq.num_frames == 8 and seq.tracks_xy.shape[1] == 8 and seq.tracks_xy.shape[0] > 20
     assert seq.scene_scale > 0 and torch.isfinite(seq.w2cs).all()
     # tracks start on the horse: the foreground mask at each track's query pixel

@@ -71,8 +71,9 @@ def test_the_prior_loads_as_the_custom_layout_disparity(pair):
     from flow3d.data.casual import CustomDataConfig
 
     stereo.run(stereo.StereoArgs(root_dir=str(pair), seq_name="synthetic", baseline=BASELINE, out_type="sgbm"))
-    seq = CustomDataConfig(root_dir=str(pair), seq_name="synthetic", depth_type="sgbm", use_cache=False,
-                           normalize_scene=False).load()
+    seq = CustomDataConfig(
+        root_dir=str(pair), seq_name="synthetic", depth_type="sgbm", use_cache=False, normalize_scene=False
+    ).load()
     inv = np.stack([np.load(pair / "sgbm" / "synthetic" / f"{n}.npy") for n in seq.frame_names])
     pv = seq.prior_valid.numpy()
     assert not pv[inv == 0].any()  # 0 = invalid
@@ -103,7 +104,9 @@ def test_bad_input_is_one_error_naming_it(pair, tmp_path, capsys):
         (bad / sub / "s").mkdir(parents=True)
     cv2.imwrite(str(bad / "images" / "s" / "00000.png"), np.zeros((48, 64, 3), np.uint8))
     cv2.imwrite(str(bad / "images_right" / "s" / "00000.png"), np.zeros((48, 70, 3), np.uint8))
-    code, err = _run_main(["--root-dir", str(bad), "--seq-name", "s", "--baseline", "0.05", "--focal-length", "50"], capsys)
+    code, err = _run_main(
+        ["--root-dir", str(bad), "--seq-name", "s", "--baseline", "0.05", "--focal-length", "50"], capsys
+    )
     assert code == 1 and len(err) == 1 and "00000.png" in err[0] and "rectified" in err[0]
     # no focal length and no camera file
     cv2.imwrite(str(bad / "images_right" / "s" / "00000.png"), np.zeros((48, 64, 3), np.uint8))

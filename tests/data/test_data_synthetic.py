@@ -69,7 +69,7 @@ def test_visible_gt_track_reprojects_onto_pixel_with_matching_depth(seq):
     xs, ys = xy[sel][:, 0].round().long(), xy[sel][:, 1].round().long()
     ok = smooth[t_idx, ys, xs]
     zb = bilinear_sample(d[:, None], xy)[..., 0][sel][ok]
-    rel = ((zb - z[sel][ok]).abs() / z[sel][ok])
+    rel = (zb - z[sel][ok]).abs() / z[sel][ok]
     assert ok.sum() > 1000
     assert rel.median() < 2e-3 and rel.quantile(0.99) < 0.03
     # invisible in-image points lie behind the surface the camera sees
@@ -120,8 +120,16 @@ def test_gt_flow_matches_tracks_and_images(seq):
 
 @pytest.mark.parametrize("drift", ["linear", "sine"])
 def test_prior_drift_equals_what_was_asked(drift):
-    cfg = SyntheticDataConfig(num_frames=8, width=64, height=48, prior_drift=drift, prior_scale_drift=0.4,
-                              prior_shift_drift=0.3, prior_blur_px=0.0, prior_noise=0.0)
+    cfg = SyntheticDataConfig(
+        num_frames=8,
+        width=64,
+        height=48,
+        prior_drift=drift,
+        prior_scale_drift=0.4,
+        prior_shift_drift=0.3,
+        prior_blur_px=0.0,
+        prior_noise=0.0,
+    )
     seq = make_synthetic_sequence(cfg)
     true_disp = 1.0 / seq.gt_depth.double()
     m = float(np.median(true_disp.numpy()))  # numpy's median, as documented (torch's takes the lower middle)
@@ -149,7 +157,7 @@ def test_prior_blur_and_noise_corrupt_edges():
     torch.testing.assert_close(clean.prior_disp, 1.0 / clean.gt_depth, rtol=1e-6, atol=0)
     rel_noise = (noisy.prior_disp / clean.prior_disp - 1).std()
     assert 0.04 < rel_noise < 0.06
-    edge = (clean.fg_masks[:, 1:, :] != clean.fg_masks[:, :-1, :])
+    edge = clean.fg_masks[:, 1:, :] != clean.fg_masks[:, :-1, :]
     diff = (blurred.prior_disp - clean.prior_disp).abs()[:, 1:, :]
     assert diff[edge].mean() > 10 * diff[~edge].median()
 

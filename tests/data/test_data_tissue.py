@@ -149,7 +149,11 @@ def test_gt_tracks_are_photometrically_consistent_on_diffuse_tissue(seq, diffuse
     err, still, off = torch.cat(err), torch.cat(still), torch.cat(off)
     assert err.numel() > 100
     assert err.median() < 0.015, err.median()
-    assert err.median() < 0.5 * still.median() and err.median() < 0.5 * off.median(), (err.median(), still.median(), off.median())
+    assert err.median() < 0.5 * still.median() and err.median() < 0.5 * off.median(), (
+        err.median(),
+        still.median(),
+        off.median(),
+    )
     assert (err < off).float().mean() > 0.85
 
 
@@ -176,7 +180,11 @@ def test_gt_flow_matches_tracks_and_warps_images(seq, diffuse):
         off.append(torch.stack([e(p + d) for d in _SHIFTS]).mean(0))
     err, still, off = torch.cat(err), torch.cat(still), torch.cat(off)
     assert err.numel() > 1000
-    assert err.median() < 0.5 * still.median() and err.median() < 0.5 * off.median(), (err.median(), still.median(), off.median())
+    assert err.median() < 0.5 * still.median() and err.median() < 0.5 * off.median(), (
+        err.median(),
+        still.median(),
+        off.median(),
+    )
 
 
 def test_specular_highlights_exist_and_slide():
@@ -195,8 +203,12 @@ def test_deterministic_and_normalisation_keeps_projections_and_flow(seq):
     # the same images and prior from the same seed (normalisation rescales the prior by the scale only)
     assert torch.equal(n.images, seq.images)
     torch.testing.assert_close(n.prior_disp / n.scene_scale, seq.prior_disp, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(project_points(n.gt_tracks_3d.transpose(0, 1), n.Ks, n.w2cs)[0],
-                               project_points(seq.gt_tracks_3d.transpose(0, 1), seq.Ks, seq.w2cs)[0], atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        project_points(n.gt_tracks_3d.transpose(0, 1), n.Ks, n.w2cs)[0],
+        project_points(seq.gt_tracks_3d.transpose(0, 1), seq.Ks, seq.w2cs)[0],
+        atol=2e-3,
+        rtol=0,
+    )
     torch.testing.assert_close(n.gt_flow(1, 4), seq.gt_flow(1, 4), atol=2e-3, rtol=0)
     torch.testing.assert_close(n.gt_depth * n.scene_scale, seq.gt_depth, rtol=1e-5, atol=1e-5)
 

@@ -41,7 +41,10 @@ def test_tapir_roundtrip():
 
 def test_dense_tracks_from_pairs_subsets_and_gaps():
     P, T = 6, 3
-    pairs = {(0, t): np.concatenate([np.arange(P)[:, None] + t * 0.5, np.zeros((P, 1)), np.full((P, 2), -20.0)], 1) for t in range(T)}
+    pairs = {
+        (0, t): np.concatenate([np.arange(P)[:, None] + t * 0.5, np.zeros((P, 1)), np.full((P, 2), -20.0)], 1)
+        for t in range(T)
+    }
     del pairs[(0, 2)]  # missing target: unknown entries
     xy, vis, conf, q = dense_tracks_from_pairs(pairs, T, [0], max_per_query=4, seed=3)
     assert xy.shape == (4, T, 2) and q.tolist() == [0] * 4

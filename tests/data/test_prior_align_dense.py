@@ -64,9 +64,14 @@ def test_foreground_only_tracks_recover_the_true_drift(fg_only):
 
 
 def test_missing_tracks_recover_the_true_drift(fg_only):
-    seq = dataclasses.replace(fg_only, tracks_xy=fg_only.tracks_xy[:0], tracks_visible=fg_only.tracks_visible[:0],
-                              tracks_conf=fg_only.tracks_conf[:0], tracks_query_t=fg_only.tracks_query_t[:0],
-                              gt_tracks_3d=None)
+    seq = dataclasses.replace(
+        fg_only,
+        tracks_xy=fg_only.tracks_xy[:0],
+        tracks_visible=fg_only.tracks_visible[:0],
+        tracks_conf=fg_only.tracks_conf[:0],
+        tracks_query_t=fg_only.tracks_query_t[:0],
+        gt_tracks_3d=None,
+    )
     drift = estimate_prior_drift(seq)
     assert drift.source == "dense" and drift.applied
     ratio, b_spread, b_raw = _residual_drift(seq, drift)
@@ -85,10 +90,16 @@ def test_guard_refuses_an_alignment_that_makes_the_prior_less_consistent(caplog)
         drift = estimate_prior_drift(seq, source="tracks", region="fg", fit="scale_shift")
     assert not drift.applied
     assert drift.consistency_aligned > drift.consistency_raw  # measured 0.149 vs 0.008
-    assert torch.equal(drift.scale, torch.ones(seq.num_frames)) and torch.equal(drift.shift, torch.zeros(seq.num_frames))
+    assert torch.equal(drift.scale, torch.ones(seq.num_frames)) and torch.equal(
+        drift.shift, torch.zeros(seq.num_frames)
+    )
     assert torch.equal(apply_prior_drift(seq, drift).prior_disp, seq.prior_disp)
     msg = [r.getMessage() for r in caplog.records if "NOT applied" in r.getMessage()]
-    assert len(msg) == 1 and f"{drift.consistency_raw:.4f} raw" in msg[0] and f"{drift.consistency_aligned:.4f} aligned" in msg[0]
+    assert (
+        len(msg) == 1
+        and f"{drift.consistency_raw:.4f} raw" in msg[0]
+        and f"{drift.consistency_aligned:.4f} aligned" in msg[0]
+    )
 
 
 def test_dense_source_needs_a_static_background():

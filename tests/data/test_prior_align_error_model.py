@@ -106,7 +106,9 @@ def test_low_frequency_field_drifts_and_flickers(scene, truth):
 
 def test_one_object_is_misplaced_in_some_frames(scene, truth):
     true = _true_disp(truth)
-    seq = _load(scene, prior_error="realistic", **CLEAN, **{**OFF, "prior_object_error": 0.25, "prior_object_frames": 0.5})
+    seq = _load(
+        scene, prior_error="realistic", **CLEAN, **{**OFF, "prior_object_error": 0.25, "prior_object_frames": 0.5}
+    )
     ok = seq.prior_valid & (true > 0)
     ratio = torch.where(ok, seq.prior_disp.double() / true.clamp_min(1e-12), torch.ones_like(true))
     wrong = (ratio - 1).abs() > 1e-4
@@ -130,8 +132,8 @@ def test_blurred_depth_edges(scene, truth):
     # edges: where the true disparity jumps by > 5% to a 4-neighbour
     t = true
     jump = torch.zeros_like(t, dtype=torch.bool)
-    jump[:, :, 1:] |= ((t[:, :, 1:] - t[:, :, :-1]).abs() > 0.05 * t[:, :, 1:])
-    jump[:, 1:, :] |= ((t[:, 1:, :] - t[:, :-1, :]).abs() > 0.05 * t[:, 1:, :])
+    jump[:, :, 1:] |= (t[:, :, 1:] - t[:, :, :-1]).abs() > 0.05 * t[:, :, 1:]
+    jump[:, 1:, :] |= (t[:, 1:, :] - t[:, :-1, :]).abs() > 0.05 * t[:, 1:, :]
     if not bool(jump.any()):
         pytest.skip("no depth edge in this scene")
     near = torch.nn.functional.max_pool2d(jump.double()[:, None], 5, 1, 2)[:, 0] > 0

@@ -148,7 +148,9 @@ def test_mssim_som_full_mask_equals_valid_region_of_standard_ssim():
     ref = np.stack([_ssim_map_loop(a[0, ..., c].numpy(), b[0, ..., c].numpy()) for c in range(3)])
     want = ref[:, 5:-5, 5:-5].mean()  # windows fully inside the image
     torch.testing.assert_close(mssim_som(a, b), torch.tensor([want], dtype=torch.float64))
-    torch.testing.assert_close(mssim_som(a, b, torch.ones(1, 16, 18, dtype=torch.float64)), torch.tensor([want], dtype=torch.float64))
+    torch.testing.assert_close(
+        mssim_som(a, b, torch.ones(1, 16, 18, dtype=torch.float64)), torch.tensor([want], dtype=torch.float64)
+    )
 
 
 def test_mssim_som_partial_mask_matches_loop_reference():
@@ -250,7 +252,9 @@ def test_depth_metrics_per_frame_scales_hand_value():
     assert seq.aggregate["scale"] == pytest.approx(s)
     torch.testing.assert_close(seq.per_frame["abs_rel"], torch.tensor([s - 1, 1 - 0.5 * s], dtype=torch.float64))
     torch.testing.assert_close(seq.per_frame["rmse"], torch.tensor([s - 1, 1 - 0.5 * s], dtype=torch.float64))
-    torch.testing.assert_close(seq.per_frame["delta1"], torch.tensor([1.0, 0.0], dtype=torch.float64))  # ratios 1.2 and 1/0.6
+    torch.testing.assert_close(
+        seq.per_frame["delta1"], torch.tensor([1.0, 0.0], dtype=torch.float64)
+    )  # ratios 1.2 and 1/0.6
     assert seq.aggregate["abs_rel"] == pytest.approx(((s - 1) + (1 - 0.5 * s)) / 2)
     fr = depth_metrics(pred, gt, alignment="frame")
     torch.testing.assert_close(fr.per_frame["abs_rel"], torch.zeros(2, dtype=torch.float64))
@@ -331,7 +335,9 @@ def test_depth_metrics_scale_shift_clamps_negative_aligned_disparity():
     # negative scale (about -0.88, shift 5.69) and sends the last pixel to disparity -1.36 < 0
     gt_disp = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0] * 10 + [1.0], dtype=torch.float64)
     pred_disp = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0] * 10 + [8.0], dtype=torch.float64)
-    r2 = depth_metrics((1 / pred_disp).reshape(1, 1, -1), (1 / gt_disp).reshape(1, 1, -1), alignment="sequence_scale_shift")
+    r2 = depth_metrics(
+        (1 / pred_disp).reshape(1, 1, -1), (1 / gt_disp).reshape(1, 1, -1), alignment="sequence_scale_shift"
+    )
     assert math.isfinite(r2.aggregate["abs_rel"]) and math.isfinite(r2.aggregate["rmse"])
     s, t = r2.aggregate["scale"], r2.aggregate["shift"]
     assert s == pytest.approx(-0.88188976) and s * 8 + t < 0
@@ -534,7 +540,10 @@ def test_image_metrics_endonerf_protocol_against_hand_reference():
     """PSNR over valid pixels = EndoGaussian's masked PSNR (MSE over the mask's pixels); ssim_endo = the
     whole-image mean SSIM of both images times the mask (checked with a per-pixel loop over the window)."""
     g = torch.Generator().manual_seed(1)
-    pred, target = torch.rand(1, 14, 13, 3, generator=g, dtype=torch.float64), torch.rand(1, 14, 13, 3, generator=g, dtype=torch.float64)
+    pred, target = (
+        torch.rand(1, 14, 13, 3, generator=g, dtype=torch.float64),
+        torch.rand(1, 14, 13, 3, generator=g, dtype=torch.float64),
+    )
     valid = torch.ones(1, 14, 13, dtype=torch.float64)
     valid[0, 3:8, 4:9] = 0
     out = image_metrics(pred, target, valid_mask=valid)
@@ -551,7 +560,7 @@ def test_image_metrics_endonerf_protocol_against_hand_reference():
     for c in range(3):
         for i in range(14):
             for j in range(13):
-                px, py = xp[c, i:i + 11, j:j + 11], yp[c, i:i + 11, j:j + 11]
+                px, py = xp[c, i : i + 11, j : j + 11], yp[c, i : i + 11, j : j + 11]
                 mx, my = (w2 * px).sum(), (w2 * py).sum()
                 vx, vy = (w2 * px * px).sum() - mx**2, (w2 * py * py).sum() - my**2
                 cxy = (w2 * px * py).sum() - mx * my

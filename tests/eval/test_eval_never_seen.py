@@ -78,19 +78,52 @@ def test_coverage_counts_exactly_the_holes_inside_the_frustum(tissue):
     res = coverage(Stub(), seq, degrees=15.0, num_orbit=3)
     assert len(res.rows) == len(seq.val_ids) * 4
     for r in res.rows:
-        c = seq.w2cs[r["frame"]] if r["kind"] == "held_out" else orbit_cameras(seq, 15.0, 3)[0][[-15.0, 0.0, 15.0].index(r["angle"])]
+        c = (
+            seq.w2cs[r["frame"]]
+            if r["kind"] == "held_out"
+            else orbit_cameras(seq, 15.0, 3)[0][[-15.0, 0.0, 15.0].index(r["angle"])]
+        )
         m = surface_in_frustum_mask(seq, r["frame"], c, seq.Ks[r["frame"]], (W, H))
         assert r["hole_px"] == int(m[10:14, 20:26].sum()) and r["num_pixels"] == int(m.sum())
 
 
 @pytest.mark.slow
 def test_run_val_reports_never_seen_tissue_next_to_visible(tmp_path):
-    data = ["data:synthetic", "--data.scene", "tissue", "--data.num-frames", "10", "--data.width", "48",
-            "--data.height", "36", "--data.val-every", "4"]
+    data = [
+        "data:synthetic",
+        "--data.scene",
+        "tissue",
+        "--data.num-frames",
+        "10",
+        "--data.width",
+        "48",
+        "--data.height",
+        "36",
+        "--data.val-every",
+        "4",
+    ]
     work = tmp_path / "work"
-    run_training.main(["--work-dir", str(work), "--preset", "cpu_endonerf", "--max-steps", "3", "--save-every", "3",
-                       "--render-backend", "torch", "--init.num-fg", "600", "--init.num-motion-bases", "4",
-                       "--init.init-fit-steps", "10", *data])
+    run_training.main(
+        [
+            "--work-dir",
+            str(work),
+            "--preset",
+            "cpu_endonerf",
+            "--max-steps",
+            "3",
+            "--save-every",
+            "3",
+            "--render-backend",
+            "torch",
+            "--init.num-fg",
+            "600",
+            "--init.num-motion-bases",
+            "4",
+            "--init.init-fit-steps",
+            "10",
+            *data,
+        ]
+    )
     result = run_val.main(["--work-dir", str(work), "--model", "last", "--no-video", *data, "--data.is-train", "False"])
     doc = json.loads((result.out_dir / "metrics.json").read_text())
     agg = doc["aggregate"]
@@ -101,7 +134,9 @@ def test_run_val_reports_never_seen_tissue_next_to_visible(tmp_path):
     for k in ("never_seen_psnr", "never_seen_abs_rel", "seen_psnr", "seen_abs_rel", "never_seen_hole_frac"):
         assert math.isfinite(agg[k]), k
     assert "never_seen_psnr" in doc["notes"]
-    assert [round(r["never_seen_frac"], 6) for r in doc["per_frame"]] == [round(float(x), 6) for x in ns.float().mean((1, 2))]
+    assert [round(r["never_seen_frac"], 6) for r in doc["per_frame"]] == [
+        round(float(x), 6) for x in ns.float().mean((1, 2))
+    ]
 
 
 def test_never_seen_ground_truth_agrees_with_the_true_flow_and_the_masks(tissue):
@@ -117,14 +152,24 @@ def test_never_seen_ground_truth_agrees_with_the_true_flow_and_the_masks(tissue)
         seen = torch.zeros(H, W, dtype=torch.bool)
         edge = torch.zeros(H, W, dtype=torch.bool)
         for tt in seq.train_ids.tolist():
-            xy = torch.stack(torch.meshgrid(torch.arange(W), torch.arange(H), indexing="xy"), -1).double() + seq.gt_flow(t, tt).double()
+            xy = (
+                torch.stack(torch.meshgrid(torch.arange(W), torch.arange(H), indexing="xy"), -1).double()
+                + seq.gt_flow(t, tt).double()
+            )
             px = xy.round().long()
             inside = (px[..., 0] >= 0) & (px[..., 0] < W) & (px[..., 1] >= 0) & (px[..., 1] < H)
             pxc = torch.stack([px[..., 0].clamp(0, W - 1), px[..., 1].clamp(0, H - 1)], -1)
             v = seq.valid_masks[tt].numpy()
             border = torch.from_numpy(binary_dilation(~v) & ~binary_erosion(~v, border_value=1))
             seen |= inside & seq.valid_masks[tt][pxc[..., 1], pxc[..., 0]]
-            edge |= border[pxc[..., 1], pxc[..., 0]] | ~inside | (px[..., 0] <= 0) | (px[..., 0] >= W - 1) | (px[..., 1] <= 0) | (px[..., 1] >= H - 1)
+            edge |= (
+                border[pxc[..., 1], pxc[..., 0]]
+                | ~inside
+                | (px[..., 0] <= 0)
+                | (px[..., 0] >= W - 1)
+                | (px[..., 1] <= 0)
+                | (px[..., 1] >= H - 1)
+            )
         ref = ~seen
         ns = seq.gt_never_seen[t]
         assert int(ns.sum()) > 20

@@ -67,7 +67,10 @@ def test_aggregate_per_frame_skips_nan_and_explains():
 
 
 def test_format_table_shows_na_with_reason():
-    text = format_table({"psnr": 25.123456, "lpips": Unavailable("no local LPIPS weights"), "mssim": float("nan"), "n": 3}, {"mssim": "no covisibility masks"})
+    text = format_table(
+        {"psnr": 25.123456, "lpips": Unavailable("no local LPIPS weights"), "mssim": float("nan"), "n": 3},
+        {"mssim": "no covisibility masks"},
+    )
     lines = text.splitlines()
     assert lines[0].split() == ["metric", "value"]
     row = {ln.split()[0]: ln.split(None, 1)[1] for ln in lines[2:]}

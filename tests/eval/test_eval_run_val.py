@@ -25,19 +25,67 @@ from flow3d.data import CustomDataConfig, HeldOutViews, SyntheticDataConfig
 from flow3d.eval.validate import ValConfig, evaluate, parse_val_args
 
 TRAIN_ARGS = [
-    "--preset", "cpu_demo", "--max-steps", "4", "--save-every", "2", "--init.num-fg", "200", "--init.num-bg", "300",
-    "--init.init-fit-steps", "20", "data:synthetic", "--data.num-frames", "8", "--data.width", "48", "--data.height", "36",
+    "--preset",
+    "cpu_demo",
+    "--max-steps",
+    "4",
+    "--save-every",
+    "2",
+    "--init.num-fg",
+    "200",
+    "--init.num-bg",
+    "300",
+    "--init.init-fit-steps",
+    "20",
+    "data:synthetic",
+    "--data.num-frames",
+    "8",
+    "--data.width",
+    "48",
+    "--data.height",
+    "36",
 ]
 
 # Every aggregate metrics.json must hold for a synthetic scene (GT depth and GT tracks exist).
 EXPECTED_NUMERIC = [
-    "psnr", "ssim", "fg_psnr", "fg_ssim", "bg_psnr", "bg_ssim",
-    "depth_abs_rel", "depth_rmse", "depth_delta1", "depth_scale", "depth_abs_rel_frame", "depth_rmse_frame",
-    "depth_delta1_frame", "depth_abs_rel_scale_shift", "depth_rmse_scale_shift", "depth_delta1_scale_shift",
-    "depth_disp_scale", "depth_disp_shift", "prior_abs_rel", "prior_rmse", "prior_delta1", "prior_abs_rel_scale_shift",
-    "prior_rmse_scale_shift", "prior_delta1_scale_shift", "ordinal_acc_prior", "ordinal_acc_gt",
-    "temporal_consistency", "temporal_consistency_gt", "track_epe", "track_within_1", "track_within_2",
-    "track_within_4", "track_within_8", "track_within_16", "track_delta_avg", "track_num_points", "num_views", "step",
+    "psnr",
+    "ssim",
+    "fg_psnr",
+    "fg_ssim",
+    "bg_psnr",
+    "bg_ssim",
+    "depth_abs_rel",
+    "depth_rmse",
+    "depth_delta1",
+    "depth_scale",
+    "depth_abs_rel_frame",
+    "depth_rmse_frame",
+    "depth_delta1_frame",
+    "depth_abs_rel_scale_shift",
+    "depth_rmse_scale_shift",
+    "depth_delta1_scale_shift",
+    "depth_disp_scale",
+    "depth_disp_shift",
+    "prior_abs_rel",
+    "prior_rmse",
+    "prior_delta1",
+    "prior_abs_rel_scale_shift",
+    "prior_rmse_scale_shift",
+    "prior_delta1_scale_shift",
+    "ordinal_acc_prior",
+    "ordinal_acc_gt",
+    "temporal_consistency",
+    "temporal_consistency_gt",
+    "track_epe",
+    "track_within_1",
+    "track_within_2",
+    "track_within_4",
+    "track_within_8",
+    "track_within_16",
+    "track_delta_avg",
+    "track_num_points",
+    "num_views",
+    "step",
 ]
 EXPECTED_UNAVAILABLE = ["lpips", "fg_lpips", "bg_lpips", "mpsnr", "mssim", "keypoint_pck"]
 
@@ -56,7 +104,9 @@ def work_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def val_run(work_dir):
     before = _listing(work_dir)
-    result = run_val.main(["--work-dir", str(work_dir), "--model", "4", "--data.is-train", "True", "--save-depth", "--save-renders"])
+    result = run_val.main(
+        ["--work-dir", str(work_dir), "--model", "4", "--data.is-train", "True", "--save-depth", "--save-renders"]
+    )
     after = _listing(work_dir)
     return result, before, after
 
@@ -135,8 +185,14 @@ def test_depth_export_round_trips_and_absrel_matches(val_run, seq, work_dir):
     model = SceneModel.from_state_dict(state)
     with torch.no_grad():
         for i, t in enumerate(frames[:2]):
-            out = model.render(torch.tensor([t]), seq.w2cs[t : t + 1], seq.Ks[t : t + 1], (48, 36),
-                               bg_color=torch.ones(3), backend="torch")
+            out = model.render(
+                torch.tensor([t]),
+                seq.w2cs[t : t + 1],
+                seq.Ks[t : t + 1],
+                (48, 36),
+                bg_color=torch.ones(3),
+                backend="torch",
+            )
             np.testing.assert_allclose(depths[i], out.depth[0, ..., 0].numpy(), rtol=1e-5, atol=1e-5)
 
     gt = seq.gt_depth[frames].numpy().astype(np.float64)
@@ -159,7 +215,9 @@ def test_depth_export_round_trips_and_absrel_matches(val_run, seq, work_dir):
         use = ok & np.isfinite(disp) & (disp > 0)  # the fit skips pixels rendered at depth 0 (is_valid)
         A = np.stack([disp[use], np.ones(use.sum())], -1)
         (a, b), *_ = np.linalg.lstsq(A, 1.0 / gt[use], rcond=None)
-        ref = [np.mean(np.abs(1.0 / (a * disp[i][use[i]] + b) - gt[i][use[i]]) / gt[i][use[i]]) for i in range(len(frames))]
+        ref = [
+            np.mean(np.abs(1.0 / (a * disp[i][use[i]] + b) - gt[i][use[i]]) / gt[i][use[i]]) for i in range(len(frames))
+        ]
         assert doc["aggregate"][f"{who}_abs_rel_scale_shift"] == pytest.approx(np.mean(ref), rel=1e-4)
         if who == "depth":
             assert doc["aggregate"]["depth_disp_scale"] == pytest.approx(a, rel=1e-4)
@@ -212,8 +270,21 @@ def test_corrupt_checkpoint_is_a_clear_error(work_dir, tmp_path):
 
 
 def test_users_command_line_parses(work_dir):
-    cfg = parse_val_args(["--work-dir", str(work_dir), "--model", "4000", "data:custom", "--data.seq-name", "S",
-                          "--data.root-dir", "R", "--data.is-train", "False"])
+    cfg = parse_val_args(
+        [
+            "--work-dir",
+            str(work_dir),
+            "--model",
+            "4000",
+            "data:custom",
+            "--data.seq-name",
+            "S",
+            "--data.root-dir",
+            "R",
+            "--data.is-train",
+            "False",
+        ]
+    )
     assert cfg.model == "4000" and cfg.work_dir == str(work_dir)
     assert isinstance(cfg.data, CustomDataConfig)
     assert (cfg.data.seq_name, cfg.data.root_dir, cfg.data.is_train) == ("S", "R", False)
@@ -233,9 +304,15 @@ def test_held_out_views_with_covisibility(work_dir, seq, tmp_path):
     H, W = 36, 48
     cov = torch.ones(2, H, W, dtype=torch.bool)
     cov[:, :, : W // 2] = False
-    views = HeldOutViews(images=seq.images[[2, 5]], valid_masks=torch.ones(2, H, W, dtype=torch.bool),
-                         w2cs=seq.w2cs[[2, 5]], Ks=seq.Ks[[2, 5]], t=torch.tensor([2, 5]), names=["a", "b"],
-                         covisible_masks=cov)
+    views = HeldOutViews(
+        images=seq.images[[2, 5]],
+        valid_masks=torch.ones(2, H, W, dtype=torch.bool),
+        w2cs=seq.w2cs[[2, 5]],
+        Ks=seq.Ks[[2, 5]],
+        t=torch.tensor([2, 5]),
+        names=["a", "b"],
+        covisible_masks=cov,
+    )
 
     @dataclasses.dataclass(kw_only=True)
     class WithViews(SyntheticDataConfig):
@@ -264,14 +341,48 @@ def test_endonerf_layout_scores_tissue_pixels_and_names_the_stereo_reference(tmp
     from flow3d.preprocess import synthetic as writer
 
     root = tmp_path / "tissue"
-    writer.main(["--scene", "tissue", "--layout", "endonerf", "--out-dir", str(root), "--num-frames", "10",
-                 "--width", "48", "--height", "36"])
+    writer.main(
+        [
+            "--scene",
+            "tissue",
+            "--layout",
+            "endonerf",
+            "--out-dir",
+            str(root),
+            "--num-frames",
+            "10",
+            "--width",
+            "48",
+            "--height",
+            "36",
+        ]
+    )
     data = ["data:endonerf", "--data.root-dir", str(root), "--data.depth-scale", "1000", "--data.use-cache", "False"]
     work = tmp_path / "work"
-    run_training.main(["--work-dir", str(work), "--preset", "cpu_endonerf", "--max-steps", "3", "--save-every", "3",
-                       "--init.num-fg", "300", "--init.num-motion-bases", "4", "--init.init-fit-steps", "10", *data,
-                       "--data.is-train", "True"])
-    result = run_val.main(["--work-dir", str(work), "--model", "last", "--save-renders", *data, "--data.is-train", "False"])
+    run_training.main(
+        [
+            "--work-dir",
+            str(work),
+            "--preset",
+            "cpu_endonerf",
+            "--max-steps",
+            "3",
+            "--save-every",
+            "3",
+            "--init.num-fg",
+            "300",
+            "--init.num-motion-bases",
+            "4",
+            "--init.init-fit-steps",
+            "10",
+            *data,
+            "--data.is-train",
+            "True",
+        ]
+    )
+    result = run_val.main(
+        ["--work-dir", str(work), "--model", "last", "--save-renders", *data, "--data.is-train", "False"]
+    )
     doc = json.loads((result.out_dir / "metrics.json").read_text())
     agg = doc["aggregate"]
     assert agg["depth_reference"] == "stereo"
@@ -294,7 +405,11 @@ def test_endonerf_layout_scores_tissue_pixels_and_names_the_stereo_reference(tmp
         img[inst] = rng.integers(0, 256, (int(inst.sum()), img.shape[-1]), dtype=np.uint8)
         imageio.imwrite(img_path, img)
     data2 = ["data:endonerf", "--data.root-dir", str(noisy), "--data.depth-scale", "1000", "--data.use-cache", "False"]
-    doc2 = json.loads((run_val.main(["--work-dir", str(work), "--model", "last", *data2, "--data.is-train", "False"])
-                       .out_dir / "metrics.json").read_text())
+    doc2 = json.loads(
+        (
+            run_val.main(["--work-dir", str(work), "--model", "last", *data2, "--data.is-train", "False"]).out_dir
+            / "metrics.json"
+        ).read_text()
+    )
     assert doc2["aggregate"] == agg
     assert doc2["per_frame"] == [{k: v for k, v in r.items()} for r in doc["per_frame"]]

@@ -16,9 +16,13 @@ def test_track_pck_counts_soms_pairs_by_hand():
     ids = torch.tensor([0, 1, 2])
     scored = [0, 1, 2]
     gt = torch.zeros(3, 3, 2)
-    err = torch.tensor([[0.0, 1.0, 9.0],  # track 0 at frames 0, 1, 2 (frame 0 is its query)
-                        [0.0, 6.0, 4.9],  # track 1
-                        [5.0, 2.0, 0.0]])  # track 2 (frame 2 is its query)
+    err = torch.tensor(
+        [
+            [0.0, 1.0, 9.0],  # track 0 at frames 0, 1, 2 (frame 0 is its query)
+            [0.0, 6.0, 4.9],  # track 1
+            [5.0, 2.0, 0.0],
+        ]
+    )  # track 2 (frame 2 is its query)
     pred = gt + torch.stack([err, torch.zeros_like(err)], -1)
     vis = torch.ones(3, 3, dtype=torch.bool)
     vis[1, 2] = False  # track 1 not visible at frame 2
@@ -31,5 +35,7 @@ def test_track_pck_counts_soms_pairs_by_hand():
 
 def test_track_pck_without_a_pair_is_nan():
     seq = SimpleNamespace(tracks_query_t=torch.tensor([0]), img_wh=(10, 10))
-    pck, note = _track_pck(torch.tensor([0]), torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.bool), seq, [0])
+    pck, note = _track_pck(
+        torch.tensor([0]), torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.bool), seq, [0]
+    )
     assert pck != pck and "no (query, target)" in note

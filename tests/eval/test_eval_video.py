@@ -79,7 +79,9 @@ def test_colorbar_compose_and_label_frame():
     assert (out[:title_h, :80] > 100).any()  # title text drawn (white on dark grey)
     lab = label_frame(a, "frame 7")
     assert lab.shape == a.shape and (lab != a).any() and (a == 200).all()  # a copy, input untouched
-    frame = depth_video_frame([("rgb", a), ("depth", colorize_depth(np.ones((100, 80)) * 2, 1, 3))], (1.0, 3.0), 7, units="m")
+    frame = depth_video_frame(
+        [("rgb", a), ("depth", colorize_depth(np.ones((100, 80)) * 2, 1, 3))], (1.0, 3.0), 7, units="m"
+    )
     assert frame.shape[0] == 100 + title_h and frame.shape[1] > 80 * 2 + bar.shape[1] // 2
 
 

@@ -21,8 +21,13 @@ def smooth_texture(height: int, width: int, seed: int, cell: int = 4) -> np.ndar
 
 def render(texture: np.ndarray, inv_map: np.ndarray) -> np.ndarray:
     """Sample ``texture`` at (H, W, 2) positions -> (H, W, 3) float32."""
-    return cv2.remap(texture, inv_map[..., 0].astype(np.float32), inv_map[..., 1].astype(np.float32),
-                     interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return cv2.remap(
+        texture,
+        inv_map[..., 0].astype(np.float32),
+        inv_map[..., 1].astype(np.float32),
+        interpolation=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
 
 
 def grid(height: int, width: int) -> np.ndarray:
@@ -34,8 +39,18 @@ class Scene:
     """Background: rotation by ``angle_deg`` per frame about the image centre, then translation ``shift``.
     Occluder: a ``side``-px square whose top-left corner starts at ``sq0`` and moves by ``sq_vel`` per frame."""
 
-    def __init__(self, height=120, width=160, shift=(1.3, 0.7), angle_deg=0.0, side=30, sq0=(40.0, 30.0),
-                 sq_vel=(4.0, 1.0), seed=0, pad=40):
+    def __init__(
+        self,
+        height=120,
+        width=160,
+        shift=(1.3, 0.7),
+        angle_deg=0.0,
+        side=30,
+        sq0=(40.0, 30.0),
+        sq_vel=(4.0, 1.0),
+        seed=0,
+        pad=40,
+    ):
         self.H, self.W, self.pad = height, width, pad
         self.bg = smooth_texture(height + 2 * pad, width + 2 * pad, seed)
         self.fg = smooth_texture(side, side, seed + 1)

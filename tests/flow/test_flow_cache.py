@@ -2,10 +2,10 @@ import json
 
 import numpy as np
 import pytest
+from flow_synthetic import Scene
 
 import flow3d.flow.cache as cache_mod
 from flow3d.flow import FlowCache, FlowResult, estimate_flow, fb_confidence, fb_consistency_mask
-from flow_synthetic import Scene
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,12 @@ def _bilinear(img, x, y):
     x0, y0 = int(math.floor(x)), int(math.floor(y))
     x1, y1 = min(x0 + 1, W - 1), min(y0 + 1, H - 1)
     ax, ay = x - x0, y - y0
-    return ((1 - ax) * (1 - ay) * img[y0, x0] + ax * (1 - ay) * img[y0, x1]
-            + (1 - ax) * ay * img[y1, x0] + ax * ay * img[y1, x1])
+    return (
+        (1 - ax) * (1 - ay) * img[y0, x0]
+        + ax * (1 - ay) * img[y0, x1]
+        + (1 - ax) * ay * img[y1, x0]
+        + ax * ay * img[y1, x1]
+    )
 
 
 def _naive(fw, bw, rule, **c):
@@ -52,10 +56,17 @@ def _random_pair(seed=0, H=13, W=17):
     return fw.astype(np.float64), bw.astype(np.float64)
 
 
-@pytest.mark.parametrize("rule, coeffs", [
-    ("squared", {}), ("lenient", {}), ("fixed", {}),
-    ("squared", {"alpha": 0.05, "beta": 0.2}), ("lenient", {"alpha": 0.1, "beta": 1.0}), ("fixed", {"threshold": 0.7}),
-])
+@pytest.mark.parametrize(
+    "rule, coeffs",
+    [
+        ("squared", {}),
+        ("lenient", {}),
+        ("fixed", {}),
+        ("squared", {"alpha": 0.05, "beta": 0.2}),
+        ("lenient", {"alpha": 0.1, "beta": 1.0}),
+        ("fixed", {"threshold": 0.7}),
+    ],
+)
 def test_matches_naive_loop(rule, coeffs):
     fw, bw = _random_pair()
     ref_mask, ref_conf = _naive(fw, bw, rule, **coeffs)

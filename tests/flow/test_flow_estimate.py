@@ -1,9 +1,9 @@
 import cv2
 import numpy as np
 import pytest
+from flow_synthetic import Scene
 
 from flow3d.flow import FLOW_BACKENDS, estimate_flow, fb_consistency_mask, read_flo
-from flow_synthetic import Scene
 
 
 def _inside(flow):
@@ -52,10 +52,15 @@ def test_lenient_rule_misses_more_occlusions(synthetic_pair):
 
 # Median end-point errors measured: fast 0.21, ultrafast 0.26, farneback 0.05, medium 0.06 px
 # (the motion itself has a median of 1.84 px, so zero flow fails every bound).
-@pytest.mark.parametrize("backend, options, tol", [
-    ("dis", {"preset": "fast"}, 0.35), ("dis", {"preset": "ultrafast"}, 0.45), ("farneback", {}, 0.15),
-    ("dis", {"preset": "medium", "variational_refinement_iterations": 10}, 0.15),
-])
+@pytest.mark.parametrize(
+    "backend, options, tol",
+    [
+        ("dis", {"preset": "fast"}, 0.35),
+        ("dis", {"preset": "ultrafast"}, 0.45),
+        ("farneback", {}, 0.15),
+        ("dis", {"preset": "medium", "variational_refinement_iterations": 10}, 0.15),
+    ],
+)
 def test_other_backends_and_options(synthetic_pair, backend, options, tol):
     f0, f1, gt, occluded = synthetic_pair
     fw = estimate_flow(f0, f1, backend, **options)

@@ -26,7 +26,9 @@ def test_fill_is_the_surroundings_and_edge_cases():
     ign = np.zeros((20, 24), bool)
     ign[5:12, 6:14] = True
     out = fill_ignored(img, ign)
-    assert np.abs(out[ign].astype(int) - 90).max() <= 3  # a uniform surrounding fills the hole (Telea: within a few levels)
+    assert (
+        np.abs(out[ign].astype(int) - 90).max() <= 3
+    )  # a uniform surrounding fills the hole (Telea: within a few levels)
     assert fill_ignored(img, None) is img and fill_ignored(img, np.zeros_like(ign)) is img
     assert (fill_ignored(img, np.ones_like(ign)) == 128).all()  # nothing valid: mid-grey
     with pytest.raises(ValueError, match="uint8"):

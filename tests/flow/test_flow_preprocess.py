@@ -6,10 +6,10 @@ import sys
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from flow_synthetic import Scene, grid
 
 import flow3d.flow.cache as cache_mod
 from flow3d.preprocess.flow import FlowPreprocessConfig, find_frames, main, preprocess_flow
-from flow_synthetic import Scene, grid
 
 T = 5
 
@@ -41,12 +41,32 @@ def count_calls(monkeypatch):
 def test_custom_layout_strides_tracks_and_skip(tmp_path, count_calls):
     _write_sequence(tmp_path, "images/seq", "masks/seq")
     out = tmp_path / "out"
-    summary = main(["--root-dir", str(tmp_path), "--seq-name", "seq", "--strides", "1", "2", "--out-dir", str(out),
-                    "--grid-step", "4"])
+    summary = main(
+        [
+            "--root-dir",
+            str(tmp_path),
+            "--seq-name",
+            "seq",
+            "--strides",
+            "1",
+            "2",
+            "--out-dir",
+            str(out),
+            "--grid-step",
+            "4",
+        ]
+    )
     assert summary["pairs"] == (T - 1) + (T - 2) and summary["pairs_computed"] == summary["pairs"]
     npz = sorted(p.name for p in (out / "flow" / "seq").glob("*/*.npz"))
-    assert npz == ["00000_00001.npz", "00000_00002.npz", "00001_00002.npz", "00001_00003.npz", "00002_00003.npz",
-                   "00002_00004.npz", "00003_00004.npz"]
+    assert npz == [
+        "00000_00001.npz",
+        "00000_00002.npz",
+        "00001_00002.npz",
+        "00001_00003.npz",
+        "00002_00003.npz",
+        "00002_00004.npz",
+        "00003_00004.npz",
+    ]
     assert len(count_calls) == 2 * len(npz)  # the tracks reused the cached stride-1 flows
     with np.load(next((out / "flow" / "seq").glob("*/00000_00002.npz"))) as f:
         assert f["flow_ab"].shape == (64, 80, 2) and f["valid_ba"].dtype == bool
@@ -56,8 +76,21 @@ def test_custom_layout_strides_tracks_and_skip(tmp_path, count_calls):
     assert q.shape[1] == 4 and len(q) > 5  # grid points on the 16 px foreground square
     assert not (tmp_path / "flow").exists()  # nothing written beside the data with --out-dir
     # a second run skips everything
-    again = main(["--root-dir", str(tmp_path), "--seq-name", "seq", "--strides", "1", "2", "--out-dir", str(out),
-                  "--grid-step", "4"])
+    again = main(
+        [
+            "--root-dir",
+            str(tmp_path),
+            "--seq-name",
+            "seq",
+            "--strides",
+            "1",
+            "2",
+            "--out-dir",
+            str(out),
+            "--grid-step",
+            "4",
+        ]
+    )
     assert again["pairs_computed"] == 0 and again["tracks_written"] == 0 and len(count_calls) == 2 * len(npz)
     # other track settings recompute the tracks but not the flows
     third = main(["--root-dir", str(tmp_path), "--seq-name", "seq", "--out-dir", str(out), "--grid-step", "8"])
@@ -106,6 +139,9 @@ def test_real_davis_three_frames(real_data, tmp_path):
 
 @pytest.mark.slow  # a fresh interpreter importing torch: ~3-5 s
 def test_module_entry_point(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "flow3d.preprocess.flow", "--root-dir", str(tmp_path),
-                             "--seq-name", "nope"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "flow3d.preprocess.flow", "--root-dir", str(tmp_path), "--seq-name", "nope"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0 and "no frames" in result.stderr

@@ -101,8 +101,12 @@ def test_missing_or_wrong_weights_give_clear_errors(tmp_path, small_weights, mon
 def test_pad_to_multiple_round_trip():
     from flow3d.flow.raft import pad_to_multiple, unpad
 
-    for H, W, min_size, expect in [(67, 93, 0, (72, 96)), (131, 141, 128, (136, 144)), (67, 93, 128, (128, 128)),
-                                   (64, 64, 0, (64, 64))]:
+    for H, W, min_size, expect in [
+        (67, 93, 0, (72, 96)),
+        (131, 141, 128, (136, 144)),
+        (67, 93, 128, (128, 128)),
+        (64, 64, 0, (64, 64)),
+    ]:
         x = torch.randn(1, 2, H, W)
         padded, pads = pad_to_multiple(x, 8, min_size)
         assert tuple(padded.shape[-2:]) == expect

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from flow_synthetic import Scene, grid
 
 from flow3d.flow import query_grid, tracks_from_flow, write_som_tracks
-from flow_synthetic import Scene, grid
 
 T = 11
 

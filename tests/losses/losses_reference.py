@@ -23,8 +23,9 @@ def smooth_l1(d: float, beta: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- seed 001
-def consistency_reference(d_pred, d_tgt, mask, conf=None, *, r_out=1, r_edge=1, beta=0.1,
-                          w_inside=1.0, w_outside=0.5, w_edge=0.5):
+def consistency_reference(
+    d_pred, d_tgt, mask, conf=None, *, r_out=1, r_edge=1, beta=0.1, w_inside=1.0, w_outside=0.5, w_edge=0.5
+):
     """Seed 001 on finite inputs: returns (total, inside, outside, edge)."""
     B, H, W = _shape(d_pred)
 
@@ -128,8 +129,13 @@ def g2_reference(pred, gt, mask, scales=(1, 2, 4, 8)):
 
     def pool(X, s):
         h, w = H // s, W // s
-        return [[[sum(X[b][i * s + a][j * s + c] for a in range(s) for c in range(s)) / (s * s)
-                  for j in range(w)] for i in range(h)] for b in range(B)]
+        return [
+            [
+                [sum(X[b][i * s + a][j * s + c] for a in range(s) for c in range(s)) / (s * s) for j in range(w)]
+                for i in range(h)
+            ]
+            for b in range(B)
+        ]
 
     rgrad = 0.0
     for s in scales:
@@ -177,8 +183,9 @@ def _bilinear_down(img, factor: int):
     return out
 
 
-def scale_adaptive_reference(pred_inv, gt_inv, mask=None, *, lambda_sg=0.5, num_scales=4, use_absolute=True,
-                             use_inv_depth=False, epsilon=1e-8):
+def scale_adaptive_reference(
+    pred_inv, gt_inv, mask=None, *, lambda_sg=0.5, num_scales=4, use_absolute=True, use_inv_depth=False, epsilon=1e-8
+):
     """Seed 003 (PackNet's ScaleAdaptiveLoss.forward): returns (total, relative, absolute, sg)."""
     B, H, W = _shape(pred_inv)
     N = H * W

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from losses_reference import consistency_reference
 
 from flow3d.losses import DepthConsistencyLoss, DepthConsistencyTerms, depth_consistency_loss
-from losses_reference import consistency_reference
 
 
 def _inputs(B=2, H=7, W=9, seed=0):

@@ -13,7 +13,7 @@ from flow3d.losses import depth_aware_scale_loss, estimate_k_obj_from_dataset, f
 def _block_mask(B=2, H=12, W=12, side=(4, 6), dtype=torch.float64):
     m = torch.zeros(B, 1, H, W, dtype=dtype)
     for b in range(B):
-        m[b, 0, 1:1 + side[b], 2:2 + side[b]] = 1.0
+        m[b, 0, 1 : 1 + side[b], 2 : 2 + side[b]] = 1.0
     return m
 
 
@@ -64,7 +64,9 @@ class TestDepthAwareScaleLoss:
         assert float(loss) == pytest.approx(0.0, abs=1e-12)
         # metric depth version
         depth = 1.0 / inv
-        assert float(estimate_k_obj_from_dataset([m, m], [depth, depth], [f, f], depth_mode="depth")) == pytest.approx(k)
+        assert float(estimate_k_obj_from_dataset([m, m], [depth, depth], [f, f], depth_mode="depth")) == pytest.approx(
+            k
+        )
 
     def test_soft_mask_median_uses_half_threshold(self):
         m = _block_mask(B=1, side=(4,))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from losses_reference import g2_reference
 
 from flow3d.losses import G2MonoDepthLoss, g2_monodepth_loss
-from losses_reference import g2_reference
 
 
 def _inputs(B=2, H=16, W=16, seed=0):

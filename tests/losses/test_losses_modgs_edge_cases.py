@@ -18,8 +18,9 @@ def test_constant_prior_frame_gives_zero_not_modgs_099():
     pred_a = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
     pred_b = torch.tensor([1.1, 2.1, 3.1])
     prior = torch.full((3,), 2.5)
-    loss = L.modgs_ordinal_loss(pred_a, pred_b, prior, prior, prior_kind="depth", alpha=100.0,
-                                prior_range=torch.tensor(0.0))
+    loss = L.modgs_ordinal_loss(
+        pred_a, pred_b, prior, prior, prior_kind="depth", alpha=100.0, prior_range=torch.tensor(0.0)
+    )
     modgs = torch.tanh(100.0 * (pred_a - pred_b)).abs().mean()  # MoDGS: every pair kept with R = 0
     assert float(modgs) > 0.99 and float(loss) == 0.0
     loss.backward()
@@ -30,8 +31,14 @@ def test_no_pair_kept_gives_zero_not_nan():
     pred_a = torch.tensor([1.0, 2.0], requires_grad=True)
     pred_b = torch.tensor([2.0, 1.0])
     # gaps 0.05 and 0.05 below the threshold 0.1 * range 1.0: nothing kept (MoDGS: mean of an empty set)
-    loss = L.modgs_ordinal_loss(pred_a, pred_b, torch.tensor([1.0, 2.0]), torch.tensor([1.05, 1.95]),
-                                prior_kind="depth", prior_range=torch.tensor(1.0))
+    loss = L.modgs_ordinal_loss(
+        pred_a,
+        pred_b,
+        torch.tensor([1.0, 2.0]),
+        torch.tensor([1.05, 1.95]),
+        prior_kind="depth",
+        prior_range=torch.tensor(1.0),
+    )
     assert float(loss) == 0.0 and torch.isnan(torch.tensor([]).mean())
     loss.backward()
     assert torch.isfinite(pred_a.grad).all()

@@ -101,8 +101,15 @@ class TestModgsOrdinalLoss:
         assert float(got) == pytest.approx(abs(math.tanh(1.0) - 1))
         # per row for (B, P) inputs
         two = lambda x: torch.stack([x, x])  # noqa: E731
-        got = modgs_ordinal_loss(two(pred_a), two(pred_b), two(prior_a), two(prior_b), prior_kind="depth", alpha=100.0,
-                                 prior_range=torch.tensor([[1.0], [8.0]], dtype=torch.float64))
+        got = modgs_ordinal_loss(
+            two(pred_a),
+            two(pred_b),
+            two(prior_a),
+            two(prior_b),
+            prior_kind="depth",
+            alpha=100.0,
+            prior_range=torch.tensor([[1.0], [8.0]], dtype=torch.float64),
+        )
         assert float(got) == pytest.approx((2 * keep01 + abs(math.tanh(1.0) - 1)) / 3)
 
     def test_correct_order_near_zero(self):
@@ -113,8 +120,9 @@ class TestModgsOrdinalLoss:
     def test_disparity_prior_equals_depth_prior(self):
         pred_a, pred_b, da, db = _pairs()
         as_depth = modgs_ordinal_loss(pred_a, pred_b, da, db, prior_kind="depth", alpha=2.0, min_gap_frac=0.0)
-        as_disp = modgs_ordinal_loss(pred_a, pred_b, 1 / da, 1 / db, prior_kind="disparity", alpha=2.0,
-                                     min_gap_frac=0.0)
+        as_disp = modgs_ordinal_loss(
+            pred_a, pred_b, 1 / da, 1 / db, prior_kind="disparity", alpha=2.0, min_gap_frac=0.0
+        )
         torch.testing.assert_close(as_disp, as_depth)
         # A disparity prior mislabelled as depth compares the reversed order: a different, worse loss.
         wrong = modgs_ordinal_loss(pred_a, pred_b, 1 / da, 1 / db, prior_kind="depth", alpha=2.0, min_gap_frac=0.0)
@@ -133,8 +141,9 @@ class TestModgsOrdinalLoss:
         pred_a, pred_b, da, db = _pairs()
         pred_a, pred_b = pred_a.clamp_min(0.1), pred_b.clamp_min(0.1)
         a = modgs_ordinal_loss(pred_a, pred_b, da, db, prior_kind="depth", alpha=1.0, min_gap_frac=0.0)
-        b = modgs_ordinal_loss(-pred_a, -pred_b, da, db, prior_kind="depth", pred_kind="disparity", alpha=1.0,
-                               min_gap_frac=0.0)
+        b = modgs_ordinal_loss(
+            -pred_a, -pred_b, da, db, prior_kind="depth", pred_kind="disparity", alpha=1.0, min_gap_frac=0.0
+        )
         torch.testing.assert_close(a, b)
 
     def test_monotone_prior_invariance(self):
@@ -142,11 +151,13 @@ class TestModgsOrdinalLoss:
         base = modgs_ordinal_loss(pred_a, pred_b, da, db, prior_kind="depth", min_gap_frac=0.0)
         # Any increasing map (exp, cube) keeps the order; with the gap rule, positive affine maps do.
         for f in (torch.exp, lambda x: x**3, lambda x: torch.log(x) - 3):
-            torch.testing.assert_close(modgs_ordinal_loss(pred_a, pred_b, f(da), f(db), prior_kind="depth",
-                                                          min_gap_frac=0.0), base)
+            torch.testing.assert_close(
+                modgs_ordinal_loss(pred_a, pred_b, f(da), f(db), prior_kind="depth", min_gap_frac=0.0), base
+            )
         base_gap = modgs_ordinal_loss(pred_a, pred_b, da, db, prior_kind="depth", min_gap_frac=0.2)
-        torch.testing.assert_close(modgs_ordinal_loss(pred_a, pred_b, 7 * da + 3, 7 * db + 3, prior_kind="depth",
-                                                      min_gap_frac=0.2), base_gap)
+        torch.testing.assert_close(
+            modgs_ordinal_loss(pred_a, pred_b, 7 * da + 3, 7 * db + 3, prior_kind="depth", min_gap_frac=0.2), base_gap
+        )
 
     def test_batched_rows_have_own_range_and_mask(self):
         pred_a, pred_b, da, db = _pairs(P=50, B=2)
@@ -207,8 +218,9 @@ class TestModgsOrdinalLoss:
     def test_module_matches_function(self):
         pred_a, pred_b, da, db = _pairs()
         mod = ModgsOrdinalLoss(prior_kind="disparity", alpha=5.0)
-        torch.testing.assert_close(mod(pred_a, pred_b, da, db),
-                                   modgs_ordinal_loss(pred_a, pred_b, da, db, prior_kind="disparity", alpha=5.0))
+        torch.testing.assert_close(
+            mod(pred_a, pred_b, da, db), modgs_ordinal_loss(pred_a, pred_b, da, db, prior_kind="disparity", alpha=5.0)
+        )
 
 
 class TestHingeOrdinalLoss:
@@ -243,10 +255,12 @@ class TestHingeOrdinalLoss:
     def test_monotone_prior_invariance_and_kinds(self):
         pred_a, pred_b, da, db = _pairs()
         base = hinge_ordinal_loss(pred_a, pred_b, depth_order_sign(da, db, "depth"))
-        torch.testing.assert_close(hinge_ordinal_loss(pred_a, pred_b, depth_order_sign(da**2 + 1, db**2 + 1, "depth")),
-                                   base)
-        torch.testing.assert_close(hinge_ordinal_loss(pred_a, pred_b, depth_order_sign(1 / da, 1 / db, "disparity")),
-                                   base)
+        torch.testing.assert_close(
+            hinge_ordinal_loss(pred_a, pred_b, depth_order_sign(da**2 + 1, db**2 + 1, "depth")), base
+        )
+        torch.testing.assert_close(
+            hinge_ordinal_loss(pred_a, pred_b, depth_order_sign(1 / da, 1 / db, "disparity")), base
+        )
         wrong = hinge_ordinal_loss(pred_a, pred_b, depth_order_sign(1 / da, 1 / db, "depth"))
         assert float(wrong) > float(base)
 
@@ -256,8 +270,9 @@ class TestHingeOrdinalLoss:
         mask = torch.arange(200) < 100
         other = pred_a.clone()
         other[100:] = 1e4
-        torch.testing.assert_close(hinge_ordinal_loss(other, pred_b, s, mask=mask),
-                                   hinge_ordinal_loss(pred_a, pred_b, s, mask=mask))
+        torch.testing.assert_close(
+            hinge_ordinal_loss(other, pred_b, s, mask=mask), hinge_ordinal_loss(pred_a, pred_b, s, mask=mask)
+        )
         pred_a.requires_grad_(True)
         loss = hinge_ordinal_loss(pred_a, pred_b, torch.zeros_like(s))
         loss.backward()
@@ -289,8 +304,9 @@ class TestHingeOrdinalLoss:
     def test_module_matches_function(self):
         pred_a, pred_b, da, db = _pairs()
         s = depth_order_sign(da, db, "depth")
-        torch.testing.assert_close(HingeOrdinalLoss(margin=0.2)(pred_a, pred_b, s),
-                                   hinge_ordinal_loss(pred_a, pred_b, s, margin=0.2))
+        torch.testing.assert_close(
+            HingeOrdinalLoss(margin=0.2)(pred_a, pred_b, s), hinge_ordinal_loss(pred_a, pred_b, s, margin=0.2)
+        )
 
 
 class TestOrdinalAccuracy:

@@ -96,8 +96,11 @@ class TestPearsonDepthLoss:
         p = 4
         want = []
         for b in range(2):
-            per = [1 - _corr_numpy_style(pred[b, i:i + p, j:j + p].flatten(), prior[b, i:i + p, j:j + p].flatten())
-                   for i in range(0, 8, p) for j in range(0, 12, p)]
+            per = [
+                1 - _corr_numpy_style(pred[b, i : i + p, j : j + p].flatten(), prior[b, i : i + p, j : j + p].flatten())
+                for i in range(0, 8, p)
+                for j in range(0, 12, p)
+            ]
             want.append(sum(per) / len(per))
         got = pearson_depth_loss(pred, prior, patch_size=p, patch_mode="grid")
         assert float(got) == pytest.approx(sum(want) / 2, abs=1e-10)
@@ -105,8 +108,9 @@ class TestPearsonDepthLoss:
     def test_random_patches_reproducible_and_invariant(self):
         pred, prior = _maps(H=16, W=16)
         a = pearson_depth_loss(pred, prior, patch_size=5, num_patches=8, generator=torch.Generator().manual_seed(0))
-        b = pearson_depth_loss(2 * pred + 1, prior, patch_size=5, num_patches=8,
-                               generator=torch.Generator().manual_seed(0))
+        b = pearson_depth_loss(
+            2 * pred + 1, prior, patch_size=5, num_patches=8, generator=torch.Generator().manual_seed(0)
+        )
         torch.testing.assert_close(a, b)
         assert 0.0 < float(a) < 2.0
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from losses_reference import scale_adaptive_reference
 
 from flow3d.losses import ScaleAdaptiveLoss, scale_adaptive_loss
-from losses_reference import scale_adaptive_reference
 
 
 def _inputs(B=2, H=16, W=24, seed=0):
@@ -94,5 +94,6 @@ class TestScaleAdaptiveLoss:
 
     def test_module_matches_function(self):
         pred, gt, mask = _inputs()
-        torch.testing.assert_close(ScaleAdaptiveLoss(lambda_sg=0.3)(pred, gt, mask)[0],
-                                   scale_adaptive_loss(pred, gt, mask, lambda_sg=0.3)[0])
+        torch.testing.assert_close(
+            ScaleAdaptiveLoss(lambda_sg=0.3)(pred, gt, mask)[0], scale_adaptive_loss(pred, gt, mask, lambda_sg=0.3)[0]
+        )

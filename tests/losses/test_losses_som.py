@@ -258,6 +258,7 @@ class TestRgbLoss:
         m = torch.rand(1, 12, 12, generator=g, dtype=torch.float64) > 0.3
         assert torch.autograd.gradcheck(lambda x: rgb_loss(x, b, m), (a,))
 
+
 def test_ssim_separable_blur_matches_the_2d_window_and_gradcheck():
     """The default (separable, five moments in one call) against the 2D 11x11 window applied per moment."""
     import torch.nn.functional as F

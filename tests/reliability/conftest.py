@@ -30,8 +30,18 @@ def clip(clip_root, tmp_path) -> Path:
 def trained(clip_root, tmp_path_factory) -> Path:
     """A work dir trained 4 steps on the clip in a subprocess (checkpoints model_2, model_4, last)."""
     work = tmp_path_factory.mktemp("trained") / "w"
-    r = run_cli("run_training.py", "--work-dir", str(work), *FAST, "--max-steps", "4", "--save-every", "2",
-                *data_args(clip_root), timeout=300)
+    r = run_cli(
+        "run_training.py",
+        "--work-dir",
+        str(work),
+        *FAST,
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+        *data_args(clip_root),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return work
 

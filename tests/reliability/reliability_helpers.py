@@ -18,10 +18,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SEQ = "clip"
 
-FAST = ["--preset", "cpu_demo", "--image-every", "0", "--log-every", "1000", "--init.num-fg", "100",
-        "--init.num-bg", "100", "--init.init-fit-steps", "5"]
+FAST = [
+    "--preset",
+    "cpu_demo",
+    "--image-every",
+    "0",
+    "--log-every",
+    "1000",
+    "--init.num-fg",
+    "100",
+    "--init.num-bg",
+    "100",
+    "--init.init-fit-steps",
+    "5",
+]
 """Training options of every case: a few seconds per run."""
-
 
 
 def data_args(root: Path, *extra: str) -> list[str]:
@@ -36,8 +47,9 @@ def child_env(**extra: str) -> dict:
 
 def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python <args>`` from the repository (``run_training.py ...``, ``-m flow3d.export ...``)."""
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env or child_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env or child_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_one_error_line(stderr: str, *names: str) -> str:

@@ -8,13 +8,12 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from reliability_helpers import FAST, SEQ, data_args, main_error
 
 import run_training
 import run_val
 from flow3d import export, render_video
 from flow3d.preprocess import synthetic as preprocess_synthetic
-
-from reliability_helpers import FAST, SEQ, data_args, main_error
 
 
 def _train(work, root, *extra):
@@ -22,17 +21,20 @@ def _train(work, root, *extra):
 
 
 # ------------------------------------------------------------------ case 7: config values out of range
-@pytest.mark.parametrize("flag, value, named", [
-    ("--max-steps", "-5", "--max-steps"),
-    ("--save-every", "-1", "--save-every"),
-    ("--batch-size", "0", "--batch-size"),
-    ("--losses.w-rgb", "-1", "--losses.w-rgb"),
-    ("--losses.depth-trim-quantile", "1.5", "--losses.depth-trim-quantile"),
-    ("--losses.depth-trim-quantile", "0", "--losses.depth-trim-quantile"),
-    ("--init.init-opacity", "1.5", "--init.init-opacity"),
-    ("--optim.lr-means", "-0.1", "--optim.lr-means"),
-    ("--bg-color", "2", "--bg-color"),
-])
+@pytest.mark.parametrize(
+    "flag, value, named",
+    [
+        ("--max-steps", "-5", "--max-steps"),
+        ("--save-every", "-1", "--save-every"),
+        ("--batch-size", "0", "--batch-size"),
+        ("--losses.w-rgb", "-1", "--losses.w-rgb"),
+        ("--losses.depth-trim-quantile", "1.5", "--losses.depth-trim-quantile"),
+        ("--losses.depth-trim-quantile", "0", "--losses.depth-trim-quantile"),
+        ("--init.init-opacity", "1.5", "--init.init-opacity"),
+        ("--optim.lr-means", "-0.1", "--optim.lr-means"),
+        ("--bg-color", "2", "--bg-color"),
+    ],
+)
 def test_out_of_range_option_is_one_error_naming_it(tmp_path, clip_root, flag, value, named):
     if flag == "--bg-color":
         extra = [flag, value, "0", "0"]
@@ -184,12 +186,19 @@ def test_run_val_corrupt_checkpoint(work):
 
 # ------------------------------------------------------------------ the tools share the wrapper
 def test_export_of_a_missing_work_dir(tmp_path):
-    main_error(export.main, ["--work-dir", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "o")],
-               str(tmp_path / "nothing"))
+    main_error(
+        export.main,
+        ["--work-dir", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "o")],
+        str(tmp_path / "nothing"),
+    )
 
 
 def test_render_video_of_a_missing_work_dir(tmp_path):
-    main_error(render_video.main, ["--work-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "v.mp4")], str(tmp_path / "nothing"))
+    main_error(
+        render_video.main,
+        ["--work-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "v.mp4")],
+        str(tmp_path / "nothing"),
+    )
 
 
 def test_preprocess_synthetic_bad_combination(tmp_path):

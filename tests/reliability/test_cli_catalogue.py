@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from reliability_helpers import FAST, REPO, assert_one_error_line, child_env, data_args, main_error
 
 import run_training
 import run_val
@@ -25,20 +26,20 @@ from flow3d import export, render_video
 from flow3d.sweep import __main__ as sweep_main
 from flow3d.sweep import depth_order_table
 
-from reliability_helpers import FAST, REPO, assert_one_error_line, child_env, data_args, main_error
-
 HANG_TIMEOUT = 90  # seconds: far above the few seconds each case needs, far below "forever"
 
 
 def _popen(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     """``python <args>``; a hang fails the test (subprocess.TimeoutExpired) instead of blocking CI."""
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=child_env(), capture_output=True, text=True,
-                          timeout=HANG_TIMEOUT)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=HANG_TIMEOUT
+    )
 
 
 def _files(folder) -> set[str]:
@@ -113,26 +114,59 @@ def test_view_start_whose_thread_dies_is_an_error_at_once():
 def trained_without_bg(clip_root, tmp_path_factory):
     """A work dir trained 2 steps with no static (background) Gaussians at all (--init.num-bg 0)."""
     work = tmp_path_factory.mktemp("nobg") / "w"
-    argv = ["--work-dir", str(work), *FAST, "--init.num-bg", "0", "--max-steps", "2", "--save-every", "2",
-            *data_args(clip_root)]
+    argv = [
+        "--work-dir",
+        str(work),
+        *FAST,
+        "--init.num-bg",
+        "0",
+        "--max-steps",
+        "2",
+        "--save-every",
+        "2",
+        *data_args(clip_root),
+    ]
     run_training.main(argv)
     return work
 
 
 def test_export_bg_without_background_gaussians(trained_without_bg, tmp_path):
     out = tmp_path / "export"
-    main_error(export.main, ["--work-dir", str(trained_without_bg), "--out-dir", str(out), "--gaussians", "bg"],
-               "--gaussians bg", "last.ckpt", "no static")
+    main_error(
+        export.main,
+        ["--work-dir", str(trained_without_bg), "--out-dir", str(out), "--gaussians", "bg"],
+        "--gaussians bg",
+        "last.ckpt",
+        "no static",
+    )
     assert not out.exists()  # refused before anything is written
     # the dynamic ones still export
-    assert export.main(["--work-dir", str(trained_without_bg), "--out-dir", str(out), "--gaussians", "fg",
-                        "--frames", "0", "--no-trajectories"])["per_frame"]["0"]["bg"] == 0
+    assert (
+        export.main(
+            [
+                "--work-dir",
+                str(trained_without_bg),
+                "--out-dir",
+                str(out),
+                "--gaussians",
+                "fg",
+                "--frames",
+                "0",
+                "--no-trajectories",
+            ]
+        )["per_frame"]["0"]["bg"]
+        == 0
+    )
 
 
 def test_export_min_opacity_that_leaves_nothing(trained, tmp_path):
     out = tmp_path / "export"
-    main_error(export.main, ["--work-dir", str(trained), "--out-dir", str(out), "--min-opacity", "1"],
-               "--min-opacity", "largest opacity")
+    main_error(
+        export.main,
+        ["--work-dir", str(trained), "--out-dir", str(out), "--min-opacity", "1"],
+        "--min-opacity",
+        "largest opacity",
+    )
     assert not out.exists()
 
 
@@ -231,8 +265,20 @@ def test_write_video_sigterm_during_a_frame_write_is_the_interrupt(tmp_path):
 def test_render_video_sigterm_exits_143_and_keeps_the_earlier_video(trained, tmp_path):
     out = tmp_path / "orbit.mp4"
     out.write_bytes(b"the user's earlier video")
-    p = _popen("-m", "flow3d.render_video", "--work-dir", str(trained), "--out", str(out), "--num-frames", "5000",
-               "--camera-path", "fixed", "--device", "cpu")
+    p = _popen(
+        "-m",
+        "flow3d.render_video",
+        "--work-dir",
+        str(trained),
+        "--out",
+        str(out),
+        "--num-frames",
+        "5000",
+        "--camera-path",
+        "fixed",
+        "--device",
+        "cpu",
+    )
     try:
         t0 = time.monotonic()
         while not any(f.stat().st_size > 0 for f in tmp_path.glob(".orbit.*")):  # frames are being written
@@ -287,8 +333,16 @@ def test_depth_order_table_expected_failures_exit_1(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ run_val: flags before any work
-@pytest.mark.parametrize("flag, value", [("--video-min-height", "100000"), ("--fps", "0"), ("--fps", "nan"),
-                                         ("--video-min-height", "-1"), ("--contact-sheet-frames", "0")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--video-min-height", "100000"),
+        ("--fps", "0"),
+        ("--fps", "nan"),
+        ("--video-min-height", "-1"),
+        ("--contact-sheet-frames", "0"),
+    ],
+)
 def test_run_val_flag_out_of_range_before_any_work(trained, monkeypatch, flag, value):
     from flow3d.eval import validate
 
@@ -309,9 +363,23 @@ def test_run_val_largest_video_min_height_is_capped_with_a_warning(work, caplog)
 
     from flow3d.eval.validate import MAX_VIDEO_WIDTH
 
-    result = run_val.main(["--work-dir", str(work), "--video-min-height", "2160", "--contact-sheet-frames", "1",
-                           "--data.is-train", "False"])  # the one held-out frame: a short video
-    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--video-min-height 2160" in r.getMessage()]
+    result = run_val.main(
+        [
+            "--work-dir",
+            str(work),
+            "--video-min-height",
+            "2160",
+            "--contact-sheet-frames",
+            "1",
+            "--data.is-train",
+            "False",
+        ]
+    )  # the one held-out frame: a short video
+    warning = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING" and "--video-min-height 2160" in r.getMessage()
+    ]
     assert len(warning) == 1 and "x90" in warning[0], caplog.text[-2000:]
     reader = imageio.get_reader(result.out_dir / "depth.mp4")
     w, h = reader.get_meta_data()["size"]
@@ -327,13 +395,45 @@ def tissue_stereo(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("tissue")
     root = base / "tissue"
-    writer.main(["--scene", "tissue", "--layout", "endonerf", "--out-dir", str(root), "--num-frames", "6",
-                 "--width", "32", "--height", "24"])
+    writer.main(
+        [
+            "--scene",
+            "tissue",
+            "--layout",
+            "endonerf",
+            "--out-dir",
+            str(root),
+            "--num-frames",
+            "6",
+            "--width",
+            "32",
+            "--height",
+            "24",
+        ]
+    )
     data = ["data:endonerf", "--data.root-dir", str(root), "--data.depth-scale", "1000", "--data.use-cache", "False"]
     work = base / "work"
-    run_training.main(["--work-dir", str(work), "--preset", "cpu_endonerf", "--max-steps", "2", "--save-every", "2",
-                       "--image-every", "0", "--init.num-fg", "100", "--init.num-motion-bases", "4",
-                       "--init.init-fit-steps", "5", *data])
+    run_training.main(
+        [
+            "--work-dir",
+            str(work),
+            "--preset",
+            "cpu_endonerf",
+            "--max-steps",
+            "2",
+            "--save-every",
+            "2",
+            "--image-every",
+            "0",
+            "--init.num-fg",
+            "100",
+            "--init.num-motion-bases",
+            "4",
+            "--init.init-fit-steps",
+            "5",
+            *data,
+        ]
+    )
     return work, data
 
 
@@ -374,7 +474,7 @@ def test_run_val_log_names_final_paths_only(work, caplog, capfd):
     sheet = imageio.imread(result.out_dir / "contact_sheet.png").astype(np.float64)
     h = (sheet.shape[0] - 2 * 4) // 3
     for row, t in enumerate((0, 2, 4)):
-        cell = sheet[row * (h + 4): row * (h + 4) + h]
+        cell = sheet[row * (h + 4) : row * (h + 4) + h]
         assert np.abs(cell - video[t][:h, : cell.shape[1]]).mean() < 12
     logged = out.out + out.err + caplog.text
     assert "depth.mp4: 5 frames" in caplog.text  # the log was captured
@@ -388,8 +488,8 @@ def test_error_panel_masks_the_pixels_the_metrics_ignore():
     """The depth video's |error| panel: NaN (drawn black) exactly where the depth metrics do not score --
     no reference depth, or an ignored (instrument) pixel -- and its colour range from the scored pixels."""
     from flow3d.eval.metrics import depth_valid_mask
-    from flow3d.eval.video import colorize_scalar
     from flow3d.eval.validate import depth_error_maps
+    from flow3d.eval.video import colorize_scalar
 
     rng = np.random.default_rng(0)
     gt = rng.uniform(1.0, 2.0, (3, 8, 10))
@@ -409,18 +509,21 @@ def test_error_panel_masks_the_pixels_the_metrics_ignore():
 
 
 # ------------------------------------------------------------------ help texts and the repository
-@pytest.mark.parametrize("main_fn, prog", [
-    ("flow3d.preprocess.flow", "python -m flow3d.preprocess.flow"),
-    ("flow3d.preprocess.synthetic", "python -m flow3d.preprocess.synthetic"),
-    ("flow3d.preprocess.cameras", "python -m flow3d.preprocess.cameras"),
-    ("flow3d.preprocess.endonerf", "python -m flow3d.preprocess.endonerf"),
-    ("flow3d.preprocess.stereo", "python -m flow3d.preprocess.stereo"),
-    ("flow3d.eval.coverage", "python -m flow3d.eval.coverage"),
-    ("flow3d.export", "python -m flow3d.export"),
-    ("flow3d.render_video", "python -m flow3d.render_video"),
-    ("flow3d.view", "python -m flow3d.view"),
-    ("flow3d.sweep.__main__", "python -m flow3d.sweep"),
-])
+@pytest.mark.parametrize(
+    "main_fn, prog",
+    [
+        ("flow3d.preprocess.flow", "python -m flow3d.preprocess.flow"),
+        ("flow3d.preprocess.synthetic", "python -m flow3d.preprocess.synthetic"),
+        ("flow3d.preprocess.cameras", "python -m flow3d.preprocess.cameras"),
+        ("flow3d.preprocess.endonerf", "python -m flow3d.preprocess.endonerf"),
+        ("flow3d.preprocess.stereo", "python -m flow3d.preprocess.stereo"),
+        ("flow3d.eval.coverage", "python -m flow3d.eval.coverage"),
+        ("flow3d.export", "python -m flow3d.export"),
+        ("flow3d.render_video", "python -m flow3d.render_video"),
+        ("flow3d.view", "python -m flow3d.view"),
+        ("flow3d.sweep.__main__", "python -m flow3d.sweep"),
+    ],
+)
 def test_help_names_the_python_m_command(main_fn, prog, capsys):
     import importlib
 
@@ -453,8 +556,16 @@ def test_gitignore_covers_the_readme_outputs():
     assert r.returncode == 1
 
 
-@pytest.mark.parametrize("flag, value", [("--fps", "0"), ("--fps", "inf"), ("--num-frames", "0"),
-                                         ("--resolution-scale", "0"), ("--resolution-scale", "nan")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--fps", "0"),
+        ("--fps", "inf"),
+        ("--num-frames", "0"),
+        ("--resolution-scale", "0"),
+        ("--resolution-scale", "nan"),
+    ],
+)
 def test_render_video_flag_out_of_range_before_any_work(trained, tmp_path, monkeypatch, flag, value):
     from flow3d.vis import load
 
@@ -462,8 +573,9 @@ def test_render_video_flag_out_of_range_before_any_work(trained, tmp_path, monke
         raise AssertionError("render_video loaded the checkpoint before checking its flags")
 
     monkeypatch.setattr(load, "load_trained_run", no_work)
-    main_error(render_video.main, ["--work-dir", str(trained), "--out", str(tmp_path / "v.mp4"), flag, value],
-               flag, value)
+    main_error(
+        render_video.main, ["--work-dir", str(trained), "--out", str(tmp_path / "v.mp4"), flag, value], flag, value
+    )
     assert _files(tmp_path) == set()
 
 

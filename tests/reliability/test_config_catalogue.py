@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from reliability_helpers import FAST, assert_one_error_line, data_args, main_error, run_cli
 
 import run_training
 import run_val
 from flow3d.cli import run_main
 from flow3d.config import TrainConfig, apply_overrides, load_preset, validate_config
-from reliability_helpers import FAST, assert_one_error_line, data_args, main_error, run_cli
 
 TRAINED = [*FAST, "--max-steps", "4", "--save-every", "2"]
 
@@ -37,33 +37,46 @@ def test_preset_number_that_yaml_reads_as_text_is_a_float(tmp_path):
     assert cfg.optim.lr_means == 1e-3 and type(cfg.optim.lr_means) is float and cfg.optim.lr_quats == 5e-4
 
 
-@pytest.mark.parametrize("text, field, wanted", [
-    ("max_steps: true\n", "max_steps", "an integer"),
-    ("batch_size: 2.5\n", "batch_size", "an integer"),
-    ("optim:\n  lr_means: fast\n", "optim.lr_means", "a number"),
-    ("optim: 3\n", "optim", "mapping"),
-    ("bg_color: white\n", "bg_color", "a list"),
-    ("bg_color: [1, 1]\n", "bg_color", "a list of 3 values"),
-    ("device: gpu\n", "device", "one of 'auto', 'cpu', 'cuda'"),
-    ("optim:\n  refine_cameras: 1\n", "optim.refine_cameras", "true or false"),
-])
+@pytest.mark.parametrize(
+    "text, field, wanted",
+    [
+        ("max_steps: true\n", "max_steps", "an integer"),
+        ("batch_size: 2.5\n", "batch_size", "an integer"),
+        ("optim:\n  lr_means: fast\n", "optim.lr_means", "a number"),
+        ("optim: 3\n", "optim", "mapping"),
+        ("bg_color: white\n", "bg_color", "a list"),
+        ("bg_color: [1, 1]\n", "bg_color", "a list of 3 values"),
+        ("device: gpu\n", "device", "one of 'auto', 'cpu', 'cuda'"),
+        ("optim:\n  refine_cameras: 1\n", "optim.refine_cameras", "true or false"),
+    ],
+)
 def test_preset_value_of_the_wrong_type_is_one_error_naming_file_and_field(tmp_path, text, field, wanted):
     preset = tmp_path / "bad.yaml"
     preset.write_text(text)
-    main_error(run_training.main, ["--preset", str(preset), "--work-dir", str(tmp_path / "w"), "data:synthetic"],
-               str(preset), field, wanted)
+    main_error(
+        run_training.main,
+        ["--preset", str(preset), "--work-dir", str(tmp_path / "w"), "data:synthetic"],
+        str(preset),
+        field,
+        wanted,
+    )
     assert not (tmp_path / "w").exists()  # before anything is made
 
 
 def test_preset_that_is_not_yaml_names_the_file(tmp_path):
     preset = tmp_path / "bad.yaml"
     preset.write_text("max_steps: [1\n")
-    main_error(run_training.main, ["--preset", str(preset), "--work-dir", str(tmp_path / "w"), "data:synthetic"],
-               str(preset), "not valid YAML")
+    main_error(
+        run_training.main,
+        ["--preset", str(preset), "--work-dir", str(tmp_path / "w"), "data:synthetic"],
+        str(preset),
+        "not valid YAML",
+    )
 
 
-@pytest.mark.parametrize("argv", [["--preset"], ["--preset", "--max-steps", "4"], ["--preset="],
-                                  ["--preset", "data:synthetic"]])
+@pytest.mark.parametrize(
+    "argv", [["--preset"], ["--preset", "--max-steps", "4"], ["--preset="], ["--preset", "data:synthetic"]]
+)
 def test_preset_without_a_name_is_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as e:
         run_training.main(["--work-dir", "x", *argv])
@@ -81,20 +94,27 @@ def test_preset_without_a_name_exits_2_in_a_shell():
 
 # ------------------------------------------------------------------ --seed
 def test_seed_beyond_64_bits_is_one_error_naming_it(tmp_path):
-    main_error(run_training.main, ["--work-dir", str(tmp_path / "w"), "--seed", str(2**64), "data:synthetic"],
-               "--seed must be in [0, 18446744073709551615]", str(2**64))
+    main_error(
+        run_training.main,
+        ["--work-dir", str(tmp_path / "w"), "--seed", str(2**64), "data:synthetic"],
+        "--seed must be in [0, 18446744073709551615]",
+        str(2**64),
+    )
     cfg = validate_config(TrainConfig(seed=2**64 - 1))  # the largest seed torch takes is accepted ...
     torch.Generator().manual_seed(cfg.seed)  # ... and torch takes it
 
 
 # ------------------------------------------------------------------ cfg.yaml read by run_val
-@pytest.mark.parametrize("edit, field, wanted", [
-    (lambda d: d["data"].update(val_every=2.5), "data.val_every", "an integer"),
-    (lambda d: d["losses"].update(w_rgb="heavy"), "losses.w_rgb", "a number"),
-    (lambda d: d.update(bg_color="white"), "bg_color", "a list"),
-    (lambda d: d.update(max_steps=True), "max_steps", "an integer"),
-    (lambda d: d["data"].update(seq_name=7), "data.seq_name", "a string"),
-])
+@pytest.mark.parametrize(
+    "edit, field, wanted",
+    [
+        (lambda d: d["data"].update(val_every=2.5), "data.val_every", "an integer"),
+        (lambda d: d["losses"].update(w_rgb="heavy"), "losses.w_rgb", "a number"),
+        (lambda d: d.update(bg_color="white"), "bg_color", "a list"),
+        (lambda d: d.update(max_steps=True), "max_steps", "an integer"),
+        (lambda d: d["data"].update(seq_name=7), "data.seq_name", "a string"),
+    ],
+)
 def test_run_val_cfg_yaml_of_the_wrong_type_is_one_error_naming_file_and_field(work, edit, field, wanted):
     path = work / "cfg.yaml"
     doc = yaml.safe_load(path.read_text())
@@ -150,8 +170,12 @@ def test_checkpoint_with_a_foreign_model_is_one_error_naming_it(work, clip_root)
     payload = torch.load(ckpt, weights_only=True)
     payload["model"] = {"backbone.weight": torch.zeros(2, 2)}
     torch.save(payload, ckpt)
-    main_error(run_training.main, _argv(work, clip_root, *TRAINED[:-4], "--max-steps", "6", "--save-every", "2"),
-               str(ckpt), "cannot be resumed from")
+    main_error(
+        run_training.main,
+        _argv(work, clip_root, *TRAINED[:-4], "--max-steps", "6", "--save-every", "2"),
+        str(ckpt),
+        "cannot be resumed from",
+    )
 
 
 # ------------------------------------------------------------------ out of memory
@@ -232,8 +256,19 @@ def test_the_bar_is_closed_before_an_error_leaves_the_training(work, clip_root, 
 # ------------------------------------------------------------------ loss-term checks
 def test_neighbor_stride_that_leaves_the_hinge_without_pairs_is_one_warning(tmp_path, clip_root, caplog):
     with caplog.at_level(logging.WARNING, logger="flow3d"):
-        run_training.main(_argv(tmp_path / "w", clip_root, *FAST, "--max-steps", "1", "--save-every", "0",
-                                "--losses.order.neighbor-stride", "100"))
+        run_training.main(
+            _argv(
+                tmp_path / "w",
+                clip_root,
+                *FAST,
+                "--max-steps",
+                "1",
+                "--save-every",
+                "0",
+                "--losses.order.neighbor-stride",
+                "100",
+            )
+        )
     warned = [r.getMessage() for r in caplog.records if "--losses.order.neighbor-stride 100" in r.getMessage()]
     assert len(warned) == 1, caplog.text
     assert "hinge_ordinal" in warned[0] and "5 training frames" in warned[0] and "below 5" in warned[0]
@@ -246,9 +281,13 @@ def test_default_neighbor_stride_gives_no_such_warning(work, clip_root, caplog):
 
 
 def test_absurd_loss_weight_names_the_weight_not_the_prior(tmp_path, clip_root):
-    msg = main_error(run_training.main, _argv(tmp_path / "w", clip_root, *FAST, "--max-steps", "8", "--save-every", "0",
-                                              "--losses.w-rgb", "1e300"),
-                     "5 consecutive steps had a non-finite loss", "loss weight is too large", "--losses.w-rgb 1e+300")
+    msg = main_error(
+        run_training.main,
+        _argv(tmp_path / "w", clip_root, *FAST, "--max-steps", "8", "--save-every", "0", "--losses.w-rgb", "1e300"),
+        "5 consecutive steps had a non-finite loss",
+        "loss weight is too large",
+        "--losses.w-rgb 1e+300",
+    )
     assert "prior" not in msg
 
 
@@ -256,8 +295,18 @@ def test_absurd_loss_weight_names_the_weight_not_the_prior(tmp_path, clip_root):
 @pytest.mark.parametrize("is_train", ["True", "False"])
 def test_training_says_once_which_split_it_fits(tmp_path, clip_root, caplog, is_train):
     with caplog.at_level(logging.INFO, logger="flow3d"):
-        run_training.main(_argv(tmp_path / "w", clip_root, *FAST, "--max-steps", "1", "--save-every", "1",
-                                data=("--data.is-train", is_train)))
+        run_training.main(
+            _argv(
+                tmp_path / "w",
+                clip_root,
+                *FAST,
+                "--max-steps",
+                "1",
+                "--save-every",
+                "1",
+                data=("--data.is-train", is_train),
+            )
+        )
     said = [r for r in caplog.records if "5 training frames (1 held out, --data.val-every 8)" in r.getMessage()]
     assert len(said) == 1
     assert (said[0].levelno == logging.WARNING) == (is_train == "False")
@@ -271,8 +320,9 @@ def test_training_says_once_which_split_it_fits(tmp_path, clip_root, caplog, is_
 # ------------------------------------------------------------------ device, backend, expected time
 def test_device_and_render_backend_are_logged_at_start(work, clip_root, caplog):
     with caplog.at_level(logging.INFO, logger="flow3d"):
-        run_training.main(_argv(work, clip_root, *TRAINED[:-4], "--max-steps", "5", "--save-every", "0",
-                                "--render-backend", "torch"))
+        run_training.main(
+            _argv(work, clip_root, *TRAINED[:-4], "--max-steps", "5", "--save-every", "0", "--render-backend", "torch")
+        )
     assert "device cpu, render backend torch" in caplog.text
 
 
@@ -319,7 +369,13 @@ def test_run_val_splits_do_not_overwrite_each_other(work, caplog):
     assert (held.out_dir / "metrics.json").read_bytes() == held_bytes  # still there, untouched
     assert sorted(p.name for p in (work / "val" / "4").iterdir()) == ["heldout", "train"]
     assert [r["frame"] for r in json.loads((held.out_dir / "metrics.json").read_text())["per_frame"]] == [1]
-    assert [r["frame"] for r in json.loads((train.out_dir / "metrics.json").read_text())["per_frame"]] == [0, 2, 3, 4, 5]
+    assert [r["frame"] for r in json.loads((train.out_dir / "metrics.json").read_text())["per_frame"]] == [
+        0,
+        2,
+        3,
+        4,
+        5,
+    ]
     assert f"wrote the scores of the held-out frames to {held.out_dir}" in caplog.text
     # --out-name still picks the top folder
     other = run_val.main(["--work-dir", str(work), "--no-video", "--data.is-train", "False", "--out-name", "val_b"])

@@ -9,7 +9,15 @@ import typing
 import pytest
 
 from flow3d.config import (
-    END_MARKER, TrainConfig, apply_overrides, available_presets, load_config, load_preset, rule_for, save_config, validate_config,
+    END_MARKER,
+    TrainConfig,
+    apply_overrides,
+    available_presets,
+    load_config,
+    load_preset,
+    rule_for,
+    save_config,
+    validate_config,
 )
 from flow3d.data import DataConfig
 
@@ -23,15 +31,19 @@ def _numeric_fields(cls, prefix=""):
         args = typing.get_args(tp) or (tp,)
         if dataclasses.is_dataclass(tp):
             yield from _numeric_fields(tp, prefix + f.name + ".")
-        elif any(a in (int, float) for a in args) or any(
-                typing.get_origin(a) is tuple and float in typing.get_args(a) for a in args) or typing.get_origin(tp) is tuple:
+        elif (
+            any(a in (int, float) for a in args)
+            or any(typing.get_origin(a) is tuple and float in typing.get_args(a) for a in args)
+            or typing.get_origin(tp) is tuple
+        ):
             yield prefix + f.name, f.name
 
 
 def test_every_numeric_field_has_a_range_rule():
     classes = [TrainConfig] + [typing.get_args(m)[0] for m in typing.get_args(DataConfig)]
-    missing = sorted({path for cls in classes for path, name in _numeric_fields(cls) if rule_for(name) is None
-                      and name != "data"})
+    missing = sorted(
+        {path for cls in classes for path, name in _numeric_fields(cls) if rule_for(name) is None and name != "data"}
+    )
     assert missing == []
 
 

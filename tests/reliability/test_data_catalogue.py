@@ -17,21 +17,20 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from reliability_helpers import FAST, SEQ, data_args, main_error
 
 import run_training
 from flow3d.data import CustomDataConfig, EndoNeRFDataConfig, SyntheticDataConfig, content_record
-from flow3d.data.fingerprint import content_differences
 from flow3d.data import cache as data_cache
 from flow3d.data import io as data_io
 from flow3d.data.endonerf import write_endonerf_layout
+from flow3d.data.fingerprint import content_differences
 from flow3d.data.synthetic import make_synthetic_sequence
 from flow3d.flow import FlowCache
 from flow3d.flow.cache import npz_bytes
 from flow3d.flow.estimate import check_flow_size, dis_flow
 from flow3d.preprocess import cameras as cameras_cli
 from flow3d.preprocess import endonerf as convert_cli
-
-from reliability_helpers import FAST, SEQ, data_args, main_error
 
 DEPTH = "aligned_depth_anything"
 
@@ -85,15 +84,27 @@ def test_flow_size_rule_is_what_dis_accepts():
 
 
 def test_downscale_that_leaves_no_pixel_is_one_error(tmp_path, clip):
-    main_error(run_training.main, _train(tmp_path / "w", clip, "--data.downscale", "1000"),
-               "--data.downscale 1000", "32x24", str(clip / "images" / SEQ), "0x0")
+    main_error(
+        run_training.main,
+        _train(tmp_path / "w", clip, "--data.downscale", "1000"),
+        "--data.downscale 1000",
+        "32x24",
+        str(clip / "images" / SEQ),
+        "0x0",
+    )
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
 def test_downscale_below_the_flow_size_is_one_error_before_the_flow(tmp_path, clip):
     shutil.rmtree(clip / "bootstapir")  # the tracks are chained from optical flow
-    main_error(run_training.main, _train(tmp_path / "w", clip, "--data.downscale", "4"),
-               "--data.downscale", "8x6", "too small", "optical flow")
+    main_error(
+        run_training.main,
+        _train(tmp_path / "w", clip, "--data.downscale", "4"),
+        "--data.downscale",
+        "8x6",
+        "too small",
+        "optical flow",
+    )
 
 
 def test_small_frames_in_the_trainers_flow_is_one_error(tmp_path, clip):
@@ -102,8 +113,22 @@ def test_small_frames_in_the_trainers_flow_is_one_error(tmp_path, clip):
 
 
 def test_synthetic_8x8_that_the_config_rule_passes_is_one_error_at_the_flow(tmp_path):
-    argv = ["--work-dir", str(tmp_path / "w"), *FAST, "--max-steps", "2", "data:synthetic", "--data.width", "8",
-            "--data.height", "8", "--data.num-frames", "4", "--data.track-grid-step", "1"]
+    argv = [
+        "--work-dir",
+        str(tmp_path / "w"),
+        *FAST,
+        "--max-steps",
+        "2",
+        "data:synthetic",
+        "--data.width",
+        "8",
+        "--data.height",
+        "8",
+        "--data.num-frames",
+        "4",
+        "--data.track-grid-step",
+        "1",
+    ]
     main_error(run_training.main, argv, "8x8", "too small", "optical flow")
 
 
@@ -148,7 +173,7 @@ def test_damaged_jpeg_is_one_error_naming_it(tmp_path, clip, damage):
     sos = data.index(b"\xff\xda")
     mid = (sos + len(data)) // 2
     if damage == "corrupt_middle":
-        data = data[:mid] + bytes([0x5A]) * 24 + data[mid + 24:]
+        data = data[:mid] + bytes([0x5A]) * 24 + data[mid + 24 :]
     else:
         data = data[:mid] + b"\xff\xd9"  # cut, then given its end marker back: the tail check passes
     jpg.write_bytes(data)
@@ -178,7 +203,7 @@ def test_jpeg_masks_threshold_at_half_with_an_info_line(tmp_path, clip, caplog):
         p.unlink()
     noisy = np.stack([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((clip / "masks" / SEQ).glob("*.jpg"))])
     odd = int(((noisy != 0) & (noisy != 255)).sum())
-    assert ((noisy > 0).sum() > 1.3 * ref.sum())  # the old rule (> 0) grew the foreground by a third or more
+    assert (noisy > 0).sum() > 1.3 * ref.sum()  # the old rule (> 0) grew the foreground by a third or more
     with caplog.at_level(logging.INFO, logger="flow3d"):
         seq = _load(clip, tmp_path, normalize_scene=False)
     fg = seq.fg_masks.bool().numpy()
@@ -244,8 +269,18 @@ def test_all_nan_tracks_is_one_error(tmp_path, clip):
 def test_seq_name_that_is_a_path_is_one_error(tmp_path, clip, name, monkeypatch):
     cache = tmp_path / "c" / "cache"
     monkeypatch.setenv("FLOW3D_CACHE_DIR", str(cache))
-    argv = ["--work-dir", str(tmp_path / "w"), *FAST, "--max-steps", "4", "data:custom", "--data.root-dir",
-            str(clip), "--data.seq-name", name]
+    argv = [
+        "--work-dir",
+        str(tmp_path / "w"),
+        *FAST,
+        "--max-steps",
+        "4",
+        "data:custom",
+        "--data.root-dir",
+        str(clip),
+        "--data.seq-name",
+        name,
+    ]
     main_error(run_training.main, argv, "--data.seq-name", repr(name))
     assert not (tmp_path / "c").exists()  # nothing written, inside or outside the cache folder
 
@@ -263,8 +298,21 @@ def test_long_seq_name_gets_a_bounded_cache_file_name(tmp_path, clip_root):
     assert len(entry.name) < 100 and entry.name.startswith("s" * 64 + "_")
     data_cache.clear_memo()
     assert _load(root, tmp_path, seq_name=name).num_frames == 6  # read back from that entry
-    main_error(run_training.main, ["--work-dir", str(tmp_path / "w"), *FAST, "data:custom", "--data.root-dir",
-                                   str(root), "--data.seq-name", "s" * 256], "--data.seq-name", "256 bytes")
+    main_error(
+        run_training.main,
+        [
+            "--work-dir",
+            str(tmp_path / "w"),
+            *FAST,
+            "data:custom",
+            "--data.root-dir",
+            str(root),
+            "--data.seq-name",
+            "s" * 256,
+        ],
+        "--data.seq-name",
+        "256 bytes",
+    )
 
 
 @pytest.mark.parametrize("odd", ["a_file", "under_a_file"])
@@ -286,8 +334,9 @@ def test_training_with_an_unusable_cache_folder_goes_on(tmp_path, clip_root, mon
     blocker.write_text("x")
     monkeypatch.setenv("FLOW3D_CACHE_DIR", str(blocker / "cache"))
     with caplog.at_level(logging.WARNING, logger="flow3d"):
-        stats = run_training.main(["--work-dir", str(tmp_path / "w"), *FAST, "--max-steps", "2", "--save-every", "0",
-                                   *data_args(clip_root)])
+        stats = run_training.main(
+            ["--work-dir", str(tmp_path / "w"), *FAST, "--max-steps", "2", "--save-every", "0", *data_args(clip_root)]
+        )
     assert stats["steps"] == 2
     assert len([m for m in _messages(caplog, logging.WARNING) if "cannot be used" in m]) == 1
 
@@ -320,7 +369,9 @@ def endo_src(tmp_path_factory) -> Path:
 
 
 def _convert(src: Path, out: Path, seq: str, *extra: str):
-    return convert_cli.main(["--src", str(src), "--out-root", str(out), "--seq-name", seq, "--depth-scale", "1000", *extra])
+    return convert_cli.main(
+        ["--src", str(src), "--out-root", str(out), "--seq-name", seq, "--depth-scale", "1000", *extra]
+    )
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/../b"])
@@ -330,8 +381,12 @@ def test_converter_overwrite_with_a_path_for_a_name_loses_nothing(tmp_path, endo
     _convert(endo_src, out, "b")
     before = _tree(out)
     assert len(before) > 20
-    main_error(convert_cli.main, ["--src", str(endo_src), "--out-root", str(out), "--seq-name", name, "--overwrite"],
-               "--seq-name", repr(name))
+    main_error(
+        convert_cli.main,
+        ["--src", str(endo_src), "--out-root", str(out), "--seq-name", name, "--overwrite"],
+        "--seq-name",
+        repr(name),
+    )
     assert _tree(out) == before
 
 
@@ -345,21 +400,27 @@ def test_converter_overwrite_replaces_only_its_own_sequence(tmp_path, endo_src):
     after = _tree(out)
     assert {k: v for k, v in after.items() if k in others} == others
     assert "images/a/stray.png" not in after
-    main_error(convert_cli.main, ["--src", str(endo_src), "--out-root", str(out), "--seq-name", "c",
-                                  "--depth-type", "..", "--overwrite"], "--depth-type")
+    main_error(
+        convert_cli.main,
+        ["--src", str(endo_src), "--out-root", str(out), "--seq-name", "c", "--depth-type", "..", "--overwrite"],
+        "--depth-type",
+    )
     assert _tree(out) == after
 
 
 def test_depth_scale_checked_against_the_bounds(endo_src, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="flow3d"):
-        EndoNeRFDataConfig(root_dir=str(endo_src), depth_scale=1000.0, tracks="none", use_cache=False, normalize_scene=False).load()
+        EndoNeRFDataConfig(
+            root_dir=str(endo_src), depth_scale=1000.0, tracks="none", use_cache=False, normalize_scene=False
+        ).load()
     assert not _messages(caplog, logging.WARNING)
     data_cache.clear_memo()
     with caplog.at_level(logging.WARNING, logger="flow3d"):
         _convert(endo_src, tmp_path / "o", "a")  # the converter shares the reader: same check
         caplog.clear()
-        convert_cli.main(["--src", str(endo_src), "--out-root", str(tmp_path / "o2"), "--seq-name", "a",
-                          "--depth-scale", "1"])
+        convert_cli.main(
+            ["--src", str(endo_src), "--out-root", str(tmp_path / "o2"), "--seq-name", "a", "--depth-scale", "1"]
+        )
     (line,) = _messages(caplog, logging.WARNING)
     assert "depth_scale 1:" in line and "depth_scale 1000 would fit" in line and "--depth-scale" in line
 

@@ -17,12 +17,12 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from reliability_helpers import FAST, REPO, assert_one_error_line, child_env, data_args, main_error, run_cli
 
 import run_training
 from flow3d.checkpoint import load_checkpoint
 from flow3d.data import cache as data_cache
 from flow3d.fileio import owner_tag
-from reliability_helpers import FAST, REPO, assert_one_error_line, child_env, data_args, main_error, run_cli
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -37,8 +37,19 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 
 def _start(work: Path, root: Path, *extra: str) -> subprocess.Popen:
-    argv = [sys.executable, "run_training.py", "--work-dir", str(work), *FAST, "--max-steps", "100000",
-            "--save-every", "2", *extra, *data_args(root)]
+    argv = [
+        sys.executable,
+        "run_training.py",
+        "--work-dir",
+        str(work),
+        *FAST,
+        "--max-steps",
+        "100000",
+        "--save-every",
+        "2",
+        *extra,
+        *data_args(root),
+    ]
     return subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -178,8 +189,9 @@ def test_corrupt_last_ckpt_falls_back_to_the_newest_intact_one(work, clip_root, 
     last.write_bytes(last.read_bytes()[:1000])  # truncated
     (work / "checkpoints" / "model_4.ckpt").write_bytes(b"")  # the newest numbered one is damaged too
     with caplog.at_level(logging.WARNING, logger="flow3d"):
-        stats = run_training.main(["--work-dir", str(work), *FAST, "--max-steps", "6", "--save-every", "0",
-                                   *data_args(clip_root)])
+        stats = run_training.main(
+            ["--work-dir", str(work), *FAST, "--max-steps", "6", "--save-every", "0", *data_args(clip_root)]
+        )
     warned = [r.getMessage() for r in caplog.records if "newest intact" in r.getMessage()]
     assert len(warned) == 1 and "last.ckpt" in warned[0] and "model_2.ckpt" in warned[0], warned
     assert stats["steps"] == 6 and stats["steps_this_run"] == 4  # resumed from step 2
@@ -209,8 +221,11 @@ def test_stale_temporaries_removed_and_corrupt_cache_rebuilt(work, trained, clip
     (broken,) = cache.glob("clip_*.npz")
     broken.write_bytes(broken.read_bytes()[:300])  # BadZipFile on reading
     tag = owner_tag().rsplit("-", 1)[0] + f"-{_dead_pid()}"
-    stale = [cache / f".clip_x.{tag}.abcd.tmp.npz", work / "checkpoints" / f".last.{tag}.efgh.tmp.ckpt",
-             work / f".train_stats.{tag}.ijkl.tmp.json"]
+    stale = [
+        cache / f".clip_x.{tag}.abcd.tmp.npz",
+        work / "checkpoints" / f".last.{tag}.efgh.tmp.ckpt",
+        work / f".train_stats.{tag}.ijkl.tmp.json",
+    ]
     for p in stale:
         p.write_bytes(b"half a file")
     live = cache / f".other.{owner_tag()}.mnop.tmp.npz"  # a write of a running process is left alone
@@ -230,8 +245,18 @@ def test_stale_temporaries_removed_and_corrupt_cache_rebuilt(work, trained, clip
 def test_no_held_out_frame_writes_valid_json_and_says_so(trained, clip_root, tmp_path, caplog):
     work = tmp_path / "w"
     with caplog.at_level(logging.INFO, logger="flow3d"):
-        run_training.main(["--work-dir", str(work), *FAST, "--max-steps", "2", "--save-every", "0",
-                           *data_args(clip_root, "--data.val-every", "0")])
+        run_training.main(
+            [
+                "--work-dir",
+                str(work),
+                *FAST,
+                "--max-steps",
+                "2",
+                "--save-every",
+                "0",
+                *data_args(clip_root, "--data.val-every", "0"),
+            ]
+        )
     text = (work / "train_stats.json").read_text()
 
     def reject(name):
@@ -247,7 +272,10 @@ def test_write_json_writes_null_for_nonfinite(tmp_path):
 
     write_json(tmp_path / "s.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
     assert json.loads((tmp_path / "s.json").read_text(), parse_constant=lambda n: 1 / 0) == {
-        "a": None, "b": [1.0, None], "c": {"d": None}}
+        "a": None,
+        "b": [1.0, None],
+        "c": {"d": None},
+    }
 
 
 # ------------------------------------------------------------------ run_val on a data:davis work dir
@@ -260,6 +288,11 @@ def test_run_val_reads_the_saved_davis_config(tmp_path):
     save_config(TrainConfig(work_dir=str(tmp_path), data=saved), tmp_path / "cfg.yaml")
     cfg = parse_val_args(["--work-dir", str(tmp_path), "--data.is-train", "False"])
     assert type(cfg.data) is DavisDataConfig
-    assert (cfg.data.seq_name, cfg.data.root_dir, cfg.data.val_every, cfg.data.is_train) == ("bear", "/data/DAVIS", 3, False)
+    assert (cfg.data.seq_name, cfg.data.root_dir, cfg.data.val_every, cfg.data.is_train) == (
+        "bear",
+        "/data/DAVIS",
+        3,
+        False,
+    )
     cfg = parse_val_args(["--work-dir", str(tmp_path), "data:davis", "--data.is-train", "False"])
     assert (cfg.data.seq_name, cfg.data.res) == ("bear", "480p")

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from reliability_helpers import FAST, assert_one_error_line, data_args, main_error, run_cli
 
 import run_training
 from flow3d.checkpoint import load_checkpoint
 from flow3d.config import TrainConfig, load_config, resume_safe_fields
-from reliability_helpers import FAST, assert_one_error_line, data_args, main_error, run_cli
 
 TRAINED = [*FAST, "--max-steps", "4", "--save-every", "2"]
 """The command the ``trained`` fixture ran (without --work-dir and the data)."""
@@ -28,28 +28,58 @@ def _argv(work: Path, clip_root: Path, *args: str) -> list[str]:
 
 def _snapshot(work: Path) -> dict[str, tuple[bytes, int]]:
     """Every file of the work dir (the lock file aside: it names its holder) -> (bytes, mtime in ns)."""
-    return {str(p.relative_to(work)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(work.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(work)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(work.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 # ------------------------------------------------------------------ the classification
 def test_classification_is_declared_on_the_fields():
     safe = resume_safe_fields()
-    assert {"max_steps", "save_every", "log_every", "image_every", "work_dir", "device", "render_backend",
-            "max_nonfinite_steps", "resume_with_changes", "losses.order.flow_cache_dir"} == safe
+    assert {
+        "max_steps",
+        "save_every",
+        "log_every",
+        "image_every",
+        "work_dir",
+        "device",
+        "render_backend",
+        "max_nonfinite_steps",
+        "resume_with_changes",
+        "losses.order.flow_cache_dir",
+    } == safe
     # what shapes the model or its optimisation is never safe
-    for name in ("batch_size", "seed", "init.num_fg", "init.num_motion_bases", "optim.lr_means", "losses.w_rgb",
-                 "densify.max_gaussians", "losses.order.neighbor_stride", "prior_align", "bg_color"):
+    for name in (
+        "batch_size",
+        "seed",
+        "init.num_fg",
+        "init.num_motion_bases",
+        "optim.lr_means",
+        "losses.w_rgb",
+        "densify.max_gaussians",
+        "losses.order.neighbor_stride",
+        "prior_align",
+        "bg_color",
+    ):
         assert name not in safe
 
 
 # ------------------------------------------------------------------ shape-changing options
 def test_changed_model_options_are_one_error_naming_both_values(work, clip_root):
     before = _snapshot(work)
-    msg = main_error(run_training.main, _argv(work, clip_root, *TRAINED, "--init.num-bg", "50", "--losses.w-rgb", "2",
-                                              "--optim.lr-means", "0.002"),
-                     "last.ckpt", "(step 4)", "--init.num-bg 100 -> 50", "--losses.w-rgb 1.0 -> 2.0",
-                     "--optim.lr-means 0.001 -> 0.002", "another --work-dir", "--resume-with-changes")
+    msg = main_error(
+        run_training.main,
+        _argv(work, clip_root, *TRAINED, "--init.num-bg", "50", "--losses.w-rgb", "2", "--optim.lr-means", "0.002"),
+        "last.ckpt",
+        "(step 4)",
+        "--init.num-bg 100 -> 50",
+        "--losses.w-rgb 1.0 -> 2.0",
+        "--optim.lr-means 0.001 -> 0.002",
+        "another --work-dir",
+        "--resume-with-changes",
+    )
     assert "--max-steps" not in msg and "--save-every" not in msg  # unchanged / safe: not listed
     assert _snapshot(work) == before
 
@@ -60,15 +90,24 @@ def test_default_command_on_a_preset_run_is_refused_exit_1(work, clip_root):
     before = _snapshot(work)
     r = run_cli("run_training.py", *_argv(work, clip_root, "--max-steps", "4"))
     assert r.returncode == 1, r.stderr[-3000:]
-    line = assert_one_error_line(r.stderr, "--batch-size 2 -> 8", "--init.num-motion-bases 6 -> 10",
-                                 "--init.num-fg 100 -> 4000", "--resume-with-changes", "--work-dir")
+    line = assert_one_error_line(
+        r.stderr,
+        "--batch-size 2 -> 8",
+        "--init.num-motion-bases 6 -> 10",
+        "--init.num-fg 100 -> 4000",
+        "--resume-with-changes",
+        "--work-dir",
+    )
     assert "--max-steps" not in line
     assert _snapshot(work) == before
 
 
 def test_copied_work_dir_resumes_without_a_word_about_its_path(work, trained, clip_root, caplog):
     with caplog.at_level(logging.INFO, logger="flow3d"):
-        assert run_training.main(_argv(work, clip_root, *TRAINED[:-4], "--max-steps", "5", "--save-every", "2"))["steps"] == 5
+        assert (
+            run_training.main(_argv(work, clip_root, *TRAINED[:-4], "--max-steps", "5", "--save-every", "2"))["steps"]
+            == 5
+        )
     assert str(trained) not in caplog.text
 
 
@@ -77,12 +116,22 @@ def test_resume_with_changes_continues_and_records_the_history(work, clip_root, 
     with caplog.at_level(logging.WARNING, logger="flow3d"):
         stats = run_training.main(_argv(work, clip_root, *changed, "--max-steps", "6", "--resume-with-changes"))
     assert stats["steps"] == 6 and stats["steps_this_run"] == 2
-    assert any("--resume-with-changes" in r.getMessage() and "--losses.w-rgb 1.0 -> 2.0" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "--resume-with-changes" in r.getMessage() and "--losses.w-rgb 1.0 -> 2.0" in r.getMessage()
+        for r in caplog.records
+    )
     doc = yaml.safe_load((work / "cfg.yaml").read_text())
-    assert doc["history"] == [{"step": 4, "time": doc["history"][0]["time"], "changed": {
-        "--seed": {"from": 0, "to": 3}, "--losses.w-rgb": {"from": 1.0, "to": 2.0},
-        "--max-steps": {"from": 4, "to": 6}}}]
+    assert doc["history"] == [
+        {
+            "step": 4,
+            "time": doc["history"][0]["time"],
+            "changed": {
+                "--seed": {"from": 0, "to": 3},
+                "--losses.w-rgb": {"from": 1.0, "to": 2.0},
+                "--max-steps": {"from": 4, "to": 6},
+            },
+        }
+    ]
     cfg = load_config(work / "cfg.yaml")  # the history is not a field
     assert cfg.losses.w_rgb == 2.0 and cfg.seed == 3 and cfg.resume_with_changes is False
     ckpt = load_checkpoint(work / "checkpoints" / "last.ckpt")
@@ -90,8 +139,12 @@ def test_resume_with_changes_continues_and_records_the_history(work, clip_root, 
     # the new options are now the run's: the same command without the flag resumes; the old ones are refused
     assert run_training.main(_argv(work, clip_root, *changed, "--max-steps", "8"))["steps"] == 8
     assert yaml.safe_load((work / "cfg.yaml").read_text())["history"] == doc["history"]  # kept
-    main_error(run_training.main, _argv(work, clip_root, *TRAINED[:-4], "--max-steps", "10"),
-               "--losses.w-rgb 2.0 -> 1.0", "--seed 3 -> 0")
+    main_error(
+        run_training.main,
+        _argv(work, clip_root, *TRAINED[:-4], "--max-steps", "10"),
+        "--losses.w-rgb 2.0 -> 1.0",
+        "--seed 3 -> 0",
+    )
 
 
 def test_checkpoint_without_recorded_options_is_compared_with_cfg_yaml(work, clip_root):
@@ -101,19 +154,38 @@ def test_checkpoint_without_recorded_options_is_compared_with_cfg_yaml(work, cli
         payload = torch.load(path, weights_only=True)
         del payload["config"]
         torch.save(payload, path)
-    main_error(run_training.main, _argv(work, clip_root, *TRAINED, "--init.num-motion-bases", "4"),
-               "--init.num-motion-bases 6 -> 4")
+    main_error(
+        run_training.main,
+        _argv(work, clip_root, *TRAINED, "--init.num-motion-bases", "4"),
+        "--init.num-motion-bases 6 -> 4",
+    )
 
 
 # ------------------------------------------------------------------ safe options
 def test_safe_changes_are_allowed_and_logged(work, clip_root, caplog):
-    args = [*TRAINED[:-4], "--max-steps", "6", "--save-every", "3", "--log-every", "5", "--image-every", "0",
-            "--render-backend", "torch"]
+    args = [
+        *TRAINED[:-4],
+        "--max-steps",
+        "6",
+        "--save-every",
+        "3",
+        "--log-every",
+        "5",
+        "--image-every",
+        "0",
+        "--render-backend",
+        "torch",
+    ]
     with caplog.at_level(logging.INFO, logger="flow3d"):
         stats = run_training.main(_argv(work, clip_root, *args))
     assert stats["steps"] == 6 and stats["steps_this_run"] == 2
     (line,) = [r.getMessage() for r in caplog.records if "safe to change" in r.getMessage()]
-    for change in ("--max-steps 4 -> 6", "--save-every 2 -> 3", "--log-every 1000 -> 5", "--render-backend 'auto' -> 'torch'"):
+    for change in (
+        "--max-steps 4 -> 6",
+        "--save-every 2 -> 3",
+        "--log-every 1000 -> 5",
+        "--render-backend 'auto' -> 'torch'",
+    ):
         assert change in line, line
     assert (work / "checkpoints" / "model_6.ckpt").is_file()
     assert not yaml.safe_load((work / "cfg.yaml").read_text()).get("history")  # safe changes are not history
@@ -121,8 +193,15 @@ def test_safe_changes_are_allowed_and_logged(work, clip_root, caplog):
 
 def test_max_steps_below_the_checkpoint_step_is_an_error(work, clip_root):
     before = _snapshot(work)
-    main_error(run_training.main, _argv(work, clip_root, *TRAINED[:-4], "--max-steps", "2", "--save-every", "2"),
-               "--max-steps 2", "below the step", "last.ckpt", "(4)", "--max-steps 4 or more")
+    main_error(
+        run_training.main,
+        _argv(work, clip_root, *TRAINED[:-4], "--max-steps", "2", "--save-every", "2"),
+        "--max-steps 2",
+        "below the step",
+        "last.ckpt",
+        "(4)",
+        "--max-steps 4 or more",
+    )
     assert _snapshot(work) == before
 
 
@@ -164,5 +243,9 @@ def test_cfg_yaml_history_round_trip(tmp_path):
 
 @pytest.mark.parametrize("preset", ["cpu_endonerf"])
 def test_another_preset_names_its_fields(work, clip_root, preset):
-    main_error(run_training.main, _argv(work, clip_root, *FAST[2:], "--preset", preset, "--max-steps", "4"),
-               "--init.num-motion-bases 6 -> 10", "--bg-color [1.0, 1.0, 1.0] -> [0.0, 0.0, 0.0]")
+    main_error(
+        run_training.main,
+        _argv(work, clip_root, *FAST[2:], "--preset", preset, "--max-steps", "4"),
+        "--init.num-motion-bases 6 -> 10",
+        "--bg-color [1.0, 1.0, 1.0] -> [0.0, 0.0, 0.0]",
+    )

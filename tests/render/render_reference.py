@@ -17,8 +17,21 @@ from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_cova
 
 
 def naive_rasterization(
-    means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-    near_plane=0.01, far_plane=1e10, eps2d=0.3, backgrounds=None, render_mode="RGB", info=None,
+    means,
+    quats,
+    scales,
+    opacities,
+    colors,
+    viewmats,
+    Ks,
+    width,
+    height,
+    near_plane=0.01,
+    far_plane=1e10,
+    eps2d=0.3,
+    backgrounds=None,
+    render_mode="RGB",
+    info=None,
     rasterize_mode="classic",
 ):
     """Same inputs/outputs as ``flow3d.render.rasterization`` (colours (C,H,W,X), alphas (C,H,W,1)).
@@ -29,7 +42,15 @@ def naive_rasterization(
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
     aa = rasterize_mode == "antialiased"
     _, means2d, depths, conics, comp = _fully_fused_projection(
-        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
+        means,
+        covars,
+        viewmats,
+        Ks,
+        width,
+        height,
+        eps2d=eps2d,
+        near_plane=near_plane,
+        far_plane=far_plane,
         calc_compensations=aa,
     )
     opac = opacities[None] * comp if aa else opacities[None].expand(C, N)  # (C, N)
@@ -115,8 +136,19 @@ def look_at_viewmat(eye, target, dtype):
 
 
 def make_scene(
-    n=40, n_cams=1, width=24, height=20, depth=(1.5, 6.0), log_scale=(-3.5, -1.5), opacity=(0.05, 0.95),
-    n_channels=3, per_camera_colors=False, n_behind=0, offscreen=0.3, dtype=torch.float64, seed=0,
+    n=40,
+    n_cams=1,
+    width=24,
+    height=20,
+    depth=(1.5, 6.0),
+    log_scale=(-3.5, -1.5),
+    opacity=(0.05, 0.95),
+    n_channels=3,
+    per_camera_colors=False,
+    n_behind=0,
+    offscreen=0.3,
+    dtype=torch.float64,
+    seed=0,
 ):
     """A random scene of Gaussians a few pixels wide spread over the image (and a margin around it).
 

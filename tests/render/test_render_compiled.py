@@ -51,7 +51,9 @@ def _render_and_grads(scene, backend, bg, render_mode, **kw):
     leaves = {k: scene[k].detach().clone().requires_grad_(True) for k in PARAMS}
     bg_leaf = None if bg is None else bg.clone().requires_grad_(True)
     fixed = {k: v for k, v in scene.items() if k not in PARAMS}
-    rc, ra, meta = rasterization(**leaves, **fixed, backgrounds=bg_leaf, render_mode=render_mode, backend=backend, absgrad=True, **kw)
+    rc, ra, meta = rasterization(
+        **leaves, **fixed, backgrounds=bg_leaf, render_mode=render_mode, backend=backend, absgrad=True, **kw
+    )
     assert meta["backend"] == backend
     meta["means2d"].retain_grad()
     gen = torch.Generator().manual_seed(123)
@@ -132,7 +134,9 @@ def test_compiled_projection_matches_torch_projection(dtype, antialiased):
     for name in ("torch", "cpu"):
         leaves = [scene[k].detach().clone().requires_grad_(True) for k in keys]
         if name == "torch":
-            p = project_gaussians(leaves[0], quat_scale_to_covar(leaves[1], leaves[2]), leaves[3], vm, Ks, W, H, antialiased=antialiased)
+            p = project_gaussians(
+                leaves[0], quat_scale_to_covar(leaves[1], leaves[2]), leaves[3], vm, Ks, W, H, antialiased=antialiased
+            )
         else:
             p = compiled.project_compiled(*leaves, vm, Ks, W, H, antialiased=antialiased)
         gen = torch.Generator().manual_seed(7)
@@ -152,13 +156,25 @@ def test_compiled_tile_lists_equal_torch_tile_lists():
     scene = make_scene(n=500, n_cams=2, width=90, height=70, offscreen=0.5, dtype=torch.float32, seed=71)
     with torch.no_grad():
         W, H = scene["width"], scene["height"]
-        p = project_gaussians(scene["means"], quat_scale_to_covar(scene["quats"], scene["scales"]), scene["opacities"], scene["viewmats"], scene["Ks"], W, H)
+        p = project_gaussians(
+            scene["means"],
+            quat_scale_to_covar(scene["quats"], scene["scales"]),
+            scene["opacities"],
+            scene["viewmats"],
+            scene["Ks"],
+            W,
+            H,
+        )
         p["depths"][0, 5:50] = p["depths"][0, 4]  # ties in depth keep the index order
         ref = build_tile_plan(p["means2d"], p["radii"], p["depths"], W, H, 16)
         got = compiled.build_tile_plan_compiled(p["means2d"], p["radii"], p["depths"], W, H, 16)
     for k in ("flat_ids", "starts", "counts", "order"):
         assert torch.equal(getattr(got, k), getattr(ref, k)), k
-    assert (got.tile_width, got.tile_height, got.n_isects) == (ref.tile_width, ref.tile_height, ref.n_isects) and ref.n_isects > 0
+    assert (got.tile_width, got.tile_height, got.n_isects) == (
+        ref.tile_width,
+        ref.tile_height,
+        ref.n_isects,
+    ) and ref.n_isects > 0
 
 
 def test_camera_gradients_pass_through_the_cpu_backend():
@@ -188,7 +204,9 @@ def _projected(scene):
 def _tile_run(inputs, plan, **kw):
     rc, ra = compiled.rasterize_tiles_compiled(*inputs, plan, absgrad=True, **kw)
     gen = torch.Generator().manual_seed(5)
-    loss = (rc * torch.randn(rc.shape, generator=gen, dtype=rc.dtype)).sum() + (ra * torch.randn(ra.shape, generator=gen, dtype=ra.dtype)).sum()
+    loss = (rc * torch.randn(rc.shape, generator=gen, dtype=rc.dtype)).sum() + (
+        ra * torch.randn(ra.shape, generator=gen, dtype=ra.dtype)
+    ).sum()
     grads = torch.autograd.grad(loss, inputs)
     return [rc, ra, *grads, inputs[0].absgrad]
 
@@ -208,7 +226,9 @@ def test_ellipse_spans_change_nothing(dtype_):
 
 
 def test_bit_identical_across_runs_and_thread_counts():
-    scene = make_scene(n=800, width=96, height=64, opacity=(0.3, 0.99), log_scale=(-2.5, -0.8), dtype=torch.float32, seed=51)
+    scene = make_scene(
+        n=800, width=96, height=64, opacity=(0.3, 0.99), log_scale=(-2.5, -0.8), dtype=torch.float32, seed=51
+    )
     inputs, plan = _projected(scene)
     old = torch.get_num_threads()
     try:
@@ -270,7 +290,7 @@ exit 1
 
 @pytest.mark.parametrize("case", ["build_error", "no_compiler"])
 def test_failed_build_falls_back_to_torch_backend_with_one_warning(tmp_path, case):
-    """auto uses "torch" and warns once, naming the cause; an explicit backend="cpu" raises."""
+    """Auto uses "torch" and warns once, naming the cause; an explicit backend="cpu" raises."""
     if case == "build_error":
         cxx = tmp_path / "broken-c++"
         cxx.write_text(_BROKEN_CXX)
@@ -311,14 +331,19 @@ def test_killed_build_never_blocks_the_next_one(tmp_path, monkeypatch):
     (root / name).mkdir()
     (root / name / "lock").write_text("")  # torch's baton left in the final folder by an older layout's build
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import fcntl, sys, time
-            fh = open({str(root / (name + '.lock'))!r}, "a+b")
+            fh = open({str(root / (name + ".lock"))!r}, "a+b")
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             print("locked", flush=True)
             time.sleep(600)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -359,7 +384,9 @@ def test_a_library_that_does_not_load_is_rebuilt_once(tmp_path, monkeypatch):
             raise OSError(f"{path}: file too short")
         loaded.append(path)
 
-    monkeypatch.setattr(compiled, "_compile", lambda n, d: (compiled_in.append(d), (d / f"{n}.so").write_bytes(b"whole")))
+    monkeypatch.setattr(
+        compiled, "_compile", lambda n, d: (compiled_in.append(d), (d / f"{n}.so").write_bytes(b"whole"))
+    )
     monkeypatch.setattr(compiled.torch.ops, "load_library", fake_load)
     compiled._build_and_load(tmp_path / name)
     assert len(compiled_in) == 1 and (tmp_path / name / f"{name}.so").read_bytes() == b"whole"
@@ -388,7 +415,9 @@ def _fake_builds(monkeypatch, payload: bytes):
     return built, loaded
 
 
-@pytest.mark.parametrize("damage", ["truncated", "same_size_altered", "no_record", "record_not_json", "record_of_another"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "same_size_altered", "no_record", "record_not_json", "record_of_another"]
+)
 def test_a_library_not_matching_its_build_record_is_rebuilt_before_any_load(tmp_path, monkeypatch, caplog, damage):
     """The loader never sees a library that differs from the record its build wrote (a truncated one kills
     the process with SIGBUS): it is rebuilt, with one warning naming the library and the reason."""
@@ -460,7 +489,9 @@ def test_a_truncated_cached_library_is_rebuilt_by_the_next_process(tmp_path):
     r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode >= 0, f"killed by {signal.Signals(-r.returncode).name}: {r.stderr}"
     assert r.returncode == 0 and r.stdout.strip() == "rendered with cpu", r.stdout + r.stderr
-    assert "is not usable" in r.stderr and "bytes where its build recorded" in r.stderr and "rebuilding" in r.stderr, r.stderr
+    assert "is not usable" in r.stderr and "bytes where its build recorded" in r.stderr and "rebuilding" in r.stderr, (
+        r.stderr
+    )
     assert compiled.library_mismatch(cached) is None and cached.stat().st_size > 0  # whole again, with its record
 
 
@@ -473,8 +504,12 @@ def test_cxx_standard_is_the_one_torch_writes_into_its_own_build_files(tmp_path)
 
     writer = cpp_extension._write_ninja_file_to_build_library
     values = {
-        "path": str(tmp_path / "build.ninja"), "name": "probe", "sources": [str(compiled.SOURCES[0])],
-        "with_cuda": False, "with_sycl": False, "is_standalone": False,
+        "path": str(tmp_path / "build.ninja"),
+        "name": "probe",
+        "sources": [str(compiled.SOURCES[0])],
+        "with_cuda": False,
+        "with_sycl": False,
+        "is_standalone": False,
     }
     args = {p: values.get(p, []) for p in inspect.signature(writer).parameters}
     writer(**args)

@@ -49,14 +49,28 @@ def _close(a, b, scale=None):
     torch.testing.assert_close(a, b, rtol=0, atol=2e-5 * max(scale, 1.0))
 
 
-@pytest.mark.parametrize("n_channels,per_camera,extra", [
-    (3, False, {}), (40, True, {}), (3, False, {"rasterize_mode": "antialiased", "radius_clip": 1.0}),
-], ids=["rgb", "40ch-per-camera", "antialiased-radius-clip"])
+@pytest.mark.parametrize(
+    "n_channels,per_camera,extra",
+    [
+        (3, False, {}),
+        (40, True, {}),
+        (3, False, {"rasterize_mode": "antialiased", "radius_clip": 1.0}),
+    ],
+    ids=["rgb", "40ch-per-camera", "antialiased-radius-clip"],
+)
 def test_gsplat_rasterization_on_cpu_matches_the_cpu_backend(gsplat_on_cpu, n_channels, per_camera, extra):
     """Colour, alpha, depth, radii and every gradient (incl. means2d and absgrad), 2 cameras; 40 channels
     exercise gsplat's channel padding and its 32-channel chunking."""
-    scene = make_scene(n=60, n_cams=2, width=40, height=35, n_channels=n_channels, per_camera_colors=per_camera,
-                       n_behind=3, dtype=torch.float32)
+    scene = make_scene(
+        n=60,
+        n_cams=2,
+        width=40,
+        height=35,
+        n_channels=n_channels,
+        per_camera_colors=per_camera,
+        n_behind=3,
+        dtype=torch.float32,
+    )
     bg = torch.rand(2, n_channels)
     kw = dict(render_mode="RGB+ED", backgrounds=bg, absgrad=True, **extra)
     cg, ag, mg, gg = _render_and_grads(scene, "gsplat", **kw)
@@ -86,7 +100,14 @@ def test_stand_in_tile_lists_match_gsplat_torch_reference(gsplat_on_cpu):
 
     scene = make_scene(n=30, n_cams=2, width=40, height=35, dtype=torch.float32)
     _, _, meta = rasterization(**scene, backend="gsplat")
-    args = (meta["means2d"].detach(), meta["radii"], meta["depths"].detach(), 16, meta["tile_width"], meta["tile_height"])
+    args = (
+        meta["means2d"].detach(),
+        meta["radii"],
+        meta["depths"].detach(),
+        16,
+        meta["tile_width"],
+        meta["tile_height"],
+    )
     tpg_ref, ids_ref, flat_ref = _isect_tiles(*args)
     assert torch.equal(meta["tiles_per_gauss"], tpg_ref)
     assert torch.equal(meta["isect_ids"], ids_ref) and torch.equal(meta["flatten_ids"].long(), flat_ref.long())
@@ -105,8 +126,11 @@ def test_model_render_through_gsplat_matches_cpu(gsplat_on_cpu, tmp_path):
             m.retain_grad()
         loss = out.img.square().sum() + out.depth.sum() + out.alpha.sum() + out.tracks_3d.square().sum()
         loss.backward()
-        outs[backend] = (out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
-                         [m.grad.clone() for m in out.means2d])
+        outs[backend] = (
+            out,
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+            [m.grad.clone() for m in out.means2d],
+        )
     (og, gg, mg), (oc, gc, mc) = outs["gsplat"], outs["cpu"]
     for f in ("img", "depth", "alpha", "fg", "tracks_3d"):
         _close(getattr(og, f).detach(), getattr(oc, f).detach())
@@ -124,9 +148,27 @@ def _tiny_model(work_dir):
     from flow3d.train.trainer import Trainer
     from run_training import parse_args
 
-    cfg = parse_args(["--work-dir", str(work_dir), "--preset", "cpu_demo", "--init.num-fg", "60", "--init.num-bg", "80",
-                      "--init.init-fit-steps", "5", "data:synthetic", "--data.num-frames", "4", "--data.width", "40",
-                      "--data.height", "30"])
+    cfg = parse_args(
+        [
+            "--work-dir",
+            str(work_dir),
+            "--preset",
+            "cpu_demo",
+            "--init.num-fg",
+            "60",
+            "--init.num-bg",
+            "80",
+            "--init.init-fit-steps",
+            "5",
+            "data:synthetic",
+            "--data.num-frames",
+            "4",
+            "--data.width",
+            "40",
+            "--data.height",
+            "30",
+        ]
+    )
     seq = cfg.data.load()
     model = Trainer(cfg, seq=seq).model
     ts = torch.tensor([0, 2])

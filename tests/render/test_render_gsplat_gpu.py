@@ -20,8 +20,10 @@ PARAMS = ("means", "quats", "scales", "opacities", "colors")
 
 
 def _run(scene: dict, backend: str, device: str):
-    leaves = {k: (v.detach().to(device).requires_grad_() if k in PARAMS else v.to(device) if torch.is_tensor(v) else v)
-              for k, v in scene.items()}
+    leaves = {
+        k: (v.detach().to(device).requires_grad_() if k in PARAMS else v.to(device) if torch.is_tensor(v) else v)
+        for k, v in scene.items()
+    }
     bg = torch.linspace(0, 1, 3, device=device)[None].repeat(2, 1)
     colors, alphas, meta = rasterization(**leaves, backgrounds=bg, render_mode="RGB+ED", backend=backend)
     meta["means2d"].retain_grad()

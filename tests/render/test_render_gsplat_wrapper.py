@@ -37,10 +37,17 @@ def test_every_keyword_passed_exists_in_installed_gsplat(monkeypatch):
     calls = _record_gsplat_call(monkeypatch)
     scene = make_scene(n=5, dtype=torch.float32)
     rasterization(
-        **scene, backgrounds=torch.zeros(1, 3), render_mode="RGB+ED", backend="gsplat", absgrad=True, packed=True,
-        radius_clip=0.5, rasterize_mode="antialiased", torch_chunk=8,
+        **scene,
+        backgrounds=torch.zeros(1, 3),
+        render_mode="RGB+ED",
+        backend="gsplat",
+        absgrad=True,
+        packed=True,
+        radius_clip=0.5,
+        rasterize_mode="antialiased",
+        torch_chunk=8,
     )
-    (args, kwargs), = calls
+    ((args, kwargs),) = calls
     assert args == ()  # keywords only: robust to gsplat reordering its parameters
     unknown = set(kwargs) - set(signature.parameters)
     assert not unknown, f"keywords not in gsplat {gsplat.__version__}'s rasterization: {sorted(unknown)}"

@@ -27,10 +27,17 @@ def _rendered_centre(K_gsplat: torch.Tensor, W: int = 16, H: int = 20, centroid:
     f, z = float(K_gsplat[0, 0]), 5.0
     s = 1.0 * z / f  # one pixel standard deviation
     _, alpha, meta = rasterization(
-        torch.tensor([[0.0, 0.0, z]], dtype=torch.float64), torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64),
-        torch.full((1, 3), s, dtype=torch.float64), torch.tensor([0.9], dtype=torch.float64),
-        torch.zeros(1, 3, dtype=torch.float64), torch.eye(4, dtype=torch.float64)[None], K_gsplat[None], W, H,
-        backend="torch", eps2d=0.0,
+        torch.tensor([[0.0, 0.0, z]], dtype=torch.float64),
+        torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64),
+        torch.full((1, 3), s, dtype=torch.float64),
+        torch.tensor([0.9], dtype=torch.float64),
+        torch.zeros(1, 3, dtype=torch.float64),
+        torch.eye(4, dtype=torch.float64)[None],
+        K_gsplat[None],
+        W,
+        H,
+        backend="torch",
+        eps2d=0.0,
     )
     if not centroid:
         return float(meta["means2d"][0, 0, 0]) - 0.5, float(meta["means2d"][0, 0, 1]) - 0.5
@@ -56,8 +63,12 @@ def test_the_model_renders_an_opencv_principal_point_on_that_pixel():
 
 def test_iphone_cameras_render_where_shape_of_motion_renders_them(tmp_path):
     """Nerfies camera, principal point (13, 11) in its +0.5 convention, images downscaled by 2."""
-    cam = {"orientation": np.eye(3).tolist(), "position": [0.0, 0.0, 0.0], "focal_length": 40.0,
-           "principal_point": [13.0, 11.0]}
+    cam = {
+        "orientation": np.eye(3).tolist(),
+        "position": [0.0, 0.0, 0.0],
+        "focal_length": 40.0,
+        "principal_point": [13.0, 11.0],
+    }
     (tmp_path / "cam.json").write_text(json.dumps(cam))
     _, K = _read_camera(tmp_path / "cam.json", factor=2)
     assert K[0, 2] == pytest.approx(13.0 / 2 - 0.5) and K[1, 2] == pytest.approx(11.0 / 2 - 0.5)

@@ -81,7 +81,9 @@ def test_deep_scene_with_termination_matches_reference(dtype, chunks, backend):
 
 
 def test_many_channels_two_cameras_behind_and_offscreen(dtype, backend):
-    scene = make_scene(n=36, n_cams=2, n_channels=19, per_camera_colors=True, n_behind=6, offscreen=0.5, dtype=dtype, seed=3)
+    scene = make_scene(
+        n=36, n_cams=2, n_channels=19, per_camera_colors=True, n_behind=6, offscreen=0.5, dtype=dtype, seed=3
+    )
     _, _, meta, _ = _compare(scene, dtype, backend, **SMALL_CHUNKS)
     radii = meta["radii"]
     assert radii.shape == (2, 36, 2) and radii.dtype == torch.int32
@@ -99,7 +101,9 @@ def test_render_modes_match_reference(render_mode, backend):
 
 
 def test_antialiased_mode_matches_reference(backend):
-    scene = make_scene(n=40, n_cams=2, log_scale=(-4.5, -2.0), dtype=torch.float64, seed=12)  # small: compensation matters
+    scene = make_scene(
+        n=40, n_cams=2, log_scale=(-4.5, -2.0), dtype=torch.float64, seed=12
+    )  # small: compensation matters
     _compare(scene, torch.float64, backend, rasterize_mode="antialiased", **SMALL_CHUNKS)
 
 
@@ -149,7 +153,11 @@ def test_projection_matches_gsplat_torch_reference(dtype):
         _assert_close(name, got[ok], ref[ok], dtype)
     _assert_close("depths", p["depths"], depths, dtype)
     # radii: gsplat 1.5.3's opacity-aware box, ceil(min(3.33, sqrt(2 ln(255 o))) sqrt(cov2d_ii)), by hand
-    cov2d = torch.linalg.inv(torch.stack([conics[..., 0], conics[..., 1], conics[..., 1], conics[..., 2]], -1).reshape(*conics.shape[:-1], 2, 2))
+    cov2d = torch.linalg.inv(
+        torch.stack([conics[..., 0], conics[..., 1], conics[..., 1], conics[..., 2]], -1).reshape(
+            *conics.shape[:-1], 2, 2
+        )
+    )
     ext = torch.sqrt(2 * torch.log(255 * opac)).clamp(max=3.33)
     rx = torch.ceil(ext * cov2d[..., 0, 0].sqrt())
     ry = torch.ceil(ext * cov2d[..., 1, 1].sqrt())
@@ -190,12 +198,16 @@ def test_degenerate_and_edge_on_gaussians_have_no_nan(dtype, backend):
 
 
 def test_gradcheck_tiny_scene(backend):
-    scene = make_scene(n=4, width=10, height=8, opacity=(0.2, 0.6), offscreen=0.0, log_scale=(-1.5, -1.0), dtype=torch.float64, seed=10)
+    scene = make_scene(
+        n=4, width=10, height=8, opacity=(0.2, 0.6), offscreen=0.0, log_scale=(-1.5, -1.0), dtype=torch.float64, seed=10
+    )
     fixed = {k: v for k, v in scene.items() if k not in PARAMS}
     bg = torch.rand(1, 3, dtype=torch.float64)
 
     def f(means, quats, scales, opacities, colors):
-        rc, ra, _ = rasterization(means, quats, scales, opacities, colors, **fixed, backgrounds=bg, render_mode="RGB+ED", backend=backend)
+        rc, ra, _ = rasterization(
+            means, quats, scales, opacities, colors, **fixed, backgrounds=bg, render_mode="RGB+ED", backend=backend
+        )
         return rc, ra
 
     inputs = tuple(scene[k].detach().clone().requires_grad_(True) for k in PARAMS)
@@ -237,5 +249,15 @@ def test_bad_inputs_raise_value_error():
 def test_signature_matches_contract():
     params = inspect.signature(rasterization).parameters
     assert list(params)[:9] == ["means", "quats", "scales", "opacities", "colors", "viewmats", "Ks", "width", "height"]
-    for k in ("near_plane", "far_plane", "eps2d", "backgrounds", "render_mode", "backend", "absgrad", "packed", "tile_size"):
+    for k in (
+        "near_plane",
+        "far_plane",
+        "eps2d",
+        "backgrounds",
+        "render_mode",
+        "backend",
+        "absgrad",
+        "packed",
+        "tile_size",
+    ):
         assert params[k].kind is inspect.Parameter.KEYWORD_ONLY

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from flow3d.data import SyntheticDataConfig, make_synthetic_sequence
-from flow3d.scene.camera_refine import CameraRefine, apply_to_sequence, se3_exp_small
 from flow3d.geometry import opencv_to_gsplat_Ks, project_points
 from flow3d.render import rasterization
+from flow3d.scene.camera_refine import CameraRefine, apply_to_sequence, se3_exp_small
 from flow3d.train.trainer import Trainer
 from run_training import parse_args
 
@@ -58,8 +58,19 @@ def test_perturbed_cameras_move_towards_the_truth():
     ts, Ks = torch.arange(2), opencv_to_gsplat_Ks(seq.Ks)
     err0 = reprojection_px(perturbed)
     for _ in range(20):
-        img, _, _ = rasterization(means, quats, scales, opac, colors, ref(perturbed, ts), Ks, W, H, backend="torch",
-                                  backgrounds=torch.ones(2, 3))
+        img, _, _ = rasterization(
+            means,
+            quats,
+            scales,
+            opac,
+            colors,
+            ref(perturbed, ts),
+            Ks,
+            W,
+            H,
+            backend="torch",
+            backgrounds=torch.ones(2, 3),
+        )
         loss = ((img - seq.images).abs().sum(-1) * bg).mean()
         opt.zero_grad()
         loss.backward()
@@ -70,10 +81,36 @@ def test_perturbed_cameras_move_towards_the_truth():
 
 
 def test_trainer_hook_learns_saves_and_resumes(tmp_path):
-    args = ["--preset", "cpu_demo", "--save-every", "0", "--image-every", "0", "--log-every", "1000",
-            "--init.num-fg", "200", "--init.num-bg", "300", "--init.init-fit-steps", "10", "--max-steps", "6",
-            "--optim.refine-cameras", "--optim.lr-cameras", "1e-3",
-            "data:synthetic", "--data.num-frames", "6", "--data.width", "40", "--data.height", "30", "--data.track-grid-step", "4"]
+    args = [
+        "--preset",
+        "cpu_demo",
+        "--save-every",
+        "0",
+        "--image-every",
+        "0",
+        "--log-every",
+        "1000",
+        "--init.num-fg",
+        "200",
+        "--init.num-bg",
+        "300",
+        "--init.init-fit-steps",
+        "10",
+        "--max-steps",
+        "6",
+        "--optim.refine-cameras",
+        "--optim.lr-cameras",
+        "1e-3",
+        "data:synthetic",
+        "--data.num-frames",
+        "6",
+        "--data.width",
+        "40",
+        "--data.height",
+        "30",
+        "--data.track-grid-step",
+        "4",
+    ]
     cfg = parse_args(["--work-dir", str(tmp_path)] + args)
     tr = Trainer(cfg)
     for _ in range(4):

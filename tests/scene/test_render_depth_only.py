@@ -23,10 +23,15 @@ def _random_model(seed: int = 0) -> SceneModel:
     T, K = 3, 4
 
     def gaussians(n, z0, motion):
-        means = torch.cat([(torch.rand(n, 2, generator=g) - 0.5) * 2.0 * z0 * 0.6, z0 + torch.rand(n, 1, generator=g)], -1)
+        means = torch.cat(
+            [(torch.rand(n, 2, generator=g) - 0.5) * 2.0 * z0 * 0.6, z0 + torch.rand(n, 1, generator=g)], -1
+        )
         return GaussianParams(
-            means, torch.randn(n, 4, generator=g), torch.rand(n, 3, generator=g) * 0.08 + 0.01,
-            torch.rand(n, generator=g) * 0.85 + 0.1, torch.rand(n, 3, generator=g) * 0.8 + 0.1,
+            means,
+            torch.randn(n, 4, generator=g),
+            torch.rand(n, 3, generator=g) * 0.08 + 0.01,
+            torch.rand(n, generator=g) * 0.85 + 0.1,
+            torch.rand(n, 3, generator=g) * 0.8 + 0.1,
             torch.randn(n, K, generator=g) if motion else None,
         )
 
@@ -88,5 +93,12 @@ def test_depth_only_render_equals_the_full_render(backend):
 def test_depth_only_refuses_track_channels():
     model = _random_model()
     with pytest.raises(ValueError, match="depth_only"):
-        model.render(torch.tensor([0]), torch.eye(4)[None], torch.eye(3)[None], (8, 8), target_ts=torch.tensor([1]),
-                     target_w2cs=torch.eye(4)[None], depth_only=True)
+        model.render(
+            torch.tensor([0]),
+            torch.eye(4)[None],
+            torch.eye(3)[None],
+            (8, 8),
+            target_ts=torch.tensor([1]),
+            target_w2cs=torch.eye(4)[None],
+            depth_only=True,
+        )

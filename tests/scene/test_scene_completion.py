@@ -30,7 +30,12 @@ def test_harmonic_fill_continues_a_plane_exactly_and_reads_only_known_pixels():
     ring[0:4, 0:5] = True
     ring &= ~corner
     for c in range(2):
-        assert plane[..., c][ring].min() - 1e-12 <= out[..., c][corner].min() <= out[..., c][corner].max() <= plane[..., c][ring].max() + 1e-12
+        assert (
+            plane[..., c][ring].min() - 1e-12
+            <= out[..., c][corner].min()
+            <= out[..., c][corner].max()
+            <= plane[..., c][ring].max() + 1e-12
+        )
     # a hole that touches no known pixel stays unknown (NaN), the known pixels are returned as they are
     known = torch.zeros(H, W, dtype=torch.bool)
     known[:, :10] = True
@@ -68,9 +73,12 @@ def test_no_gaussian_ever_comes_from_an_instrument_pixel(seq):
     assert bool(seq.gt_never_seen[seq.train_ids].any())  # there is tissue no training frame sees
 
     def painted(rgb, disp):
-        return dataclasses.replace(seq, images=torch.where(ign[..., None], torch.tensor(rgb), seq.images),
-                                   prior_disp=torch.where(ign, torch.tensor(disp), seq.prior_disp),
-                                   prior_valid=seq.prior_valid | ign)
+        return dataclasses.replace(
+            seq,
+            images=torch.where(ign[..., None], torch.tensor(rgb), seq.images),
+            prior_disp=torch.where(ign, torch.tensor(disp), seq.prior_disp),
+            prior_valid=seq.prior_valid | ign,
+        )
 
     a, can_a = _init(painted([0.0, 1.0, 0.0], 5.0))
     b, can_b = _init(painted([0.0, 0.0, 1.0], 0.2))

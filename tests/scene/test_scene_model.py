@@ -120,7 +120,9 @@ def test_strategy_grows_high_gradient_and_prunes_transparent():
         fg.params["scales"][3:] = torch.log(torch.tensor(1.0))  # large -> split
         fg.params["opacities"][5] = -10.0  # transparent -> pruned
     opts = {f"fg.{k}": torch.optim.Adam([p], lr=0.1) for k, p in fg.params.items()}
-    strat = DensifyStrategy(DensifyConfig(refine_start=0, refine_every=1, reset_every=0, grow_grad2d=0.1, grow_scale3d=0.01), 1.0)
+    strat = DensifyStrategy(
+        DensifyConfig(refine_start=0, refine_every=1, reset_every=0, grow_grad2d=0.1, grow_scale3d=0.01), 1.0
+    )
     state = strat.initialize_state()
     leaf = torch.zeros(1, 6, 2, requires_grad=True)
     means2d = leaf * 1.0  # a non-leaf, like a render's means2d: its grad is kept only on request
@@ -173,7 +175,7 @@ def test_mask_at_query_matches_a_full_mask_gather_per_track():
 
 
 def test_densification_centre_on_ignored_pixels():
-    """gsplat pixel convention: pixel (i, j) covers [j, j+1) x [i, i+1); outside the image is not ignored."""
+    """Gsplat pixel convention: pixel (i, j) covers [j, j+1) x [i, i+1); outside the image is not ignored."""
     from flow3d.scene.strategy import centre_on_ignored
 
     valid = torch.ones(4, 5, dtype=torch.bool)

@@ -60,8 +60,13 @@ def test_same_values_as_gsplat_export_splats(tmp_path):
     s = _splats(seed=5)
     write_splat_ply(tmp_path / "ours.ply", s)
     theirs = gsplat.export_splats(
-        means=s.means, scales=s.log_scales, quats=s.quats, opacities=s.opacity_logits,
-        sh0=((s.rgb - 0.5) / SH_C0)[:, None], shN=torch.zeros(len(s), 0, 3), format="ply",
+        means=s.means,
+        scales=s.log_scales,
+        quats=s.quats,
+        opacities=s.opacity_logits,
+        sh0=((s.rgb - 0.5) / SH_C0)[:, None],
+        shN=torch.zeros(len(s), 0, 3),
+        format="ply",
     )
     ref = PlyData.read(io.BytesIO(theirs))["vertex"]
     ours = PlyData.read(str(tmp_path / "ours.ply"))["vertex"]

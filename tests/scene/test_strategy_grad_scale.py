@@ -21,8 +21,11 @@ def _stats(batch_size, scale: bool) -> dict:
         m = torch.zeros(1, 3, 2, requires_grad=True)
         m.grad = torch.tensor([grad])
         m2ds.append(m)
-        radii.append(torch.tensor([[[3, 3], [2, 2], [0, 0]]], dtype=torch.int32) if len(m2ds) == 2
-                     else torch.full((1, 3, 2), 4, dtype=torch.int32))
+        radii.append(
+            torch.tensor([[[3, 3], [2, 2], [0, 0]]], dtype=torch.int32)
+            if len(m2ds) == 2
+            else torch.full((1, 3, 2), 4, dtype=torch.int32)
+        )
     info = {"means2d": m2ds, "radii": radii, "img_wh": (40, 30)}
     if batch_size is not None:
         info["batch_size"] = batch_size

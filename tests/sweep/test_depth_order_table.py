@@ -22,8 +22,10 @@ SPEC = {
 }
 # (run, seed) -> held-out psnr, train depth_abs_rel, depth_abs_rel_scale_shift; the prior is the same everywhere
 VALUES = {
-    ("som_baseline", 0): (30.0, 0.10, 0.060), ("som_baseline", 1): (30.2, 0.12, 0.080),
-    ("defaults", 0): (29.9, 0.07, 0.020), ("defaults", 1): (30.1, 0.09, 0.040),
+    ("som_baseline", 0): (30.0, 0.10, 0.060),
+    ("som_baseline", 1): (30.2, 0.12, 0.080),
+    ("defaults", 0): (29.9, 0.07, 0.020),
+    ("defaults", 1): (30.1, 0.09, 0.040),
 }
 PRIOR = (0.20, 0.12)
 
@@ -35,10 +37,17 @@ def _fake_sweep(tmp_path: Path) -> tuple[Path, Path]:
     for trial in load_spec(spec_path).trials(out):
         psnr, a, ss = VALUES[(trial.run, trial.seed)]
         write_metrics(trial.metrics_path.parent, [], {"psnr": psnr, "depth_abs_rel": 9.9})  # held-out depth: unused
-        write_metrics(trial.work_dir / "val" / "5" / "train", [], {
-            "psnr": 99.0, "depth_abs_rel": a, "depth_abs_rel_scale_shift": ss,
-            "prior_abs_rel": PRIOR[0], "prior_abs_rel_scale_shift": PRIOR[1],
-        })
+        write_metrics(
+            trial.work_dir / "val" / "5" / "train",
+            [],
+            {
+                "psnr": 99.0,
+                "depth_abs_rel": a,
+                "depth_abs_rel_scale_shift": ss,
+                "prior_abs_rel": PRIOR[0],
+                "prior_abs_rel_scale_shift": PRIOR[1],
+            },
+        )
     return spec_path, out
 
 
@@ -61,13 +70,17 @@ def test_goal_fails_when_one_ratio_misses(tmp_path):
         psnr = VALUES[("defaults", seed)][0] - 0.4
         write_metrics(out / "defaults" / "tissue" / f"seed{seed}" / "val" / "5" / "heldout", [], {"psnr": psnr})
     assert main([str(spec_path), "--out-dir", str(out)]) == 0
-    assert "| tissue | defaults | 0.73 | 0.43 | 0.40 | 0.25 | -0.50 | no |" in (out / "depth_order_table.md").read_text()
+    assert (
+        "| tissue | defaults | 0.73 | 0.43 | 0.40 | 0.25 | -0.50 | no |" in (out / "depth_order_table.md").read_text()
+    )
 
 
 def test_no_finished_trial_is_one_error_line(tmp_path, capsys):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC))
-    assert main([str(spec_path), "--out-dir", str(tmp_path / "none")]) == 1  # an expected failure: exit 1 (2 is for usage errors)
+    assert (
+        main([str(spec_path), "--out-dir", str(tmp_path / "none")]) == 1
+    )  # an expected failure: exit 1 (2 is for usage errors)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no finished trial")
 

@@ -61,8 +61,9 @@ def ray_address():
 
 
 def _sweep_cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flow3d.sweep", *args], cwd=REPO, capture_output=True, text=True,
-                          env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "flow3d.sweep", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 def _results(out: Path) -> list[dict]:
@@ -104,7 +105,8 @@ def test_example_spec_end_to_end_then_rerun_skips_everything(tmp_path):
     assert len(progress) == 4 and all(": done, " in ln for ln in progress), first.stdout
     rows = _results(out)
     assert {(r["run"], r["data"], r["seed"]) for r in rows} == {
-        (run, "synthetic", s) for run in ("som_baseline", "defaults") for s in ("0", "1")}
+        (run, "synthetic", s) for run in ("som_baseline", "defaults") for s in ("0", "1")
+    }
     for r in rows:
         assert r["status"] == "done" and r["step"] == "4" and float(r["trial_seconds"]) > 0
         assert 5.0 < float(r["psnr"]) < 60.0 and float(r["s_per_step"]) > 0
@@ -118,7 +120,9 @@ def test_example_spec_end_to_end_then_rerun_skips_everything(tmp_path):
         assert f"{(a + b) / 2:.4f} ± {abs(a - b) / math.sqrt(2):.4f}" in line, (line, a, b)
     assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
     logs = {r["log"]: Path(r["log"]).read_text() for r in rows}
-    mtimes = {r["work_dir"]: (Path(r["work_dir"]) / "val" / "4" / "heldout" / "metrics.json").stat().st_mtime_ns for r in rows}
+    mtimes = {
+        r["work_dir"]: (Path(r["work_dir"]) / "val" / "4" / "heldout" / "metrics.json").stat().st_mtime_ns for r in rows
+    }
 
     again = _sweep_cli(["configs/sweeps/example.yaml", "--out-dir", str(out)], env=env)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -145,8 +149,13 @@ def _kill_training_once_checkpointed(trial, killed: dict, stop: threading.Event)
 def test_killed_trial_resumes_and_failing_trials_do_not_stop_the_others(ray_address, tmp_path):
     from flow3d.checkpoint import load_checkpoint
 
-    spec_doc = {"runs": {"small": SMALL + ["--save-every", "2"]}, "data": {"ok": SMALL_DATA, "bad": BAD_DATA},
-                "seeds": [0, 1], "max_steps": 6, "val_args": ["--no-video", "--max-track-queries", "2"]}
+    spec_doc = {
+        "runs": {"small": SMALL + ["--save-every", "2"]},
+        "data": {"ok": SMALL_DATA, "bad": BAD_DATA},
+        "seeds": [0, 1],
+        "max_steps": 6,
+        "val_args": ["--no-video", "--max-track-queries", "2"],
+    }
     spec = parse_spec(spec_doc)
     trials = {(t.data, t.seed): t for t in spec.trials(tmp_path)}
     victim = trials[("ok", 0)]
@@ -178,7 +187,10 @@ def test_killed_trial_resumes_and_failing_trials_do_not_stop_the_others(ray_addr
     assert run.returncode == 1, run.stdout + run.stderr  # the bad trials still fail
     stats = json.loads((victim.work_dir / "train_stats.json").read_text())
     assert stats["steps"] == 6 and stats["steps_this_run"] == 6 - step_at_kill  # resumed, not from step 0
-    assert f"resumed from {victim.work_dir / 'checkpoints' / 'last.ckpt'} at step {step_at_kill}" in victim.log_path.read_text()
+    assert (
+        f"resumed from {victim.work_dir / 'checkpoints' / 'last.ckpt'} at step {step_at_kill}"
+        in victim.log_path.read_text()
+    )
     assert json.loads(victim.status_path.read_text())["attempts"] == 2
     table = {(r["data"], r["seed"]): r for r in _results(tmp_path)}
     assert table[("ok", "0")]["status"] == "done" and table[("ok", "0")]["step"] == "6"

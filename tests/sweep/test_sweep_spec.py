@@ -12,12 +12,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flow3d.sweep import format_summary, last_error_line, load_spec, metric_direction, parse_spec, summarize, trial_state
+from flow3d.sweep import (
+    format_summary,
+    last_error_line,
+    load_spec,
+    metric_direction,
+    parse_spec,
+    summarize,
+    trial_state,
+)
 from flow3d.sweep.results import write_all
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = {
-    "runs": {"som_baseline": ["--preset", "cpu_demo", "--preset", "som_baseline"], "defaults": ["--preset", "cpu_demo"]},
+    "runs": {
+        "som_baseline": ["--preset", "cpu_demo", "--preset", "som_baseline"],
+        "defaults": ["--preset", "cpu_demo"],
+    },
     "data": {"synthetic": ["data:synthetic", "--data.num-frames", "12"]},
     "seeds": [0, 1],
     "max_steps": 4,
@@ -33,40 +44,62 @@ class TestSpec:
         spec = parse_spec(EXAMPLE)
         trials = spec.trials(tmp_path)
         assert [(t.run, t.data, t.seed) for t in trials] == [
-            ("som_baseline", "synthetic", 0), ("defaults", "synthetic", 0),
-            ("som_baseline", "synthetic", 1), ("defaults", "synthetic", 1),
+            ("som_baseline", "synthetic", 0),
+            ("defaults", "synthetic", 0),
+            ("som_baseline", "synthetic", 1),
+            ("defaults", "synthetic", 1),
         ]
         t = trials[2]
         work = str(tmp_path.resolve() / "som_baseline" / "synthetic" / "seed1")
-        assert t.train_argv == ("--preset", "cpu_demo", "--preset", "som_baseline", "--seed", "1", "--max-steps", "4",
-                                "--work-dir", work, "data:synthetic", "--data.num-frames", "12")
+        assert t.train_argv == (
+            "--preset",
+            "cpu_demo",
+            "--preset",
+            "som_baseline",
+            "--seed",
+            "1",
+            "--max-steps",
+            "4",
+            "--work-dir",
+            work,
+            "data:synthetic",
+            "--data.num-frames",
+            "12",
+        )
         assert t.val_argv == ("--work-dir", work, "--model", "last", "--data.is-train", "False")
         assert t.metrics_path == Path(work) / "val" / "4" / "heldout" / "metrics.json"
 
     def test_train_args_val_args_and_scalars(self, tmp_path):
-        doc = {**EXAMPLE, "train_args": ["--save-every", 2], "val_args": ["--no-video", "--ordinal-pairs", 100],
-               "runs": {"r": ["--losses.w-pearson", 0.5, "--data.normalize-scene", False]}}
+        doc = {
+            **EXAMPLE,
+            "train_args": ["--save-every", 2],
+            "val_args": ["--no-video", "--ordinal-pairs", 100],
+            "runs": {"r": ["--losses.w-pearson", 0.5, "--data.normalize-scene", False]},
+        }
         t = parse_spec(doc).trials(tmp_path)[0]
         assert t.train_argv[:6] == ("--save-every", "2", "--losses.w-pearson", "0.5", "--data.normalize-scene", "False")
         assert t.val_argv[-3:] == ("--no-video", "--ordinal-pairs", "100")
 
-    @pytest.mark.parametrize("change, match", [
-        ({"sedes": [0]}, "unknown field"),
-        ({"seeds": None}, "seeds"),
-        ({"seeds": [0, 0]}, "repeats"),
-        ({"seeds": [0.5]}, "seeds"),
-        ({"max_steps": 0}, "max_steps"),
-        ({"runs": {}}, "runs"),
-        ({"runs": {"a/b": []}}, "name 'a/b'"),
-        ({"runs": {"..": []}}, "name '..'"),
-        ({"runs": {"r": ["--seed", "3"]}}, r"runs.r: --seed is set by the sweep"),
-        ({"runs": {"r": ["--work-dir=x"]}}, "--work-dir is set by the sweep"),
-        ({"runs": {"r": ["data:synthetic"]}}, "belongs in `data`"),
-        ({"runs": {"r": [["nested"]]}}, r"runs.r\[0\]"),
-        ({"data": {"d": ["--data.num-frames", "12"]}}, "first argument must be a data subcommand"),
-        ({"val_args": ["--model", "3"]}, "--model is set by the sweep"),
-        ({"metrics": "psnr"}, "metrics"),
-    ])
+    @pytest.mark.parametrize(
+        "change, match",
+        [
+            ({"sedes": [0]}, "unknown field"),
+            ({"seeds": None}, "seeds"),
+            ({"seeds": [0, 0]}, "repeats"),
+            ({"seeds": [0.5]}, "seeds"),
+            ({"max_steps": 0}, "max_steps"),
+            ({"runs": {}}, "runs"),
+            ({"runs": {"a/b": []}}, "name 'a/b'"),
+            ({"runs": {"..": []}}, "name '..'"),
+            ({"runs": {"r": ["--seed", "3"]}}, r"runs.r: --seed is set by the sweep"),
+            ({"runs": {"r": ["--work-dir=x"]}}, "--work-dir is set by the sweep"),
+            ({"runs": {"r": ["data:synthetic"]}}, "belongs in `data`"),
+            ({"runs": {"r": [["nested"]]}}, r"runs.r\[0\]"),
+            ({"data": {"d": ["--data.num-frames", "12"]}}, "first argument must be a data subcommand"),
+            ({"val_args": ["--model", "3"]}, "--model is set by the sweep"),
+            ({"metrics": "psnr"}, "metrics"),
+        ],
+    )
     def test_bad_fields_name_the_field(self, change, match):
         doc = {**EXAMPLE, **change}
         if change.get("seeds", 1) is None:
@@ -125,7 +158,7 @@ class TestLastErrorLine:
             "old stage output\nerror: from an earlier stage\n"
             "=== val (attempt 1): python run_val.py\n"
             "train:  10%|#  | 1/10\rtrain:  20%|## | 2/10\r"
-            "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+            'Traceback (most recent call last):\n  File "x.py", line 1\n'
             "RuntimeError: 5 consecutive steps had a non-finite loss\n"
             "train:  20%|## | 2/10\n"
         )
@@ -154,15 +187,34 @@ class TestLastErrorLine:
 
 
 def _row(run, seed, status="done", **metrics):
-    return {"run": run, "data": "d", "seed": seed, "status": status, "trial_seconds": 10.0 + seed, "s_per_step": None,
-            "metrics": metrics, "work_dir": f"w/{run}/{seed}", "log": f"w/{run}/{seed}/trial.log",
-            "error": "error: boom" if status == "failed" else None}
+    return {
+        "run": run,
+        "data": "d",
+        "seed": seed,
+        "status": status,
+        "trial_seconds": 10.0 + seed,
+        "s_per_step": None,
+        "metrics": metrics,
+        "work_dir": f"w/{run}/{seed}",
+        "log": f"w/{run}/{seed}/trial.log",
+        "error": "error: boom" if status == "failed" else None,
+    }
 
 
 class TestSummary:
     def test_directions(self):
-        assert metric_direction("psnr") == metric_direction("depth_delta1") == metric_direction("ordinal_acc_gt") == "higher"
-        assert metric_direction("depth_abs_rel") == metric_direction("track_epe") == metric_direction("s_per_step") == "lower"
+        assert (
+            metric_direction("psnr")
+            == metric_direction("depth_delta1")
+            == metric_direction("ordinal_acc_gt")
+            == "higher"
+        )
+        assert (
+            metric_direction("depth_abs_rel")
+            == metric_direction("track_epe")
+            == metric_direction("s_per_step")
+            == "lower"
+        )
         assert metric_direction("depth_scale") is None and metric_direction("num_views") is None
 
     def test_mean_std_bold_and_failures_by_hand(self, tmp_path):
@@ -183,9 +235,18 @@ class TestSummary:
         assert s[("d", "b")]["psnr"][:3] == (21.0, None, 1)  # the failed seed does not count
         assert s[("d", "prior (reference)")]["depth_abs_rel"][0] == pytest.approx(0.2)
         md = format_summary(rows, metrics)
-        lines = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in md.splitlines() if ln.startswith("| ")}
-        assert lines["a"] == ["3", f"**23.00 ± {math.sqrt(13):.2f}**", f"0.2000 ± {0.1 * math.sqrt(2):.4f}", "2.0000 ± 1.0000",
-                              "11.00 ± 1.00"]
+        lines = {
+            ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]]
+            for ln in md.splitlines()
+            if ln.startswith("| ")
+        }
+        assert lines["a"] == [
+            "3",
+            f"**23.00 ± {math.sqrt(13):.2f}**",
+            f"0.2000 ± {0.1 * math.sqrt(2):.4f}",
+            "2.0000 ± 1.0000",
+            "11.00 ± 1.00",
+        ]
         assert lines["b"] == ["1", "21.00", "**0.0500**", "–", "**10.00**"]
         assert lines["prior (reference)"] == ["", "–", "0.2000", "–", "–"]
         assert "- b / d / seed 1: error: boom (log: w/b/1/trial.log)" in md
@@ -210,8 +271,10 @@ def test_ablation_spec_rows_match_the_benchmark(tmp_path):
 
     spec = load_spec(REPO / "configs/sweeps/ablation.yaml")
     assert set(spec.runs) == set(DEFAULT_ROWS) | {"+hinge_ordinal+pearson"}
-    assert spec.data == {"synthetic_none": ["data:synthetic", "--data.prior-drift", "none"],
-                         "synthetic_linear": ["data:synthetic", "--data.prior-drift", "linear"]}
+    assert spec.data == {
+        "synthetic_none": ["data:synthetic", "--data.prior-drift", "none"],
+        "synthetic_linear": ["data:synthetic", "--data.prior-drift", "linear"],
+    }
     assert len(spec.seeds) >= 3
     for t in spec.trials(tmp_path):
         if t.seed != spec.seeds[0]:
@@ -235,7 +298,9 @@ def test_missing_ray_names_the_install_command(monkeypatch):
 def test_dry_run_lists_states_and_commands(tmp_path, capsys):
     from flow3d.sweep.__main__ import main
 
-    assert main([str(REPO / "configs/sweeps/example.yaml"), "--out-dir", str(tmp_path), "--dry-run", "--seeds", "3"]) == 0
+    assert (
+        main([str(REPO / "configs/sweeps/example.yaml"), "--out-dir", str(tmp_path), "--dry-run", "--seeds", "3"]) == 0
+    )
     out = capsys.readouterr().out
     assert "som_baseline / synthetic / seed 3: new" in out and "defaults / synthetic / seed 3: new" in out
     assert f"--seed 3 --max-steps 4 --work-dir {tmp_path.resolve()}/defaults/synthetic/seed3 data:synthetic" in out

@@ -22,9 +22,16 @@ from flow3d.train.context import StepContext
 
 # Shape of Motion's LossesConfig (flow3d/configs.py) -> our weight fields
 SOM_WEIGHTS = {
-    "w_rgb": 1.0, "w_depth_reg": 0.5, "w_mapped_depth": 0.1,  # SoM: w_depth_const
-    "w_depth_grad": 1.0, "w_track": 2.0, "w_mask": 1.0, "w_smooth_bases": 0.1, "w_smooth_tracks": 2.0,
-    "w_scale_var": 0.01, "w_z_accel": 1.0,
+    "w_rgb": 1.0,
+    "w_depth_reg": 0.5,
+    "w_mapped_depth": 0.1,  # SoM: w_depth_const
+    "w_depth_grad": 1.0,
+    "w_track": 2.0,
+    "w_mask": 1.0,
+    "w_smooth_bases": 0.1,
+    "w_smooth_tracks": 2.0,
+    "w_scale_var": 0.01,
+    "w_z_accel": 1.0,
 }
 
 
@@ -53,13 +60,17 @@ def test_som_baseline_preset_is_shape_of_motions_published_configuration():
 def test_track_term_averages_the_two_coordinates_and_trims_like_som():
     # rendered position (1, 2, 4) in the target camera everywhere; K = [[10, 0, 5], [0, 10, 5]] -> (7.5, 10)
     H, W = 10, 20
-    out = SimpleNamespace(tracks_3d=torch.tensor([1.0, 2.0, 4.0]).expand(1, H, W, 1, 3),
-                          alpha=torch.ones(1, H, W, 1))
+    out = SimpleNamespace(tracks_3d=torch.tensor([1.0, 2.0, 4.0]).expand(1, H, W, 1, 3), alpha=torch.ones(1, H, W, 1))
     K = torch.tensor([[[10.0, 0, 5], [0, 10.0, 5], [0, 0, 1]]])
     target_xy = torch.tensor([[[[10.5, 9.0]], [[9.5, 16.0]]]])  # errors (3, 1) and (2, 6): means 2 and 4
     batch = SimpleNamespace(
-        query_xy=torch.tensor([[[3.0, 4.0], [5.0, 6.0]]]), target_Ks=K, target_xy=target_xy, img_wh=(W, H),
-        target_weight=torch.tensor([[[1.0], [0.5]]]), ts=torch.tensor([0]), target_ts=torch.tensor([2]),
+        query_xy=torch.tensor([[[3.0, 4.0], [5.0, 6.0]]]),
+        target_Ks=K,
+        target_xy=target_xy,
+        img_wh=(W, H),
+        target_weight=torch.tensor([[[1.0], [0.5]]]),
+        ts=torch.tensor([0]),
+        target_ts=torch.tensor([2]),
     )
     cfg = LossConfig(track_trim_quantile=1.0)
     # SoM: masked_l1_loss(pred, gt, mask=w) = sum(mean(|dx|, |dy|) * w) / sum(w), then / max(H, W)
@@ -76,13 +87,24 @@ def _model(transls: list[list[float]], means: list[list[float]], log_scales_fg=N
     bases = MotionBases(matrix_to_rot6d(torch.eye(3).expand(1, Tn, 3, 3)), tr)
     N = len(means)
     scales = torch.exp(torch.tensor(log_scales_fg)) if log_scales_fg is not None else torch.full((N, 3), 0.1)
-    fg = GaussianParams(torch.tensor(means, dtype=torch.float32), torch.tensor([1.0, 0, 0, 0]).expand(N, 4), scales,
-                        torch.full((N,), 0.5), torch.full((N, 3), 0.5), torch.zeros(N, 1))
+    fg = GaussianParams(
+        torch.tensor(means, dtype=torch.float32),
+        torch.tensor([1.0, 0, 0, 0]).expand(N, 4),
+        scales,
+        torch.full((N,), 0.5),
+        torch.full((N, 3), 0.5),
+        torch.zeros(N, 1),
+    )
     bg = None
     if log_scales_bg is not None:
         M = len(log_scales_bg)
-        bg = GaussianParams(torch.zeros(M, 3), torch.tensor([1.0, 0, 0, 0]).expand(M, 4),
-                            torch.exp(torch.tensor(log_scales_bg)), torch.full((M,), 0.5), torch.full((M, 3), 0.5))
+        bg = GaussianParams(
+            torch.zeros(M, 3),
+            torch.tensor([1.0, 0, 0, 0]).expand(M, 4),
+            torch.exp(torch.tensor(log_scales_bg)),
+            torch.full((M,), 0.5),
+            torch.full((M, 3), 0.5),
+        )
     return SceneModel(fg, bases, bg)
 
 
@@ -111,8 +133,11 @@ def test_depth_gradient_trims_at_soms_095():
     # one row of 101 pixels: x-differences of the residual are 0, 1, ..., 99 (prior flat)
     pred = torch.cumsum(torch.cat([torch.zeros(1), torch.arange(100.0)]), 0)[None, None]  # (1, 1, 101)
     pred_disp = pred.double()
-    batch = SimpleNamespace(prior_disp=torch.zeros_like(pred_disp), prior_valid=torch.ones(1, 1, 101, dtype=torch.bool),
-                            valid_masks=torch.ones(1, 1, 101, dtype=torch.bool))
+    batch = SimpleNamespace(
+        prior_disp=torch.zeros_like(pred_disp),
+        prior_valid=torch.ones(1, 1, 101, dtype=torch.bool),
+        valid_masks=torch.ones(1, 1, 101, dtype=torch.bool),
+    )
     ctx = _ctx(batch, SimpleNamespace(alpha=torch.ones(1, 1, 101, 1)))
     ctx.cache["pred_disp"] = pred_disp
     # quantile 0.95 of 0..99 is 94.05: SoM keeps residuals < 94.05 -> mean of 0..94 = 47 (0.98 would give 48.5)
@@ -121,8 +146,12 @@ def test_depth_gradient_trims_at_soms_095():
 
 def test_scale_variance_is_on_log_scales_of_both_groups():
     # SoM: var(fg.params["scales"], -1).mean() + var(bg.params["scales"], -1).mean() (unbiased variance)
-    model = _model([[0.0, 0, 0]] * 3, [[0.0, 0, 1], [0.0, 0, 2]], log_scales_fg=[[0.0, 1, 2], [1.0, 1, 1]],
-                   log_scales_bg=[[0.0, 0, 3]])
+    model = _model(
+        [[0.0, 0, 0]] * 3,
+        [[0.0, 0, 1], [0.0, 0, 2]],
+        log_scales_fg=[[0.0, 1, 2], [1.0, 1, 1]],
+        log_scales_bg=[[0.0, 0, 3]],
+    )
     want = (1.0 + 0.0) / 2 + 3.0
     assert _val(T.term("scale_var").fn(_ctx(model=model))) == pytest.approx(want)
 
@@ -134,13 +163,17 @@ def test_modgs_term_rules_on_prior_depth_over_all_masked_pixels():
     each kept pair costs |tanh(100 * 0.01) - 1|."""
     H, W = 12, 16
     depth = torch.full((H, W), 2.0)
-    depth[:, W // 2:] = 5.0
+    depth[:, W // 2 :] = 5.0
     depth[:2, :5] = 100.0
     rendered = torch.full((H, W), 3.0, dtype=torch.float64)
     rendered[:2, :5] = 3.01
-    batch = SimpleNamespace(ts=torch.tensor([0]), prior_disp=(1.0 / depth)[None],
-                            prior_valid=torch.ones(1, H, W, dtype=torch.bool),
-                            valid_masks=torch.ones(1, H, W, dtype=torch.bool), fg_masks=torch.zeros(1, H, W))
+    batch = SimpleNamespace(
+        ts=torch.tensor([0]),
+        prior_disp=(1.0 / depth)[None],
+        prior_valid=torch.ones(1, H, W, dtype=torch.bool),
+        valid_masks=torch.ones(1, H, W, dtype=torch.bool),
+        fg_masks=torch.zeros(1, H, W),
+    )
     out = SimpleNamespace(depth=rendered[None, ..., None])
     loss = T.term("modgs_ordinal").fn(_ctx(batch, out))
     assert float(loss) == pytest.approx(1 - math.tanh(100 * (3.01 - 3.0)), rel=1e-9)

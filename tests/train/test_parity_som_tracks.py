@@ -29,8 +29,13 @@ def _track_value(cfg: LossConfig, num_frames: int = 8) -> float:
     K = torch.tensor([[10.0, 0, 5], [0, 10.0, 5], [0, 0, 1]]).expand(2, 3, 3)
     # one query point, targets at t=2 (error mean(|3|, |1|) = 2) and t=6 (error mean(|1|, |7|) = 4)
     batch = SimpleNamespace(
-        query_xy=torch.tensor([[[3.0, 4.0]]]), target_Ks=K, target_xy=torch.tensor([[[[10.5, 9.0], [11.0, 17.0]]]]),
-        img_wh=(W, H), target_weight=torch.tensor([[[1.0, 0.5]]]), ts=torch.tensor([0]), target_ts=torch.tensor([2, 6]),
+        query_xy=torch.tensor([[[3.0, 4.0]]]),
+        target_Ks=K,
+        target_xy=torch.tensor([[[[10.5, 9.0], [11.0, 17.0]]]]),
+        img_wh=(W, H),
+        target_weight=torch.tensor([[[1.0, 0.5]]]),
+        ts=torch.tensor([0]),
+        target_ts=torch.tensor([2, 6]),
     )
     ctx = StepContext(batch, out, SimpleNamespace(num_frames=num_frames), cfg, torch.Generator().manual_seed(0))
     return float(T.term("track").fn(ctx))
@@ -39,7 +44,9 @@ def _track_value(cfg: LossConfig, num_frames: int = 8) -> float:
 def test_som_baseline_weights_tracks_by_soms_gap_weight():
     cfg = apply_overrides(TrainConfig(), load_preset("som_baseline")).losses
     assert cfg.track_gap_tau == 0.0 and cfg.track_gap_tau_rel == 0.5
-    cfg = apply_overrides(TrainConfig(), {"losses": {**load_preset("som_baseline")["losses"], "track_trim_quantile": 1.0}}).losses
+    cfg = apply_overrides(
+        TrainConfig(), {"losses": {**load_preset("som_baseline")["losses"], "track_trim_quantile": 1.0}}
+    ).losses
     w1, w2 = 1.0 * math.exp(-2 * 2 / 8), 0.5 * math.exp(-2 * 6 / 8)  # confidence x exp(-2|dt|/T), T = 8
     want = (2.0 * w1 + 4.0 * w2) / (w1 + w2) / max(H, W)
     assert _track_value(cfg) == pytest.approx(want, rel=1e-6)
@@ -62,9 +69,12 @@ def _depth_reg(residuals: torch.Tensor, valid: torch.Tensor, alpha: torch.Tensor
     from flow3d.train import som_terms
 
     prior = torch.ones(1, 1, residuals.numel(), dtype=torch.float64)
-    batch = SimpleNamespace(prior_disp=prior, prior_valid=valid[None, None], valid_masks=torch.ones_like(valid)[None, None])
-    ctx = StepContext(batch, SimpleNamespace(alpha=alpha[None, None, :, None]), None, LossConfig(),
-                      torch.Generator().manual_seed(0))
+    batch = SimpleNamespace(
+        prior_disp=prior, prior_valid=valid[None, None], valid_masks=torch.ones_like(valid)[None, None]
+    )
+    ctx = StepContext(
+        batch, SimpleNamespace(alpha=alpha[None, None, :, None]), None, LossConfig(), torch.Generator().manual_seed(0)
+    )
     ctx.cache["pred_disp"] = prior + residuals[None, None]
     return float(som_terms.depth_reg_term(ctx))
 

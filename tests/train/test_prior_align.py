@@ -54,11 +54,40 @@ def test_bad_options_are_value_errors():
 
 
 TINY = [
-    "--preset", "cpu_demo", "--save-every", "0", "--image-every", "0", "--log-every", "1000",
-    "--init.num-fg", "400", "--init.num-bg", "0", "--init.init-fit-steps", "30", "--densify.refine-stop", "0",
+    "--preset",
+    "cpu_demo",
+    "--save-every",
+    "0",
+    "--image-every",
+    "0",
+    "--log-every",
+    "1000",
+    "--init.num-fg",
+    "400",
+    "--init.num-bg",
+    "0",
+    "--init.init-fit-steps",
+    "30",
+    "--densify.refine-stop",
+    "0",
 ]
-STATIC = ["data:synthetic", "--data.scene", "tissue", "--data.tissue-pull", "0", "--data.num-instruments", "0",
-          "--data.num-frames", "8", "--data.width", "48", "--data.height", "36", "--data.track-grid-step", "4"]
+STATIC = [
+    "data:synthetic",
+    "--data.scene",
+    "tissue",
+    "--data.tissue-pull",
+    "0",
+    "--data.num-instruments",
+    "0",
+    "--data.num-frames",
+    "8",
+    "--data.width",
+    "48",
+    "--data.height",
+    "36",
+    "--data.track-grid-step",
+    "4",
+]
 
 
 def _per_frame_fit(tr: Trainer) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +96,13 @@ def _per_frame_fit(tr: Trainer) -> tuple[np.ndarray, np.ndarray]:
     seq, scales, ranges = tr.seq, [], []
     with torch.no_grad():
         for t in seq.train_ids.tolist():
-            out = tr.model.render(torch.tensor([t]), seq.w2cs[t:t + 1], seq.Ks[t:t + 1],
-                                  (seq.images.shape[2], seq.images.shape[1]), backend=tr.cfg.render_backend)
+            out = tr.model.render(
+                torch.tensor([t]),
+                seq.w2cs[t : t + 1],
+                seq.Ks[t : t + 1],
+                (seq.images.shape[2], seq.images.shape[1]),
+                backend=tr.cfg.render_backend,
+            )
             d, g = out.depth[0, ..., 0], seq.gt_depth[t]
             ok = (out.alpha[0, ..., 0] > 0.5) & (g > 0)
             d, g = d[ok].double(), g[ok].double()

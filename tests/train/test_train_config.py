@@ -6,7 +6,15 @@ import sys
 
 import pytest
 
-from flow3d.config import TrainConfig, apply_overrides, available_presets, config_to_dict, load_config, load_preset, save_config
+from flow3d.config import (
+    TrainConfig,
+    apply_overrides,
+    available_presets,
+    config_to_dict,
+    load_config,
+    load_preset,
+    save_config,
+)
 from run_training import parse_args
 
 USER_TRAIN = (
@@ -41,7 +49,9 @@ def test_unknown_override_field_is_an_error():
 
 
 def test_cfg_yaml_round_trip(tmp_path):
-    cfg = parse_args(["--preset", "cpu_demo", "--work-dir", str(tmp_path), "--losses.w-track", "0.5"] + shlex.split(USER_TRAIN)[2:])
+    cfg = parse_args(
+        ["--preset", "cpu_demo", "--work-dir", str(tmp_path), "--losses.w-track", "0.5"] + shlex.split(USER_TRAIN)[2:]
+    )
     save_config(cfg, tmp_path / "cfg.yaml")
     back = load_config(tmp_path / "cfg.yaml")
     assert config_to_dict(back) == config_to_dict(cfg)
@@ -49,7 +59,12 @@ def test_cfg_yaml_round_trip(tmp_path):
 
 
 def test_help_lists_the_data_subcommands_and_presets():
-    out = subprocess.run([sys.executable, "run_training.py", "--help"], capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    out = subprocess.run(
+        [sys.executable, "run_training.py", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+    )
     assert out.returncode == 0, out.stderr
     for sub in ("data:synthetic", "data:custom", "data:davis", "data:iphone", "cpu_demo"):
         assert sub in out.stdout
@@ -68,4 +83,14 @@ def test_bad_input_is_one_clear_error_not_a_traceback(tmp_path):
     from run_training import main
 
     with pytest.raises(SystemExit, match="error: .*not found: .*nowhere"):
-        main(["--work-dir", str(tmp_path), "data:custom", "--data.seq-name", "s", "--data.root-dir", str(tmp_path / "nowhere")])
+        main(
+            [
+                "--work-dir",
+                str(tmp_path),
+                "data:custom",
+                "--data.seq-name",
+                "s",
+                "--data.root-dir",
+                str(tmp_path / "nowhere"),
+            ]
+        )

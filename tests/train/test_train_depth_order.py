@@ -26,24 +26,43 @@ def _scene(flow_valid=True, gap=0.005):
     ys = torch.arange(H).float()[:, None].expand(H, W)
     near_left = xs < W / 2
     prior_disp = torch.where(near_left, torch.full((H, W), 0.5), torch.full((H, W), 0.2))  # depth 2 vs 5
-    wrong_depth = torch.where(near_left, torch.full((H, W), 3.0 + gap), torch.full((H, W), 3.0 - gap)) + 0.2 * gap * ys / H
+    wrong_depth = (
+        torch.where(near_left, torch.full((H, W), 3.0 + gap), torch.full((H, W), 3.0 - gap)) + 0.2 * gap * ys / H
+    )
     depth = wrong_depth[None, ..., None].clone().requires_grad_(True)  # (1, H, W, 1)
     next_depth = wrong_depth[None, ..., None].clone().requires_grad_(True)
     fg = (xs > 6) & (xs < 26)
     batch = SimpleNamespace(
-        ts=torch.tensor([0]), prior_disp=prior_disp[None], prior_valid=torch.ones(1, H, W, dtype=torch.bool),
-        valid_masks=torch.ones(1, H, W, dtype=torch.bool), fg_masks=fg[None].float(),
-        Ks=torch.tensor([[[30.0, 0, W / 2], [0, 30.0, H / 2], [0, 0, 1]]]), img_wh=(W, H),
+        ts=torch.tensor([0]),
+        prior_disp=prior_disp[None],
+        prior_valid=torch.ones(1, H, W, dtype=torch.bool),
+        valid_masks=torch.ones(1, H, W, dtype=torch.bool),
+        fg_masks=fg[None].float(),
+        Ks=torch.tensor([[[30.0, 0, W / 2], [0, 30.0, H / 2], [0, 0, 1]]]),
+        img_wh=(W, H),
     )
-    out = SimpleNamespace(depth=depth, alpha=torch.ones(1, H, W, 1), fg=(fg[None, ..., None].float() * 0.6).requires_grad_(True))
+    out = SimpleNamespace(
+        depth=depth, alpha=torch.ones(1, H, W, 1), fg=(fg[None, ..., None].float() * 0.6).requires_grad_(True)
+    )
     flows = {0: NeighborFlow(1, torch.zeros(H, W, 2), torch.full((H, W), flow_valid), torch.ones(H, W))}
     cfg = LossConfig()
-    ctx = StepContext(batch, out, None, cfg, torch.Generator().manual_seed(0), step=10**6,
-                      next_out=SimpleNamespace(depth=next_depth), neighbor_flows=flows, k_obj=0.0)
+    ctx = StepContext(
+        batch,
+        out,
+        None,
+        cfg,
+        torch.Generator().manual_seed(0),
+        step=10**6,
+        next_out=SimpleNamespace(depth=next_depth),
+        neighbor_flows=flows,
+        k_obj=0.0,
+    )
     return ctx, near_left, depth, next_depth
 
 
-@pytest.mark.parametrize("term", ["hinge_ordinal", "modgs_ordinal", "pearson", "depth_consistency", "g2_monodepth", "scale_adaptive"])
+@pytest.mark.parametrize(
+    "term", ["hinge_ordinal", "modgs_ordinal", "pearson", "depth_consistency", "g2_monodepth", "scale_adaptive"]
+)
 def test_each_term_pushes_wrongly_ordered_depth_toward_the_prior_order(term):
     # MoDGS's tanh (alpha = 100 on raw depth) saturates for large differences: give it a small one
     ctx, near_left, depth, next_depth = _scene(gap=0.005 if term == "modgs_ordinal" else 1.5)
@@ -101,10 +120,32 @@ def test_neighbours_stay_in_the_training_split():
 
 
 TINY = [
-    "--preset", "cpu_demo", "--save-every", "0", "--image-every", "0", "--log-every", "1000",
-    "--init.num-fg", "200", "--init.num-bg", "300", "--init.init-fit-steps", "10",
+    "--preset",
+    "cpu_demo",
+    "--save-every",
+    "0",
+    "--image-every",
+    "0",
+    "--log-every",
+    "1000",
+    "--init.num-fg",
+    "200",
+    "--init.num-bg",
+    "300",
+    "--init.init-fit-steps",
+    "10",
 ]
-DATA = ["data:synthetic", "--data.num-frames", "8", "--data.width", "48", "--data.height", "36", "--data.track-grid-step", "4"]
+DATA = [
+    "data:synthetic",
+    "--data.num-frames",
+    "8",
+    "--data.width",
+    "48",
+    "--data.height",
+    "36",
+    "--data.track-grid-step",
+    "4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +156,7 @@ def tiny_seq():
 def test_weight_zero_is_bit_identical_to_the_term_being_absent(tmp_path, tiny_seq, monkeypatch):
     """Weight 0 for hinge and Pearson gives the same model as a table and a config without those terms
     (no neighbour renders, no flows, no random draws of theirs)."""
+
     def run(work, extra):
         tr = Trainer(parse_args(["--work-dir", str(work)] + TINY + extra + DATA), seq=tiny_seq)
         for _ in range(3):
@@ -124,7 +166,9 @@ def test_weight_zero_is_bit_identical_to_the_term_being_absent(tmp_path, tiny_se
     zero = run(tmp_path / "zero", ["--losses.w-hinge-ordinal", "0", "--losses.w-pearson", "0"])
     table = tuple(t for t in T.TERMS if t.name not in ("hinge_ordinal", "pearson"))
     # the start-up check would (rightly) reject config fields without terms: read the weights directly
-    monkeypatch.setattr(trainer_mod, "check_weights", lambda cfg: {t.name: float(getattr(cfg, t.weight)) for t in table})
+    monkeypatch.setattr(
+        trainer_mod, "check_weights", lambda cfg: {t.name: float(getattr(cfg, t.weight)) for t in table}
+    )
     monkeypatch.setattr(trainer_mod, "active_terms", lambda w: T.active_terms(w, table))
     absent = run(tmp_path / "absent", [])
     for k in zero:
@@ -149,12 +193,22 @@ def test_cross_frame_pairs_avoid_occluded_pixels(tmp_path, tiny_seq, monkeypatch
     occluded_rate, base_rate = [], []
     for t, nf in flows.items():
         batch = SimpleNamespace(
-            ts=torch.tensor([t]), prior_disp=seq.prior_disp[t][None], prior_valid=seq.prior_valid[t][None],
-            valid_masks=seq.valid_masks[t][None], fg_masks=seq.fg_masks[t][None],
+            ts=torch.tensor([t]),
+            prior_disp=seq.prior_disp[t][None],
+            prior_valid=seq.prior_valid[t][None],
+            valid_masks=seq.valid_masks[t][None],
+            fg_masks=seq.fg_masks[t][None],
         )
         d = seq.gt_depth[t][None, ..., None]
-        ctx = StepContext(batch, SimpleNamespace(depth=d), None, cfg.losses, torch.Generator().manual_seed(t),
-                          next_out=SimpleNamespace(depth=seq.gt_depth[nf.next_t][None, ..., None]), neighbor_flows=flows)
+        ctx = StepContext(
+            batch,
+            SimpleNamespace(depth=d),
+            None,
+            cfg.losses,
+            torch.Generator().manual_seed(t),
+            next_out=SimpleNamespace(depth=seq.gt_depth[nf.next_t][None, ..., None]),
+            neighbor_flows=flows,
+        )
         sampled.clear()
         T.term("hinge_ordinal").fn(ctx)
         valid, pairs = sampled[0]
@@ -180,7 +234,10 @@ def test_hinge_pairs_landing_on_the_neighbours_ignored_pixels_are_dropped():
     next_valid[4:7, 5:9] = False  # the instrument in the neighbour frame
     g = torch.Generator().manual_seed(3)
     P = 400
-    xa, xb = torch.rand(P, 2, generator=g) * torch.tensor([W - 1, H - 1]), torch.rand(P, 2, generator=g) * torch.tensor([W - 1, H - 1])
+    xa, xb = (
+        torch.rand(P, 2, generator=g) * torch.tensor([W - 1, H - 1]),
+        torch.rand(P, 2, generator=g) * torch.tensor([W - 1, H - 1]),
+    )
     xa[:5] = torch.tensor([5.0, 3.0])  # exactly on a valid pixel next to the instrument: kept (weight 0 across)
     xb[:5] = torch.tensor([9.0, 5.5])  # right of it, on the valid column beside it
     pairs = PixelPairs(xa.long(), xb.long(), xa, xb, torch.ones(P))

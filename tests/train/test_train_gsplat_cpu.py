@@ -17,10 +17,28 @@ from flow3d.train.trainer import Trainer
 from run_training import parse_args
 
 TINY = [
-    "--preset", "cpu_demo", "--save-every", "0", "--image-every", "0", "--log-every", "1000",
-    "--init.num-fg", "80", "--init.num-bg", "120", "--init.init-fit-steps", "5",
-    "--densify.refine-start", "2", "--densify.refine-every", "2", "--densify.refine-stop", "4",
-    "--densify.grow-grad2d", "1e-5",
+    "--preset",
+    "cpu_demo",
+    "--save-every",
+    "0",
+    "--image-every",
+    "0",
+    "--log-every",
+    "1000",
+    "--init.num-fg",
+    "80",
+    "--init.num-bg",
+    "120",
+    "--init.init-fit-steps",
+    "5",
+    "--densify.refine-start",
+    "2",
+    "--densify.refine-every",
+    "2",
+    "--densify.refine-stop",
+    "4",
+    "--densify.grow-grad2d",
+    "1e-5",
 ]
 DATA = ["data:synthetic", "--data.num-frames", "6", "--data.width", "40", "--data.height", "30"]
 
@@ -52,15 +70,19 @@ def _record_grads(tr: Trainer) -> dict:
     """Each optimiser's parameter gradients as its step sees them (the trainer zeroes them right after)."""
     rec = {}
     for name, opt in tr.optimizers.items():
+
         def step(*a, _opt=opt, _orig=opt.step, _name=name, **k):
             rec[_name] = [p.grad.clone() for grp in _opt.param_groups for p in grp["params"] if p.grad is not None]
             return _orig(*a, **k)
+
         opt.step = step
     return rec
 
 
 def test_train_steps_with_densification_match_the_cpu_backend(gsplat_on_cpu, tmp_path, tiny_seq):
-    """Step 1: losses, every parameter gradient and the densification statistics (means2d gradients scaled
+    """Step 1 agrees with the CPU backend; later steps grow and prune alike.
+
+    Step 1: losses, every parameter gradient and the densification statistics (means2d gradients scaled
     to NDC, visibility counts from radii) agree; steps 2-4 grow and prune as many Gaussians.
     (Parameters after Adam's first step are not compared: it moves each by +-lr whatever the gradient's
     size, so a round-off sign flip of a near-zero gradient shows as a 2 lr difference.)"""

@@ -15,8 +15,9 @@ from flow3d.train.hidden_surface import hidden_surface_term
 def _ctx(valid, depth, alpha, img, fg=None):
     out = SimpleNamespace(depth=depth[..., None], alpha=alpha[..., None], img=img)
     fg = valid.float() if fg is None else fg
-    return SimpleNamespace(batch=SimpleNamespace(valid_masks=valid, fg_masks=fg), out=out,
-                           pred_disp=lambda: depth_to_disp(depth)[0])
+    return SimpleNamespace(
+        batch=SimpleNamespace(valid_masks=valid, fg_masks=fg), out=out, pred_disp=lambda: depth_to_disp(depth)[0]
+    )
 
 
 B, H, W = 2, 24, 32

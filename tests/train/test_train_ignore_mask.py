@@ -17,14 +17,46 @@ from flow3d.train.terms import compute_terms
 from flow3d.train.trainer import Trainer
 from run_training import parse_args
 
-DATA = ["data:synthetic", "--data.scene", "tissue", "--data.num-frames", "6", "--data.width", "40",
-        "--data.height", "32", "--data.track-grid-step", "4"]
+DATA = [
+    "data:synthetic",
+    "--data.scene",
+    "tissue",
+    "--data.num-frames",
+    "6",
+    "--data.width",
+    "40",
+    "--data.height",
+    "32",
+    "--data.track-grid-step",
+    "4",
+]
 ARGS = [
-    "--preset", "cpu_endonerf", "--render-backend", "torch", "--save-every", "0", "--image-every", "0",
-    "--log-every", "1000", "--batch-size", "2", "--num-targets", "2",
-    "--init.num-fg", "300", "--init.num-motion-bases", "4", "--init.init-fit-steps", "10",
-    "--losses.num-track-samples", "50", "--losses.num-smooth-samples", "100",
-    "--losses.order.num-pairs", "200",
+    "--preset",
+    "cpu_endonerf",
+    "--render-backend",
+    "torch",
+    "--save-every",
+    "0",
+    "--image-every",
+    "0",
+    "--log-every",
+    "1000",
+    "--batch-size",
+    "2",
+    "--num-targets",
+    "2",
+    "--init.num-fg",
+    "300",
+    "--init.num-motion-bases",
+    "4",
+    "--init.init-fit-steps",
+    "10",
+    "--losses.num-track-samples",
+    "50",
+    "--losses.num-smooth-samples",
+    "100",
+    "--losses.order.num-pairs",
+    "200",
     # every term on, including those off by default
     *[a for t in T.TERMS for a in (f"--losses.{t.weight.replace('_', '-')}", "0.5")],
 ]
@@ -50,8 +82,13 @@ def _step_values_and_grads(trainer: Trainer, steps: int = 2):
     """Every active term and every parameter's gradient for ``steps`` steps (no optimiser step between)."""
     res = []
     for _ in range(steps):
-        batch = sample_batch(trainer.seq, trainer.cfg.batch_size, trainer.cfg.num_targets,
-                             trainer.cfg.losses.num_track_samples, trainer.generator)
+        batch = sample_batch(
+            trainer.seq,
+            trainer.cfg.batch_size,
+            trainer.cfg.num_targets,
+            trainer.cfg.losses.num_track_samples,
+            trainer.generator,
+        )
         out, next_out = trainer._render(batch, trainer.all_w2cs)
         values = compute_terms(trainer._context(batch, out, next_out, trainer.all_w2cs), trainer.terms)
         params = [p for p in trainer.model.parameters() if p.requires_grad]
@@ -94,8 +131,8 @@ def test_control_without_the_mask_the_noise_changes_terms_and_gradients(tmp_path
     noisy = _with_noise_under_mask(tissue, valid_masks=ones)
     a, b = _trainer(tmp_path, "a", every), _trainer(tmp_path, "b", noisy)
     b.model.load_state_dict(a.model.state_dict())  # same model: only the data differ
-    (va, ga), = _step_values_and_grads(a, 1)
-    (vb, gb), = _step_values_and_grads(b, 1)
+    ((va, ga),) = _step_values_and_grads(a, 1)
+    ((vb, gb),) = _step_values_and_grads(b, 1)
     differ = {k for k in va if not torch.equal(va[k], vb[k])}
     assert {"rgb", "depth_reg", "pearson", "hinge_ordinal"} <= differ, differ
     assert any(not torch.equal(ga[n], gb[n]) for n in ga)
@@ -104,8 +141,16 @@ def test_control_without_the_mask_the_noise_changes_terms_and_gradients(tmp_path
 def test_training_steps_with_densification_are_identical_under_noise(tmp_path, tissue):
     """Full train_step()s (optimiser steps, densification statistics and a refine at step 2) give
     bit-identical models: the gradient statistics that grow Gaussians skip ignored pixels too."""
-    dens = ["--densify.refine-start", "2", "--densify.refine-every", "2", "--densify.refine-stop", "5",
-            "--densify.grow-grad2d", "1e-6"]  # a low threshold: Gaussians do grow at step 2
+    dens = [
+        "--densify.refine-start",
+        "2",
+        "--densify.refine-every",
+        "2",
+        "--densify.refine-stop",
+        "5",
+        "--densify.grow-grad2d",
+        "1e-6",
+    ]  # a low threshold: Gaussians do grow at step 2
     trainers, logs = [], []
     for name, seq in (("a", tissue), ("b", _with_noise_under_mask(tissue))):
         cfg = parse_args(["--work-dir", str(tmp_path / name)] + ARGS + dens + DATA)

@@ -11,11 +11,38 @@ from flow3d.train.trainer import Trainer
 from run_training import parse_args
 
 TINY = [
-    "--preset", "cpu_demo", "--save-every", "0", "--image-every", "0", "--log-every", "1000",
-    "--init.num-fg", "300", "--init.num-bg", "500", "--init.init-fit-steps", "30",
-    "--densify.refine-start", "10", "--densify.refine-every", "10", "--densify.refine-stop", "25",
+    "--preset",
+    "cpu_demo",
+    "--save-every",
+    "0",
+    "--image-every",
+    "0",
+    "--log-every",
+    "1000",
+    "--init.num-fg",
+    "300",
+    "--init.num-bg",
+    "500",
+    "--init.init-fit-steps",
+    "30",
+    "--densify.refine-start",
+    "10",
+    "--densify.refine-every",
+    "10",
+    "--densify.refine-stop",
+    "25",
 ]
-DATA = ["data:synthetic", "--data.num-frames", "8", "--data.width", "48", "--data.height", "36", "--data.track-grid-step", "4"]
+DATA = [
+    "data:synthetic",
+    "--data.num-frames",
+    "8",
+    "--data.width",
+    "48",
+    "--data.height",
+    "36",
+    "--data.track-grid-step",
+    "4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +92,9 @@ def test_resume_continues_with_the_same_step_parameters_and_optimiser_state(tmp_
     for key, opt in straight.optimizers.items():
         pa = opt.param_groups[0]["params"][0]
         pb = resumed.optimizers[key].param_groups[0]["params"][0]
-        torch.testing.assert_close(opt.state[pa]["exp_avg_sq"], resumed.optimizers[key].state[pb]["exp_avg_sq"], msg=key)
+        torch.testing.assert_close(
+            opt.state[pa]["exp_avg_sq"], resumed.optimizers[key].state[pb]["exp_avg_sq"], msg=key
+        )
         assert opt.param_groups[0]["lr"] == pytest.approx(resumed.optimizers[key].param_groups[0]["lr"])
 
 
@@ -118,8 +147,10 @@ def test_the_terms_table_matches_the_weight_fields_and_skips_weight_zero():
         T.check_weights(LossConfig(), T.TERMS + T.TERMS[:1])
     # weight 0: not in the active set, so never called
     called = []
-    probes = (T.Term("a", lambda ctx: called.append("a") or torch.tensor(1.0), "w_a"),
-              T.Term("b", lambda ctx: called.append("b") or torch.tensor(2.0), "w_b"))
+    probes = (
+        T.Term("a", lambda ctx: called.append("a") or torch.tensor(1.0), "w_a"),
+        T.Term("b", lambda ctx: called.append("b") or torch.tensor(2.0), "w_b"),
+    )
     active = T.active_terms({"a": 0.0, "b": 3.0}, probes)
     values = T.compute_terms(None, active)
     assert called == ["b"] and float(T.weighted_total(values, {"a": 0.0, "b": 3.0})) == 6.0
@@ -136,6 +167,6 @@ def test_users_command_runs_end_to_end(tmp_path):
     ck = tmp_path / "checkpoints"
     assert sorted(p.name for p in ck.iterdir()) == ["last.ckpt", "model_2.ckpt", "model_4.ckpt"]
     assert (tmp_path / "cfg.yaml").is_file() and (tmp_path / "train_stats.json").is_file()
-    main(args[:-len(DATA)] + ["--max-steps", "6"] + DATA)  # resumes at 4, runs 2 more
+    main(args[: -len(DATA)] + ["--max-steps", "6"] + DATA)  # resumes at 4, runs 2 more
     assert (ck / "model_6.ckpt").is_file()
     assert not list(ck.glob("*.tmp"))

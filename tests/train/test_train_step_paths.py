@@ -3,6 +3,7 @@ one motion blend for frames and track targets, fused Adam, and a deterministic s
 
 import roma
 import torch
+from test_train_loop import _cfg, tiny_seq  # noqa: F401  (the fixture)
 
 from flow3d.scene.gaussians import GaussianParams
 from flow3d.scene.model import SceneModel
@@ -10,7 +11,6 @@ from flow3d.scene.motion import MotionBases, matrix_to_rot6d
 from flow3d.scene.strategy import update_param_with_optimizer
 from flow3d.train.batch import UsableTracks
 from flow3d.train.trainer import Trainer
-from test_train_loop import _cfg, tiny_seq  # noqa: F401  (the fixture)
 
 
 def test_usable_tracks_match_the_definition_track_by_track(tiny_seq):  # noqa: F811
@@ -25,10 +25,17 @@ def test_usable_tracks_match_the_definition_track_by_track(tiny_seq):  # noqa: F
 
 def _model(n=7, k=3, T=5, seed=0) -> SceneModel:
     g = torch.Generator().manual_seed(seed)
-    fg = GaussianParams(torch.randn(n, 3, generator=g), torch.randn(n, 4, generator=g),
-                        torch.rand(n, 3, generator=g) * 0.1 + 0.01, torch.rand(n, generator=g) * 0.8 + 0.1,
-                        torch.rand(n, 3, generator=g), torch.randn(n, k, generator=g))
-    bases = MotionBases(matrix_to_rot6d(roma.random_rotmat(k * T).reshape(k, T, 3, 3)), torch.randn(k, T, 3, generator=g))
+    fg = GaussianParams(
+        torch.randn(n, 3, generator=g),
+        torch.randn(n, 4, generator=g),
+        torch.rand(n, 3, generator=g) * 0.1 + 0.01,
+        torch.rand(n, generator=g) * 0.8 + 0.1,
+        torch.rand(n, 3, generator=g),
+        torch.randn(n, k, generator=g),
+    )
+    bases = MotionBases(
+        matrix_to_rot6d(roma.random_rotmat(k * T).reshape(k, T, 3, 3)), torch.randn(k, T, 3, generator=g)
+    )
     return SceneModel(fg, bases)
 
 
@@ -60,8 +67,13 @@ def test_fused_adam_follows_densification_like_the_plain_one():
             if step == 2:  # drop two rows, then duplicate one (new rows start with zero moments)
                 keep = torch.tensor([True, False, True, True, False, True, True])
                 update_param_with_optimizer(fg, "fg", opts, lambda _, p: p[keep], lambda _, v: v[keep])
-                update_param_with_optimizer(fg, "fg", opts, lambda _, p: torch.cat([p, p[:1]]),
-                                            lambda _, v: torch.cat([v, torch.zeros_like(v[:1])]))
+                update_param_with_optimizer(
+                    fg,
+                    "fg",
+                    opts,
+                    lambda _, p: torch.cat([p, p[:1]]),
+                    lambda _, v: torch.cat([v, torch.zeros_like(v[:1])]),
+                )
         runs.append({k: p.detach().clone() for k, p in fg.params.items()})
     assert runs[0].keys() == runs[1].keys()
     for k in runs[0]:
@@ -88,8 +100,9 @@ def test_smoothness_triplet_blends_only_the_sampled_gaussians_like_the_full_blen
     from flow3d.train.som_terms import _fg_sample_triplet
 
     model = _model(n=9, T=6)
-    ctx = SimpleNamespace(cache={}, model=model, generator=torch.Generator().manual_seed(5),
-                          cfg=SimpleNamespace(num_smooth_samples=4))
+    ctx = SimpleNamespace(
+        cache={}, model=model, generator=torch.Generator().manual_seed(5), cfg=SimpleNamespace(num_smooth_samples=4)
+    )
     means, ts = _fg_sample_triplet(ctx)
     g = torch.Generator().manual_seed(5)  # the same draws, in the same order
     t = int(torch.randint(1, 5, (1,), generator=g))
@@ -107,15 +120,23 @@ def test_track_channels_are_the_target_positions_in_the_target_cameras(monkeypat
 
     model = _model(n=5, T=6)
     g = torch.Generator().manual_seed(2)
-    model.bg = GaussianParams(torch.randn(4, 3, generator=g), torch.randn(4, 4, generator=g), torch.full((4, 3), 0.05),
-                              torch.full((4,), 0.5), torch.rand(4, 3, generator=g))
+    model.bg = GaussianParams(
+        torch.randn(4, 3, generator=g),
+        torch.randn(4, 4, generator=g),
+        torch.full((4, 3), 0.05),
+        torch.full((4,), 0.5),
+        torch.rand(4, 3, generator=g),
+    )
     seen = []
 
     def fake_rasterization(means, quats, scales, opacities, colors, viewmats, Ks, W, H, **kw):
         seen.append(colors.detach())
         C = viewmats.shape[0]
-        return (torch.zeros(C, H, W, colors.shape[-1] + 1), torch.zeros(C, H, W, 1),
-                {"means2d": torch.zeros(C, means.shape[0], 2), "radii": torch.zeros(C, means.shape[0])})
+        return (
+            torch.zeros(C, H, W, colors.shape[-1] + 1),
+            torch.zeros(C, H, W, 1),
+            {"means2d": torch.zeros(C, means.shape[0], 2), "radii": torch.zeros(C, means.shape[0])},
+        )
 
     monkeypatch.setattr(model_mod, "rasterization", fake_rasterization)
     target_ts = torch.tensor([4, 0, 2])
@@ -124,7 +145,9 @@ def test_track_channels_are_the_target_positions_in_the_target_cameras(monkeypat
     w2cs[:, :3, 3] = torch.randn(3, 3, generator=g)
     K = torch.tensor([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]]).expand(2, 3, 3)
     model.render(torch.tensor([1, 3]), torch.eye(4).expand(2, 4, 4), K, (16, 12), target_ts=target_ts, target_w2cs=w2cs)
-    pts = torch.cat([model.fg_means_quats_at(target_ts)[0], model.bg.get_means()[:, None].expand(-1, 3, -1)])  # (9, 3, 3)
+    pts = torch.cat(
+        [model.fg_means_quats_at(target_ts)[0], model.bg.get_means()[:, None].expand(-1, 3, -1)]
+    )  # (9, 3, 3)
     want = transform_points(w2cs, pts.transpose(0, 1)).transpose(0, 1).reshape(9, 9)  # (N, B_t*3)
     assert len(seen) == 2
     for colors in seen:

@@ -7,8 +7,25 @@ from pathlib import Path
 import pytest
 
 TRAIN_ARGS = [
-    "--preset", "cpu_demo", "--max-steps", "4", "--save-every", "2", "--init.num-fg", "200", "--init.num-bg", "300",
-    "--init.init-fit-steps", "20", "data:synthetic", "--data.num-frames", "8", "--data.width", "48", "--data.height", "36",
+    "--preset",
+    "cpu_demo",
+    "--max-steps",
+    "4",
+    "--save-every",
+    "2",
+    "--init.num-fg",
+    "200",
+    "--init.num-bg",
+    "300",
+    "--init.init-fit-steps",
+    "20",
+    "data:synthetic",
+    "--data.num-frames",
+    "8",
+    "--data.width",
+    "48",
+    "--data.height",
+    "36",
 ]
 
 

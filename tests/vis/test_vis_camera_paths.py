@@ -85,8 +85,9 @@ def test_scene_look_at_uses_the_triangulated_point_only_inside_the_scene_depth_r
     near_scene = c2w[:3, 3] + torch.linspace(d_target - 1, d_target + 1, 9, dtype=torch.float64)[:, None] * c2w[:3, 2]
     torch.testing.assert_close(scene_look_at(w2cs, ref, K, (64, 48), near_scene), target, atol=1e-9, rtol=0)
     far_scene = c2w[:3, 3] + torch.linspace(20, 30, 9, dtype=torch.float64)[:, None] * c2w[:3, 2]
-    torch.testing.assert_close(scene_look_at(w2cs, ref, K, (64, 48), far_scene), c2w[:3, 3] + 25 * c2w[:3, 2],
-                               atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        scene_look_at(w2cs, ref, K, (64, 48), far_scene), c2w[:3, 3] + 25 * c2w[:3, 2], atol=1e-9, rtol=0
+    )
     with pytest.raises(ValueError, match="no scene point lies in front"):
         scene_look_at(w2cs, ref, K, (64, 48), c2w[:3, 3] - c2w[:3, 2][None])
 

@@ -26,7 +26,7 @@ def _raw_state(path) -> dict[str, torch.Tensor]:
 
 
 def _sample_nearest(img: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """img (H, W), xy (P, 2) OpenCV pixels inside the image -> (P,) values at the nearest pixel."""
+    """Img (H, W), xy (P, 2) OpenCV pixels inside the image -> (P,) values at the nearest pixel."""
     j, i = xy[:, 0].round().long(), xy[:, 1].round().long()
     return img[i, j]
 
@@ -50,8 +50,9 @@ def test_positions_follow_the_known_motion_and_land_on_the_rendered_foreground(t
         # discriminative: the blob's positions of another frame fall off this frame's foreground
         other, other_fg = splats_at(model, (t + 2) % 4)
         xy_o, _ = project_points(other.means[other_fg], K, w2c)
-        assert (_sample_nearest(fg_render, xy_o.clamp(min=torch.tensor([0, 0]), max=torch.tensor([W - 1, H - 1])))
-                > 0.5).float().mean() < 0.05
+        assert (
+            _sample_nearest(fg_render, xy_o.clamp(min=torch.tensor([0, 0]), max=torch.tensor([W - 1, H - 1]))) > 0.5
+        ).float().mean() < 0.05
 
 
 def test_trajectories_match_the_per_frame_positions():
@@ -84,8 +85,12 @@ def test_export_writes_every_frame_with_the_checkpoint_values(exported, work_dir
         s = read_splat_ply(out / "splats" / f"{t:05d}.ply")
         assert len(s) == n_fg + n_bg
         # stored parameters come through unchanged (fg rows first, then bg)
-        torch.testing.assert_close(s.log_scales, torch.cat([state["fg.params.scales"], state["bg.params.scales"]]), atol=0, rtol=0)
-        torch.testing.assert_close(s.opacity_logits, torch.cat([state["fg.params.opacities"], state["bg.params.opacities"]]), atol=0, rtol=0)
+        torch.testing.assert_close(
+            s.log_scales, torch.cat([state["fg.params.scales"], state["bg.params.scales"]]), atol=0, rtol=0
+        )
+        torch.testing.assert_close(
+            s.opacity_logits, torch.cat([state["fg.params.opacities"], state["bg.params.opacities"]]), atol=0, rtol=0
+        )
         rgb = torch.sigmoid(torch.cat([state["fg.params.colors"], state["bg.params.colors"]]))
         torch.testing.assert_close(s.rgb, rgb, atol=3e-7, rtol=0)
         torch.testing.assert_close(s.means[n_fg:], state["bg.params.means"], atol=0, rtol=0)
@@ -133,31 +138,50 @@ def test_frames_subset_fg_only_and_opacity_threshold(work_dir, tmp_path):
     state = _raw_state(work_dir / "checkpoints" / "model_2.ckpt")
     opac = torch.sigmoid(state["fg.params.opacities"])
     thr = float(opac.median())
-    summary = export(ExportConfig(work_dir=str(work_dir), out_dir=str(tmp_path), model="2", frames=(6, 1),
-                                  gaussians="fg", min_opacity=thr, device="cpu"))
+    summary = export(
+        ExportConfig(
+            work_dir=str(work_dir),
+            out_dir=str(tmp_path),
+            model="2",
+            frames=(6, 1),
+            gaussians="fg",
+            min_opacity=thr,
+            device="cpu",
+        )
+    )
     assert summary["frames"] == [1, 6]
     assert sorted(p.name for p in (tmp_path / "splats").iterdir()) == ["00001.ply", "00006.ply"]
     keep = opac >= thr
     s = read_splat_ply(tmp_path / "splats" / "00006.ply")
     assert len(s) == int(keep.sum()) and summary["per_frame"]["6"] == {
-        "fg": int(keep.sum()), "bg": 0, "splats_written": int(keep.sum()), "points_written": int(keep.sum())}
+        "fg": int(keep.sum()),
+        "bg": 0,
+        "splats_written": int(keep.sum()),
+        "points_written": int(keep.sum()),
+    }
     torch.testing.assert_close(s.opacity_logits, state["fg.params.opacities"][keep], atol=0, rtol=0)
     z = np.load(tmp_path / "trajectories.npz")
     assert z["index"].tolist() == torch.nonzero(keep).squeeze(1).tolist()
 
 
 def test_background_only_has_no_trajectories(work_dir, tmp_path):
-    summary = export(ExportConfig(work_dir=str(work_dir), out_dir=str(tmp_path), frames=(0,), gaussians="bg",
-                                  points=False, device="cpu"))
+    summary = export(
+        ExportConfig(
+            work_dir=str(work_dir), out_dir=str(tmp_path), frames=(0,), gaussians="bg", points=False, device="cpu"
+        )
+    )
     assert summary["per_frame"]["0"]["fg"] == 0 and "trajectories" not in summary
     assert not (tmp_path / "trajectories.npz").exists() and not (tmp_path / "points").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--frames", "3", "99"], r"--frames \[99\] are outside the video's frames 0..7"),
-    (["--model", "7"], r"checkpoint .*model_7.ckpt not found; available steps .*\[2, 4\]"),
-    (["--min-opacity", "1.5"], r"--min-opacity must be in \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--frames", "3", "99"], r"--frames \[99\] are outside the video's frames 0..7"),
+        (["--model", "7"], r"checkpoint .*model_7.ckpt not found; available steps .*\[2, 4\]"),
+        (["--min-opacity", "1.5"], r"--min-opacity must be in \[0, 1\]"),
+    ],
+)
 def test_cli_errors_are_one_line(work_dir, tmp_path, args, message):
     with pytest.raises(SystemExit, match="^error: " + message):
         main(["--work-dir", str(work_dir), "--out-dir", str(tmp_path / "x"), "--device", "cpu", *args])

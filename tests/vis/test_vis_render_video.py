@@ -64,8 +64,20 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_fixed_video_shows_each_frame_from_the_training_camera(trained, work_dir, tmp_path, capsys):
     run, seq = trained
-    out = main(["--work-dir", str(work_dir), "--camera-path", "fixed", "--out", str(tmp_path / "fixed.mp4"),
-                "--device", "cpu", "--fps", "5"])
+    out = main(
+        [
+            "--work-dir",
+            str(work_dir),
+            "--camera-path",
+            "fixed",
+            "--out",
+            str(tmp_path / "fixed.mp4"),
+            "--device",
+            "cpu",
+            "--fps",
+            "5",
+        ]
+    )
     frames = _read(out)
     assert len(frames) == seq.num_frames
     assert "render video" in capsys.readouterr().err  # the progress bar
@@ -76,10 +88,13 @@ def test_fixed_video_shows_each_frame_from_the_training_camera(trained, work_dir
     for t in (0, 5):
         r = run.render(t, seq.w2cs[4], seq.Ks[4], (W, H))
         expected = np.repeat(np.repeat(np.round(r["rgb"] * 255).astype(np.uint8), k, 0), k, 1)
-        panel = frames[t][title:title + k * H, : k * W]
+        panel = frames[t][title : title + k * H, : k * W]
         assert _psnr(panel, expected) > 26, t  # H.264 (yuv420p) at quality 8: 28.6 dB measured
         other = run.render((t + 4) % 8, seq.w2cs[4], seq.Ks[4], (W, H))["rgb"]  # another time: 23-24 dB measured
-        assert _psnr(panel, np.repeat(np.repeat(np.round(other * 255).astype(np.uint8), k, 0), k, 1)) < _psnr(panel, expected) - 2
+        assert (
+            _psnr(panel, np.repeat(np.repeat(np.round(other * 255).astype(np.uint8), k, 0), k, 1))
+            < _psnr(panel, expected) - 2
+        )
 
 
 def test_bullet_time_renders_one_time_with_one_depth_range(trained, work_dir, tmp_path, monkeypatch):
@@ -107,18 +122,23 @@ def test_depth_range_option_is_used_as_given(trained, work_dir, tmp_path, monkey
     import flow3d.render_video as rv
 
     seen = []
-    monkeypatch.setattr(rv, "colorize_depth", lambda d, vmin, vmax, **kw: seen.append((vmin, vmax)) or np.zeros((*d.shape, 3), np.uint8))
+    monkeypatch.setattr(
+        rv, "colorize_depth", lambda d, vmin, vmax, **kw: seen.append((vmin, vmax)) or np.zeros((*d.shape, 3), np.uint8)
+    )
     render_video(_cfg(work_dir, tmp_path, camera_path="fixed", num_frames=3, depth_range=(1.0, 9.0)))
     assert seen == [(1.0, 9.0)] * 3
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--out", "x.avi"], r"--out must name an .mp4 file"),
-    (["--camera-path", "bullet-time", "--time", "8"], r"--time 8 is outside the video's frames 0..7"),
-    (["--ref-frame", "-1"], r"--ref-frame -1 is outside"),
-    (["--resolution-scale", "0"], r"--resolution-scale must be > 0"),
-    (["--model", "3"], r"checkpoint .*model_3.ckpt not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "x.avi"], r"--out must name an .mp4 file"),
+        (["--camera-path", "bullet-time", "--time", "8"], r"--time 8 is outside the video's frames 0..7"),
+        (["--ref-frame", "-1"], r"--ref-frame -1 is outside"),
+        (["--resolution-scale", "0"], r"--resolution-scale must be > 0"),
+        (["--model", "3"], r"checkpoint .*model_3.ckpt not found"),
+    ],
+)
 def test_cli_errors_are_one_line(work_dir, tmp_path, args, message):
     argv = ["--work-dir", str(work_dir), "--out", str(tmp_path / "v.mp4"), "--device", "cpu", *args]
     with pytest.raises(SystemExit, match="^error: " + message):

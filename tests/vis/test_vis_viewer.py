@@ -27,8 +27,14 @@ from flow3d.vis.viewer import RenderCost, adaptive_wh, camera_from_viser  # noqa
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")  # Debian's package
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -98,9 +104,12 @@ class _StandInClient:
     def __init__(self, seq, t: int, wh: tuple[int, int]):
         c2w = np.linalg.inv(seq.w2cs[t].double().numpy())
         self.camera = SimpleNamespace(
-            wxyz=viser.transforms.SO3.from_matrix(c2w[:3, :3]).wxyz, position=c2w[:3, 3],
-            fov=2 * math.atan(seq.img_wh[1] / 2 / float(seq.Ks[t, 1, 1])), aspect=wh[0] / wh[1],
-            image_height=wh[1], update_timestamp=1.0,
+            wxyz=viser.transforms.SO3.from_matrix(c2w[:3, :3]).wxyz,
+            position=c2w[:3, 3],
+            fov=2 * math.atan(seq.img_wh[1] / 2 / float(seq.Ks[t, 1, 1])),
+            aspect=wh[0] / wh[1],
+            image_height=wh[1],
+            update_timestamp=1.0,
         )
         self.sent: list[np.ndarray] = []
         self.scene = SimpleNamespace(set_background_image=lambda img, **kw: self.sent.append(img))
@@ -164,8 +173,10 @@ def _canvas_correlation(shot: np.ndarray, sent: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser test: chromium is not installed "
-                    "(apt-get install chromium; .ci/run installs it)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="headless browser test: chromium is not installed (apt-get install chromium; .ci/run installs it)",
+)
 def test_a_real_browser_connects_and_shows_a_rendered_frame(viewer, trained, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (the dev extra)")
     run, seq = trained
@@ -175,7 +186,10 @@ def test_a_real_browser_connects_and_shows_a_rendered_frame(viewer, trained, tmp
     profile.mkdir()
     with sync_api.sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
             viewport={"width": 1280, "height": 720},  # the panel floats right of 0.7 W
         )
         try:
@@ -216,4 +230,3 @@ def test_a_real_browser_connects_and_shows_a_rendered_frame(viewer, trained, tmp
 def test_cli_error_for_a_missing_checkpoint(work_dir):
     with pytest.raises(SystemExit, match=r"^error: checkpoint .*model_9.ckpt not found"):
         main(["--work-dir", str(work_dir), "--model", "9", "--port", str(_free_port())])
-

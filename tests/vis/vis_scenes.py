@@ -18,8 +18,12 @@ def moving_blob_scene(T: int = 4, step: float = 0.4):
     d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
     means = torch.tensor([-0.6, 0.0, 3.0]) + d * 0.15 * torch.rand(n, 1, generator=g) ** (1 / 3)
     fg = GaussianParams(
-        means, torch.tensor([1.0, 0, 0, 0]).repeat(n, 1), torch.full((n, 3), 0.04), torch.full((n,), 0.95),
-        torch.tensor([0.9, 0.2, 0.1]).repeat(n, 1), torch.zeros(n, 2),
+        means,
+        torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
+        torch.full((n, 3), 0.04),
+        torch.full((n,), 0.95),
+        torch.tensor([0.9, 0.2, 0.1]).repeat(n, 1),
+        torch.zeros(n, 2),
     )
     transl = torch.zeros(2, T, 3)
     transl[:, :, 0] = step * torch.arange(T, dtype=torch.float32)
@@ -28,7 +32,10 @@ def moving_blob_scene(T: int = 4, step: float = 0.4):
     wall = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.full((xs.numel(),), 5.0)], -1)
     m = wall.shape[0]
     bg = GaussianParams(
-        wall, torch.tensor([1.0, 0, 0, 0]).repeat(m, 1), torch.full((m, 3), 0.08), torch.full((m,), 0.95),
+        wall,
+        torch.tensor([1.0, 0, 0, 0]).repeat(m, 1),
+        torch.full((m, 3), 0.08),
+        torch.full((m,), 0.95),
         torch.tensor([0.2, 0.3, 0.8]).repeat(m, 1),
     )
     W, H = 64, 48
