@@ -60,6 +60,14 @@ class Tracks3D(NamedTuple):
     query_t: Tensor  # (N,) long
 
 
+def _empty_tracks_3d(T: int) -> Tracks3D:
+    """No track, with the shapes of ``T`` frames."""
+    z = torch.zeros
+    return Tracks3D(
+        z(0, T, 3), z(0, T, dtype=torch.bool), z(0, T, dtype=torch.bool), z(0, T), z(0, 3), z(0, dtype=torch.long)
+    )
+
+
 class BgPoints(NamedTuple):
     """Back-projected background pixels of the depth prior."""
 
@@ -272,16 +280,8 @@ class VideoSequence:
         does). Returns at most ``num`` tracks, sampled uniformly with ``generator``.
         """
         T = self.num_frames
-        empty = Tracks3D(
-            torch.zeros(0, T, 3),
-            torch.zeros(0, T, dtype=torch.bool),
-            torch.zeros(0, T, dtype=torch.bool),
-            torch.zeros(0, T),
-            torch.zeros(0, 3),
-            torch.zeros(0, dtype=torch.long),
-        )
         if self.tracks_xy.shape[0] == 0 or num <= 0:
-            return empty
+            return _empty_tracks_3d(T)
         fg = erode(self.fg_masks > 0.5, erosion_px) & self.valid_masks
         usable = (fg & self.prior_valid).float()  # (T, H, W)
         xy = self.tracks_xy.transpose(0, 1)  # (T, M, 2)
@@ -306,25 +306,29 @@ class VideoSequence:
             keep = keep & (counts >= thresh) & (counts > 0)
         idx = torch.nonzero(keep).squeeze(1)
         if idx.numel() == 0:
-            return empty
+            return _empty_tracks_3d(T)
         if idx.numel() > num:
             idx = idx[torch.randperm(idx.numel(), generator=generator)[:num]]
         pts, _ = self.lift_tracks(idx)  # (N, T, 3); validity is in `visible` (fg & prior valid)
         q = self.tracks_query_t[idx]
+        return Tracks3D(
+            pts,
+            visible[:, idx].T.contiguous(),
+            invisible[:, idx].T.contiguous(),
+            (conf[:, idx] * (visible[:, idx] | invisible[:, idx])).T.contiguous(),
+            self._query_colors(idx, q),
+            q,
+        )
+
+    def _query_colors(self, idx: Tensor, q: Tensor) -> Tensor:
+        """(N, 3) colours of tracks ``idx`` at their query pixels (``q``: their query frames)."""
         colors = torch.zeros(idx.numel(), 3, dtype=self.images.dtype)
         qxy = self.tracks_xy[idx, q]  # (N, 2)
         for qq in torch.unique(q).tolist():
             sel = q == qq
             img = self.images[qq].permute(2, 0, 1)[None]  # (1, 3, H, W)
             colors[sel] = bilinear_sample(img, qxy[sel][None])[0]
-        return Tracks3D(
-            pts,
-            visible[:, idx].T.contiguous(),
-            invisible[:, idx].T.contiguous(),
-            (conf[:, idx] * (visible[:, idx] | invisible[:, idx])).T.contiguous(),
-            colors,
-            q,
-        )
+        return colors
 
     def get_bg_points(self, num: int, generator: Optional[torch.Generator] = None, erosion_px: int = 3) -> BgPoints:
         """Back-project the background of the depth prior in train frames to world points.

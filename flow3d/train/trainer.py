@@ -175,6 +175,29 @@ def align_prior(seq, mode: str):
     return apply_prior_drift(seq, estimate_prior_drift(seq, fit=mode))
 
 
+def _recorded_config(path: Path, payload: dict, cfg_path: Path) -> dict | None:
+    """The options checkpoint ``payload`` (at ``path``) was trained with: the ``config`` it records, or for a
+    checkpoint of an older version WORK_DIR/cfg.yaml; None (logged) when neither can be read."""
+    old = payload.get("config")
+    if isinstance(old, dict):
+        return old
+    import yaml
+
+    try:
+        old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        old = None
+    if not isinstance(old, dict):
+        logger.warning(
+            "%s records no options and %s cannot be read: the options of this command are not compared with "
+            "the checkpoint's",
+            path,
+            cfg_path,
+        )
+        return None
+    return old
+
+
 class Trainer:
     """Owns the run: the sequence, the model and its optimisers, the densification state, the RNGs."""
 
@@ -255,22 +278,9 @@ class Trainer:
                 f"--max-steps {cfg.max_steps} is below the step of {path} ({step}): a training never goes back; "
                 f"give --max-steps {step} or more to continue it, or another --work-dir for a new training"
             )
-        old = payload.get("config")
-        if not isinstance(old, dict):
-            import yaml
-
-            try:
-                old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError, UnicodeDecodeError):
-                old = None
-            if not isinstance(old, dict):
-                logger.warning(
-                    "%s records no options and %s cannot be read: the options of this command are not "
-                    "compared with the checkpoint's",
-                    path,
-                    cfg_path,
-                )
-                return history
+        old = _recorded_config(path, payload, cfg_path)
+        if old is None:
+            return history
         guarded, safe = resume_differences(old, cfg)
         if guarded and not cfg.resume_with_changes:
             raise ValueError(
