@@ -54,7 +54,7 @@ def test_holes_bumps_and_colour_edges_cost_and_are_pulled_back():
     bump = torch.zeros(B, H, W)
     bump[:, 11:13, 14:16] = -0.5  # the tissue pulled towards the camera under the instrument
     loss = hidden_surface_term(_ctx(valid, d + bump, alpha, img))
-    assert float(loss) > 0.01
+    assert float(loss.detach()) > 0.01
     loss.backward()
     assert (d.grad[:, 11:13, 14:16] < 0).all()  # a descent step increases it: back out to the surrounding depth
     assert float(d.grad[valid].abs().max()) < 1e-6  # the target is detached: visible pixels are not pulled
